@@ -1,0 +1,1 @@
+//! Ambit controller: manifests in, xDS and certificates out.

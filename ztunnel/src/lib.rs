@@ -1,0 +1,1 @@
+//! Ambit ztunnel: the per-node L4 proxy.
