@@ -1,6 +1,17 @@
-//! Shared building blocks of the Ambit proxies. Each module has one owner concern; see docs/ARCHITECTURE.md.
+//! Shared building blocks of the Ambit proxies. Each module has one concern; see docs/ARCHITECTURE.md.
 
+pub mod admin;
+pub mod ca;
+pub mod cert;
 pub mod drain;
+pub mod grpc;
+pub mod hbone;
 pub mod identity;
+pub mod logging;
+pub mod metrics;
+pub mod readiness;
+pub mod signer;
+pub mod tls;
+pub mod xds;
 
 pub use identity::Identity;

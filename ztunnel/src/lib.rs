@@ -1,1 +1,9 @@
-//! Ambit ztunnel: the per-node L4 proxy.
+//! Ambit ztunnel: the per-node L4 proxy (HBONE, mTLS, L4 authorization).
+
+pub mod app;
+pub mod config;
+pub mod localconfig;
+pub mod metrics;
+pub mod proxy;
+pub mod rbac;
+pub mod state;
