@@ -1,0 +1,1 @@
+//! Network-namespace harness for Ambit end-to-end tests.
