@@ -1,1 +1,14 @@
-//! Ambit controller: manifests in, xDS and certificates out.
+//! Ambit controller: manifests in, Istio-compatible delta xDS and certificates out.
+//!
+//! Data flow: [`sources`] (manifest directories today, Kubernetes watchers later) emit events into the
+//! [`index`]; [`compute`] turns the index into the resources upstream ztunnel consumes, as a pure function; the
+//! [`xds`] server pushes the differences to every connected client.
+
+pub mod admin;
+pub mod app;
+pub mod ca;
+pub mod compute;
+pub mod controller;
+pub mod index;
+pub mod sources;
+pub mod xds;

@@ -1,1 +1,235 @@
-fn main() {}
+//! `controller`: Kubernetes-style manifests in, Istio-compatible delta xDS and certificates out.
+//!
+//! `controller --manifests <dir> --state-dir <dir>` runs the control plane;
+//! `controller token --node <name>` / `--pod <ns>/<name>` prints a bearer token for a ztunnel.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ambit_controller::app::{self, Config};
+use ambit_controller::ca::{Subject, TokenAuthority};
+use ambit_controller::compute::ComputeConfig;
+use ambit_core::ca::LocalCa;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "controller",
+    version,
+    about = "Ambit control plane: manifests in, xDS and certificates out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a bearer token for a node's ztunnel (`--node`) or a dedicated ztunnel serving one pod (`--pod`).
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// Node name: the token may get certificates for the pods scheduled on this node.
+    #[arg(long, conflicts_with = "pod", required_unless_present = "pod")]
+    node: Option<String>,
+    /// `<namespace>/<name>`: the token may get this pod's identity only.
+    #[arg(long)]
+    pod: Option<String>,
+    /// Lifetime in hours.
+    #[arg(long, default_value_t = 24 * 30)]
+    ttl_hours: u64,
+    #[arg(long, env = "AMBIT_STATE_DIR", default_value = "./controller-state")]
+    state_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Directory of manifests (`*.yaml`/`*.yml`, watched); repeatable.
+    #[arg(long = "manifests", env = "AMBIT_MANIFESTS", value_delimiter = ',')]
+    manifests: Vec<PathBuf>,
+    /// Where the root certificate, CA key and token key live.
+    #[arg(long, env = "AMBIT_STATE_DIR", default_value = "./controller-state")]
+    state_dir: PathBuf,
+    /// A plug-in CA directory (Istio layout: root-cert.pem, ca-cert.pem, ca-key.pem, cert-chain.pem); default
+    /// `<state-dir>/ca`, generated on first start.
+    #[arg(long, env = "AMBIT_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+    /// Names/addresses of the 15012 certificate; repeatable. Default: localhost, this host's name and
+    /// addresses, istiod.istio-system.svc.
+    #[arg(long = "tls-san")]
+    tls_san: Vec<String>,
+    #[arg(long, default_value = "0.0.0.0")]
+    listen: IpAddr,
+    #[arg(long, default_value_t = 15010)]
+    xds_port: u16,
+    #[arg(long, default_value_t = 15012)]
+    secure_port: u16,
+    #[arg(long, default_value_t = 15014)]
+    monitoring_port: u16,
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    #[arg(long, default_value = "istio-system")]
+    root_namespace: String,
+    #[arg(long, env = "NETWORK", default_value = "")]
+    network: String,
+    /// Quiet time before a change is computed and pushed.
+    #[arg(long, default_value_t = 100)]
+    debounce_ms: u64,
+    /// Serve xDS on the secure port without a token.
+    #[arg(long)]
+    xds_no_auth: bool,
+    /// Send `istio.io/dry-run` AuthorizationPolicies as dry-run.
+    #[arg(long)]
+    enable_dry_run: bool,
+    #[arg(long, default_value_t = 5)]
+    drain_seconds: u64,
+}
+
+/// `localhost`, the host name, the host's addresses and istiod's in-cluster name.
+fn default_sans() -> Vec<String> {
+    let mut out = vec!["localhost".to_owned(), "istiod.istio-system.svc".to_owned()];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        && !h.trim().is_empty()
+    {
+        out.push(h.trim().to_owned());
+    }
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            let ip = a.address.as_ref().and_then(|s| {
+                s.as_sockaddr_in()
+                    .map(|v4| IpAddr::V4(v4.ip()))
+                    .or_else(|| s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+            });
+            if let Some(ip) = ip {
+                out.push(ip.to_string());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Resolves the effective configuration from the flags.
+fn config(a: RunArgs) -> anyhow::Result<Config> {
+    anyhow::ensure!(
+        !a.manifests.is_empty(),
+        "give at least one --manifests directory"
+    );
+    Ok(Config {
+        manifests: a.manifests,
+        state_dir: a.state_dir,
+        tls_sans: if a.tls_san.is_empty() {
+            default_sans()
+        } else {
+            a.tls_san
+        },
+        listen: a.listen,
+        xds_port: a.xds_port,
+        secure_port: a.secure_port,
+        monitoring_port: a.monitoring_port,
+        compute: ComputeConfig {
+            cluster_id: a.cluster_id,
+            trust_domain: a.trust_domain,
+            root_namespace: a.root_namespace,
+            network: a.network,
+            enable_dry_run: a.enable_dry_run,
+            ..ComputeConfig::default()
+        },
+        debounce: Duration::from_millis(a.debounce_ms),
+        require_xds_token: !a.xds_no_auth,
+        drain_deadline: Duration::from_secs(a.drain_seconds),
+    })
+}
+
+fn token(a: TokenArgs) -> anyhow::Result<()> {
+    let subject = match (a.node, a.pod) {
+        (Some(node), None) => Subject::Node(node),
+        (None, Some(pod)) => {
+            let (namespace, name) = pod
+                .split_once('/')
+                .context("--pod takes <namespace>/<name>")?;
+            anyhow::ensure!(
+                !namespace.is_empty() && !name.is_empty(),
+                "--pod takes <namespace>/<name>"
+            );
+            Subject::Pod {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }
+        }
+        _ => anyhow::bail!("give exactly one of --node or --pod"),
+    };
+    let authority = TokenAuthority::load_or_create(&a.state_dir)?;
+    println!(
+        "{}",
+        authority.issue(
+            subject,
+            Duration::from_secs(a.ttl_hours * 3600),
+            SystemTime::now()
+        )
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Token(t)) = cli.command {
+        return token(t);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    // Several rustls providers may be compiled in; pick one explicitly (see build notes).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let ca_dir = cli
+        .run
+        .ca_dir
+        .clone()
+        .unwrap_or_else(|| cli.run.state_dir.join("ca"));
+    let cfg = config(cli.run)?;
+    tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "starting controller");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let ca = Arc::new(
+            LocalCa::load_or_create(&ca_dir, &cfg.compute.trust_domain)
+                .with_context(|| format!("CA directory {}", ca_dir.display()))?,
+        );
+        let deadline = cfg.drain_deadline;
+        let running = app::start(cfg, ca).await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        running.shutdown(deadline).await;
+        Ok(())
+    })
+}

@@ -1,0 +1,126 @@
+//! Compute: a pure function from the object [`Index`] to the resources upstream ztunnel consumes
+//! (`istio.workload.Address` and `istio.security.Authorization`), named exactly as istiod names them:
+//! workloads `<cluster>//Pod/<ns>/<name>`, services `<ns>/<hostname>`, policies `<ns>/<name>`.
+
+pub mod authz;
+pub mod render;
+pub mod service;
+pub mod waypoint;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ambit_proto::security::Authorization;
+use ambit_proto::workload::{Address, address};
+
+use crate::index::Index;
+
+/// Mesh-wide settings that shape the output.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ComputeConfig {
+    /// istiod's `CLUSTER_ID`; the first segment of workload uids.
+    pub cluster_id: String,
+    pub trust_domain: String,
+    /// DNS suffix of service hostnames (`<svc>.<ns>.svc.<domain>`).
+    pub domain_suffix: String,
+    /// Policies here without a selector are GLOBAL; PeerAuthentication here is mesh-wide.
+    pub root_namespace: String,
+    /// Network of every workload and VIP (unless a `topology.istio.io/network` label says otherwise).
+    pub network: String,
+    /// Send `istio.io/dry-run` AuthorizationPolicies as dry-run (istiod's
+    /// `AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY`); otherwise they are not sent.
+    pub enable_dry_run: bool,
+    /// Namespaces whose pods are never captured (the CNI's `excludeNamespaces`).
+    pub excluded_namespaces: Vec<String>,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        ComputeConfig {
+            cluster_id: "Kubernetes".to_owned(),
+            trust_domain: "cluster.local".to_owned(),
+            domain_suffix: "cluster.local".to_owned(),
+            root_namespace: "istio-system".to_owned(),
+            network: String::new(),
+            enable_dry_run: false,
+            excluded_namespaces: vec!["kube-system".to_owned()],
+        }
+    }
+}
+
+/// Everything the xDS server serves, keyed by resource name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources {
+    pub addresses: BTreeMap<String, Address>,
+    pub authorizations: BTreeMap<String, Authorization>,
+    /// Alternative lookup keys (`network/IP`) to the resource name that owns the address.
+    pub aliases: BTreeMap<String, String>,
+    /// Why a policy was not sent or was changed (istiod's `ZtunnelAccepted` condition), by `ns/name`.
+    pub policy_status: BTreeMap<String, String>,
+}
+
+/// Computes all resources from the index.
+pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
+    let policies = authz::convert_all(index, cfg);
+    let mut out = Resources::default();
+    for svc in service::services(index, cfg) {
+        let name = format!("{}/{}", svc.namespace, svc.hostname);
+        for a in &svc.addresses {
+            if let Some(ip) = ip_from_bytes(&a.address) {
+                out.aliases
+                    .insert(format!("{}/{}", a.network, ip), name.clone());
+            }
+        }
+        out.addresses.insert(
+            name,
+            Address {
+                r#type: Some(address::Type::Service(svc)),
+            },
+        );
+    }
+    for wl in workload::workloads(index, cfg, &policies) {
+        for a in &wl.addresses {
+            if let Some(ip) = ip_from_bytes(a) {
+                out.aliases
+                    .insert(format!("{}/{}", wl.network, ip), wl.uid.clone());
+            }
+        }
+        out.addresses.insert(
+            wl.uid.clone(),
+            Address {
+                r#type: Some(address::Type::Workload(wl)),
+            },
+        );
+    }
+    out.authorizations = policies.resources;
+    out.policy_status = policies.status;
+    out
+}
+
+/// The service hostname of `<name>` in `<ns>`.
+pub fn service_hostname(name: &str, ns: &str, cfg: &ComputeConfig) -> String {
+    format!("{name}.{ns}.svc.{}", cfg.domain_suffix)
+}
+
+pub fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+pub fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => <[u8; 4]>::try_from(b).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(b).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+/// Label map of an object (empty when unset).
+pub(crate) fn labels_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> BTreeMap<String, String> {
+    meta.labels.clone().unwrap_or_default()
+}

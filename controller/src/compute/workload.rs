@@ -1,0 +1,232 @@
+//! `istio.workload.Workload` for every pod with an IP.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use ambit_proto::workload::{self as wl, PortList};
+use k8s_openapi::api::core::v1 as core;
+
+use super::authz::Policies;
+use super::service::endpoint_ports;
+use super::waypoint::{self, Target};
+use super::{ComputeConfig, ip_bytes, labels_of, service_hostname};
+use crate::index::Index;
+
+pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+pub const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
+
+/// Whether the pod is captured by ztunnel: the CNI's default enablement selectors (pod label `ambient`, or
+/// namespace label `ambient` and the pod's not `none`); never pods with a sidecar or in excluded namespaces.
+pub fn enrolled(
+    pod_labels: &BTreeMap<String, String>,
+    pod_annotations: &BTreeMap<String, String>,
+    ns: &str,
+    ns_labels: &BTreeMap<String, String>,
+    cfg: &ComputeConfig,
+) -> bool {
+    if cfg.excluded_namespaces.iter().any(|e| e == ns)
+        || pod_annotations.contains_key(SIDECAR_STATUS)
+    {
+        return false;
+    }
+    let pod = pod_labels.get(DATAPLANE_MODE).map(String::as_str);
+    let namespace = ns_labels.get(DATAPLANE_MODE).map(String::as_str);
+    pod == Some("ambient") || (namespace == Some("ambient") && pod != Some("none"))
+}
+
+pub fn workloads(index: &Index, cfg: &ComputeConfig, policies: &Policies) -> Vec<wl::Workload> {
+    let waypoints = waypoint::waypoints(index, cfg);
+    let mut out = Vec::new();
+    for ((ns, name), pod) in &index.pods {
+        let status = pod.status.clone().unwrap_or_default();
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let ips = pod_ips(&status);
+        if ips.is_empty() {
+            continue;
+        }
+        let spec = pod.spec.clone().unwrap_or_default();
+        let labels = labels_of(&pod.metadata);
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        let ns_labels = index.namespace_labels(ns);
+        let hbone = enrolled(&labels, &annotations, ns, &ns_labels, cfg);
+        let waypoint = if waypoint::is_waypoint_object(&labels, ns, None, &waypoints) {
+            None
+        } else {
+            waypoint::resolve(&labels, ns, &ns_labels, Target::Workload, &waypoints)
+        };
+        let (workload_name, workload_type) = workload_name_and_type(pod, name);
+        // Services are keyed by (namespace, name): only this namespace's are visited.
+        let services: HashMap<String, PortList> = index
+            .services
+            .range((ns.clone(), String::new())..)
+            .take_while(|((sns, _), _)| sns == ns)
+            .filter(|(_, svc)| selects(svc, &labels))
+            .map(|((sns, sname), svc)| {
+                (
+                    format!("{sns}/{}", service_hostname(sname, sns, cfg)),
+                    PortList {
+                        ports: endpoint_ports(svc, pod),
+                    },
+                )
+            })
+            .collect();
+        let ready = status
+            .conditions
+            .as_ref()
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .is_none_or(|c| c.status == "True");
+        out.push(wl::Workload {
+            uid: format!("{}//Pod/{ns}/{name}", cfg.cluster_id),
+            name: name.clone(),
+            namespace: ns.clone(),
+            addresses: ips.iter().map(|ip| ip_bytes(*ip)).collect(),
+            network: labels
+                .get("topology.istio.io/network")
+                .cloned()
+                .unwrap_or_else(|| cfg.network.clone()),
+            tunnel_protocol: if hbone {
+                wl::TunnelProtocol::Hbone
+            } else {
+                wl::TunnelProtocol::None
+            } as i32,
+            trust_domain: cfg.trust_domain.clone(),
+            service_account: spec
+                .service_account_name
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".to_owned()),
+            waypoint,
+            node: spec.node_name.clone().unwrap_or_default(),
+            canonical_name: canonical_name(&labels, &workload_name),
+            canonical_revision: canonical_revision(&labels),
+            workload_type: workload_type as i32,
+            workload_name,
+            services,
+            authorization_policies: policies.for_workload(ns, &labels),
+            status: if ready {
+                wl::WorkloadStatus::Healthy
+            } else {
+                wl::WorkloadStatus::Unhealthy
+            } as i32,
+            cluster_id: cfg.cluster_id.clone(),
+            network_mode: if spec.host_network == Some(true) {
+                wl::NetworkMode::HostNetwork
+            } else {
+                wl::NetworkMode::Standard
+            } as i32,
+            ..Default::default()
+        });
+    }
+    out
+}
+
+/// Kubernetes endpoint selection: a Service with a non-empty selector selects pods carrying all its labels.
+fn selects(svc: &core::Service, labels: &BTreeMap<String, String>) -> bool {
+    match svc.spec.as_ref().and_then(|s| s.selector.as_ref()) {
+        Some(sel) if !sel.is_empty() => sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        _ => false,
+    }
+}
+
+fn pod_ips(status: &core::PodStatus) -> Vec<IpAddr> {
+    let mut raw: Vec<&str> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.as_str())
+        .collect();
+    if raw.is_empty() {
+        raw.extend(status.pod_ip.as_deref());
+    }
+    let mut out = Vec::new();
+    for s in raw {
+        match s.parse::<IpAddr>() {
+            Ok(ip) if !out.contains(&ip) => out.push(ip),
+            Ok(_) => {}
+            Err(_) => tracing::warn!(pod.ip = s, "ignoring invalid pod IP"),
+        }
+    }
+    out
+}
+
+/// istiod's workload name: the Deployment behind a ReplicaSet (pod-template-hash stripped), the Job, or the
+/// controller's name; a bare pod is its own workload.
+fn workload_name_and_type(pod: &core::Pod, name: &str) -> (String, wl::WorkloadType) {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let Some(owner) = owner else {
+        return (name.to_owned(), wl::WorkloadType::Pod);
+    };
+    match owner.kind.as_str() {
+        "ReplicaSet" => {
+            let hash = labels_of(&pod.metadata).get("pod-template-hash").cloned();
+            let deployment = hash
+                .and_then(|h| owner.name.strip_suffix(&format!("-{h}")).map(str::to_owned))
+                .unwrap_or_else(|| owner.name.clone());
+            (deployment, wl::WorkloadType::Deployment)
+        }
+        "Job" => (owner.name.clone(), wl::WorkloadType::Job),
+        "CronJob" => (owner.name.clone(), wl::WorkloadType::Cronjob),
+        _ => (owner.name.clone(), wl::WorkloadType::Deployment),
+    }
+}
+
+fn canonical_name(labels: &BTreeMap<String, String>, workload_name: &str) -> String {
+    [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k).cloned())
+    .unwrap_or_else(|| workload_name.to_owned())
+}
+
+fn canonical_revision(labels: &BTreeMap<String, String>) -> String {
+    [
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k).cloned())
+    .unwrap_or_else(|| "latest".to_owned())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn map(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn enrollment_rules() {
+        let cfg = ComputeConfig::default();
+        let amb = map(&[(DATAPLANE_MODE, "ambient")]);
+        let none = map(&[(DATAPLANE_MODE, "none")]);
+        let empty = map(&[]);
+        assert!(enrolled(&amb, &empty, "a", &empty, &cfg));
+        assert!(enrolled(&empty, &empty, "a", &amb, &cfg));
+        assert!(!enrolled(&none, &empty, "a", &amb, &cfg));
+        assert!(!enrolled(&empty, &empty, "a", &empty, &cfg));
+        assert!(!enrolled(&amb, &empty, "kube-system", &empty, &cfg));
+        assert!(!enrolled(
+            &amb,
+            &map(&[(SIDECAR_STATUS, "{}")]),
+            "a",
+            &empty,
+            &cfg
+        ));
+    }
+}

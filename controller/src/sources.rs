@@ -1,0 +1,315 @@
+//! Where objects come from. A [`Source`] emits [`Event`]s modelled on kube-rs watcher events (`Apply`, `Delete`,
+//! `InitDone`), so a Kubernetes watcher can replace the manifest directory without touching the rest.
+
+pub mod manifest;
+pub mod types;
+
+use std::fmt;
+
+use ambit_core::drain::DrainWatcher;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+pub use types::{AuthorizationPolicy, Gateway, PeerAuthentication};
+
+/// The kinds of object the controller understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    Service,
+    ServiceAccount,
+    Gateway,
+    AuthorizationPolicy,
+    PeerAuthentication,
+}
+
+impl Kind {
+    /// The kind for an `apiVersion`/`kind` pair, or `None` when the controller does not use it.
+    pub fn from_type_meta(api_version: &str, kind: &str) -> Option<Kind> {
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let version = api_version.rsplit('/').next().unwrap_or(api_version);
+        match (group, version, kind) {
+            ("", "v1", "Namespace") => Some(Kind::Namespace),
+            ("", "v1", "Pod") => Some(Kind::Pod),
+            ("", "v1", "Service") => Some(Kind::Service),
+            ("", "v1", "ServiceAccount") => Some(Kind::ServiceAccount),
+            ("gateway.networking.k8s.io", "v1" | "v1beta1", "Gateway") => Some(Kind::Gateway),
+            ("security.istio.io", "v1" | "v1beta1", "AuthorizationPolicy") => {
+                Some(Kind::AuthorizationPolicy)
+            }
+            ("security.istio.io", "v1" | "v1beta1", "PeerAuthentication") => {
+                Some(Kind::PeerAuthentication)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn namespaced(self) -> bool {
+        self != Kind::Namespace
+    }
+}
+
+/// Identifies one object: kind, namespace (empty for cluster-scoped kinds) and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{:?}/{}", self.kind, self.name)
+        } else {
+            write!(f, "{:?}/{}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// A typed object.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Namespace(Box<core::Namespace>),
+    Pod(Box<core::Pod>),
+    Service(Box<core::Service>),
+    ServiceAccount(Box<core::ServiceAccount>),
+    Gateway(Box<Gateway>),
+    AuthorizationPolicy(Box<AuthorizationPolicy>),
+    PeerAuthentication(Box<PeerAuthentication>),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Pod(_) => Kind::Pod,
+            Object::Service(_) => Kind::Service,
+            Object::ServiceAccount(_) => Kind::ServiceAccount,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::Namespace(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::ServiceAccount(o) => &o.metadata,
+            Object::Gateway(o) => &o.metadata,
+            Object::AuthorizationPolicy(o) => &o.metadata,
+            Object::PeerAuthentication(o) => &o.metadata,
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let meta = self.metadata();
+        ObjectKey {
+            kind: self.kind(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// What a source reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The object was created or changed (the full new state).
+    Apply(Object),
+    /// The object is gone.
+    Delete(ObjectKey),
+    /// The initial listing is complete: everything that existed at start has been applied.
+    InitDone,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("watching {path}: {source}")]
+    Watch { path: String, source: notify::Error },
+    #[error("the event receiver is gone")]
+    Closed,
+}
+
+/// Produces events until it is drained. It sends `InitDone` exactly once, after the initial state.
+#[async_trait::async_trait]
+pub trait Source: Send + 'static {
+    async fn run(
+        self: Box<Self>,
+        tx: mpsc::Sender<Event>,
+        drain: DrainWatcher,
+    ) -> Result<(), SourceError>;
+}
+
+/// Why one YAML document could not become an object.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("missing apiVersion or kind")]
+    NoType,
+    #[error("missing metadata.name")]
+    NoName,
+    #[error("invalid {kind:?}: {source}")]
+    Invalid {
+        kind: Kind,
+        source: serde_yaml::Error,
+    },
+}
+
+/// The outcome of reading one document.
+#[derive(Debug)]
+pub enum Document {
+    Object(Object),
+    /// A kind the controller does not use (`apiVersion`, `kind`).
+    Unknown(String, String),
+    /// An empty document (e.g. a trailing `---`).
+    Empty,
+}
+
+/// Converts one parsed YAML document into a typed object. Namespaced objects without a namespace land in
+/// `default`, as with `kubectl apply`.
+pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentError> {
+    if value.is_null() {
+        return Ok(Document::Empty);
+    }
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .ok_or(DocumentError::NoType)?;
+    let kind_str = value
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .ok_or(DocumentError::NoType)?;
+    let Some(kind) = Kind::from_type_meta(api_version, kind_str) else {
+        return Ok(Document::Unknown(
+            api_version.to_owned(),
+            kind_str.to_owned(),
+        ));
+    };
+    let invalid = |source| DocumentError::Invalid { kind, source };
+    let mut obj = match kind {
+        Kind::Namespace => {
+            Object::Namespace(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
+        Kind::Pod => Object::Pod(Box::new(serde_yaml::from_value(value).map_err(invalid)?)),
+        Kind::Service => Object::Service(Box::new(serde_yaml::from_value(value).map_err(invalid)?)),
+        Kind::ServiceAccount => {
+            Object::ServiceAccount(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
+        Kind::Gateway => Object::Gateway(Box::new(serde_yaml::from_value(value).map_err(invalid)?)),
+        Kind::AuthorizationPolicy => {
+            Object::AuthorizationPolicy(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
+        Kind::PeerAuthentication => {
+            Object::PeerAuthentication(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
+    };
+    if obj
+        .metadata()
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .is_empty()
+    {
+        return Err(DocumentError::NoName);
+    }
+    let meta = match &mut obj {
+        Object::Namespace(o) => &mut o.metadata,
+        Object::Pod(o) => &mut o.metadata,
+        Object::Service(o) => &mut o.metadata,
+        Object::ServiceAccount(o) => &mut o.metadata,
+        Object::Gateway(o) => &mut o.metadata,
+        Object::AuthorizationPolicy(o) => &mut o.metadata,
+        Object::PeerAuthentication(o) => &mut o.metadata,
+    };
+    if kind.namespaced() {
+        if meta.namespace.as_deref().unwrap_or_default().is_empty() {
+            meta.namespace = Some("default".to_owned());
+        }
+    } else {
+        meta.namespace = None;
+    }
+    Ok(Document::Object(obj))
+}
+
+/// The key a document would have, read leniently from the untyped YAML (used to keep the last good state of an
+/// object whose new version does not parse).
+pub fn document_key(value: &serde_yaml::Value) -> Option<ObjectKey> {
+    let kind = Kind::from_type_meta(
+        value.get("apiVersion")?.as_str()?,
+        value.get("kind")?.as_str()?,
+    )?;
+    let meta = value.get("metadata")?;
+    let name = meta.get("name")?.as_str()?.to_owned();
+    let namespace = if kind.namespaced() {
+        meta.get("namespace")
+            .and_then(|n| n.as_str())
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
+            .to_owned()
+    } else {
+        String::new()
+    };
+    Some(ObjectKey {
+        kind,
+        namespace,
+        name,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn doc(s: &str) -> Result<Document, DocumentError> {
+        parse_document(serde_yaml::from_str(s).unwrap())
+    }
+
+    #[test]
+    fn pod_defaults_to_default_namespace() {
+        let Document::Object(o) = doc("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n").unwrap()
+        else {
+            panic!("not an object")
+        };
+        assert_eq!(
+            o.key(),
+            ObjectKey {
+                kind: Kind::Pod,
+                namespace: "default".into(),
+                name: "a".into()
+            }
+        );
+    }
+
+    #[test]
+    fn accepts_v1beta1_security_and_ignores_unknown() {
+        let d = doc("apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: x}\nspec: {mtls: {mode: STRICT}}\n").unwrap();
+        assert!(matches!(d, Document::Object(Object::PeerAuthentication(_))));
+        let d = doc("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n").unwrap();
+        assert!(matches!(d, Document::Unknown(_, k) if k == "Deployment"));
+        // A Pod from the wrong group is not a Pod.
+        let d = doc("apiVersion: example.com/v1\nkind: Pod\nmetadata: {name: d}\n").unwrap();
+        assert!(matches!(d, Document::Unknown(..)));
+    }
+
+    #[test]
+    fn rejects_bad_field_types_and_missing_names() {
+        assert!(matches!(
+            doc("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: 3}\n"),
+            Err(DocumentError::Invalid {
+                kind: Kind::Service,
+                ..
+            })
+        ));
+        assert!(matches!(
+            doc("apiVersion: v1\nkind: Pod\nmetadata: {}\n"),
+            Err(DocumentError::NoName)
+        ));
+        assert!(matches!(doc("kind: Pod\n"), Err(DocumentError::NoType)));
+    }
+}

@@ -1,0 +1,243 @@
+//! One ADS stream: subscriptions, what the client holds, ACK/NACK bookkeeping.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use ambit_core::drain::DrainWatcher;
+use ambit_proto::type_url;
+use ambit_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+
+use super::{ConnectionInfo, Snapshot, XdsMetrics};
+
+/// Per type URL.
+#[derive(Debug, Default)]
+struct TypeState {
+    wildcard: bool,
+    /// Explicitly subscribed names (on-demand).
+    names: BTreeSet<String>,
+    /// Name → version the client holds, as far as we know.
+    sent: HashMap<String, String>,
+}
+
+pub(super) struct Connection {
+    id: u64,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    metrics: Arc<XdsMetrics>,
+    table: Arc<Mutex<BTreeMap<u64, ConnectionInfo>>>,
+    info: ConnectionInfo,
+    types: BTreeMap<String, TypeState>,
+    nonce: u64,
+}
+
+type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+
+/// The connection is over (client gone or stream error).
+struct Closed;
+
+impl Connection {
+    pub(super) fn new(
+        id: u64,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        metrics: Arc<XdsMetrics>,
+        table: Arc<Mutex<BTreeMap<u64, ConnectionInfo>>>,
+        info: ConnectionInfo,
+    ) -> Self {
+        Connection {
+            id,
+            snapshots,
+            metrics,
+            table,
+            info,
+            types: BTreeMap::new(),
+            nonce: 0,
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut requests: Streaming<DeltaDiscoveryRequest>,
+        tx: Tx,
+        mut drain: DrainWatcher,
+    ) {
+        self.metrics.connected.inc();
+        self.metrics.connections.inc();
+        self.publish();
+        tracing::debug!(conn.id = self.id, src.addr = %self.info.peer, "xds stream opened");
+        // Everything currently in the snapshot counts as seen: pushes are for later changes.
+        self.snapshots.mark_unchanged();
+        loop {
+            let step = tokio::select! {
+                req = requests.message() => match req {
+                    Ok(Some(req)) => self.on_request(req, &tx).await,
+                    Ok(None) => Err(Closed),
+                    Err(status) => {
+                        tracing::debug!(conn.id = self.id, error = %status, "xds stream error");
+                        Err(Closed)
+                    }
+                },
+                changed = self.snapshots.changed() => match changed {
+                    Ok(()) => self.push_all(&tx).await,
+                    Err(_) => Err(Closed),
+                },
+                _ = drain.signaled() => Err(Closed),
+            };
+            self.publish();
+            if step.is_err() {
+                break;
+            }
+        }
+        tracing::debug!(conn.id = self.id, node.id = %self.info.node_id, "xds stream closed");
+        self.metrics.connected.dec();
+        if let Ok(mut t) = self.table.lock() {
+            t.remove(&self.id);
+        }
+    }
+
+    fn publish(&mut self) {
+        self.info.resources = self
+            .types
+            .iter()
+            .map(|(k, t)| (k.clone(), t.sent.len()))
+            .collect();
+        if let Ok(mut t) = self.table.lock() {
+            t.insert(self.id, self.info.clone());
+        }
+    }
+
+    async fn on_request(&mut self, req: DeltaDiscoveryRequest, tx: &Tx) -> Result<(), Closed> {
+        if let Some(node) = &req.node
+            && self.info.node_id.is_empty()
+        {
+            self.info.node_id = node.id.clone();
+            tracing::info!(conn.id = self.id, node.id = %node.id, src.addr = %self.info.peer, "xds client connected");
+        }
+        let label = XdsMetrics::label(&req.type_url);
+        if !req.response_nonce.is_empty() {
+            if let Some(err) = &req.error_detail {
+                self.info.nacks += 1;
+                self.info.last_nack = Some(err.message.clone());
+                self.metrics.rejects.get_or_create(&label).inc();
+                tracing::warn!(conn.id = self.id, node.id = %self.info.node_id, xds.type = %label.r#type,
+                    xds.nonce = %req.response_nonce, error = %err.message, "client rejected resources (NACK)");
+            } else {
+                self.info.acks += 1;
+            }
+            // An ACK/NACK may also carry subscription changes; otherwise there is nothing to answer.
+            if req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty()
+            {
+                return Ok(());
+            }
+        }
+        let first = !self.types.contains_key(&req.type_url);
+        let state = self.types.entry(req.type_url.clone()).or_default();
+        if first {
+            state.sent = req.initial_resource_versions.clone().into_iter().collect();
+            state.wildcard = req.resource_names_subscribe.is_empty();
+        }
+        let mut requested = Vec::new();
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                state.wildcard = true;
+            } else {
+                state.names.insert(name.clone());
+                requested.push(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.names.remove(name);
+                requested.retain(|r| r != name);
+            }
+        }
+        let known = [type_url::ADDRESS, type_url::AUTHORIZATION].contains(&req.type_url.as_str());
+        if !known {
+            tracing::info!(conn.id = self.id, xds.type = %req.type_url, "subscription to an unknown type; answering empty");
+        }
+        // The first request of a type is always answered (clients block readiness on it).
+        self.respond(&req.type_url, &requested, first, tx).await
+    }
+
+    async fn push_all(&mut self, tx: &Tx) -> Result<(), Closed> {
+        let types: Vec<String> = self.types.keys().cloned().collect();
+        for t in types {
+            self.respond(&t, &[], false, tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what the client lacks for `type_url` (and, for `requested` names that do not exist, a removal so an
+    /// on-demand waiter is released). With `always`, sends even an empty response.
+    async fn respond(
+        &mut self,
+        type_url: &str,
+        requested: &[String],
+        always: bool,
+        tx: &Tx,
+    ) -> Result<(), Closed> {
+        let snap = self.snapshots.borrow().clone();
+        let Some(state) = self.types.get_mut(type_url) else {
+            return Ok(());
+        };
+        let empty = BTreeMap::new();
+        let all = snap.types.get(type_url).unwrap_or(&empty);
+        let mut resources = Vec::new();
+        let mut wanted: BTreeSet<&str> = state.names.iter().map(String::as_str).collect();
+        if state.wildcard {
+            wanted.extend(all.keys().map(String::as_str));
+        }
+        for name in &wanted {
+            let Some(v) = snap.lookup(type_url, name) else {
+                continue;
+            };
+            if state.sent.get(*name) != Some(&v.version) {
+                state.sent.insert((*name).to_owned(), v.version.clone());
+                resources.push(Resource {
+                    name: (*name).to_owned(),
+                    version: v.version.clone(),
+                    resource: Some(v.any.clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        let mut removed: Vec<String> = state
+            .sent
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()) || snap.lookup(type_url, n).is_none())
+            .cloned()
+            .collect();
+        for n in &removed {
+            state.sent.remove(n);
+        }
+        for n in requested {
+            if snap.lookup(type_url, n).is_none() && !removed.contains(n) {
+                removed.push(n.clone());
+            }
+        }
+        removed.sort();
+        if resources.is_empty() && removed.is_empty() && !always {
+            return Ok(());
+        }
+        self.nonce += 1;
+        let label = XdsMetrics::label(type_url);
+        self.metrics.pushes.get_or_create(&label).inc();
+        self.metrics
+            .resources_sent
+            .get_or_create(&label)
+            .inc_by(resources.len() as u64);
+        self.info.responses += 1;
+        tracing::debug!(conn.id = self.id, xds.type = %label.r#type, resources = resources.len(),
+            removed = removed.len(), "xds push");
+        let resp = DeltaDiscoveryResponse {
+            system_version_info: snap.generation.to_string(),
+            resources,
+            type_url: type_url.to_owned(),
+            nonce: format!("{}-{}", self.id, self.nonce),
+            removed_resources: removed,
+        };
+        tx.send(Ok(resp)).await.map_err(|_| Closed)
+    }
+}

@@ -1,0 +1,345 @@
+//! Delta ADS protocol tests against the real server over TCP with a test client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ambit_controller::ca::{Subject, TokenAuthority};
+use ambit_controller::compute::{self, ComputeConfig, Resources};
+use ambit_controller::index::Index;
+use ambit_controller::sources::manifest::ManifestState;
+use ambit_controller::xds::{Snapshot, XdsMetrics, XdsServer};
+use ambit_proto::type_url::{ADDRESS, AUTHORIZATION};
+use ambit_proto::workload::{Address, address};
+use ambit_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use ambit_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status as RpcStatus};
+use prometheus_client::registry::Registry;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+
+const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {istio.io/dataplane-mode: ambient}}\n---\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: p1, namespace: a, labels: {app: x}}\nspec: {nodeName: n1}\nstatus: {podIP: 10.0.0.1}\n---\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: p2, namespace: a, labels: {app: y}}\nspec: {nodeName: n1}\nstatus: {podIP: 10.0.0.2}\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: x, namespace: a}\nspec: {clusterIP: 10.96.0.1, selector: {app: x}, ports: [{port: 80}]}\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: z, namespace: a}\nspec: {clusterIP: 10.96.0.2, selector: {app: nobody}, ports: [{port: 80}]}\n";
+
+const P3: &str = "\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p3, namespace: a}\nspec: {nodeName: n2}\nstatus: {podIP: 10.0.0.3}\n";
+
+fn resources(yaml: &str) -> Resources {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
+    let mut idx = Index::default();
+    for ev in ManifestState::default().rescan(&[dir.path().to_path_buf()]) {
+        idx.apply(ev);
+    }
+    compute::compute(&idx, &ComputeConfig::default())
+}
+
+struct Harness {
+    addr: SocketAddr,
+    publish: watch::Sender<Arc<Snapshot>>,
+    server: XdsServer,
+    registry: Registry,
+    generation: u64,
+    _drain: ambit_core::drain::DrainTrigger,
+}
+
+impl Harness {
+    async fn start(yaml: &str, auth: Option<Arc<TokenAuthority>>) -> Harness {
+        let (publish, rx) = watch::channel(Arc::new(Snapshot::new(1, &resources(yaml))));
+        let mut registry = Registry::default();
+        let metrics = Arc::new(XdsMetrics::new(&mut registry));
+        let (trigger, drain) = ambit_core::drain::new();
+        let auth = auth.map(|a| a as Arc<dyn ambit_controller::ca::Authenticator>);
+        let server = XdsServer::new(rx, metrics, auth, drain);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = server.clone().into_service();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Harness {
+            addr,
+            publish,
+            server,
+            registry,
+            generation: 1,
+            _drain: trigger,
+        }
+    }
+
+    fn update(&mut self, yaml: &str) {
+        self.generation += 1;
+        self.publish
+            .send_replace(Arc::new(Snapshot::new(self.generation, &resources(yaml))));
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).unwrap();
+        s
+    }
+
+    async fn connect(&self, token: Option<&str>) -> Result<Client, tonic::Status> {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let stream = client.delta_aggregated_resources(req).await?.into_inner();
+        Ok(Client { tx, stream })
+    }
+}
+
+struct Client {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    stream: tonic::Streaming<DeltaDiscoveryResponse>,
+}
+
+fn node() -> Option<Node> {
+    Some(Node {
+        id: "ztunnel~10.0.0.100~ztunnel-abc.istio-system~istio-system.svc.cluster.local".into(),
+        ..Default::default()
+    })
+}
+
+impl Client {
+    async fn send(&self, r: DeltaDiscoveryRequest) {
+        self.tx.send(r).await.unwrap();
+    }
+    async fn subscribe(&self, type_url: &str, initial: HashMap<String, String>) {
+        self.send(DeltaDiscoveryRequest {
+            node: node(),
+            type_url: type_url.into(),
+            initial_resource_versions: initial,
+            ..Default::default()
+        })
+        .await;
+    }
+    async fn recv(&mut self) -> DeltaDiscoveryResponse {
+        self.stream.message().await.unwrap().expect("stream open")
+    }
+    async fn ack(&self, r: &DeltaDiscoveryResponse) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+    }
+}
+
+fn names(r: &DeltaDiscoveryResponse) -> Vec<String> {
+    let mut n: Vec<String> = r.resources.iter().map(|r| r.name.clone()).collect();
+    n.sort();
+    n
+}
+
+fn versions(r: &DeltaDiscoveryResponse) -> HashMap<String, String> {
+    r.resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn wildcard_subscribe_ack_and_one_delta_per_change() {
+    let mut h = Harness::start(BASE, None).await;
+    let mut c = h.connect(None).await.unwrap();
+    c.subscribe(ADDRESS, HashMap::new()).await;
+    c.subscribe(AUTHORIZATION, HashMap::new()).await;
+    let a = c.recv().await;
+    assert_eq!(a.type_url, ADDRESS);
+    assert_eq!(
+        names(&a),
+        vec![
+            "Kubernetes//Pod/a/p1",
+            "Kubernetes//Pod/a/p2",
+            "a/x.a.svc.cluster.local",
+            "a/z.a.svc.cluster.local"
+        ]
+    );
+    assert!(a.resources.iter().all(|r| !r.version.is_empty()));
+    // Resources decode as Addresses; the workload carries its service port map.
+    let p1 = a.resources.iter().find(|r| r.name.ends_with("p1")).unwrap();
+    let any = p1.resource.as_ref().unwrap();
+    assert_eq!(any.type_url, ADDRESS);
+    let Some(address::Type::Workload(w)) = Address::decode(any.value.as_slice()).unwrap().r#type
+    else {
+        panic!()
+    };
+    assert!(w.services.contains_key("a/x.a.svc.cluster.local"));
+    let z = c.recv().await;
+    assert_eq!(z.type_url, AUTHORIZATION);
+    assert_eq!(
+        names(&z),
+        vec!["istio-system/istio_converted_static_strict"]
+    );
+    c.ack(&a).await;
+    c.ack(&z).await;
+
+    // A new pod: exactly one Address delta with just that pod, no Authorization push.
+    h.update(&format!("{BASE}{P3}"));
+    let d = c.recv().await;
+    assert_eq!(d.type_url, ADDRESS);
+    assert_eq!(names(&d), vec!["Kubernetes//Pod/a/p3"]);
+    assert!(d.removed_resources.is_empty());
+    c.ack(&d).await;
+    // Removing it again: one delta with only the removal (had an Authorization push been queued, it would come first).
+    h.update(BASE);
+    let d = c.recv().await;
+    assert_eq!(d.type_url, ADDRESS);
+    assert!(d.resources.is_empty());
+    assert_eq!(d.removed_resources, vec!["Kubernetes//Pod/a/p3"]);
+
+    let conns = h.server.connections();
+    assert_eq!(conns.len(), 1);
+    assert!(conns[0].node_id.starts_with("ztunnel~"));
+    assert_eq!(conns[0].acks, 3);
+    let text = h.metrics_text();
+    assert!(text.contains("pilot_xds 1"), "{text}");
+    assert!(
+        text.contains("pilot_xds_pushes_total{type=\"wds\"} 3"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn nack_is_recorded_and_later_pushes_send_only_changes() {
+    let mut h = Harness::start(BASE, None).await;
+    let mut c = h.connect(None).await.unwrap();
+    c.subscribe(ADDRESS, HashMap::new()).await;
+    let a = c.recv().await;
+    c.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS.into(),
+        response_nonce: a.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "Kubernetes//Pod/a/p1: bad address".into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    })
+    .await;
+    h.update(&format!("{BASE}{P3}"));
+    let d = c.recv().await;
+    assert_eq!(
+        names(&d),
+        vec!["Kubernetes//Pod/a/p3"],
+        "the NACK does not cause a resend of everything"
+    );
+    let conns = h.server.connections();
+    assert_eq!(conns[0].nacks, 1);
+    assert_eq!(
+        conns[0].last_nack.as_deref(),
+        Some("Kubernetes//Pod/a/p1: bad address")
+    );
+    assert!(
+        h.metrics_text()
+            .contains("pilot_total_xds_rejects_total{type=\"wds\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn reconnect_with_initial_versions_gets_only_the_difference() {
+    let mut h = Harness::start(BASE, None).await;
+    let mut c = h.connect(None).await.unwrap();
+    c.subscribe(ADDRESS, HashMap::new()).await;
+    c.subscribe(AUTHORIZATION, HashMap::new()).await;
+    let a = c.recv().await;
+    let z = c.recv().await;
+    drop(c);
+    // While disconnected: p2 changes node, p3 appears, service z (no endpoints) goes away; p1 and x stay as they were.
+    let changed = BASE.replace(
+        "name: p2, namespace: a, labels: {app: y}}\nspec: {nodeName: n1}",
+        "name: p2, namespace: a, labels: {app: y}}\nspec: {nodeName: n9}",
+    );
+    let without_svc = changed
+        .split("\n---\napiVersion: v1\nkind: Service\nmetadata: {name: z")
+        .next()
+        .unwrap()
+        .to_owned();
+    h.update(&format!("{without_svc}{P3}"));
+    let mut c = h.connect(None).await.unwrap();
+    c.subscribe(ADDRESS, versions(&a)).await;
+    c.subscribe(AUTHORIZATION, versions(&z)).await;
+    let a2 = c.recv().await;
+    assert_eq!(
+        names(&a2),
+        vec!["Kubernetes//Pod/a/p2", "Kubernetes//Pod/a/p3"]
+    );
+    assert_eq!(a2.removed_resources, vec!["a/z.a.svc.cluster.local"]);
+    // Nothing changed for Authorization: still one (empty) response, which readiness needs.
+    let z2 = c.recv().await;
+    assert_eq!(z2.type_url, AUTHORIZATION);
+    assert!(z2.resources.is_empty() && z2.removed_resources.is_empty());
+}
+
+#[tokio::test]
+async fn on_demand_lookup_by_address_and_missing_names() {
+    let h = Harness::start(BASE, None).await;
+    let mut c = h.connect(None).await.unwrap();
+    // ztunnel's on-demand start: subscribe and unsubscribe "*" in one message = nothing.
+    c.send(DeltaDiscoveryRequest {
+        node: node(),
+        type_url: ADDRESS.into(),
+        resource_names_subscribe: vec!["*".into()],
+        resource_names_unsubscribe: vec!["*".into()],
+        ..Default::default()
+    })
+    .await;
+    let first = c.recv().await;
+    assert!(first.resources.is_empty());
+    c.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS.into(),
+        resource_names_subscribe: vec!["/10.0.0.2".into(), "/10.9.9.9".into()],
+        ..Default::default()
+    })
+    .await;
+    let r = c.recv().await;
+    assert_eq!(
+        names(&r),
+        vec!["/10.0.0.2"],
+        "answered under the requested key"
+    );
+    assert_eq!(
+        r.removed_resources,
+        vec!["/10.9.9.9"],
+        "an unknown key is released as removed"
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_required_when_configured() {
+    let auth = Arc::new(TokenAuthority::from_key(&[1; 32]));
+    let good = auth.issue(
+        Subject::Node("n1".into()),
+        std::time::Duration::from_secs(600),
+        std::time::SystemTime::now(),
+    );
+    let h = Harness::start(BASE, Some(auth)).await;
+    let err = h
+        .connect(None)
+        .await
+        .err()
+        .expect("refused without a token");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let err = h
+        .connect(Some("ambit1.e30.AAAA"))
+        .await
+        .err()
+        .expect("refused with a forged token");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut c = h.connect(Some(&good)).await.unwrap();
+    c.subscribe(AUTHORIZATION, HashMap::new()).await;
+    assert_eq!(c.recv().await.type_url, AUTHORIZATION);
+}
