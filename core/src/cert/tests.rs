@@ -1,0 +1,235 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+use crate::ca::LocalCa;
+
+/// Signs with a LocalCa; fails while `fail_next > 0` (counting down); counts calls; may block until released.
+struct FakeSigner {
+    ca: LocalCa,
+    calls: AtomicUsize,
+    fail_next: AtomicUsize,
+    gate: tokio::sync::Semaphore,
+}
+
+impl FakeSigner {
+    fn new(open: bool) -> Arc<Self> {
+        Arc::new(FakeSigner {
+            ca: LocalCa::generate("cluster.local").unwrap(),
+            calls: AtomicUsize::new(0),
+            fail_next: AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(if open {
+                tokio::sync::Semaphore::MAX_PERMITS
+            } else {
+                0
+            }),
+        })
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl CsrSigner for FakeSigner {
+    async fn sign(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        ttl: Duration,
+    ) -> Result<Vec<String>, SignError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let permit = self
+            .gate
+            .acquire()
+            .await
+            .map_err(|e| SignError::Unavailable(e.to_string()))?;
+        permit.forget();
+        if self.fail_next.load(Ordering::SeqCst) > 0 {
+            self.fail_next.fetch_sub(1, Ordering::SeqCst);
+            return Err(SignError::Unavailable("CA down".into()));
+        }
+        self.ca
+            .sign_csr(csr_pem, identity, ttl)
+            .map_err(|e| SignError::Invalid(e.to_string()))
+    }
+}
+
+fn id(sa: &str) -> Identity {
+    Identity::new("cluster.local", "default", sa)
+}
+
+/// Lets spawned tasks run until they block (time is paused, so nothing advances the clock).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn caches_and_shares_concurrent_requests() {
+    let signer = FakeSigner::new(false);
+    let mgr = CertManager::new(signer.clone(), Duration::from_secs(3600));
+    let a = tokio::spawn({
+        let mgr = mgr.clone();
+        async move { mgr.fetch(&id("a"), Priority::RealTime).await }
+    });
+    let b = tokio::spawn({
+        let mgr = mgr.clone();
+        async move { mgr.fetch(&id("a"), Priority::Warmup).await }
+    });
+    settle().await;
+    assert_eq!(signer.calls(), 1, "concurrent callers share one request");
+    assert_eq!(mgr.dump()[0].state, "Initializing");
+    signer.gate.add_permits(100);
+    let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+    assert!(Arc::ptr_eq(&a, &b));
+    assert_eq!(a.identity(), &id("a"));
+    let c = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
+    assert!(Arc::ptr_eq(&a, &c), "served from cache");
+    assert_eq!(signer.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_eight_in_flight() {
+    let signer = FakeSigner::new(false);
+    let mgr = CertManager::new(signer.clone(), Duration::from_secs(3600));
+    for i in 0..12 {
+        mgr.prefetch(&id(&format!("sa{i}")));
+    }
+    settle().await;
+    assert_eq!(signer.calls(), MAX_CONCURRENT_CSRS);
+    signer.gate.add_permits(100);
+    settle().await;
+    assert_eq!(signer.calls(), 12);
+    assert_eq!(mgr.identities().len(), 12);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refreshes_at_half_life() {
+    let signer = FakeSigner::new(true);
+    // Lifetime = ttl + the CA's 60 s back-dating = 260 s, so half-life is 130 s after not_before = 70 s from now.
+    let mgr = CertManager::new(signer.clone(), Duration::from_secs(200));
+    let mut rx = mgr.subscribe(&id("a"));
+    let first = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
+    assert_eq!(signer.calls(), 1);
+    let wait = first
+        .refresh_at()
+        .duration_since(SystemTime::now())
+        .unwrap();
+    assert!(
+        wait <= Duration::from_secs(70) && wait > Duration::from_secs(65),
+        "{wait:?}"
+    );
+    rx.borrow_and_update();
+    tokio::time::sleep(wait - Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(signer.calls(), 1, "not yet");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle().await;
+    assert_eq!(signer.calls(), 2, "refreshed at half-life");
+    assert!(rx.has_changed().unwrap(), "subscribers see the rotation");
+    let second = rx.borrow_and_update().clone().unwrap();
+    assert_ne!(second.serial_hex(), first.serial_hex());
+    let fetched = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
+    assert!(Arc::ptr_eq(&fetched, &second));
+}
+
+#[tokio::test(start_paused = true)]
+async fn backs_off_and_keeps_serving_old_cert() {
+    let signer = FakeSigner::new(true);
+    let mgr = CertManager::new(signer.clone(), Duration::from_secs(200));
+    let first = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
+    signer.fail_next.store(3, Ordering::SeqCst);
+    let wait = first
+        .refresh_at()
+        .duration_since(SystemTime::now())
+        .unwrap();
+    tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    settle().await;
+    assert_eq!(signer.calls(), 2, "refresh attempted and failed");
+    let served = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
+    assert!(Arc::ptr_eq(&served, &first), "old cert still served");
+    assert_eq!(mgr.dump()[0].state, "Available");
+    // Retries at 1 s (±20 %), then 2 s, then 4 s after the previous one. Now = T+0.1 s.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    settle().await;
+    assert_eq!(signer.calls(), 2, "first retry not before 0.8 s");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    settle().await;
+    assert_eq!(signer.calls(), 3, "first retry by 1.2 s");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    settle().await;
+    assert_eq!(signer.calls(), 3, "second retry not before 0.8 + 1.6 s");
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    settle().await;
+    assert_eq!(signer.calls(), 4, "second retry by 1.2 + 2.4 s");
+    assert!(Arc::ptr_eq(
+        &mgr.fetch(&id("a"), Priority::RealTime).await.unwrap(),
+        &first
+    ));
+    tokio::time::sleep(Duration::from_millis(4900)).await;
+    settle().await;
+    assert_eq!(signer.calls(), 5, "third retry (by 3.6 + 4.8 s) succeeds");
+    let renewed = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
+    assert!(!Arc::ptr_eq(&renewed, &first));
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_failure_is_reported_to_callers() {
+    let signer = FakeSigner::new(true);
+    signer.fail_next.store(1, Ordering::SeqCst);
+    let mgr = CertManager::new(signer.clone(), Duration::from_secs(200));
+    let err = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap_err();
+    assert!(err.retryable());
+    assert!(err.to_string().contains("CA down"), "{err}");
+    assert_eq!(mgr.dump()[0].state, format!("Unavailable: {err}"));
+    // The worker retries by itself; a later fetch gets the certificate.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert!(mgr.fetch(&id("a"), Priority::RealTime).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn forget_stops_refreshing() {
+    let signer = FakeSigner::new(true);
+    let mgr = CertManager::new(signer.clone(), Duration::from_secs(200));
+    let rx = mgr.subscribe(&id("a"));
+    mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
+    mgr.forget(&id("a"));
+    assert!(rx.borrow().is_none());
+    assert!(mgr.dump().is_empty());
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    settle().await;
+    assert_eq!(signer.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dump_format() {
+    let signer = FakeSigner::new(true);
+    let mgr = CertManager::new(signer.clone(), Duration::from_secs(3600));
+    let cert = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
+    let json = serde_json::to_value(mgr.dump()).unwrap();
+    let entry = &json[0];
+    assert_eq!(entry["identity"], "spiffe://cluster.local/ns/default/sa/a");
+    assert_eq!(entry["state"], "Available");
+    let chain = entry["certChain"].as_array().unwrap();
+    assert_eq!(chain.len(), 1);
+    let roots = entry["rootCerts"].as_array().unwrap();
+    assert_eq!(roots.len(), 1);
+    use base64::Engine as _;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(chain[0]["pem"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(String::from_utf8(pem).unwrap(), cert.chain_pem()[0]);
+    assert_eq!(chain[0]["serialNumber"], cert.serial_hex());
+    assert_eq!(chain[0]["validFrom"], dump::rfc3339(cert.not_before()));
+    assert_eq!(chain[0]["expirationTime"], dump::rfc3339(cert.not_after()));
+    let from = chain[0]["validFrom"].as_str().unwrap();
+    let parsed =
+        time::OffsetDateTime::parse(from, &time::format_description::well_known::Rfc3339).unwrap();
+    assert_eq!(SystemTime::from(parsed), cert.not_before());
+    assert_eq!(from.len(), "2026-01-01T00:00:00Z".len());
+    let keys: Vec<&String> = entry.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+}

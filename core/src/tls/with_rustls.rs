@@ -1,0 +1,309 @@
+//! The rustls backend: configs built once per [`WorkloadCert`], SPIFFE-aware verifiers.
+
+use std::sync::{Arc, LazyLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, verify_server_cert_signed_by_trust_anchor};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{NoServerSessionStorage, ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::stream::Inner;
+use super::{ALPN_H2, ClientTlsStream, PeerCheckError, ServerTlsStream, TlsError, WorkloadCert};
+use crate::identity::Identity;
+
+/// aws-lc-rs restricted to the workload policy: TLS 1.3 AES-256-GCM and AES-128-GCM only.
+static PROVIDER: LazyLock<Arc<CryptoProvider>> = LazyLock::new(|| {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites = vec![
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
+    ];
+    Arc::new(provider)
+});
+
+/// Never sent (SNI is disabled) and never checked; rustls wants some name.
+static DUMMY_NAME: LazyLock<ServerName<'static>> =
+    LazyLock::new(|| ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()));
+
+/// The cached configs of one workload certificate.
+pub(crate) struct Configs {
+    pub(crate) server: Arc<ServerConfig>,
+    /// Complete except for the per-connection identity verifier.
+    client: ClientConfig,
+    roots: Arc<RootCertStore>,
+}
+
+/// The configs of `cert`, built on first use.
+pub(crate) fn configs(cert: &WorkloadCert) -> Result<Arc<Configs>, TlsError> {
+    if let Some(c) = cert.rustls.get() {
+        return Ok(c.clone());
+    }
+    let built = Arc::new(build(cert)?);
+    // A concurrent builder may have won; either result is equivalent.
+    Ok(cert.rustls.get_or_init(|| built).clone())
+}
+
+fn build(cert: &WorkloadCert) -> Result<Configs, TlsError> {
+    let provider = PROVIDER.clone();
+    let mut roots = RootCertStore::empty();
+    for root in cert.roots_der() {
+        roots
+            .add(root.clone())
+            .map_err(|e| TlsError::InvalidCertificate(format!("unusable root: {e}")))?;
+    }
+    let roots = Arc::new(roots);
+    let chain: Vec<CertificateDer<'static>> = cert.chain_der().to_vec();
+    let key = || PrivateKeyDer::Pkcs8(cert.key_der().clone_key());
+
+    let certified = rustls::sign::CertifiedKey::from_der(chain.clone(), key(), &provider).map_err(
+        |e| match e {
+            rustls::Error::InconsistentKeys(_) => {
+                TlsError::InvalidKey("private key does not match the leaf".into())
+            }
+            other => TlsError::InvalidKey(other.to_string()),
+        },
+    )?;
+    drop(certified);
+
+    let webpki = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+    let verifier = Arc::new(TrustDomainVerifier {
+        inner: webpki,
+        trust_domain: cert.identity().trust_domain.clone(),
+    });
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key())
+        .map_err(|e| TlsError::InvalidKey(e.to_string()))?;
+    server.alpn_protocols = vec![ALPN_H2.to_vec()];
+    server.session_storage = Arc::new(NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
+
+    let placeholder = Arc::new(IdentityVerifier {
+        roots: roots.clone(),
+        algs: algs(),
+        expected: Vec::new(),
+    });
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(placeholder)
+        .with_client_auth_cert(chain, key())
+        .map_err(|e| TlsError::InvalidKey(e.to_string()))?;
+    client.alpn_protocols = vec![ALPN_H2.to_vec()];
+    client.enable_sni = false;
+    client.resumption = Resumption::disabled();
+
+    Ok(Configs {
+        server: Arc::new(server),
+        client,
+        roots,
+    })
+}
+
+fn algs() -> WebPkiSupportedAlgorithms {
+    PROVIDER.signature_verification_algorithms
+}
+
+pub(super) async fn accept<IO>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    io: IO,
+) -> Result<ServerTlsStream<IO>, TlsError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let stream = acceptor.accept(io).await.map_err(handshake_error)?;
+    let (_, conn) = stream.get_ref();
+    let peer = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| first_identity(leaf));
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    Ok(ServerTlsStream {
+        inner: Inner::Rustls(stream),
+        peer,
+        alpn,
+    })
+}
+
+pub(super) async fn connect<IO>(
+    configs: &Configs,
+    io: IO,
+    expected: &[Identity],
+) -> Result<ClientTlsStream<IO>, TlsError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The identity check needs this connection's expected list: clone the cached config (a few Arc clones) and
+    // give it its own verifier, so a wrong server is refused inside the handshake, before our certificate is sent.
+    let mut config = configs.client.clone();
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(IdentityVerifier {
+            roots: configs.roots.clone(),
+            algs: algs(),
+            expected: expected.to_vec(),
+        }));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let stream = connector
+        .connect(DUMMY_NAME.clone(), io)
+        .await
+        .map_err(handshake_error)?;
+    let (_, conn) = stream.get_ref();
+    let peer = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| first_identity(leaf));
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    Ok(ClientTlsStream {
+        inner: Inner::Rustls(stream),
+        peer,
+        alpn,
+    })
+}
+
+fn first_identity(leaf: &CertificateDer<'_>) -> Option<Identity> {
+    super::spiffe_identities(leaf)
+        .ok()
+        .and_then(|ids| ids.into_iter().next())
+}
+
+/// Turns a tokio-rustls handshake error into a [`TlsError`] that says which check failed.
+fn handshake_error(e: std::io::Error) -> TlsError {
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return TlsError::Handshake(e.to_string());
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            match other.0.downcast_ref::<PeerCheckError>() {
+                Some(check) => TlsError::PeerRejected(check.clone()),
+                None => TlsError::PeerRejected(PeerCheckError::Untrusted(other.to_string())),
+            }
+        }
+        rustls::Error::InvalidCertificate(cert) => {
+            TlsError::PeerRejected(PeerCheckError::Untrusted(format!("{cert:?}")))
+        }
+        rustls::Error::NoCertificatesPresented => {
+            TlsError::PeerRejected(PeerCheckError::NoCertificate)
+        }
+        other => TlsError::Handshake(other.to_string()),
+    }
+}
+
+fn reject(check: PeerCheckError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(check))))
+}
+
+/// Server side: webpki client-auth verification against our roots, then the trust-domain check.
+#[derive(Debug)]
+struct TrustDomainVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for TrustDomainVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Like upstream: no CA hints; the client always sends its workload chain.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        super::check_trust_domain(end_entity, &self.trust_domain).map_err(reject)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Client side: chain to our roots with serverAuth usage, no host name check, one SPIFFE SAN must be expected.
+#[derive(Debug)]
+struct IdentityVerifier {
+    roots: Arc<RootCertStore>,
+    algs: WebPkiSupportedAlgorithms,
+    expected: Vec<Identity>,
+}
+
+impl ServerCertVerifier for IdentityVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algs.all,
+        )?;
+        super::check_expected(end_entity, &self.expected).map_err(reject)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
