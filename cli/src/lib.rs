@@ -1,0 +1,1 @@
+//! The ambit CLI.

@@ -1,0 +1,1 @@
+//! Ambit node agent.
