@@ -1,0 +1,253 @@
+//! The HBONE client and its connection pool (spec 1.7).
+//!
+//! Connections are keyed by [`PoolKey`]. A checkout takes any live connection of the key with a free stream slot;
+//! otherwise one task per key establishes a new connection while the others wait for it and then share it.
+//! Idle connections are released after `pool_idle_timeout`, and the pool never holds more than `pool_capacity`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::PingPong;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use super::{H2Config, H2Stream, HboneError};
+use crate::identity::Identity;
+
+/// What makes two HBONE connections interchangeable.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub src_identity: Identity,
+    /// Sorted.
+    pub dst_identities: Vec<Identity>,
+    /// The next hop (`ip:15008`).
+    pub dst: SocketAddr,
+    /// The downstream client's IP.
+    pub src_ip: IpAddr,
+}
+
+/// Opens the transport (TCP + mTLS) for a new pooled connection.
+#[async_trait::async_trait]
+pub trait Connect: Send + Sync + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    async fn connect(&self, key: &PoolKey) -> Result<Self::Io, HboneError>;
+}
+
+struct Conn {
+    send: SendRequest<Bytes>,
+    active: AtomicU32,
+    closed: Arc<AtomicBool>,
+    last_used: Mutex<Instant>,
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn idle_since(&self) -> Option<Instant> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        self.last_used.lock().ok().map(|t| *t)
+    }
+}
+
+/// Gives the stream slot back when the stream ends.
+struct ActiveGuard(Arc<Conn>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.0.last_used.lock() {
+            *t = Instant::now();
+        }
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct Inner<C> {
+    cfg: Arc<H2Config>,
+    connector: C,
+    conns: Mutex<HashMap<PoolKey, Vec<Arc<Conn>>>>,
+    establishing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A cheap, clonable handle to a pool of HBONE connections.
+pub struct HboneClient<C: Connect> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C: Connect> Clone for HboneClient<C> {
+    fn clone(&self) -> Self {
+        HboneClient { inner: self.inner.clone() }
+    }
+}
+
+impl<C: Connect> HboneClient<C> {
+    pub fn new(cfg: Arc<H2Config>, connector: C) -> Self {
+        HboneClient {
+            inner: Arc::new(Inner {
+                cfg,
+                connector,
+                conns: Mutex::new(HashMap::new()),
+                establishing: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Opens a CONNECT stream for `request` (method CONNECT, `:authority` from its URI, its headers as given).
+    pub async fn connect(
+        &self,
+        key: PoolKey,
+        request: http::Request<()>,
+    ) -> Result<(H2Stream, http::response::Parts), HboneError> {
+        let conn = match self.checkout(&key) {
+            Some(c) => c,
+            None => self.establish(&key).await?,
+        };
+        let guard = ActiveGuard(conn.clone());
+        let mut send = match conn.send.clone().ready().await {
+            Ok(s) => s,
+            Err(e) => {
+                conn.closed.store(true, Ordering::Release);
+                return Err(e.into());
+            }
+        };
+        let (response, stream) = send.send_request(request, false)?;
+        let (parts, body) = response.await?.into_parts();
+        if parts.status != http::StatusCode::OK {
+            return Err(HboneError::Status(parts.status));
+        }
+        Ok((H2Stream::new(stream, body, Some(Box::new(guard))), parts))
+    }
+
+    /// Number of live pooled connections (for tests and debugging).
+    pub fn connections(&self) -> usize {
+        self.inner.conns.lock().map(|m| m.values().map(|v| v.iter().filter(|c| !c.is_closed()).count()).sum()).unwrap_or(0)
+    }
+
+    /// A live connection of `key` with a free stream slot, with that slot taken.
+    fn checkout(&self, key: &PoolKey) -> Option<Arc<Conn>> {
+        let mut conns = self.inner.conns.lock().ok()?;
+        let list = conns.get_mut(key)?;
+        list.retain(|c| !c.is_closed());
+        let cap = self.inner.cfg.pool_max_streams_per_conn;
+        for c in list.iter() {
+            let max = cap.min(u32::try_from(c.send.current_max_send_streams()).unwrap_or(u32::MAX)).max(1);
+            let mut n = c.active.load(Ordering::Acquire);
+            while n < max {
+                match c.active.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return Some(c.clone()),
+                    Err(now) => n = now,
+                }
+            }
+        }
+        None
+    }
+
+    async fn establish(&self, key: &PoolKey) -> Result<Arc<Conn>, HboneError> {
+        let lock = match self.inner.establishing.lock() {
+            Ok(mut m) => m.entry(key.clone()).or_default().clone(),
+            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
+        };
+        let _turn = lock.lock().await;
+        if let Some(c) = self.checkout(key) {
+            return Ok(c);
+        }
+        let result = self.dial(key).await;
+        if let Ok(mut m) = self.inner.establishing.lock() {
+            // Only the map and this task hold the lock: nobody else is waiting for this key.
+            if Arc::strong_count(&lock) <= 2 {
+                m.remove(key);
+            }
+        }
+        result
+    }
+
+    async fn dial(&self, key: &PoolKey) -> Result<Arc<Conn>, HboneError> {
+        let cfg = &self.inner.cfg;
+        let io = self.inner.connector.connect(key).await?;
+        let (send, mut connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .initial_window_size(cfg.stream_window)
+            .initial_connection_window_size(cfg.connection_window)
+            .max_frame_size(cfg.frame_size)
+            .max_header_list_size(cfg.client_max_header_list)
+            .max_send_buffer_size(cfg.stream_window as usize)
+            .initial_max_send_streams(100)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(HboneError::Handshake)?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let dead = keepalive(connection.ping_pong(), cfg);
+        {
+            let closed = closed.clone();
+            let dst = key.dst;
+            tokio::spawn(async move {
+                tokio::select! {
+                    r = &mut connection => if let Err(e) = r { debug!(dst = %dst, error = %e, "hbone connection ended") },
+                    _ = dead => debug!(dst = %dst, "hbone connection failed its keepalive"),
+                }
+                closed.store(true, Ordering::Release);
+            });
+        }
+        let conn = Arc::new(Conn { send, active: AtomicU32::new(1), closed, last_used: Mutex::new(Instant::now()) });
+        if let Ok(mut conns) = self.inner.conns.lock() {
+            sweep(&mut conns, cfg.pool_idle_timeout, cfg.pool_capacity.saturating_sub(1));
+            conns.entry(key.clone()).or_default().push(conn.clone());
+        }
+        Ok(conn)
+    }
+}
+
+/// Drops closed and long-idle connections, then the least recently used idle ones beyond `capacity`.
+fn sweep(conns: &mut HashMap<PoolKey, Vec<Arc<Conn>>>, idle_timeout: Duration, capacity: usize) {
+    for list in conns.values_mut() {
+        list.retain(|c| !c.is_closed() && c.idle_since().is_none_or(|t| t.elapsed() < idle_timeout));
+    }
+    conns.retain(|_, l| !l.is_empty());
+    let total: usize = conns.values().map(Vec::len).sum();
+    if total <= capacity {
+        return;
+    }
+    let mut idle: Vec<(Instant, PoolKey, usize)> = conns
+        .iter()
+        .flat_map(|(k, l)| l.iter().enumerate().filter_map(move |(i, c)| c.idle_since().map(|t| (t, k.clone(), i))))
+        .collect();
+    idle.sort_by_key(|(t, _, _)| *t);
+    let mut remove: HashMap<PoolKey, Vec<usize>> = HashMap::new();
+    for (_, k, i) in idle.into_iter().take(total - capacity) {
+        remove.entry(k).or_default().push(i);
+    }
+    for (k, mut idx) in remove {
+        if let Some(list) = conns.get_mut(&k) {
+            idx.sort_unstable_by(|a, b| b.cmp(a));
+            for i in idx {
+                list.remove(i);
+            }
+        }
+    }
+    conns.retain(|_, l| !l.is_empty());
+}
+
+/// Resolves when the peer stops answering PINGs: one every `keepalive_interval`, each allowed
+/// `keepalive_timeout` for its PONG.
+pub(super) fn keepalive(pp: Option<PingPong>, cfg: &H2Config) -> impl Future<Output = ()> + Send + 'static {
+    let (interval, timeout) = (cfg.keepalive_interval, cfg.keepalive_timeout);
+    async move {
+        let Some(mut pp) = pp else { return std::future::pending().await };
+        loop {
+            tokio::time::sleep(interval).await;
+            match tokio::time::timeout(timeout, pp.ping(h2::Ping::opaque())).await {
+                Ok(Ok(_)) => {}
+                _ => return,
+            }
+        }
+    }
+}
