@@ -1,1 +1,388 @@
-//! (being written)
+//! Wiring: builds every part of a ztunnel from its [`Config`] and runs it until drained.
+//!
+//! The data plane (listeners and connections) runs on the runtime `start` is called from (a multi-thread runtime
+//! in `main`); the control side (xDS, local config watcher, admin, metrics, readiness) runs on the runtime given as
+//! `control`, a small current-thread runtime on its own thread in `main`, so a busy data plane never starves
+//! config updates or health checks.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ambit_core::admin::{AdminServer, ConfigDump};
+use ambit_core::ca::LocalCa;
+use ambit_core::cert::CertManager;
+use ambit_core::drain::{self, DrainTrigger};
+use ambit_core::grpc::{ControlPlaneConfig, IstioCaClient, RootCa, TokenSource};
+use ambit_core::hbone::{H2Config, HboneClient};
+use ambit_core::logging::LogHandle;
+use ambit_core::readiness::Readiness;
+use ambit_core::signer::CsrSigner;
+use ambit_core::tls::TlsBackend;
+use ambit_core::xds::{Rejection, XdsClient, XdsHandler, XdsUpdate};
+use ambit_core::{metrics as core_metrics, Identity};
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use prost::Message;
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+
+use crate::config::{Config, LocalXds, ProxyMode};
+use crate::localconfig;
+use crate::metrics::Metrics;
+use crate::proxy::socket::SocketFactory;
+use crate::proxy::{self, HboneConnector, ProxyInputs};
+use crate::state::ProxyState;
+
+/// The addresses the listeners actually bound (ports may be 0 in the config, as in tests).
+#[derive(Clone, Debug)]
+pub struct Addresses {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub hbone: SocketAddr,
+    pub socks5: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub stats: SocketAddr,
+    pub readiness: SocketAddr,
+}
+
+/// A started ztunnel.
+pub struct Running {
+    pub addresses: Addresses,
+    pub state: ProxyState,
+    pub certs: Arc<CertManager>,
+    pub readiness: Readiness,
+    trigger: DrainTrigger,
+    shutdown: tokio::sync::mpsc::Receiver<()>,
+    deadline: Duration,
+}
+
+impl Running {
+    /// Waits for SIGTERM/SIGINT or `/quitquitquit`, then drains: stop accepting, let connections finish until the
+    /// termination deadline, then close the rest.
+    pub async fn wait(mut self) {
+        let ctrl_c = async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{signal, SignalKind};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = term.recv() => {},
+                            _ = tokio::signal::ctrl_c() => {},
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => info!("signal received, draining"),
+            _ = self.shutdown.recv() => info!("shutdown requested, draining"),
+        }
+        self.drain().await;
+    }
+
+    /// Drains now.
+    pub async fn drain(self) {
+        let graceful = self.trigger.drain(self.deadline).await;
+        info!(graceful, "drained");
+    }
+}
+
+/// Builds everything and starts serving. `control` runs the control-side tasks (defaults to the current runtime).
+pub async fn start(cfg: Config, log: LogHandle, control: Option<Handle>) -> anyhow::Result<Running> {
+    let cfg = Arc::new(cfg);
+    let control = control.unwrap_or_else(Handle::current);
+    let (trigger, drain) = drain::new();
+    let readiness = Readiness::new();
+    let proxy_ready = readiness.register_task("proxy");
+    let state_ready = readiness.register_task("state manager");
+
+    let tls_backend: TlsBackend = cfg.tls_backend.parse().map_err(|e| anyhow::anyhow!("TLS_BACKEND: {e}"))?;
+    let signer = cert_signer(&cfg).await?;
+    let certs = CertManager::new(signer, cfg.secret_ttl);
+    let state = ProxyState::new();
+
+    // State sources: the local file (watched) and/or xDS.
+    match &cfg.local_xds {
+        Some(LocalXds::Path(path)) => {
+            let initial = localconfig::load(path).with_context(|| format!("LOCAL_XDS_PATH {}", path.display()))?;
+            state.replace_all(initial);
+            control.spawn(localconfig::watch(path.clone(), state.clone(), drain.clone()));
+        }
+        Some(LocalXds::Inline(yaml)) => {
+            state.replace_all(localconfig::parse(yaml).context("LOCAL_XDS")?);
+        }
+        None => {}
+    }
+    let mut registry = Registry::default();
+    core_metrics::register_build_info(&mut registry, "ztunnel");
+    match &cfg.xds_address {
+        Some(address) => {
+            let cp = control_plane(&cfg, address, &cfg.xds_root_ca, cfg.alt_xds_hostname.clone(), &cfg.xds_headers);
+            let node = ambit_core::xds::node_from_env(&cfg.node_env());
+            let handler = Arc::new(StateHandler(state.clone()));
+            let types = vec![ambit_proto::type_url::ADDRESS.to_owned(), ambit_proto::type_url::AUTHORIZATION.to_owned()];
+            let client = XdsClient::new(cp, node, types, handler, state_ready, &mut registry);
+            control.spawn(client.run(drain.clone()));
+        }
+        None => drop(state_ready),
+    }
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let registry = Arc::new(registry);
+
+    let sockets = SocketFactory {
+        mark: cfg.packet_mark,
+        keepalive: cfg.keepalive_enabled.then_some((cfg.keepalive_time, cfg.keepalive_interval, cfg.keepalive_retries)),
+    };
+    let h2 = Arc::new(H2Config {
+        stream_window: cfg.http2_stream_window,
+        connection_window: cfg.http2_connection_window,
+        frame_size: cfg.http2_frame_size,
+        pool_max_streams_per_conn: cfg.pool_max_streams_per_conn,
+        pool_idle_timeout: cfg.pool_unused_release_timeout,
+        ..H2Config::default()
+    });
+    let workload = match (&cfg.proxy_mode, &cfg.proxy_workload_info) {
+        (ProxyMode::Dedicated, Some(w)) => (w.namespace.clone(), w.name.clone(), w.service_account.clone()),
+        (ProxyMode::Dedicated, None) => anyhow::bail!("PROXY_MODE=dedicated needs PROXY_WORKLOAD_INFO=<ns>/<name>/<sa>"),
+        (ProxyMode::Shared, _) => anyhow::bail!("PROXY_MODE=shared (in-pod mode) is not supported yet; use PROXY_MODE=dedicated"),
+    };
+    let spoof_source = cfg.enable_orig_src.unwrap_or(false);
+    let connector = HboneConnector { certs: certs.clone(), sockets, backend: tls_backend };
+    let pi = Arc::new(ProxyInputs {
+        cfg: cfg.clone(),
+        state: state.clone(),
+        certs: certs.clone(),
+        metrics,
+        sockets,
+        hbone: HboneClient::new(h2.clone(), connector),
+        h2,
+        tls_backend,
+        workload,
+        spoof_source,
+    });
+
+    // Listeners.
+    let outbound = sockets.listen(cfg.outbound_addr, true, false).with_context(|| format!("bind {}", cfg.outbound_addr))?;
+    let inbound = sockets.listen(cfg.inbound_addr, true, false).with_context(|| format!("bind {}", cfg.inbound_addr))?;
+    let hbone = sockets.listen(cfg.hbone_addr, true, false).with_context(|| format!("bind {}", cfg.hbone_addr))?;
+    let socks5 = if cfg.socks5_enabled {
+        Some(sockets.listen(cfg.socks5_addr, false, false).with_context(|| format!("bind {}", cfg.socks5_addr))?)
+    } else {
+        None
+    };
+    let addresses = Addresses {
+        outbound: outbound.local_addr()?,
+        inbound: inbound.local_addr()?,
+        hbone: hbone.local_addr()?,
+        socks5: socks5.as_ref().map(|l| l.local_addr()).transpose()?,
+        admin: cfg.admin_addr,
+        stats: cfg.stats_addr,
+        readiness: cfg.readiness_addr,
+    };
+    {
+        let pi = pi.clone();
+        tokio::spawn(proxy::serve("outbound", outbound, drain.clone(), move |s, peer, d| {
+            let pi = pi.clone();
+            async move {
+                match proxy::socket::original_dst(&s) {
+                    Ok(dst) => proxy::outbound::handle(pi, s, peer, proxy::socket::canonical(dst), d).await,
+                    Err(e) => warn!(src.addr = %peer, error = %e, "no original destination; is the redirect rule in place?"),
+                }
+            }
+        }));
+    }
+    {
+        let pi = pi.clone();
+        tokio::spawn(proxy::serve("inbound_passthrough", inbound, drain.clone(), move |s, peer, d| {
+            proxy::passthrough::handle(pi.clone(), s, peer, d)
+        }));
+    }
+    {
+        let pi = pi.clone();
+        tokio::spawn(proxy::serve("inbound", hbone, drain.clone(), move |s, peer, d| {
+            proxy::inbound::handle(pi.clone(), s, peer, d)
+        }));
+    }
+    if let Some(l) = socks5 {
+        let pi = pi.clone();
+        tokio::spawn(proxy::serve("socks5", l, drain.clone(), move |s, peer, d| {
+            proxy::socks5::handle(pi.clone(), s, peer, d)
+        }));
+    }
+
+    // Ops servers on the control runtime.
+    let (shutdown_tx, shutdown) = tokio::sync::mpsc::channel(1);
+    let admin_listener = bind_std(cfg.admin_addr)?;
+    let stats_listener = bind_std(cfg.stats_addr)?;
+    let ready_listener = bind_std(cfg.readiness_addr)?;
+    let addresses = Addresses {
+        admin: admin_listener.local_addr()?,
+        stats: stats_listener.local_addr()?,
+        readiness: ready_listener.local_addr()?,
+        ..addresses
+    };
+    let dump = Arc::new(Dump { cfg: cfg.clone(), state: state.clone(), certs: certs.clone() });
+    {
+        let drain = drain.clone();
+        let readiness = readiness.clone();
+        let registry = registry.clone();
+        let shutdown_tx = Mutex::new(Some(shutdown_tx));
+        control.spawn(async move {
+            let to_tokio = |l: std::net::TcpListener| tokio::net::TcpListener::from_std(l);
+            let (Ok(admin_l), Ok(stats_l), Ok(ready_l)) =
+                (to_tokio(admin_listener), to_tokio(stats_listener), to_tokio(ready_listener))
+            else {
+                warn!("could not register the ops listeners with the runtime");
+                return;
+            };
+            let on_quit = move || {
+                if let Ok(mut tx) = shutdown_tx.lock() {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.try_send(());
+                    }
+                }
+            };
+            let admin = AdminServer::new(admin_l, log, Box::new(on_quit), dump);
+            tokio::spawn(core_metrics::serve_metrics(stats_l, registry, drain.clone()));
+            tokio::spawn(core_metrics::serve_readiness(ready_l, readiness, drain.clone()));
+            admin.run(drain).await;
+        });
+    }
+
+    // Certificates for the workload we serve, ahead of the first connection.
+    {
+        let pi = pi.clone();
+        control.spawn(async move {
+            if let Ok(w) = pi.local_workload().await {
+                pi.certs.prefetch(&w.identity());
+            }
+        });
+    }
+    drop(proxy_ready);
+    info!(?addresses, mode = ?cfg.proxy_mode, "ztunnel started");
+    Ok(Running { addresses, state, certs, readiness, trigger, shutdown, deadline: cfg.termination_deadline })
+}
+
+fn bind_std(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+fn control_plane(
+    cfg: &Config,
+    address: &str,
+    root: &str,
+    alt_hostname: Option<String>,
+    headers: &[(String, String)],
+) -> ControlPlaneConfig {
+    ControlPlaneConfig {
+        address: address.to_owned(),
+        root_ca: RootCa::from_env_value(root),
+        alt_hostname,
+        token: TokenSource::from_env(cfg.auth_token.as_deref()),
+        cluster_id: cfg.cluster_id.clone(),
+        extra_headers: headers.to_vec(),
+    }
+}
+
+/// Who signs our certificates: an in-process CA (FAKE_CA, LOCAL_CA_DIR) or the Istio CA API.
+async fn cert_signer(cfg: &Config) -> anyhow::Result<Arc<dyn CsrSigner>> {
+    if let Some(dir) = &cfg.local_ca_dir {
+        let ca = LocalCa::load_or_create(dir, &cfg.trust_domain).with_context(|| format!("LOCAL_CA_DIR {}", dir.display()))?;
+        info!(dir = %dir.display(), "certificates from the local CA directory");
+        return Ok(Arc::new(ca));
+    }
+    if cfg.fake_ca {
+        info!("FAKE_CA: certificates from an in-process CA with a fresh root");
+        return Ok(Arc::new(LocalCa::generate(&cfg.trust_domain)?));
+    }
+    let Some(address) = &cfg.ca_address else {
+        anyhow::bail!("no certificate source: set CA_ADDRESS, FAKE_CA=true or LOCAL_CA_DIR");
+    };
+    let cp = control_plane(cfg, address, &cfg.ca_root_ca, cfg.alt_ca_hostname.clone(), &cfg.ca_headers);
+    let impersonate = cfg.proxy_mode == ProxyMode::Shared;
+    Ok(Arc::new(IstioCaClient::new(cp, impersonate)?))
+}
+
+/// Applies xDS resources to the proxy state; bad resources are rejected one by one (NACK), the rest apply.
+struct StateHandler(ProxyState);
+
+impl XdsHandler for StateHandler {
+    fn apply(&self, type_url: &str, updates: Vec<XdsUpdate>) -> Vec<Rejection> {
+        let mut rejected = Vec::new();
+        for update in updates {
+            match update {
+                XdsUpdate::Upsert { name, resource, .. } => {
+                    let result = match type_url {
+                        ambit_proto::type_url::ADDRESS => ambit_proto::workload::Address::decode(resource.value.as_slice())
+                            .map_err(|e| format!("decode: {e}"))
+                            .and_then(|a| self.0.insert_address(&name, a)),
+                        ambit_proto::type_url::AUTHORIZATION => {
+                            ambit_proto::security::Authorization::decode(resource.value.as_slice())
+                                .map_err(|e| format!("decode: {e}"))
+                                .and_then(|p| self.0.insert_authorization(&name, p))
+                        }
+                        other => {
+                            warn!(type_url = other, "ignoring resource of an unknown type");
+                            Ok(())
+                        }
+                    };
+                    if let Err(reason) = result {
+                        rejected.push(Rejection { name, reason });
+                    }
+                }
+                XdsUpdate::Remove { name } => self.0.remove(&name),
+            }
+        }
+        rejected
+    }
+}
+
+/// `/config_dump`.
+struct Dump {
+    cfg: Arc<Config>,
+    state: ProxyState,
+    certs: Arc<CertManager>,
+}
+
+impl ConfigDump for Dump {
+    fn config_dump(&self) -> serde_json::Value {
+        let mut v = self.state.snapshot_for_dump();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("config".into(), serde_json::to_value(&*self.cfg).unwrap_or_default());
+            obj.insert("certificates".into(), serde_json::to_value(self.certs.dump()).unwrap_or_default());
+            obj.insert(
+                "version".into(),
+                serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "gitRevision": option_env!("AMBIT_GIT_REVISION").unwrap_or("unknown"),
+                    "rustVersion": "1.95",
+                    "buildProfile": if cfg!(debug_assertions) { "debug" } else { "release" },
+                    "buildStatus": "Clean",
+                    "istioVersion": "1.28-compatible",
+                    "cryptoProvider": if cfg!(feature = "tls-boring") { "aws-lc+boring" } else { "aws-lc" },
+                }),
+            );
+            if let Some(LocalXds::Path(p)) = &self.cfg.local_xds {
+                let static_config = localconfig::load(p)
+                    .ok()
+                    .and_then(|c| serde_json::to_value(c).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                obj.insert("staticConfig".into(), static_config);
+            }
+        }
+        v
+    }
+}
+
+/// The identity a dedicated-mode ztunnel serves, as a SPIFFE id in the configured trust domain (for logs).
+pub fn dedicated_identity(cfg: &Config) -> Option<Identity> {
+    let w = cfg.proxy_workload_info.as_ref()?;
+    Some(Identity::new(&cfg.trust_domain, &w.namespace, &w.service_account))
+}

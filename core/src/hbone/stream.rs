@@ -36,6 +36,12 @@ impl H2Stream {
     }
 }
 
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Stream").field("stream_id", &self.send.stream_id()).finish()
+    }
+}
+
 /// Bytes moved by [`copy_bidirectional`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CopyResult {

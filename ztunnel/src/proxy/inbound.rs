@@ -1,0 +1,234 @@
+//! Inbound HBONE on 15008: mTLS as the destination workload, then HTTP/2 CONNECT streams, each checked as in
+//! spec 1.5 (authority, destination, L4 authorization) before it is joined to the local application.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ambit_core::cert::Priority;
+use ambit_core::drain::DrainWatcher;
+use ambit_core::hbone::{self, Authority, Responder};
+use ambit_core::tls::TlsAcceptor;
+use ambit_core::Identity;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn, Instrument};
+
+use super::{headers, is_illegal_target_port, socket, spoofed_source, ProxyError, ProxyInputs};
+use crate::metrics::{Peer, Reporter, TrafficLabels};
+use crate::rbac::Connection;
+use crate::state::Workload;
+
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one TCP connection accepted on the HBONE port.
+pub async fn handle(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr, drain: DrainWatcher) {
+    let span = tracing::info_span!("inbound", src.addr = %peer);
+    async move {
+        if let Err(e) = serve(pi, tcp, peer, drain).await {
+            warn!(target: "access", direction = "inbound", src.addr = %peer, error = %e, "connection failed");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr, drain: DrainWatcher) -> Result<(), ProxyError> {
+    pi.sockets.tune(&tcp)?;
+    let local = socket::canonical(tcp.local_addr()?);
+    // The certificate is that of the workload the connection was addressed to (dedicated mode: the one we serve).
+    let dst = pi.local_workload().await?;
+    let id = dst.identity();
+    let cert = pi
+        .certs
+        .fetch(&id, Priority::RealTime)
+        .await
+        .map_err(|e| ProxyError::Certificate(id.clone(), e.to_string()))?;
+    let acceptor = TlsAcceptor::new(cert, pi.tls_backend).map_err(|e| ProxyError::Tls(e.to_string()))?;
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| ProxyError::Tls("handshake timed out".into()))?
+        .map_err(|e| ProxyError::Tls(e.to_string()))?;
+    let peer_id = tls.peer_identity();
+    debug!(src.identity = ?peer_id.as_ref().map(|i| i.to_string()), "mTLS established");
+    let h2 = pi.h2.clone();
+    let stream_drain = drain.clone();
+    hbone::serve(tls, h2, drain, move |parts, responder| {
+        let pi = pi.clone();
+        let peer_id = peer_id.clone();
+        let drain = stream_drain.clone();
+        async move { stream(pi, parts, responder, peer, peer_id, local, drain).await }
+    })
+    .await
+    .map_err(ProxyError::Hbone)
+}
+
+/// Why a CONNECT stream was refused, and with which status.
+fn refuse(status: StatusCode, responder: Responder, peer: SocketAddr, authority: &str, why: &str) {
+    warn!(target: "access", direction = "inbound", src.addr = %peer, dst.addr = authority, status = status.as_u16(),
+        error = why, "connection failed");
+    responder.reject(status);
+}
+
+async fn stream(
+    pi: Arc<ProxyInputs>,
+    parts: http::request::Parts,
+    responder: Responder,
+    peer: SocketAddr,
+    peer_id: Option<Identity>,
+    local: SocketAddr,
+    mut drain: DrainWatcher,
+) {
+    let started = Instant::now();
+    let authority_str = parts.uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    let authority = match hbone::parse_authority(&authority_str) {
+        Ok(a) => a,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, responder, peer, &authority_str, &e.to_string()),
+    };
+    let dst_workload = match pi.local_workload().await {
+        Ok(w) => w,
+        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, responder, peer, &authority_str, &e.to_string()),
+    };
+    let target = match resolve_target(&pi, &dst_workload, &authority, local.ip()) {
+        Ok(t) => t,
+        Err((status, why)) => return refuse(status, responder, peer, &authority_str, &why),
+    };
+    let conn = Connection { src: peer, src_identity: peer_id.clone(), dst: target };
+    let service = forwarded_service(&pi, &parts.headers, &dst_workload);
+    let src_workload = pi.state.workload_by_ip(&dst_workload.network, peer.ip());
+    let labels = TrafficLabels::new(
+        Reporter::destination,
+        Peer { workload: src_workload.as_deref(), principal: peer_id.as_ref().map(|i| i.to_string()) },
+        Peer { workload: Some(&dst_workload), principal: Some(dst_workload.identity().to_string()) },
+        service.as_deref(),
+        true,
+    );
+    if let Err(denied) = pi.state.assert_rbac(&dst_workload, &conn) {
+        pi.metrics.failed_early(labels, "DENY");
+        return refuse(StatusCode::UNAUTHORIZED, responder, peer, &authority_str, &denied.to_string());
+    }
+    let mut guard = pi.metrics.open(labels);
+    let connect = pi.sockets.connect(target, spoofed_source(&pi, peer.ip()));
+    let mut upstream = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            guard.fail("CONNECT");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, responder, peer, &authority_str, &e.to_string());
+        }
+        Err(_) => {
+            guard.fail("CONNECT");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, responder, peer, &authority_str, "upstream connect timed out");
+        }
+    };
+    let mut response_headers = HeaderMap::new();
+    if pi.cfg.enable_response_baggage {
+        if let Ok(v) = HeaderValue::from_str(&headers::baggage(&dst_workload)) {
+            response_headers.insert("baggage", v);
+        }
+    }
+    let h2 = match responder.accept(response_headers) {
+        Ok(s) => s,
+        Err(e) => {
+            guard.fail("CONNECT");
+            warn!(error = %e, "could not answer CONNECT");
+            return;
+        }
+    };
+    let result = tokio::select! {
+        r = hbone::copy_bidirectional(h2, &mut upstream) => r.map_err(ProxyError::Hbone),
+        denied = recheck_policy(&pi, &dst_workload, &conn) => Err(ProxyError::Denied(denied)),
+        _ = drain.forced() => Err(ProxyError::Io(std::io::Error::other("drained"))),
+    };
+    let (recv, sent) = match &result {
+        Ok(c) => (c.from_h2, c.to_h2),
+        Err(_) => (0, 0),
+    };
+    guard.record_bytes(recv, sent);
+    if let Err(e) = &result {
+        guard.fail(e.response_flag());
+    }
+    let duration = format!("{}ms", started.elapsed().as_millis());
+    let src_identity = peer_id.map(|i| i.to_string());
+    match &result {
+        Ok(_) => info!(target: "access", direction = "inbound", src.addr = %peer, src.identity = src_identity, dst.addr = %target,
+            dst.hbone_addr = %local, dst.workload = %dst_workload.name, dst.namespace = %dst_workload.namespace,
+            dst.identity = %dst_workload.identity(), bytes_sent = sent, bytes_recv = recv,
+            duration, "connection complete"),
+        Err(e) => tracing::error!(target: "access", direction = "inbound", src.addr = %peer, src.identity = src_identity, dst.addr = %target,
+            dst.hbone_addr = %local, dst.workload = %dst_workload.name, dst.namespace = %dst_workload.namespace,
+            dst.identity = %dst_workload.identity(), bytes_sent = sent, bytes_recv = recv,
+            duration, error = %e, "connection complete"),
+    }
+}
+
+/// Spec 1.5: where the stream goes on this pod, or the status that refuses it.
+fn resolve_target(
+    pi: &ProxyInputs,
+    dst: &Workload,
+    authority: &Authority,
+    dialed: IpAddr,
+) -> Result<SocketAddr, (StatusCode, String)> {
+    let port = match authority {
+        Authority::Addr(addr) => {
+            let ip = socket::canonical(*addr).ip();
+            let app_tunnel = dst.application_tunnel.is_some();
+            if ip != dialed && !app_tunnel && !is_waypoint_for(pi, dst, ip) {
+                return Err((StatusCode::BAD_REQUEST, format!("ip mismatch: authority {ip}, connection to {dialed}")));
+            }
+            addr.port()
+        }
+        Authority::Host(host, port) => {
+            let svc = pi
+                .state
+                .service_by_hostname(host, &dst.namespace)
+                .ok_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, format!("unknown service {host}")))?;
+            pi.state
+                .target_port(&svc, *port, dst)
+                .ok_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, format!("{host} has no port {port}")))?
+        }
+    };
+    let port = dst.application_tunnel.as_ref().and_then(|t| t.port).unwrap_or(port);
+    if is_illegal_target_port(&pi.cfg, port) {
+        return Err((StatusCode::SERVICE_UNAVAILABLE, format!("refusing to forward to ztunnel's own port {port}")));
+    }
+    Ok(SocketAddr::new(dialed, port))
+}
+
+/// True when `ip` belongs to a workload or service whose waypoint is this workload (the sandwich case).
+fn is_waypoint_for(pi: &ProxyInputs, me: &Workload, ip: IpAddr) -> bool {
+    let wp = pi
+        .state
+        .service_by_vip(&me.network, ip, &me.namespace)
+        .and_then(|s| s.choose_waypoint().cloned())
+        .or_else(|| pi.state.workload_by_ip(&me.network, ip).and_then(|w| w.waypoint.clone()));
+    wp.and_then(|g| pi.state.resolve_waypoint(&g, me)).is_some_and(|up| up.workload.uid == me.uid)
+}
+
+/// The destination service for telemetry, from the `forwarded` header's `host=`.
+fn forwarded_service(
+    pi: &ProxyInputs,
+    headers: &HeaderMap,
+    dst: &Workload,
+) -> Option<Arc<crate::state::Service>> {
+    let value = headers.get("forwarded")?.to_str().ok()?;
+    let host = headers::forwarded_host(value)?;
+    pi.state.service_by_hostname(host, &dst.namespace)
+}
+
+/// Resolves when a policy change denies this live connection.
+async fn recheck_policy(pi: &ProxyInputs, dst: &Workload, conn: &Connection) -> crate::rbac::RbacDenied {
+    let mut changes = pi.state.policy_changes();
+    loop {
+        if changes.changed().await.is_err() {
+            // The state is gone: nothing will change any more.
+            std::future::pending::<()>().await;
+        }
+        let current = pi.state.workload_by_uid(&dst.uid);
+        let w = current.as_deref().unwrap_or(dst);
+        if let Err(denied) = pi.state.assert_rbac(w, conn) {
+            info!(src.addr = %conn.src, dst.addr = %conn.dst, reason = %denied, "closing connection after policy change");
+            return denied;
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Socket plumbing shared by the listeners: original destinations, packet marks, transparent (spoofed) connects.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::time::Duration;
+
+use nix::sys::socket::{getsockopt, sockopt};
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// How proxy sockets are made: every socket carries the packet mark so the redirection rules skip it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketFactory {
+    pub mark: Option<u32>,
+    pub keepalive: Option<(Duration, Duration, u32)>,
+}
+
+impl SocketFactory {
+    /// Binds a listener. `transparent` lets it accept connections for addresses that are not local (and lets
+    /// upstream sockets bind a spoofed source).
+    pub fn listen(&self, addr: SocketAddr, transparent: bool, reuse_port: bool) -> io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        let sref = SockRef::from(&socket);
+        if reuse_port {
+            sref.set_reuse_port(true)?;
+        }
+        if transparent {
+            // best effort: needs CAP_NET_ADMIN
+            let _ = if addr.is_ipv4() { sref.set_ip_transparent_v4(true) } else { sref.set_ip_transparent_v6(true) };
+        }
+        if let Some(mark) = self.mark {
+            sref.set_mark(mark)?;
+        }
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            // [::] also accepts IPv4
+            sref.set_only_v6(false)?;
+        }
+        socket.bind(addr)?;
+        socket.listen(1024)
+    }
+
+    /// Connects to `dst`, optionally from a spoofed `src` (needs IP_TRANSPARENT). Sets TCP_NODELAY and keepalive.
+    pub async fn connect(&self, dst: SocketAddr, src: Option<SocketAddr>) -> io::Result<TcpStream> {
+        let socket = if dst.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let sref = SockRef::from(&socket);
+        if let Some(mark) = self.mark {
+            sref.set_mark(mark)?;
+        }
+        if let Some(src) = src {
+            if src.is_ipv4() {
+                sref.set_ip_transparent_v4(true)?;
+            } else {
+                sref.set_ip_transparent_v6(true)?;
+            }
+            socket.bind(SocketAddr::new(src.ip(), 0))?;
+        }
+        let stream = socket.connect(dst).await?;
+        self.tune(&stream)?;
+        Ok(stream)
+    }
+
+    /// Per-connection options for accepted and connected streams.
+    pub fn tune(&self, stream: &TcpStream) -> io::Result<()> {
+        stream.set_nodelay(true)?;
+        if let Some((time, interval, retries)) = self.keepalive {
+            let ka = TcpKeepalive::new().with_time(time).with_interval(interval).with_retries(retries);
+            SockRef::from(stream).set_tcp_keepalive(&ka)?;
+        }
+        Ok(())
+    }
+}
+
+/// The destination a redirected connection was originally sent to (`SO_ORIGINAL_DST`).
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let local = stream.local_addr()?;
+    let mapped_v4 = matches!(local.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+    if local.is_ipv4() || mapped_v4 {
+        let sin = getsockopt(stream, sockopt::OriginalDst).map_err(io::Error::from)?;
+        Ok(SocketAddr::V4(SocketAddrV4::new(
+            u32::from_be(sin.sin_addr.s_addr).into(),
+            u16::from_be(sin.sin_port),
+        )))
+    } else {
+        let sin6 = getsockopt(stream, sockopt::Ip6tOriginalDst).map_err(io::Error::from)?;
+        Ok(SocketAddr::V6(SocketAddrV6::new(
+            sin6.sin6_addr.s6_addr.into(),
+            u16::from_be(sin6.sin6_port),
+            sin6.sin6_flowinfo,
+            sin6.sin6_scope_id,
+        )))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from a `[::]` listener) back to plain IPv4.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_addresses_become_v4() {
+        let a: SocketAddr = "[::ffff:10.0.0.1]:80".parse().unwrap();
+        assert_eq!(canonical(a), "10.0.0.1:80".parse::<SocketAddr>().unwrap());
+        let b: SocketAddr = "[fd00::1]:80".parse().unwrap();
+        assert_eq!(canonical(b), b);
+    }
+
+    #[tokio::test]
+    async fn original_dst_of_unredirected_connection_is_local_address() {
+        let f = SocketFactory::default();
+        let l = f.listen("127.0.0.1:0".parse().unwrap(), false, false).unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c = f.connect(addr, None).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        // Without a conntrack NAT entry the kernel reports the address as it was dialed, or an error when the
+        // conntrack module is not loaded; both are fine here, a wrong address is not.
+        if let Ok(d) = original_dst(&s) {
+            assert_eq!(d, addr);
+        }
+    }
+}

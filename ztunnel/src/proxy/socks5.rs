@@ -1,0 +1,161 @@
+//! SOCKS5 on 127.0.0.1:15080 (`UNSTABLE_ENABLE_SOCKS5=true`): no authentication, CONNECT only, to an IPv4, IPv6 or
+//! domain address. The chosen destination then goes through the outbound path like a captured connection.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use ambit_core::drain::DrainWatcher;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::warn;
+
+use super::{outbound, ProxyInputs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Socks5Error {
+    #[error("not SOCKS version 5 (got {0})")]
+    Version(u8),
+    #[error("the client offers no 'no authentication' method")]
+    NoAcceptableMethod,
+    #[error("only CONNECT is supported (got command {0})")]
+    Command(u8),
+    #[error("unknown address type {0}")]
+    AddressType(u8),
+    #[error("could not resolve {0}")]
+    Resolve(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+// Reply codes (RFC 1928 section 6).
+const REP_SUCCESS: u8 = 0;
+const REP_GENERAL_FAILURE: u8 = 1;
+const REP_COMMAND_NOT_SUPPORTED: u8 = 7;
+const REP_ADDRESS_NOT_SUPPORTED: u8 = 8;
+
+pub async fn handle(pi: Arc<ProxyInputs>, mut stream: TcpStream, peer: SocketAddr, drain: DrainWatcher) {
+    match handshake(&mut stream).await {
+        Ok(dst) => outbound::handle(pi, stream, peer, dst, drain).await,
+        Err(e) => {
+            let rep = match e {
+                Socks5Error::Command(_) => REP_COMMAND_NOT_SUPPORTED,
+                Socks5Error::AddressType(_) => REP_ADDRESS_NOT_SUPPORTED,
+                _ => REP_GENERAL_FAILURE,
+            };
+            let _ = reply(&mut stream, rep).await;
+            warn!(src.addr = %peer, error = %e, "socks5 handshake failed");
+        }
+    }
+}
+
+async fn reply(stream: &mut TcpStream, rep: u8) -> std::io::Result<()> {
+    // Bound address 0.0.0.0:0: clients do not use it.
+    stream.write_all(&[5, rep, 0, 1, 0, 0, 0, 0, 0, 0]).await
+}
+
+/// Reads the greeting and the CONNECT request, answers success, and returns the destination.
+pub async fn handshake(stream: &mut TcpStream) -> Result<SocketAddr, Socks5Error> {
+    let version = stream.read_u8().await?;
+    if version != 5 {
+        return Err(Socks5Error::Version(version));
+    }
+    let n = stream.read_u8().await? as usize;
+    let mut methods = vec![0u8; n];
+    stream.read_exact(&mut methods).await?;
+    if !methods.contains(&0) {
+        stream.write_all(&[5, 0xff]).await?;
+        return Err(Socks5Error::NoAcceptableMethod);
+    }
+    stream.write_all(&[5, 0]).await?;
+
+    let mut head = [0u8; 4];
+    stream.read_exact(&mut head).await?;
+    if head[0] != 5 {
+        return Err(Socks5Error::Version(head[0]));
+    }
+    if head[1] != 1 {
+        return Err(Socks5Error::Command(head[1]));
+    }
+    let ip = match head[3] {
+        1 => {
+            let mut b = [0u8; 4];
+            stream.read_exact(&mut b).await?;
+            IpAddr::V4(Ipv4Addr::from(b))
+        }
+        4 => {
+            let mut b = [0u8; 16];
+            stream.read_exact(&mut b).await?;
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        3 => {
+            let len = stream.read_u8().await? as usize;
+            let mut name = vec![0u8; len];
+            stream.read_exact(&mut name).await?;
+            let name = String::from_utf8_lossy(&name).into_owned();
+            let port = stream.read_u16().await?;
+            let addr = tokio::net::lookup_host((name.as_str(), port))
+                .await
+                .ok()
+                .and_then(|mut it| it.next())
+                .ok_or(Socks5Error::Resolve(name))?;
+            reply(stream, REP_SUCCESS).await?;
+            return Ok(addr);
+        }
+        other => return Err(Socks5Error::AddressType(other)),
+    };
+    let port = stream.read_u16().await?;
+    reply(stream, REP_SUCCESS).await?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (c, s)
+    }
+
+    #[tokio::test]
+    async fn connect_ipv4_and_ipv6() {
+        for (atyp, addr, expect) in [
+            (1u8, vec![10, 0, 0, 1], "10.0.0.1:8080"),
+            (4u8, Ipv6Addr::LOCALHOST.octets().to_vec(), "[::1]:8080"),
+        ] {
+            let (mut c, mut s) = pair().await;
+            let server = tokio::spawn(async move { handshake(&mut s).await.unwrap() });
+            c.write_all(&[5, 1, 0]).await.unwrap();
+            let mut m = [0u8; 2];
+            c.read_exact(&mut m).await.unwrap();
+            assert_eq!(m, [5, 0]);
+            let mut req = vec![5, 1, 0, atyp];
+            req.extend_from_slice(&addr);
+            req.extend_from_slice(&8080u16.to_be_bytes());
+            c.write_all(&req).await.unwrap();
+            let mut rep = [0u8; 10];
+            c.read_exact(&mut rep).await.unwrap();
+            assert_eq!(rep[1], REP_SUCCESS);
+            assert_eq!(server.await.unwrap(), expect.parse::<SocketAddr>().unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_bind_and_auth_only_clients() {
+        let (mut c, mut s) = pair().await;
+        let server = tokio::spawn(async move { handshake(&mut s).await });
+        c.write_all(&[5, 1, 2]).await.unwrap(); // only username/password offered
+        let mut m = [0u8; 2];
+        c.read_exact(&mut m).await.unwrap();
+        assert_eq!(m, [5, 0xff]);
+        assert!(matches!(server.await.unwrap(), Err(Socks5Error::NoAcceptableMethod)));
+
+        let (mut c, mut s) = pair().await;
+        let server = tokio::spawn(async move { handshake(&mut s).await });
+        c.write_all(&[5, 1, 0, 5, 2, 0, 1, 1, 2, 3, 4, 0, 80]).await.unwrap(); // BIND
+        assert!(matches!(server.await.unwrap(), Err(Socks5Error::Command(2))));
+    }
+}
