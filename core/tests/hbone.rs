@@ -112,7 +112,7 @@ async fn echo_round_trip_and_large_transfer_counts() {
     let client = HboneClient::new(Arc::new(H2Config::default()), Tcp::default());
     let (stream, resp) = client.connect(key(addr, "a"), connect_req("10.0.0.1:80")).await.unwrap();
     assert_eq!(resp.status, http::StatusCode::OK);
-    let (mut app, mut proxy_side) = socket_pair().await;
+    let (app, mut proxy_side) = socket_pair().await;
     let copy = tokio::spawn(async move { hbone::copy_bidirectional(stream, &mut proxy_side).await });
     const N: usize = 64 * 1024 * 1024;
     let writer = tokio::spawn(async move {

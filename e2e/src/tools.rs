@@ -1,0 +1,134 @@
+//! Readers for the output of `iperf3 -J` and `wrk --latency`.
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+/// Receiver-side throughput of an `iperf3 -c ... -J` run, in bits per second.
+pub fn iperf3_bits_per_second(json: &str) -> Result<f64> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).context("iperf3 -J output is not JSON")?;
+    if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("iperf3: {err}");
+    }
+    v.pointer("/end/sum_received/bits_per_second")
+        .and_then(serde_json::Value::as_f64)
+        .context("iperf3 -J output has no end.sum_received.bits_per_second")
+}
+
+/// What `wrk --latency` reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WrkResult {
+    pub requests_per_sec: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub requests: u64,
+    /// Socket errors plus non-2xx/3xx responses.
+    pub errors: u64,
+}
+
+/// Parses wrk's human-readable report (needs `--latency` for the percentiles).
+pub fn parse_wrk(text: &str) -> Result<WrkResult> {
+    let mut r = WrkResult::default();
+    let mut seen_rps = false;
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("Requests/sec:"), Some(v)) => {
+                r.requests_per_sec = v
+                    .parse()
+                    .with_context(|| format!("wrk: bad Requests/sec {v:?}"))?;
+                seen_rps = true;
+            }
+            (Some("50%"), Some(v)) => r.p50_ms = duration_ms(v)?,
+            (Some("90%"), Some(v)) => r.p90_ms = duration_ms(v)?,
+            (Some("99%"), Some(v)) => r.p99_ms = duration_ms(v)?,
+            (Some(n), Some("requests")) => r.requests = n.parse().unwrap_or_default(),
+            (Some("Non-2xx"), _) => {
+                r.errors += line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            }
+            (Some("Socket"), Some("errors:")) => {
+                // "Socket errors: connect 0, read 0, write 0, timeout 0"
+                r.errors += line
+                    .split(',')
+                    .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    if !seen_rps {
+        bail!("wrk output has no Requests/sec line:\n{text}");
+    }
+    Ok(r)
+}
+
+/// `101.00us`, `1.23ms`, `2.00s`, `1.50m` → milliseconds.
+fn duration_ms(v: &str) -> Result<f64> {
+    let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let num: f64 = num
+        .parse()
+        .with_context(|| format!("wrk: bad duration {v:?}"))?;
+    let factor = match unit {
+        "us" => 0.001,
+        "ms" => 1.0,
+        "s" => 1000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => bail!("wrk: unknown duration unit in {v:?}"),
+    };
+    Ok(num * factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "Running 10s test @ http://10.77.0.3:8080/
+  2 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   106.52us   41.10us   1.80ms   83.34%
+    Req/Sec    36.66k     2.55k   42.09k    67.50%
+  Latency Distribution
+     50%  101.00us
+     75%  118.00us
+     90%    1.39ms
+     99%    2.01s
+  729609 requests in 10.10s, 78.63MB read
+  Socket errors: connect 0, read 2, write 1, timeout 0
+  Non-2xx or 3xx responses: 4
+Requests/sec:  72239.40
+Transfer/sec:      7.79MB
+";
+
+    #[test]
+    fn parses_wrk() {
+        let r = parse_wrk(WRK).unwrap();
+        assert_eq!(r.requests_per_sec, 72239.40);
+        assert!((r.p50_ms - 0.101).abs() < 1e-9);
+        assert!((r.p90_ms - 1.39).abs() < 1e-9);
+        assert!((r.p99_ms - 2010.0).abs() < 1e-9);
+        assert_eq!(r.requests, 729609);
+        assert_eq!(r.errors, 7);
+    }
+
+    #[test]
+    fn wrk_without_summary_is_an_error() {
+        assert!(parse_wrk("unable to connect to 10.77.0.3:8080 Connection refused").is_err());
+    }
+
+    #[test]
+    fn parses_iperf3() {
+        let json = r#"{"start":{},"end":{"sum_sent":{"bits_per_second":9.5e9},"sum_received":{"bits_per_second":9.4e9}}}"#;
+        assert_eq!(iperf3_bits_per_second(json).unwrap(), 9.4e9);
+        let err = iperf3_bits_per_second(
+            r#"{"start":{},"end":{},"error":"unable to connect to server"}"#,
+        );
+        assert!(err.unwrap_err().to_string().contains("unable to connect"));
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# L4 benchmark: direct vs through a pair of Ambit ztunnels (release build), measured in the same run.
+#   sudo scripts/bench.sh [ambit-bench args, e.g. --duration 10 --out target/bench]
+# Results: a table on stdout and target/bench/l4-<time>.{json,md} (l4-latest.* too).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+[ "$(id -u)" = 0 ] || { echo "bench.sh: run as root (network namespaces, iptables)" >&2; exit 1; }
+for tool in ip iptables curl iperf3 wrk ss; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "bench.sh: '$tool' missing (apt-get install iproute2 iptables curl iperf3 wrk)" >&2; exit 1; }
+done
+
+echo "== building (release): ztunnel, ambit-bench, e2e-http"
+cargo build --release -p ambit-ztunnel -p ambit-e2e --bins
+target=${CARGO_TARGET_DIR:-$root/target}
+
+echo "== running"
+exec "$target/release/ambit-bench" --ztunnel "${AMBIT_ZTUNNEL_BIN:-$target/release/ztunnel}" \
+  --http "$target/release/e2e-http" --out "$target/bench" "$@"
