@@ -33,18 +33,29 @@ impl AdminServer {
         on_quit: Box<dyn Fn() + Send + Sync>,
         dump: Arc<dyn ConfigDump>,
     ) -> Self {
-        AdminServer { listener, log, on_quit: Arc::from(on_quit), dump }
+        AdminServer {
+            listener,
+            log,
+            on_quit: Arc::from(on_quit),
+            dump,
+        }
     }
 
     pub async fn run(self, drain: DrainWatcher) {
-        let AdminServer { listener, log, on_quit, dump } = self;
+        let AdminServer {
+            listener,
+            log,
+            on_quit,
+            dump,
+        } = self;
         serve_http(listener, drain, move |req| {
             let (log, on_quit, dump) = (log.clone(), on_quit.clone(), dump.clone());
             async move {
                 let post = req.method() == http::Method::POST;
                 match req.uri().path() {
                     "/config_dump" => {
-                        let body = serde_json::to_string_pretty(&dump.config_dump()).unwrap_or_default();
+                        let body =
+                            serde_json::to_string_pretty(&dump.config_dump()).unwrap_or_default();
                         text(StatusCode::OK, "application/json", body)
                     }
                     "/quitquitquit" if post => {
@@ -52,7 +63,9 @@ impl AdminServer {
                         text(StatusCode::OK, PLAIN, "shutdown now\n")
                     }
                     "/logging" if post => logging(&log, req.uri().query()),
-                    "/quitquitquit" | "/logging" => text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "use POST\n"),
+                    "/quitquitquit" | "/logging" => {
+                        text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "use POST\n")
+                    }
                     "/" => text(StatusCode::OK, PLAIN, INDEX),
                     _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
                 }
@@ -65,19 +78,39 @@ impl AdminServer {
 fn logging(log: &LogHandle, query: Option<&str>) -> http::Response<crate::metrics::Body> {
     let mut level = None;
     let mut reset = false;
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         match pair.split_once('=') {
-            Some(("level", v)) => level = Some(v.replace("%2C", ",").replace("%3A", ":").replace("%3D", "=")),
+            Some(("level", v)) => {
+                level = Some(
+                    v.replace("%2C", ",")
+                        .replace("%3A", ":")
+                        .replace("%3D", "="),
+                )
+            }
             None if pair == "reset" => reset = true,
-            _ => return text(StatusCode::BAD_REQUEST, PLAIN, format!("unknown parameter {pair:?}\n")),
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    PLAIN,
+                    format!("unknown parameter {pair:?}\n"),
+                );
+            }
         }
     }
     if reset {
         log.reset();
-    } else if let Some(level) = level {
-        if let Err(e) = log.set(&level) {
-            return text(StatusCode::BAD_REQUEST, PLAIN, format!("{e}\n"));
-        }
+    } else if let Some(level) = level
+        && let Err(e) = log.set(&level)
+    {
+        return text(StatusCode::BAD_REQUEST, PLAIN, format!("{e}\n"));
     }
-    text(StatusCode::OK, PLAIN, format!("current log level is {}\n", log.current()))
+    text(
+        StatusCode::OK,
+        PLAIN,
+        format!("current log level is {}\n", log.current()),
+    )
 }

@@ -39,7 +39,9 @@ impl DrainTrigger {
     /// and waits for the rest. Returns whether the graceful phase finished in time.
     pub async fn drain(self, deadline: Duration) -> bool {
         let _ = self.tx.send(DrainMode::Graceful);
-        let graceful = tokio::time::timeout(deadline, self.tx.closed()).await.is_ok();
+        let graceful = tokio::time::timeout(deadline, self.tx.closed())
+            .await
+            .is_ok();
         if !graceful {
             let _ = self.tx.send(DrainMode::Immediate);
             self.tx.closed().await;
@@ -49,7 +51,9 @@ impl DrainTrigger {
 
     /// A watcher for this trigger (the trigger can hand them out after the first).
     pub fn watcher(&self) -> DrainWatcher {
-        DrainWatcher { rx: self.tx.subscribe() }
+        DrainWatcher {
+            rx: self.tx.subscribe(),
+        }
     }
 
     /// How many watchers are still alive.

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_proto::ca::istio_certificate_service_client::IstioCertificateServiceClient;
 use ambit_proto::ca::IstioCertificateRequest;
+use ambit_proto::ca::istio_certificate_service_client::IstioCertificateServiceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -63,9 +63,13 @@ impl TokenSource {
     /// `AUTH_TOKEN`: an existing path, else the token itself; unset ⇒ the default token file if present.
     pub fn from_env(v: Option<&str>) -> TokenSource {
         match v {
-            Some(v) if !v.is_empty() && Path::new(v).exists() => TokenSource::File(PathBuf::from(v)),
+            Some(v) if !v.is_empty() && Path::new(v).exists() => {
+                TokenSource::File(PathBuf::from(v))
+            }
             Some(v) if !v.is_empty() => TokenSource::Literal(v.to_owned()),
-            _ if Path::new(DEFAULT_TOKEN_PATH).exists() => TokenSource::File(PathBuf::from(DEFAULT_TOKEN_PATH)),
+            _ if Path::new(DEFAULT_TOKEN_PATH).exists() => {
+                TokenSource::File(PathBuf::from(DEFAULT_TOKEN_PATH))
+            }
             _ => TokenSource::None,
         }
     }
@@ -75,7 +79,8 @@ impl TokenSource {
             TokenSource::None => Ok(None),
             TokenSource::Literal(t) => Ok(Some(t.clone())),
             TokenSource::File(p) => {
-                let t = std::fs::read_to_string(p).map_err(|e| GrpcError::Token(format!("{}: {e}", p.display())))?;
+                let t = std::fs::read_to_string(p)
+                    .map_err(|e| GrpcError::Token(format!("{}: {e}", p.display())))?;
                 if t.is_empty() {
                     return Err(GrpcError::Token(format!("{} is empty", p.display())));
                 }
@@ -116,18 +121,29 @@ impl AuthInterceptor {
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let md = req.metadata_mut();
-        let token = self.token.token().map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+        let token = self
+            .token
+            .token()
+            .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
         if let Some(t) = token {
             let v = format!("Bearer {}", t.trim_end_matches(['\n', '\r']));
-            md.insert("authorization", v.parse().map_err(|_| tonic::Status::internal("token is not a valid header"))?);
+            md.insert(
+                "authorization",
+                v.parse()
+                    .map_err(|_| tonic::Status::internal("token is not a valid header"))?,
+            );
         }
-        if !self.cluster_id.is_empty() {
-            if let Ok(v) = self.cluster_id.parse() {
-                md.insert("clusterid", v);
-            }
+        if !self.cluster_id.is_empty()
+            && let Ok(v) = self.cluster_id.parse()
+        {
+            md.insert("clusterid", v);
         }
         for (k, v) in self.extra.iter() {
-            if let (Ok(k), Ok(v)) = (k.to_ascii_lowercase().parse::<tonic::metadata::AsciiMetadataKey>(), v.parse()) {
+            if let (Ok(k), Ok(v)) = (
+                k.to_ascii_lowercase()
+                    .parse::<tonic::metadata::AsciiMetadataKey>(),
+                v.parse(),
+            ) {
                 md.insert(k, v);
             }
         }
@@ -139,18 +155,32 @@ pub type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
 
 /// A lazily connecting channel. TLS is mandatory: `http://` is refused, a scheme-less address gets `https://`.
 pub fn connect(cfg: &ControlPlaneConfig) -> Result<AuthChannel, GrpcError> {
-    let addr = if cfg.address.contains("://") { cfg.address.clone() } else { format!("https://{}", cfg.address) };
+    let addr = if cfg.address.contains("://") {
+        cfg.address.clone()
+    } else {
+        format!("https://{}", cfg.address)
+    };
     if !addr.starts_with("https://") {
-        return Err(GrpcError::Address(cfg.address.clone(), "only https:// is supported (TLS is mandatory)".into()));
+        return Err(GrpcError::Address(
+            cfg.address.clone(),
+            "only https:// is supported (TLS is mandatory)".into(),
+        ));
     }
-    let uri: http::Uri = addr.parse().map_err(|e| GrpcError::Address(cfg.address.clone(), format!("{e}")))?;
-    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+    let uri: http::Uri = addr
+        .parse()
+        .map_err(|e| GrpcError::Address(cfg.address.clone(), format!("{e}")))?;
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_owned();
     let mut tls = ClientTlsConfig::new().domain_name(cfg.alt_hostname.clone().unwrap_or(host));
     tls = match &cfg.root_ca {
         RootCa::System => tls.with_native_roots(),
         RootCa::Pem(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
         RootCa::File(p) => {
-            let pem = std::fs::read(p).map_err(|e| GrpcError::RootCa(format!("{}: {e}", p.display())))?;
+            let pem =
+                std::fs::read(p).map_err(|e| GrpcError::RootCa(format!("{}: {e}", p.display())))?;
             tls.ca_certificate(Certificate::from_pem(pem))
         }
     };
@@ -174,7 +204,10 @@ pub struct IstioCaClient {
 impl IstioCaClient {
     /// `impersonate`: node (shared) mode asks for other identities with `ImpersonatedIdentity`.
     pub fn new(cfg: ControlPlaneConfig, impersonate: bool) -> Result<Self, GrpcError> {
-        Ok(IstioCaClient { client: IstioCertificateServiceClient::new(connect(&cfg)?), impersonate })
+        Ok(IstioCaClient {
+            client: IstioCertificateServiceClient::new(connect(&cfg)?),
+            impersonate,
+        })
     }
 }
 
@@ -190,11 +223,18 @@ fn first_uri_san(pem: &str) -> Option<String> {
 
 #[async_trait::async_trait]
 impl CsrSigner for IstioCaClient {
-    async fn sign(&self, csr_pem: &str, identity: &Identity, ttl: Duration) -> Result<Vec<String>, SignError> {
+    async fn sign(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        ttl: Duration,
+    ) -> Result<Vec<String>, SignError> {
         let metadata = self.impersonate.then(|| prost_types::Struct {
             fields: [(
                 "ImpersonatedIdentity".to_owned(),
-                prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(identity.to_string())) },
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue(identity.to_string())),
+                },
             )]
             .into_iter()
             .collect(),
@@ -204,11 +244,18 @@ impl CsrSigner for IstioCaClient {
             validity_duration: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
             metadata,
         };
-        let resp = self.client.clone().create_certificate(req).await.map_err(|s| match s.code() {
-            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => SignError::Unauthenticated(s.message().to_owned()),
-            tonic::Code::InvalidArgument => SignError::Invalid(s.message().to_owned()),
-            _ => SignError::Unavailable(format!("{}: {}", s.code(), s.message())),
-        })?;
+        let resp = self
+            .client
+            .clone()
+            .create_certificate(req)
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                    SignError::Unauthenticated(s.message().to_owned())
+                }
+                tonic::Code::InvalidArgument => SignError::Invalid(s.message().to_owned()),
+                _ => SignError::Unavailable(format!("{}: {}", s.code(), s.message())),
+            })?;
         let chain = resp.into_inner().cert_chain;
         if chain.len() < 2 {
             return Err(SignError::Invalid("no root certificate present".into()));
@@ -216,7 +263,9 @@ impl CsrSigner for IstioCaClient {
         if self.impersonate {
             let san = first_uri_san(&chain[0]);
             if san.as_deref() != Some(identity.to_string().as_str()) {
-                return Err(SignError::Invalid(format!("CA issued {san:?}, asked for {identity}")));
+                return Err(SignError::Invalid(format!(
+                    "CA issued {san:?}, asked for {identity}"
+                )));
             }
         }
         Ok(chain)
@@ -237,7 +286,10 @@ mod tests {
             cluster_id: "Kubernetes".into(),
             extra_headers: vec![],
         };
-        assert!(matches!(connect(&cfg("http://istiod:15010")), Err(GrpcError::Address(..))));
+        assert!(matches!(
+            connect(&cfg("http://istiod:15010")),
+            Err(GrpcError::Address(..))
+        ));
     }
 
     #[test]
@@ -251,8 +303,17 @@ mod tests {
         assert_eq!(t.token().unwrap().as_deref(), Some("rotated"));
         std::fs::write(&p, "").unwrap();
         assert!(t.token().is_err());
-        assert_eq!(TokenSource::from_env(Some("literal")).token().unwrap().as_deref(), Some("literal"));
+        assert_eq!(
+            TokenSource::from_env(Some("literal"))
+                .token()
+                .unwrap()
+                .as_deref(),
+            Some("literal")
+        );
         assert!(matches!(RootCa::from_env_value("SYSTEM"), RootCa::System));
-        assert!(matches!(RootCa::from_env_value("-----BEGIN CERTIFICATE-----x"), RootCa::Pem(_)));
+        assert!(matches!(
+            RootCa::from_env_value("-----BEGIN CERTIFICATE-----x"),
+            RootCa::Pem(_)
+        ));
     }
 }

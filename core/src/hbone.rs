@@ -13,8 +13,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use client::{Connect, HboneClient, PoolKey};
-pub use server::{serve, Responder};
-pub use stream::{copy_bidirectional, CopyResult, H2Stream};
+pub use server::{Responder, serve};
+pub use stream::{CopyResult, H2Stream, copy_bidirectional};
 
 /// HTTP/2 settings and pool limits (spec 1.3 and 1.7); `Default` gives upstream's values.
 #[derive(Clone, Debug)]
@@ -89,7 +89,10 @@ impl HboneError {
 
     /// Whether a new attempt could succeed (the request never reached the destination application).
     pub fn retryable(&self) -> bool {
-        matches!(self, HboneError::Transport(_) | HboneError::Handshake(_) | HboneError::KeepaliveTimeout)
+        matches!(
+            self,
+            HboneError::Transport(_) | HboneError::Handshake(_) | HboneError::KeepaliveTimeout
+        )
     }
 }
 
@@ -110,7 +113,9 @@ pub fn parse_authority(a: &str) -> Result<Authority, HboneError> {
     let port: u16 = port.parse().map_err(|_| bad())?;
     let valid_host = !host.is_empty()
         && !host.contains(['[', ']', ':', '/', ' ', '@'])
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' || c == '*');
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' || c == '*');
     if !valid_host {
         return Err(bad());
     }
@@ -123,20 +128,40 @@ mod tests {
 
     #[test]
     fn authorities() {
-        assert_eq!(parse_authority("10.0.0.1:80").unwrap(), Authority::Addr("10.0.0.1:80".parse().unwrap()));
-        assert_eq!(parse_authority("[fd00::1]:8080").unwrap(), Authority::Addr("[fd00::1]:8080".parse().unwrap()));
+        assert_eq!(
+            parse_authority("10.0.0.1:80").unwrap(),
+            Authority::Addr("10.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            parse_authority("[fd00::1]:8080").unwrap(),
+            Authority::Addr("[fd00::1]:8080".parse().unwrap())
+        );
         assert_eq!(
             parse_authority("svc.ns.svc.cluster.local:9080").unwrap(),
             Authority::Host("svc.ns.svc.cluster.local".into(), 9080)
         );
-        for bad in ["10.0.0.1", "svc", "svc:", ":80", "svc:http", "svc:99999", "fd00::1:80x", "a b:80", "", "[::1]"] {
+        for bad in [
+            "10.0.0.1",
+            "svc",
+            "svc:",
+            ":80",
+            "svc:http",
+            "svc:99999",
+            "fd00::1:80x",
+            "a b:80",
+            "",
+            "[::1]",
+        ] {
             assert!(parse_authority(bad).is_err(), "{bad} should not parse");
         }
     }
 
     #[test]
     fn flags() {
-        assert_eq!(HboneError::Status(http::StatusCode::UNAUTHORIZED).response_flag(), "DENY");
+        assert_eq!(
+            HboneError::Status(http::StatusCode::UNAUTHORIZED).response_flag(),
+            "DENY"
+        );
         assert_eq!(HboneError::Tls("x".into()).response_flag(), "TLS_FAILURE");
         assert_eq!(HboneError::Transport("x".into()).response_flag(), "CONNECT");
         assert!(HboneError::Transport("x".into()).retryable());

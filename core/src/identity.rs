@@ -30,13 +30,20 @@ impl Identity {
 
     /// The identity without its `spiffe://` scheme, as AuthorizationPolicy principals name it.
     pub fn principal(&self) -> String {
-        format!("{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
+        format!(
+            "{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
     }
 }
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
     }
 }
 
@@ -45,7 +52,9 @@ impl FromStr for Identity {
 
     /// Strict: exactly five path segments with the literals `ns` and `sa`, none empty.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s.strip_prefix("spiffe://").ok_or_else(|| IdentityError::NotSpiffe(s.to_owned()))?;
+        let rest = s
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| IdentityError::NotSpiffe(s.to_owned()))?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
             [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{reload, EnvFilter, Registry};
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -30,12 +30,21 @@ pub fn init(default_filter: &str, json: bool) -> LogHandle {
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     let installed = if json {
-        registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true)).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+            .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+            )
+            .try_init()
     };
     match installed {
-        Ok(()) => LogHandle { inner: Some(Arc::new((handle, initial))) },
+        Ok(()) => LogHandle {
+            inner: Some(Arc::new((handle, initial))),
+        },
         Err(_) => LogHandle::noop(),
     }
 }
@@ -55,7 +64,8 @@ impl LogHandle {
 
     /// `spec` is an `EnvFilter` directive list: `debug`, or `ambit_ztunnel=debug,h2=info`.
     pub fn set(&self, spec: &str) -> Result<(), LogError> {
-        let filter = EnvFilter::try_new(spec).map_err(|e| LogError::Invalid(spec.to_owned(), e.to_string()))?;
+        let filter = EnvFilter::try_new(spec)
+            .map_err(|e| LogError::Invalid(spec.to_owned(), e.to_string()))?;
         match &self.inner {
             Some(h) => h.0.reload(filter).map_err(|_| LogError::NotReloadable),
             None => Err(LogError::NotReloadable),

@@ -17,10 +17,17 @@ use crate::readiness::Readiness;
 
 pub type Body = Full<Bytes>;
 
-pub(crate) fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -58,10 +65,18 @@ const PLAIN: &str = "text/plain; charset=utf-8";
 pub fn render(registry: &Registry, accept: Option<&str>) -> Response<Body> {
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, "could not encode metrics");
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            PLAIN,
+            "could not encode metrics",
+        );
     }
     let openmetrics = accept.is_some_and(|a| a.contains("openmetrics"));
-    text(StatusCode::OK, if openmetrics { OPENMETRICS } else { PLAIN }, out)
+    text(
+        StatusCode::OK,
+        if openmetrics { OPENMETRICS } else { PLAIN },
+        out,
+    )
 }
 
 pub async fn serve_metrics(listener: TcpListener, registry: Arc<Registry>, drain: DrainWatcher) {
@@ -70,7 +85,10 @@ pub async fn serve_metrics(listener: TcpListener, registry: Arc<Registry>, drain
         async move {
             match req.uri().path() {
                 "/metrics" | "/stats/prometheus" => {
-                    let accept = req.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok());
+                    let accept = req
+                        .headers()
+                        .get(http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok());
                     render(&registry, accept)
                 }
                 _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
@@ -90,7 +108,11 @@ pub async fn serve_readiness(listener: TcpListener, ready: Readiness, drain: Dra
             if ready.is_ready() {
                 text(StatusCode::OK, PLAIN, "ready\n")
             } else {
-                text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("not ready, pending: {}\n", ready.pending().join(", ")))
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    PLAIN,
+                    format!("not ready, pending: {}\n", ready.pending().join(", ")),
+                )
             }
         }
     })
@@ -107,7 +129,10 @@ struct BuildLabels {
 pub fn register_build_info(registry: &mut Registry, component: &str) {
     let family = Family::<BuildLabels, Gauge>::default();
     family
-        .get_or_create(&BuildLabels { component: component.to_owned(), tag: env!("CARGO_PKG_VERSION").to_owned() })
+        .get_or_create(&BuildLabels {
+            component: component.to_owned(),
+            tag: env!("CARGO_PKG_VERSION").to_owned(),
+        })
         .set(1);
     registry.register("istio_build", "Istio component build info", family);
 }

@@ -25,12 +25,18 @@ impl Readiness {
         if let Ok(mut p) = self.pending.lock() {
             p.insert(id, name.to_owned());
         }
-        BlockReady { id, pending: self.pending.clone() }
+        BlockReady {
+            id,
+            pending: self.pending.clone(),
+        }
     }
 
     /// Names of the tasks still holding readiness back.
     pub fn pending(&self) -> Vec<String> {
-        self.pending.lock().map(|p| p.values().cloned().collect()).unwrap_or_default()
+        self.pending
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -56,7 +62,10 @@ mod tests {
         assert!(r.is_ready());
         let a = r.register_task("proxy");
         let b = r.register_task("state manager");
-        assert_eq!(r.pending(), vec!["proxy".to_owned(), "state manager".to_owned()]);
+        assert_eq!(
+            r.pending(),
+            vec!["proxy".to_owned(), "state manager".to_owned()]
+        );
         drop(a);
         assert!(!r.is_ready());
         drop(b);

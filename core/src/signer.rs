@@ -29,5 +29,10 @@ impl SignError {
 pub trait CsrSigner: Send + Sync + 'static {
     /// `csr_pem` is a PKCS#10 request whose only URI SAN is `identity`. Returns the chain as the Istio CA does:
     /// the leaf PEM first, then intermediates, and the root bundle (one or more PEM certificates) last.
-    async fn sign(&self, csr_pem: &str, identity: &Identity, ttl: Duration) -> Result<Vec<String>, SignError>;
+    async fn sign(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        ttl: Duration,
+    ) -> Result<Vec<String>, SignError>;
 }

@@ -26,8 +26,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(15);
 /// One change to one resource.
 #[derive(Debug, Clone)]
 pub enum XdsUpdate {
-    Upsert { name: String, version: String, resource: prost_types::Any },
-    Remove { name: String },
+    Upsert {
+        name: String,
+        version: String,
+        resource: prost_types::Any,
+    },
+    Remove {
+        name: String,
+    },
 }
 
 /// A resource the handler would not apply, and why (becomes part of the NACK).
@@ -58,9 +64,12 @@ impl XdsError {
     fn benign(&self) -> bool {
         match self {
             XdsError::Status(s) => match s.code() {
-                tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => true,
+                tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+                    true
+                }
                 tonic::Code::Unavailable => {
-                    s.message().contains("transport is closing") || s.message().contains("received prior goaway")
+                    s.message().contains("transport is closing")
+                        || s.message().contains("received prior goaway")
                 }
                 _ => false,
             },
@@ -72,10 +81,15 @@ impl XdsError {
 /// The node identity sent with each type's first request (spec 2.2).
 pub fn node_from_env(env: &HashMap<String, String>) -> Node {
     let get = |k: &str| env.get(k).cloned().unwrap_or_default();
-    let ip = env.get("INSTANCE_IP").cloned().unwrap_or_else(|| "1.1.1.1".to_owned());
+    let ip = env
+        .get("INSTANCE_IP")
+        .cloned()
+        .unwrap_or_else(|| "1.1.1.1".to_owned());
     let (pod, ns) = (get("POD_NAME"), get("POD_NAMESPACE"));
     let mut fields = std::collections::BTreeMap::new();
-    let string = |s: String| prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(s)) };
+    let string = |s: String| prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(s)),
+    };
     fields.insert("NAME".to_owned(), string(pod.clone()));
     fields.insert("NAMESPACE".to_owned(), string(ns.clone()));
     fields.insert("INSTANCE_IPS".to_owned(), string(get("INSTANCE_IP")));
@@ -88,7 +102,9 @@ pub fn node_from_env(env: &HashMap<String, String>) -> Node {
                 Ok(json) => {
                     fields.insert(key.to_owned(), json_to_value(json));
                 }
-                Err(e) => warn!(var = %k, error = %e, "ignoring ISTIO_METAJSON_ value that is not JSON"),
+                Err(e) => {
+                    warn!(var = %k, error = %e, "ignoring ISTIO_METAJSON_ value that is not JSON")
+                }
             }
         }
     }
@@ -107,7 +123,9 @@ fn json_to_value(v: serde_json::Value) -> prost_types::Value {
         serde_json::Value::Bool(b) => Kind::BoolValue(b),
         serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
         serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue { values: a.into_iter().map(json_to_value).collect() }),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(json_to_value).collect(),
+        }),
         serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
             fields: o.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
         }),
@@ -158,9 +176,25 @@ impl XdsClient {
             "The total number of completed connections to xds server",
             metrics.terminations.clone(),
         );
-        registry.register("istio_xds_message", "Total number of messages received", metrics.messages.clone());
-        registry.register("istio_xds_message_bytes", "Total number of bytes received", metrics.bytes.clone());
-        XdsClient { cfg, node, types: type_urls, handler, block_ready: Some(block_ready), metrics, versions: HashMap::new() }
+        registry.register(
+            "istio_xds_message",
+            "Total number of messages received",
+            metrics.messages.clone(),
+        );
+        registry.register(
+            "istio_xds_message_bytes",
+            "Total number of bytes received",
+            metrics.bytes.clone(),
+        );
+        XdsClient {
+            cfg,
+            node,
+            types: type_urls,
+            handler,
+            block_ready: Some(block_ready),
+            metrics,
+            versions: HashMap::new(),
+        }
     }
 
     /// Keeps a stream open until drained, reconnecting with backoff.
@@ -185,7 +219,11 @@ impl XdsClient {
                     BACKOFF_START
                 }
                 Err(e) => {
-                    self.terminate(if matches!(e, XdsError::Grpc(_)) { "ConnectionError" } else { "Error" });
+                    self.terminate(if matches!(e, XdsError::Grpc(_)) {
+                        "ConnectionError"
+                    } else {
+                        "Error"
+                    });
                     warn!(error = %e, retry_in = ?backoff, "xds stream failed");
                     let w = backoff;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -200,12 +238,18 @@ impl XdsClient {
     }
 
     fn terminate(&self, reason: &str) {
-        self.metrics.terminations.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+        self.metrics
+            .terminations
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     async fn stream(&mut self) -> Result<(), XdsError> {
         let channel = grpc::connect(&self.cfg)?;
-        let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
         for t in &self.types {
             let initial = self.versions.get(t).cloned().unwrap_or_default();
@@ -217,19 +261,36 @@ impl XdsClient {
             };
             tx.send(req).await.map_err(|_| XdsError::Closed)?;
         }
-        let mut responses = client.delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        let mut responses = client
+            .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
         info!(address = %self.cfg.address, "xds stream open");
         let mut answered: HashSet<String> = HashSet::new();
         while let Some(resp) = responses.message().await? {
             let url = resp.type_url.clone();
-            self.metrics.messages.get_or_create(&UrlLabel { url: url.clone() }).inc();
-            self.metrics.bytes.get_or_create(&UrlLabel { url: url.clone() }).inc_by(resp.encoded_len() as u64);
-            let mut updates = Vec::with_capacity(resp.resources.len() + resp.removed_resources.len());
+            self.metrics
+                .messages
+                .get_or_create(&UrlLabel { url: url.clone() })
+                .inc();
+            self.metrics
+                .bytes
+                .get_or_create(&UrlLabel { url: url.clone() })
+                .inc_by(resp.encoded_len() as u64);
+            let mut updates =
+                Vec::with_capacity(resp.resources.len() + resp.removed_resources.len());
             let mut rejected = Vec::new();
             for r in resp.resources {
                 match r.resource {
-                    Some(any) => updates.push(XdsUpdate::Upsert { name: r.name, version: r.version, resource: any }),
-                    None => rejected.push(Rejection { name: r.name, reason: "resource has no body".into() }),
+                    Some(any) => updates.push(XdsUpdate::Upsert {
+                        name: r.name,
+                        version: r.version,
+                        resource: any,
+                    }),
+                    None => rejected.push(Rejection {
+                        name: r.name,
+                        reason: "resource has no body".into(),
+                    }),
                 }
             }
             for name in resp.removed_resources {
@@ -250,9 +311,17 @@ impl XdsClient {
                 }
             }
             let error_detail = (!rejected.is_empty()).then(|| {
-                let message = rejected.iter().map(|r| format!("{}: {}", r.name, r.reason)).collect::<Vec<_>>().join("; ");
+                let message = rejected
+                    .iter()
+                    .map(|r| format!("{}: {}", r.name, r.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 warn!(type_url = %url, %message, "NACK");
-                Status { code: tonic::Code::InvalidArgument as i32, message, details: vec![] }
+                Status {
+                    code: tonic::Code::InvalidArgument as i32,
+                    message,
+                    details: vec![],
+                }
             });
             let ack = DeltaDiscoveryRequest {
                 type_url: url.clone(),
@@ -289,11 +358,24 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let n = node_from_env(&env);
-        assert_eq!(n.id, "ztunnel~10.0.0.5~ztunnel-abc.istio-system~istio-system.svc.cluster.local");
+        assert_eq!(
+            n.id,
+            "ztunnel~10.0.0.5~ztunnel-abc.istio-system~istio-system.svc.cluster.local"
+        );
         let f = n.metadata.unwrap().fields;
-        assert!(matches!(&f["CLUSTER_ID"].kind, Some(prost_types::value::Kind::StringValue(s)) if s == "c1"));
-        assert!(matches!(&f["NODE_NAME"].kind, Some(prost_types::value::Kind::StringValue(s)) if s == "node1"));
-        assert!(matches!(&f["LABELS"].kind, Some(prost_types::value::Kind::StructValue(_))));
-        assert_eq!(node_from_env(&HashMap::new()).id, "ztunnel~1.1.1.1~.~.svc.cluster.local");
+        assert!(
+            matches!(&f["CLUSTER_ID"].kind, Some(prost_types::value::Kind::StringValue(s)) if s == "c1")
+        );
+        assert!(
+            matches!(&f["NODE_NAME"].kind, Some(prost_types::value::Kind::StringValue(s)) if s == "node1")
+        );
+        assert!(matches!(
+            &f["LABELS"].kind,
+            Some(prost_types::value::Kind::StructValue(_))
+        ));
+        assert_eq!(
+            node_from_env(&HashMap::new()).id,
+            "ztunnel~1.1.1.1~.~.svc.cluster.local"
+        );
     }
 }

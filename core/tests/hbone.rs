@@ -1,13 +1,15 @@
 //! HBONE client and server over plain loopback TCP (TLS is tested on its own; HBONE is generic over transport).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use ambit_core::Identity;
 use ambit_core::drain;
 use ambit_core::hbone::{self, Connect, H2Config, HboneClient, HboneError, PoolKey};
-use ambit_core::Identity;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -24,7 +26,9 @@ impl Connect for Tcp {
         self.dials.fetch_add(1, Ordering::SeqCst);
         // Slow enough that concurrent first uses overlap.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        TcpStream::connect(key.dst).await.map_err(|e| HboneError::Transport(e.to_string()))
+        TcpStream::connect(key.dst)
+            .await
+            .map_err(|e| HboneError::Transport(e.to_string()))
     }
 }
 
@@ -52,34 +56,39 @@ async fn server(cfg: H2Config, mode: Mode) -> (SocketAddr, drain::DrainTrigger) 
                 _ = w.signaled() => return,
             };
             let mode = mode.clone();
-            tokio::spawn(hbone::serve(s, cfg.clone(), watcher.clone(), move |_parts, responder| {
-                let mode = mode.clone();
-                async move {
-                    match &*mode {
-                        Mode::Reject(status) => responder.reject(*status),
-                        Mode::Echo => {
-                            let mut s = responder.accept(http::HeaderMap::new()).unwrap();
-                            let (mut r, mut w) = tokio::io::split(&mut s);
-                            let _ = tokio::io::copy(&mut r, &mut w).await;
-                            let _ = w.shutdown().await;
-                        }
-                        Mode::CountThenReply => {
-                            let mut s = responder.accept(http::HeaderMap::new()).unwrap();
-                            let mut n = 0u64;
-                            let mut buf = vec![0u8; 64 * 1024];
-                            loop {
-                                let r = s.read(&mut buf).await.unwrap();
-                                if r == 0 {
-                                    break;
-                                }
-                                n += r as u64;
+            tokio::spawn(hbone::serve(
+                s,
+                cfg.clone(),
+                watcher.clone(),
+                move |_parts, responder| {
+                    let mode = mode.clone();
+                    async move {
+                        match &*mode {
+                            Mode::Reject(status) => responder.reject(*status),
+                            Mode::Echo => {
+                                let mut s = responder.accept(http::HeaderMap::new()).unwrap();
+                                let (mut r, mut w) = tokio::io::split(&mut s);
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                                let _ = w.shutdown().await;
                             }
-                            s.write_all(format!("{n}").as_bytes()).await.unwrap();
-                            s.shutdown().await.unwrap();
+                            Mode::CountThenReply => {
+                                let mut s = responder.accept(http::HeaderMap::new()).unwrap();
+                                let mut n = 0u64;
+                                let mut buf = vec![0u8; 64 * 1024];
+                                loop {
+                                    let r = s.read(&mut buf).await.unwrap();
+                                    if r == 0 {
+                                        break;
+                                    }
+                                    n += r as u64;
+                                }
+                                s.write_all(format!("{n}").as_bytes()).await.unwrap();
+                                s.shutdown().await.unwrap();
+                            }
                         }
                     }
-                }
-            }));
+                },
+            ));
         }
     });
     (addr, trigger)
@@ -95,7 +104,11 @@ fn key(dst: SocketAddr, sa: &str) -> PoolKey {
 }
 
 fn connect_req(authority: &str) -> http::Request<()> {
-    http::Request::builder().method(http::Method::CONNECT).uri(authority).body(()).unwrap()
+    http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(authority)
+        .body(())
+        .unwrap()
 }
 
 /// A socket pair standing in for the application's connection.
@@ -110,10 +123,14 @@ async fn socket_pair() -> (TcpStream, TcpStream) {
 async fn echo_round_trip_and_large_transfer_counts() {
     let (addr, _t) = server(H2Config::default(), Mode::Echo).await;
     let client = HboneClient::new(Arc::new(H2Config::default()), Tcp::default());
-    let (stream, resp) = client.connect(key(addr, "a"), connect_req("10.0.0.1:80")).await.unwrap();
+    let (stream, resp) = client
+        .connect(key(addr, "a"), connect_req("10.0.0.1:80"))
+        .await
+        .unwrap();
     assert_eq!(resp.status, http::StatusCode::OK);
     let (app, mut proxy_side) = socket_pair().await;
-    let copy = tokio::spawn(async move { hbone::copy_bidirectional(stream, &mut proxy_side).await });
+    let copy =
+        tokio::spawn(async move { hbone::copy_bidirectional(stream, &mut proxy_side).await });
     const N: usize = 64 * 1024 * 1024;
     let writer = tokio::spawn(async move {
         let chunk = vec![0xabu8; 1024 * 1024];
@@ -148,9 +165,13 @@ async fn echo_round_trip_and_large_transfer_counts() {
 async fn half_close_lets_the_reply_through() {
     let (addr, _t) = server(H2Config::default(), Mode::CountThenReply).await;
     let client = HboneClient::new(Arc::new(H2Config::default()), Tcp::default());
-    let (stream, _) = client.connect(key(addr, "a"), connect_req("10.0.0.1:80")).await.unwrap();
+    let (stream, _) = client
+        .connect(key(addr, "a"), connect_req("10.0.0.1:80"))
+        .await
+        .unwrap();
     let (mut app, mut proxy_side) = socket_pair().await;
-    let copy = tokio::spawn(async move { hbone::copy_bidirectional(stream, &mut proxy_side).await });
+    let copy =
+        tokio::spawn(async move { hbone::copy_bidirectional(stream, &mut proxy_side).await });
     app.write_all(&[1u8; 12345]).await.unwrap();
     app.shutdown().await.unwrap(); // our FIN becomes END_STREAM; the server still answers
     let mut reply = String::new();
@@ -162,14 +183,23 @@ async fn half_close_lets_the_reply_through() {
 
 #[tokio::test]
 async fn rejection_status_reaches_the_client() {
-    let (addr, _t) = server(H2Config::default(), Mode::Reject(http::StatusCode::UNAUTHORIZED)).await;
+    let (addr, _t) = server(
+        H2Config::default(),
+        Mode::Reject(http::StatusCode::UNAUTHORIZED),
+    )
+    .await;
     let client = HboneClient::new(Arc::new(H2Config::default()), Tcp::default());
-    let r = client.connect(key(addr, "a"), connect_req("10.0.0.1:80")).await;
+    let r = client
+        .connect(key(addr, "a"), connect_req("10.0.0.1:80"))
+        .await;
     assert!(matches!(r, Err(HboneError::Status(s)) if s == http::StatusCode::UNAUTHORIZED));
 }
 
 /// Sends a raw request on a fresh h2 connection and returns the status.
-async fn raw_status(addr: SocketAddr, req: http::Request<()>) -> Result<http::StatusCode, h2::Error> {
+async fn raw_status(
+    addr: SocketAddr,
+    req: http::Request<()>,
+) -> Result<http::StatusCode, h2::Error> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (send, conn) = h2::client::handshake(tcp).await?;
     tokio::spawn(conn);
@@ -181,15 +211,28 @@ async fn raw_status(addr: SocketAddr, req: http::Request<()>) -> Result<http::St
 #[tokio::test]
 async fn bad_requests_get_400_and_big_headers_are_refused() {
     let (addr, _t) = server(H2Config::default(), Mode::Echo).await;
-    let get = http::Request::builder().method(http::Method::GET).uri("http://10.0.0.1:80/").body(()).unwrap();
-    assert_eq!(raw_status(addr, get).await.unwrap(), http::StatusCode::BAD_REQUEST);
+    let get = http::Request::builder()
+        .method(http::Method::GET)
+        .uri("http://10.0.0.1:80/")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        raw_status(addr, get).await.unwrap(),
+        http::StatusCode::BAD_REQUEST
+    );
     let no_port = connect_req("some-host");
-    assert_eq!(raw_status(addr, no_port).await.unwrap(), http::StatusCode::BAD_REQUEST);
+    assert_eq!(
+        raw_status(addr, no_port).await.unwrap(),
+        http::StatusCode::BAD_REQUEST
+    );
     let ok = connect_req("10.0.0.1:80");
     assert_eq!(raw_status(addr, ok).await.unwrap(), http::StatusCode::OK);
     // A header list over the server's 64 KiB limit never reaches the handler.
     let mut big = connect_req("10.0.0.1:80");
-    big.headers_mut().insert("x-big", http::HeaderValue::from_str(&"a".repeat(100 * 1024)).unwrap());
+    big.headers_mut().insert(
+        "x-big",
+        http::HeaderValue::from_str(&"a".repeat(100 * 1024)).unwrap(),
+    );
     assert!(!matches!(raw_status(addr, big).await, Ok(s) if s == http::StatusCode::OK));
 }
 
@@ -202,7 +245,11 @@ async fn pool_shares_connections_per_key_and_opens_one_at_a_time() {
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let c = client.clone();
-        tasks.push(tokio::spawn(async move { c.connect(key(addr, "a"), connect_req("10.0.0.1:80")).await.map(|s| s.0) }));
+        tasks.push(tokio::spawn(async move {
+            c.connect(key(addr, "a"), connect_req("10.0.0.1:80"))
+                .await
+                .map(|s| s.0)
+        }));
     }
     let mut streams = Vec::new();
     for t in tasks {
@@ -212,12 +259,18 @@ async fn pool_shares_connections_per_key_and_opens_one_at_a_time() {
     drop(streams);
     // Sequential reuse.
     for _ in 0..5 {
-        let (s, _) = client.connect(key(addr, "a"), connect_req("10.0.0.1:80")).await.unwrap();
+        let (s, _) = client
+            .connect(key(addr, "a"), connect_req("10.0.0.1:80"))
+            .await
+            .unwrap();
         drop(s);
     }
     assert_eq!(tcp.dials.load(Ordering::SeqCst), 1);
     // Another key (another source identity) gets its own connection.
-    let (_s, _) = client.connect(key(addr, "b"), connect_req("10.0.0.1:80")).await.unwrap();
+    let (_s, _) = client
+        .connect(key(addr, "b"), connect_req("10.0.0.1:80"))
+        .await
+        .unwrap();
     assert_eq!(tcp.dials.load(Ordering::SeqCst), 2);
 }
 
@@ -225,11 +278,19 @@ async fn pool_shares_connections_per_key_and_opens_one_at_a_time() {
 async fn stream_cap_opens_another_connection() {
     let (addr, _t) = server(H2Config::default(), Mode::Echo).await;
     let tcp = Tcp::default();
-    let cfg = H2Config { pool_max_streams_per_conn: 2, ..H2Config::default() };
+    let cfg = H2Config {
+        pool_max_streams_per_conn: 2,
+        ..H2Config::default()
+    };
     let client = HboneClient::new(Arc::new(cfg), tcp.clone());
     let mut held = Vec::new();
     for _ in 0..5 {
-        held.push(client.connect(key(addr, "a"), connect_req("10.0.0.1:80")).await.unwrap());
+        held.push(
+            client
+                .connect(key(addr, "a"), connect_req("10.0.0.1:80"))
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(tcp.dials.load(Ordering::SeqCst), 3);
     assert_eq!(client.connections(), 3);
@@ -240,14 +301,31 @@ async fn broken_connection_is_replaced() {
     let (addr, trigger) = server(H2Config::default(), Mode::Echo).await;
     let tcp = Tcp::default();
     let client = HboneClient::new(Arc::new(H2Config::default()), tcp.clone());
-    let (s, _) = client.connect(key(addr, "a"), connect_req("10.0.0.1:80")).await.unwrap();
+    let (s, _) = client
+        .connect(key(addr, "a"), connect_req("10.0.0.1:80"))
+        .await
+        .unwrap();
     drop(s);
     // Drain the server: it sends GOAWAY and stops accepting; then start a new one on another port.
-    assert!(tokio::time::timeout(Duration::from_secs(5), trigger.drain(Duration::from_secs(1))).await.is_ok());
+    assert!(
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            trigger.drain(Duration::from_secs(1))
+        )
+        .await
+        .is_ok()
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(client.connections(), 0, "the GOAWAY'd connection is no longer offered");
+    assert_eq!(
+        client.connections(),
+        0,
+        "the GOAWAY'd connection is no longer offered"
+    );
     let (addr2, _t2) = server(H2Config::default(), Mode::Echo).await;
-    let (_s, _) = client.connect(key(addr2, "a"), connect_req("10.0.0.1:80")).await.unwrap();
+    let (_s, _) = client
+        .connect(key(addr2, "a"), connect_req("10.0.0.1:80"))
+        .await
+        .unwrap();
     assert_eq!(tcp.dials.load(Ordering::SeqCst), 2);
 }
 
@@ -255,9 +333,13 @@ async fn broken_connection_is_replaced() {
 async fn drain_lets_open_streams_finish() {
     let (addr, trigger) = server(H2Config::default(), Mode::CountThenReply).await;
     let client = HboneClient::new(Arc::new(H2Config::default()), Tcp::default());
-    let (stream, _) = client.connect(key(addr, "a"), connect_req("10.0.0.1:80")).await.unwrap();
+    let (stream, _) = client
+        .connect(key(addr, "a"), connect_req("10.0.0.1:80"))
+        .await
+        .unwrap();
     let (mut app, mut proxy_side) = socket_pair().await;
-    let copy = tokio::spawn(async move { hbone::copy_bidirectional(stream, &mut proxy_side).await });
+    let copy =
+        tokio::spawn(async move { hbone::copy_bidirectional(stream, &mut proxy_side).await });
     let drained = tokio::spawn(trigger.drain(Duration::from_secs(10)));
     tokio::time::sleep(Duration::from_millis(50)).await;
     // The stream opened before the drain still works to the end.
@@ -267,5 +349,8 @@ async fn drain_lets_open_streams_finish() {
     app.read_to_string(&mut reply).await.unwrap();
     assert_eq!(reply, "3");
     copy.await.unwrap().unwrap();
-    assert!(drained.await.unwrap(), "graceful drain finished before the deadline");
+    assert!(
+        drained.await.unwrap(),
+        "graceful drain finished before the deadline"
+    );
 }

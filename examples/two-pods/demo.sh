@@ -70,11 +70,21 @@ for ns in "$A" "$B"; do
   done
 done
 
+for _ in $(seq 100); do  # the server answers locally (loopback is never captured)
+  ip netns exec "$B" curl -sf http://10.66.0.3:8080/hello.txt >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
 echo "== curl in pod a -> http://10.66.0.3:8080/hello.txt (captured, tunnelled over HBONE)"
-ip netns exec "$A" curl -sS --max-time 5 http://10.66.0.3:8080/hello.txt
+if ! ip netns exec "$A" curl -sS --max-time 5 http://10.66.0.3:8080/hello.txt; then
+  echo "demo: the request failed; the ztunnels' logs:" >&2
+  tail -n 20 "$work"/ztunnel-*.log "$work/http.log" >&2
+  exit 1
+fi
 echo
 echo "== pod b's ztunnel saw it (reporter=destination, mutual_tls):"
-ip netns exec "$B" curl -s http://127.0.0.1:15020/metrics | grep '^istio_tcp_connections_opened_total' | sed 's/,/,\n    /g' | grep -E 'reporter|source_principal|destination_workload=|connection_security_policy|total'
+ip netns exec "$B" curl -s http://127.0.0.1:15020/metrics | grep '^istio_tcp_connections_opened_total{reporter="destination"' \
+  | sed 's/,/,\n    /g' | grep -E 'reporter|source_principal|destination_workload=|connection_security_policy|}'
 echo
 echo "== access log of pod b's ztunnel:"
 grep -h 'connection complete' "$work/ztunnel-server.log" | tail -n 1

@@ -20,7 +20,7 @@ use ambit_core::readiness::Readiness;
 use ambit_core::signer::CsrSigner;
 use ambit_core::tls::TlsBackend;
 use ambit_core::xds::{Rejection, XdsClient, XdsHandler, XdsUpdate};
-use ambit_core::{metrics as core_metrics, Identity};
+use ambit_core::{Identity, metrics as core_metrics};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use prost::Message;
@@ -64,7 +64,7 @@ impl Running {
         let ctrl_c = async {
             #[cfg(unix)]
             {
-                use tokio::signal::unix::{signal, SignalKind};
+                use tokio::signal::unix::{SignalKind, signal};
                 match signal(SignalKind::terminate()) {
                     Ok(mut term) => {
                         tokio::select! {
@@ -93,7 +93,11 @@ impl Running {
 }
 
 /// Builds everything and starts serving. `control` runs the control-side tasks (defaults to the current runtime).
-pub async fn start(cfg: Config, log: LogHandle, control: Option<Handle>) -> anyhow::Result<Running> {
+pub async fn start(
+    cfg: Config,
+    log: LogHandle,
+    control: Option<Handle>,
+) -> anyhow::Result<Running> {
     let cfg = Arc::new(cfg);
     let control = control.unwrap_or_else(Handle::current);
     let (trigger, drain) = drain::new();
@@ -101,7 +105,10 @@ pub async fn start(cfg: Config, log: LogHandle, control: Option<Handle>) -> anyh
     let proxy_ready = readiness.register_task("proxy");
     let state_ready = readiness.register_task("state manager");
 
-    let tls_backend: TlsBackend = cfg.tls_backend.parse().map_err(|e| anyhow::anyhow!("TLS_BACKEND: {e}"))?;
+    let tls_backend: TlsBackend = cfg
+        .tls_backend
+        .parse()
+        .map_err(|e| anyhow::anyhow!("TLS_BACKEND: {e}"))?;
     let signer = cert_signer(&cfg).await?;
     let certs = CertManager::new(signer, cfg.secret_ttl);
     let state = ProxyState::new();
@@ -109,9 +116,14 @@ pub async fn start(cfg: Config, log: LogHandle, control: Option<Handle>) -> anyh
     // State sources: the local file (watched) and/or xDS.
     match &cfg.local_xds {
         Some(LocalXds::Path(path)) => {
-            let initial = localconfig::load(path).with_context(|| format!("LOCAL_XDS_PATH {}", path.display()))?;
+            let initial = localconfig::load(path)
+                .with_context(|| format!("LOCAL_XDS_PATH {}", path.display()))?;
             state.replace_all(initial);
-            control.spawn(localconfig::watch(path.clone(), state.clone(), drain.clone()));
+            control.spawn(localconfig::watch(
+                path.clone(),
+                state.clone(),
+                drain.clone(),
+            ));
         }
         Some(LocalXds::Inline(yaml)) => {
             state.replace_all(localconfig::parse(yaml).context("LOCAL_XDS")?);
@@ -122,10 +134,19 @@ pub async fn start(cfg: Config, log: LogHandle, control: Option<Handle>) -> anyh
     core_metrics::register_build_info(&mut registry, "ztunnel");
     match &cfg.xds_address {
         Some(address) => {
-            let cp = control_plane(&cfg, address, &cfg.xds_root_ca, cfg.alt_xds_hostname.clone(), &cfg.xds_headers);
+            let cp = control_plane(
+                &cfg,
+                address,
+                &cfg.xds_root_ca,
+                cfg.alt_xds_hostname.clone(),
+                &cfg.xds_headers,
+            );
             let node = ambit_core::xds::node_from_env(&cfg.node_env());
             let handler = Arc::new(StateHandler(state.clone()));
-            let types = vec![ambit_proto::type_url::ADDRESS.to_owned(), ambit_proto::type_url::AUTHORIZATION.to_owned()];
+            let types = vec![
+                ambit_proto::type_url::ADDRESS.to_owned(),
+                ambit_proto::type_url::AUTHORIZATION.to_owned(),
+            ];
             let client = XdsClient::new(cp, node, types, handler, state_ready, &mut registry);
             control.spawn(client.run(drain.clone()));
         }
@@ -136,7 +157,11 @@ pub async fn start(cfg: Config, log: LogHandle, control: Option<Handle>) -> anyh
 
     let sockets = SocketFactory {
         mark: cfg.packet_mark,
-        keepalive: cfg.keepalive_enabled.then_some((cfg.keepalive_time, cfg.keepalive_interval, cfg.keepalive_retries)),
+        keepalive: cfg.keepalive_enabled.then_some((
+            cfg.keepalive_time,
+            cfg.keepalive_interval,
+            cfg.keepalive_retries,
+        )),
     };
     let h2 = Arc::new(H2Config {
         stream_window: cfg.http2_stream_window,
@@ -147,12 +172,24 @@ pub async fn start(cfg: Config, log: LogHandle, control: Option<Handle>) -> anyh
         ..H2Config::default()
     });
     let workload = match (&cfg.proxy_mode, &cfg.proxy_workload_info) {
-        (ProxyMode::Dedicated, Some(w)) => (w.namespace.clone(), w.name.clone(), w.service_account.clone()),
-        (ProxyMode::Dedicated, None) => anyhow::bail!("PROXY_MODE=dedicated needs PROXY_WORKLOAD_INFO=<ns>/<name>/<sa>"),
-        (ProxyMode::Shared, _) => anyhow::bail!("PROXY_MODE=shared (in-pod mode) is not supported yet; use PROXY_MODE=dedicated"),
+        (ProxyMode::Dedicated, Some(w)) => (
+            w.namespace.clone(),
+            w.name.clone(),
+            w.service_account.clone(),
+        ),
+        (ProxyMode::Dedicated, None) => {
+            anyhow::bail!("PROXY_MODE=dedicated needs PROXY_WORKLOAD_INFO=<ns>/<name>/<sa>")
+        }
+        (ProxyMode::Shared, _) => anyhow::bail!(
+            "PROXY_MODE=shared (in-pod mode) is not supported yet; use PROXY_MODE=dedicated"
+        ),
     };
     let spoof_source = cfg.enable_orig_src.unwrap_or(false);
-    let connector = HboneConnector { certs: certs.clone(), sockets, backend: tls_backend };
+    let connector = HboneConnector {
+        certs: certs.clone(),
+        sockets,
+        backend: tls_backend,
+    };
     let pi = Arc::new(ProxyInputs {
         cfg: cfg.clone(),
         state: state.clone(),
@@ -167,11 +204,21 @@ pub async fn start(cfg: Config, log: LogHandle, control: Option<Handle>) -> anyh
     });
 
     // Listeners.
-    let outbound = sockets.listen(cfg.outbound_addr, true, false).with_context(|| format!("bind {}", cfg.outbound_addr))?;
-    let inbound = sockets.listen(cfg.inbound_addr, true, false).with_context(|| format!("bind {}", cfg.inbound_addr))?;
-    let hbone = sockets.listen(cfg.hbone_addr, true, false).with_context(|| format!("bind {}", cfg.hbone_addr))?;
+    let outbound = sockets
+        .listen(cfg.outbound_addr, true, false)
+        .with_context(|| format!("bind {}", cfg.outbound_addr))?;
+    let inbound = sockets
+        .listen(cfg.inbound_addr, true, false)
+        .with_context(|| format!("bind {}", cfg.inbound_addr))?;
+    let hbone = sockets
+        .listen(cfg.hbone_addr, true, false)
+        .with_context(|| format!("bind {}", cfg.hbone_addr))?;
     let socks5 = if cfg.socks5_enabled {
-        Some(sockets.listen(cfg.socks5_addr, false, false).with_context(|| format!("bind {}", cfg.socks5_addr))?)
+        Some(
+            sockets
+                .listen(cfg.socks5_addr, false, false)
+                .with_context(|| format!("bind {}", cfg.socks5_addr))?,
+        )
     } else {
         None
     };
@@ -186,33 +233,52 @@ pub async fn start(cfg: Config, log: LogHandle, control: Option<Handle>) -> anyh
     };
     {
         let pi = pi.clone();
-        tokio::spawn(proxy::serve("outbound", outbound, drain.clone(), move |s, peer, d| {
-            let pi = pi.clone();
-            async move {
-                match proxy::socket::original_dst(&s) {
-                    Ok(dst) => proxy::outbound::handle(pi, s, peer, proxy::socket::canonical(dst), d).await,
-                    Err(e) => warn!(src.addr = %peer, error = %e, "no original destination; is the redirect rule in place?"),
+        tokio::spawn(proxy::serve(
+            "outbound",
+            outbound,
+            drain.clone(),
+            move |s, peer, d| {
+                let pi = pi.clone();
+                async move {
+                    match proxy::socket::original_dst(&s) {
+                        Ok(dst) => {
+                            proxy::outbound::handle(pi, s, peer, proxy::socket::canonical(dst), d)
+                                .await
+                        }
+                        Err(e) => {
+                            warn!(src.addr = %peer, error = %e, "no original destination; is the redirect rule in place?")
+                        }
+                    }
                 }
-            }
-        }));
+            },
+        ));
     }
     {
         let pi = pi.clone();
-        tokio::spawn(proxy::serve("inbound_passthrough", inbound, drain.clone(), move |s, peer, d| {
-            proxy::passthrough::handle(pi.clone(), s, peer, d)
-        }));
+        tokio::spawn(proxy::serve(
+            "inbound_passthrough",
+            inbound,
+            drain.clone(),
+            move |s, peer, d| proxy::passthrough::handle(pi.clone(), s, peer, d),
+        ));
     }
     {
         let pi = pi.clone();
-        tokio::spawn(proxy::serve("inbound", hbone, drain.clone(), move |s, peer, d| {
-            proxy::inbound::handle(pi.clone(), s, peer, d)
-        }));
+        tokio::spawn(proxy::serve(
+            "inbound",
+            hbone,
+            drain.clone(),
+            move |s, peer, d| proxy::inbound::handle(pi.clone(), s, peer, d),
+        ));
     }
     if let Some(l) = socks5 {
         let pi = pi.clone();
-        tokio::spawn(proxy::serve("socks5", l, drain.clone(), move |s, peer, d| {
-            proxy::socks5::handle(pi.clone(), s, peer, d)
-        }));
+        tokio::spawn(proxy::serve(
+            "socks5",
+            l,
+            drain.clone(),
+            move |s, peer, d| proxy::socks5::handle(pi.clone(), s, peer, d),
+        ));
     }
 
     // Ops servers on the control runtime.
@@ -226,7 +292,11 @@ pub async fn start(cfg: Config, log: LogHandle, control: Option<Handle>) -> anyh
         readiness: ready_listener.local_addr()?,
         ..addresses
     };
-    let dump = Arc::new(Dump { cfg: cfg.clone(), state: state.clone(), certs: certs.clone() });
+    let dump = Arc::new(Dump {
+        cfg: cfg.clone(),
+        state: state.clone(),
+        certs: certs.clone(),
+    });
     {
         let drain = drain.clone();
         let readiness = readiness.clone();
@@ -234,22 +304,32 @@ pub async fn start(cfg: Config, log: LogHandle, control: Option<Handle>) -> anyh
         let shutdown_tx = Mutex::new(Some(shutdown_tx));
         control.spawn(async move {
             let to_tokio = |l: std::net::TcpListener| tokio::net::TcpListener::from_std(l);
-            let (Ok(admin_l), Ok(stats_l), Ok(ready_l)) =
-                (to_tokio(admin_listener), to_tokio(stats_listener), to_tokio(ready_listener))
-            else {
+            let (Ok(admin_l), Ok(stats_l), Ok(ready_l)) = (
+                to_tokio(admin_listener),
+                to_tokio(stats_listener),
+                to_tokio(ready_listener),
+            ) else {
                 warn!("could not register the ops listeners with the runtime");
                 return;
             };
             let on_quit = move || {
-                if let Ok(mut tx) = shutdown_tx.lock() {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.try_send(());
-                    }
+                if let Ok(mut tx) = shutdown_tx.lock()
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.try_send(());
                 }
             };
             let admin = AdminServer::new(admin_l, log, Box::new(on_quit), dump);
-            tokio::spawn(core_metrics::serve_metrics(stats_l, registry, drain.clone()));
-            tokio::spawn(core_metrics::serve_readiness(ready_l, readiness, drain.clone()));
+            tokio::spawn(core_metrics::serve_metrics(
+                stats_l,
+                registry,
+                drain.clone(),
+            ));
+            tokio::spawn(core_metrics::serve_readiness(
+                ready_l,
+                readiness,
+                drain.clone(),
+            ));
             admin.run(drain).await;
         });
     }
@@ -265,7 +345,15 @@ pub async fn start(cfg: Config, log: LogHandle, control: Option<Handle>) -> anyh
     }
     drop(proxy_ready);
     info!(?addresses, mode = ?cfg.proxy_mode, "ztunnel started");
-    Ok(Running { addresses, state, certs, readiness, trigger, shutdown, deadline: cfg.termination_deadline })
+    Ok(Running {
+        addresses,
+        state,
+        certs,
+        readiness,
+        trigger,
+        shutdown,
+        deadline: cfg.termination_deadline,
+    })
 }
 
 fn bind_std(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
@@ -294,7 +382,8 @@ fn control_plane(
 /// Who signs our certificates: an in-process CA (FAKE_CA, LOCAL_CA_DIR) or the Istio CA API.
 async fn cert_signer(cfg: &Config) -> anyhow::Result<Arc<dyn CsrSigner>> {
     if let Some(dir) = &cfg.local_ca_dir {
-        let ca = LocalCa::load_or_create(dir, &cfg.trust_domain).with_context(|| format!("LOCAL_CA_DIR {}", dir.display()))?;
+        let ca = LocalCa::load_or_create(dir, &cfg.trust_domain)
+            .with_context(|| format!("LOCAL_CA_DIR {}", dir.display()))?;
         info!(dir = %dir.display(), "certificates from the local CA directory");
         return Ok(Arc::new(ca));
     }
@@ -305,7 +394,13 @@ async fn cert_signer(cfg: &Config) -> anyhow::Result<Arc<dyn CsrSigner>> {
     let Some(address) = &cfg.ca_address else {
         anyhow::bail!("no certificate source: set CA_ADDRESS, FAKE_CA=true or LOCAL_CA_DIR");
     };
-    let cp = control_plane(cfg, address, &cfg.ca_root_ca, cfg.alt_ca_hostname.clone(), &cfg.ca_headers);
+    let cp = control_plane(
+        cfg,
+        address,
+        &cfg.ca_root_ca,
+        cfg.alt_ca_hostname.clone(),
+        &cfg.ca_headers,
+    );
     let impersonate = cfg.proxy_mode == ProxyMode::Shared;
     Ok(Arc::new(IstioCaClient::new(cp, impersonate)?))
 }
@@ -320,9 +415,11 @@ impl XdsHandler for StateHandler {
             match update {
                 XdsUpdate::Upsert { name, resource, .. } => {
                     let result = match type_url {
-                        ambit_proto::type_url::ADDRESS => ambit_proto::workload::Address::decode(resource.value.as_slice())
-                            .map_err(|e| format!("decode: {e}"))
-                            .and_then(|a| self.0.insert_address(&name, a)),
+                        ambit_proto::type_url::ADDRESS => {
+                            ambit_proto::workload::Address::decode(resource.value.as_slice())
+                                .map_err(|e| format!("decode: {e}"))
+                                .and_then(|a| self.0.insert_address(&name, a))
+                        }
                         ambit_proto::type_url::AUTHORIZATION => {
                             ambit_proto::security::Authorization::decode(resource.value.as_slice())
                                 .map_err(|e| format!("decode: {e}"))
@@ -355,8 +452,14 @@ impl ConfigDump for Dump {
     fn config_dump(&self) -> serde_json::Value {
         let mut v = self.state.snapshot_for_dump();
         if let Some(obj) = v.as_object_mut() {
-            obj.insert("config".into(), serde_json::to_value(&*self.cfg).unwrap_or_default());
-            obj.insert("certificates".into(), serde_json::to_value(self.certs.dump()).unwrap_or_default());
+            obj.insert(
+                "config".into(),
+                serde_json::to_value(&*self.cfg).unwrap_or_default(),
+            );
+            obj.insert(
+                "certificates".into(),
+                serde_json::to_value(self.certs.dump()).unwrap_or_default(),
+            );
             obj.insert(
                 "version".into(),
                 serde_json::json!({
@@ -384,5 +487,9 @@ impl ConfigDump for Dump {
 /// The identity a dedicated-mode ztunnel serves, as a SPIFFE id in the configured trust domain (for logs).
 pub fn dedicated_identity(cfg: &Config) -> Option<Identity> {
     let w = cfg.proxy_workload_info.as_ref()?;
-    Some(Identity::new(&cfg.trust_domain, &w.namespace, &w.service_account))
+    Some(Identity::new(
+        &cfg.trust_domain,
+        &w.namespace,
+        &w.service_account,
+    ))
 }

@@ -60,7 +60,11 @@ pub struct TrafficLabels {
 const UNKNOWN: &str = "unknown";
 
 fn or_unknown(s: &str) -> String {
-    if s.is_empty() { UNKNOWN.to_owned() } else { s.to_owned() }
+    if s.is_empty() {
+        UNKNOWN.to_owned()
+    } else {
+        s.to_owned()
+    }
 }
 
 /// What is known about one side of a connection when it is reported.
@@ -79,14 +83,25 @@ impl TrafficLabels {
         dst_service: Option<&Service>,
         mutual_tls: bool,
     ) -> Self {
-        let w = |p: &Peer<'_>, f: fn(&Workload) -> &str| p.workload.map(f).map(or_unknown).unwrap_or_else(|| UNKNOWN.into());
+        let w = |p: &Peer<'_>, f: fn(&Workload) -> &str| {
+            p.workload
+                .map(f)
+                .map(or_unknown)
+                .unwrap_or_else(|| UNKNOWN.into())
+        };
         let src_canonical = w(&src, |w| w.canonical_name.as_str());
         let dst_canonical = w(&dst, |w| w.canonical_name.as_str());
         let src_rev = w(&src, |w| w.canonical_revision.as_str());
         let dst_rev = w(&dst, |w| w.canonical_revision.as_str());
         TrafficLabels {
             reporter,
-            source_workload: w(&src, |w| if w.workload_name.is_empty() { &w.name } else { &w.workload_name }),
+            source_workload: w(&src, |w| {
+                if w.workload_name.is_empty() {
+                    &w.name
+                } else {
+                    &w.workload_name
+                }
+            }),
             source_canonical_service: src_canonical.clone(),
             source_canonical_revision: src_rev.clone(),
             source_workload_namespace: w(&src, |w| w.namespace.as_str()),
@@ -94,12 +109,22 @@ impl TrafficLabels {
             source_app: src_canonical,
             source_version: src_rev,
             source_cluster: w(&src, |w| w.cluster_id.as_str()),
-            destination_service: dst_service.map(|s| or_unknown(&s.hostname)).unwrap_or_else(|| UNKNOWN.into()),
+            destination_service: dst_service
+                .map(|s| or_unknown(&s.hostname))
+                .unwrap_or_else(|| UNKNOWN.into()),
             destination_service_namespace: dst_service
                 .map(|s| or_unknown(&s.namespace))
                 .unwrap_or_else(|| UNKNOWN.into()),
-            destination_service_name: dst_service.map(|s| or_unknown(&s.name)).unwrap_or_else(|| UNKNOWN.into()),
-            destination_workload: w(&dst, |w| if w.workload_name.is_empty() { &w.name } else { &w.workload_name }),
+            destination_service_name: dst_service
+                .map(|s| or_unknown(&s.name))
+                .unwrap_or_else(|| UNKNOWN.into()),
+            destination_workload: w(&dst, |w| {
+                if w.workload_name.is_empty() {
+                    &w.name
+                } else {
+                    &w.workload_name
+                }
+            }),
             destination_canonical_service: dst_canonical.clone(),
             destination_canonical_revision: dst_rev.clone(),
             destination_workload_namespace: w(&dst, |w| w.namespace.as_str()),
@@ -157,14 +182,22 @@ impl Metrics {
             "The size of total bytes sent during response in case of a TCP connection",
             m.sent_bytes.clone(),
         );
-        registry.register("istio_tcp_sockets_open", "The number of open TCP sockets", m.sockets_open.clone());
+        registry.register(
+            "istio_tcp_sockets_open",
+            "The number of open TCP sockets",
+            m.sockets_open.clone(),
+        );
         m
     }
 
     /// Counts a connection as opened; the returned guard reports it closed.
     pub fn open(&self, labels: TrafficLabels) -> ConnectionGuard<'_> {
         self.opened.get_or_create(&labels).inc();
-        self.sockets_open.get_or_create(&ReporterLabel { reporter: labels.reporter }).inc();
+        self.sockets_open
+            .get_or_create(&ReporterLabel {
+                reporter: labels.reporter,
+            })
+            .inc();
         ConnectionGuard {
             metrics: self,
             labels,
@@ -214,11 +247,25 @@ impl Drop for ConnectionGuard<'_> {
         // Istio's convention: "received" is what the reporting proxy got from the client side for destination
         // reports, and the direction is flipped for source reports.
         let (received, sent) = match labels.reporter {
-            Reporter::destination => (self.from_client.load(Ordering::Relaxed), self.to_client.load(Ordering::Relaxed)),
-            Reporter::source => (self.to_client.load(Ordering::Relaxed), self.from_client.load(Ordering::Relaxed)),
+            Reporter::destination => (
+                self.from_client.load(Ordering::Relaxed),
+                self.to_client.load(Ordering::Relaxed),
+            ),
+            Reporter::source => (
+                self.to_client.load(Ordering::Relaxed),
+                self.from_client.load(Ordering::Relaxed),
+            ),
         };
-        self.metrics.received_bytes.get_or_create(&labels).inc_by(received);
+        self.metrics
+            .received_bytes
+            .get_or_create(&labels)
+            .inc_by(received);
         self.metrics.sent_bytes.get_or_create(&labels).inc_by(sent);
-        self.metrics.sockets_open.get_or_create(&ReporterLabel { reporter: labels.reporter }).dec();
+        self.metrics
+            .sockets_open
+            .get_or_create(&ReporterLabel {
+                reporter: labels.reporter,
+            })
+            .dec();
     }
 }

@@ -15,11 +15,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_core::Identity;
 use ambit_core::cert::{CertManager, Priority};
 use ambit_core::drain::DrainWatcher;
 use ambit_core::hbone::{self, Connect, H2Config, HboneClient, HboneError, PoolKey};
 use ambit_core::tls::{ClientTlsStream, TlsBackend, TlsConnector};
-use ambit_core::Identity;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
@@ -89,14 +89,22 @@ impl ProxyError {
 
 /// True for destinations that would loop back into ztunnel's own listeners.
 pub fn is_self_call(cfg: &Config, dst: SocketAddr) -> bool {
-    let illegal = [cfg.outbound_addr.port(), cfg.inbound_addr.port(), cfg.hbone_addr.port()];
+    let illegal = [
+        cfg.outbound_addr.port(),
+        cfg.inbound_addr.port(),
+        cfg.hbone_addr.port(),
+    ];
     let socks = cfg.socks5_enabled && dst.port() == cfg.socks5_addr.port();
     dst.ip().is_loopback() && (illegal.contains(&dst.port()) || socks)
 }
 
 /// True when an inbound connection's final target port is one of ztunnel's own.
 pub fn is_illegal_target_port(cfg: &Config, port: u16) -> bool {
-    let illegal = [cfg.outbound_addr.port(), cfg.inbound_addr.port(), cfg.hbone_addr.port()];
+    let illegal = [
+        cfg.outbound_addr.port(),
+        cfg.inbound_addr.port(),
+        cfg.hbone_addr.port(),
+    ];
     illegal.contains(&port) || (cfg.socks5_enabled && port == cfg.socks5_addr.port())
 }
 
@@ -110,7 +118,9 @@ impl ProxyInputs {
                 return Ok(w);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ProxyError::UnknownLocalWorkload(format!("{ns}/{name}/{sa}")));
+                return Err(ProxyError::UnknownLocalWorkload(format!(
+                    "{ns}/{name}/{sa}"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -133,20 +143,30 @@ impl Connect for HboneConnector {
             .certs
             .fetch(&key.src_identity, Priority::RealTime)
             .await
-            .map_err(|e| HboneError::Transport(format!("certificate for {}: {e}", key.src_identity)))?;
+            .map_err(|e| {
+                HboneError::Transport(format!("certificate for {}: {e}", key.src_identity))
+            })?;
         let tcp = self
             .sockets
             .connect(key.dst, None)
             .await
             .map_err(|e| HboneError::Transport(format!("connect to {}: {e}", key.dst)))?;
-        let connector = TlsConnector::new(cert, self.backend).map_err(|e| HboneError::Tls(e.to_string()))?;
-        connector.connect(tcp, &key.dst_identities).await.map_err(|e| HboneError::Tls(e.to_string()))
+        let connector =
+            TlsConnector::new(cert, self.backend).map_err(|e| HboneError::Tls(e.to_string()))?;
+        connector
+            .connect(tcp, &key.dst_identities)
+            .await
+            .map_err(|e| HboneError::Tls(e.to_string()))
     }
 }
 
 /// Accepts on `listener` until drained, handing each connection to `handle` in its own task.
-pub async fn serve<F, Fut>(name: &'static str, listener: TcpListener, mut drain: DrainWatcher, handle: F)
-where
+pub async fn serve<F, Fut>(
+    name: &'static str,
+    listener: TcpListener,
+    mut drain: DrainWatcher,
+    handle: F,
+) where
     F: Fn(TcpStream, SocketAddr, DrainWatcher) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {

@@ -1,14 +1,16 @@
 //! In-process tests: whole ztunnels on loopback addresses (127.0.x.y stand for pods), real mTLS and HBONE,
 //! certificates from one shared local CA directory, traffic driven through SOCKS5.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_core::Identity;
 use ambit_core::ca::LocalCa;
 use ambit_core::hbone::{self, H2Config, HboneClient, HboneError, PoolKey};
 use ambit_core::tls::{TlsBackend, TlsConnector, WorkloadCert};
-use ambit_core::Identity;
 use ambit_ztunnel::app::{self, Running};
 use ambit_ztunnel::config::{Config, LocalXds, ProxyMode, WorkloadInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,9 +80,22 @@ async fn pair(net: u8, server_policies: &str) -> Pair {
     let ca_dir = tempfile::tempdir().unwrap();
     let yaml = config_yaml(net, server_policies);
     let log = ambit_core::logging::LogHandle::noop();
-    let server = app::start(config(net, 3, "server", yaml.clone(), ca_dir.path()), log.clone(), None).await.unwrap();
-    let client = app::start(config(net, 2, "client", yaml, ca_dir.path()), log, None).await.unwrap();
-    Pair { client, server, server_ip: format!("127.0.{net}.3").parse().unwrap(), ca_dir }
+    let server = app::start(
+        config(net, 3, "server", yaml.clone(), ca_dir.path()),
+        log.clone(),
+        None,
+    )
+    .await
+    .unwrap();
+    let client = app::start(config(net, 2, "client", yaml, ca_dir.path()), log, None)
+        .await
+        .unwrap();
+    Pair {
+        client,
+        server,
+        server_ip: format!("127.0.{net}.3").parse().unwrap(),
+        ca_dir,
+    }
 }
 
 /// An echo server "in" the server pod.
@@ -104,7 +119,9 @@ async fn socks_connect(socks: SocketAddr, dst: SocketAddr) -> std::io::Result<Tc
     s.write_all(&[5, 1, 0]).await?;
     let mut m = [0u8; 2];
     s.read_exact(&mut m).await?;
-    let IpAddr::V4(v4) = dst.ip() else { panic!("v4 only") };
+    let IpAddr::V4(v4) = dst.ip() else {
+        panic!("v4 only")
+    };
     let mut req = vec![5, 1, 0, 1];
     req.extend_from_slice(&v4.octets());
     req.extend_from_slice(&dst.port().to_be_bytes());
@@ -117,7 +134,9 @@ async fn socks_connect(socks: SocketAddr, dst: SocketAddr) -> std::io::Result<Tc
 
 async fn metrics(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
@@ -139,7 +158,9 @@ async fn tunnels_tcp_over_hbone_and_reports_metrics() {
     wait_ready(&p.client).await;
     wait_ready(&p.server).await;
     let target = echo(p.server_ip).await;
-    let mut conn = socks_connect(p.client.addresses.socks5.unwrap(), target).await.unwrap();
+    let mut conn = socks_connect(p.client.addresses.socks5.unwrap(), target)
+        .await
+        .unwrap();
     let payload = vec![7u8; 256 * 1024];
     conn.write_all(&payload).await.unwrap();
     let mut back = vec![0u8; payload.len()];
@@ -160,19 +181,37 @@ async fn tunnels_tcp_over_hbone_and_reports_metrics() {
         .lines()
         .find(|l| l.starts_with("istio_tcp_connections_opened_total{reporter=\"destination\""))
         .expect("destination opened counter");
-    assert!(opened.contains("connection_security_policy=\"mutual_tls\""), "{opened}");
-    assert!(opened.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/client\""), "{opened}");
-    assert!(opened.contains("destination_workload=\"server\""), "{opened}");
+    assert!(
+        opened.contains("connection_security_policy=\"mutual_tls\""),
+        "{opened}"
+    );
+    assert!(
+        opened.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/client\""),
+        "{opened}"
+    );
+    assert!(
+        opened.contains("destination_workload=\"server\""),
+        "{opened}"
+    );
     assert!(opened.ends_with(" 1"), "{opened}");
     let client_metrics = metrics(p.client.addresses.stats).await;
-    assert!(client_metrics.contains("istio_tcp_connections_opened_total{reporter=\"source\""), "{client_metrics}");
+    assert!(
+        client_metrics.contains("istio_tcp_connections_opened_total{reporter=\"source\""),
+        "{client_metrics}"
+    );
 }
 
 /// An HBONE client with its own certificate from the shared CA.
-fn hbone_client(ca_dir: &std::path::Path, id: &Identity) -> (HboneClient<DirectConnector>, Arc<WorkloadCert>) {
+fn hbone_client(
+    ca_dir: &std::path::Path,
+    id: &Identity,
+) -> (HboneClient<DirectConnector>, Arc<WorkloadCert>) {
     let ca = LocalCa::load_or_create(ca_dir, "cluster.local").unwrap();
     let cert = Arc::new(ca.issue_workload(id, Duration::from_secs(3600)).unwrap());
-    let client = HboneClient::new(Arc::new(H2Config::default()), DirectConnector { cert: cert.clone() });
+    let client = HboneClient::new(
+        Arc::new(H2Config::default()),
+        DirectConnector { cert: cert.clone() },
+    );
     (client, cert)
 }
 
@@ -184,18 +223,32 @@ struct DirectConnector {
 impl hbone::Connect for DirectConnector {
     type Io = ambit_core::tls::ClientTlsStream<TcpStream>;
     async fn connect(&self, key: &PoolKey) -> Result<Self::Io, HboneError> {
-        let tcp = TcpStream::connect(key.dst).await.map_err(|e| HboneError::Transport(e.to_string()))?;
-        let c = TlsConnector::new(self.cert.clone(), TlsBackend::default()).map_err(|e| HboneError::Tls(e.to_string()))?;
-        c.connect(tcp, &key.dst_identities).await.map_err(|e| HboneError::Tls(e.to_string()))
+        let tcp = TcpStream::connect(key.dst)
+            .await
+            .map_err(|e| HboneError::Transport(e.to_string()))?;
+        let c = TlsConnector::new(self.cert.clone(), TlsBackend::default())
+            .map_err(|e| HboneError::Tls(e.to_string()))?;
+        c.connect(tcp, &key.dst_identities)
+            .await
+            .map_err(|e| HboneError::Tls(e.to_string()))
     }
 }
 
 fn connect_request(authority: &str) -> http::Request<()> {
-    http::Request::builder().method(http::Method::CONNECT).uri(authority).body(()).unwrap()
+    http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(authority)
+        .body(())
+        .unwrap()
 }
 
 fn key(src: &Identity, dst: Identity, addr: SocketAddr) -> PoolKey {
-    PoolKey { src_identity: src.clone(), dst_identities: vec![dst], dst: addr, src_ip: "127.0.0.1".parse().unwrap() }
+    PoolKey {
+        src_identity: src.clone(),
+        dst_identities: vec![dst],
+        dst: addr,
+        src_ip: "127.0.0.1".parse().unwrap(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,14 +270,25 @@ policies:
 
     let client_id = Identity::new("cluster.local", "default", "client");
     let (client, _) = hbone_client(p.ca_dir.path(), &client_id);
-    let denied = client.connect(key(&client_id, server_id.clone(), hbone_addr), connect_request(&target.to_string())).await;
-    assert!(matches!(denied, Err(HboneError::Status(s)) if s == http::StatusCode::UNAUTHORIZED), "{denied:?}");
+    let denied = client
+        .connect(
+            key(&client_id, server_id.clone(), hbone_addr),
+            connect_request(&target.to_string()),
+        )
+        .await;
+    assert!(
+        matches!(denied, Err(HboneError::Status(s)) if s == http::StatusCode::UNAUTHORIZED),
+        "{denied:?}"
+    );
 
     // Another identity is not matched by the DENY rule and gets through.
     let other_id = Identity::new("cluster.local", "default", "other");
     let (other, _) = hbone_client(p.ca_dir.path(), &other_id);
     let (stream, resp) = other
-        .connect(key(&other_id, server_id, hbone_addr), connect_request(&target.to_string()))
+        .connect(
+            key(&other_id, server_id, hbone_addr),
+            connect_request(&target.to_string()),
+        )
         .await
         .expect("allowed");
     assert_eq!(resp.status, http::StatusCode::OK);
@@ -244,12 +308,28 @@ async fn bad_connect_requests_get_400() {
     let hbone_addr = SocketAddr::new(p.server_ip, 15008);
     // The authority names an IP other than the one dialed.
     let mismatch = format!("127.0.23.99:{}", target.port());
-    let r = client.connect(key(&client_id, server_id.clone(), hbone_addr), connect_request(&mismatch)).await;
-    assert!(matches!(r, Err(HboneError::Status(s)) if s == http::StatusCode::BAD_REQUEST), "{r:?}");
+    let r = client
+        .connect(
+            key(&client_id, server_id.clone(), hbone_addr),
+            connect_request(&mismatch),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(HboneError::Status(s)) if s == http::StatusCode::BAD_REQUEST),
+        "{r:?}"
+    );
     // Forwarding to ztunnel's own HBONE port is refused.
     let selfcall = format!("{}:15008", p.server_ip);
-    let r = client.connect(key(&client_id, server_id, hbone_addr), connect_request(&selfcall)).await;
-    assert!(matches!(r, Err(HboneError::Status(s)) if s == http::StatusCode::SERVICE_UNAVAILABLE), "{r:?}");
+    let r = client
+        .connect(
+            key(&client_id, server_id, hbone_addr),
+            connect_request(&selfcall),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(HboneError::Status(s)) if s == http::StatusCode::SERVICE_UNAVAILABLE),
+        "{r:?}"
+    );
     let _ = p.client;
 }
 
@@ -260,20 +340,35 @@ async fn wrong_trust_domain_fails_the_handshake() {
     let ca = LocalCa::load_or_create(p.ca_dir.path(), "cluster.local").unwrap();
     // Same root, but the client's SPIFFE id is in another trust domain.
     let foreign = Identity::new("other.domain", "default", "client");
-    let cert = Arc::new(ca.issue_workload(&foreign, Duration::from_secs(3600)).unwrap());
-    let tcp = TcpStream::connect(SocketAddr::new(p.server_ip, 15008)).await.unwrap();
+    let cert = Arc::new(
+        ca.issue_workload(&foreign, Duration::from_secs(3600))
+            .unwrap(),
+    );
+    let tcp = TcpStream::connect(SocketAddr::new(p.server_ip, 15008))
+        .await
+        .unwrap();
     let connector = TlsConnector::new(cert, TlsBackend::default()).unwrap();
     let server_id = Identity::new("cluster.local", "default", "server");
     let result = async {
-        let mut tls = connector.connect(tcp, &[server_id]).await.map_err(std::io::Error::other)?;
+        let mut tls = connector
+            .connect(tcp, &[server_id])
+            .await
+            .map_err(std::io::Error::other)?;
         // TLS 1.3: the server's verdict on the client certificate arrives after the client's handshake completes.
         tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
         let mut buf = [0u8; 64];
         let n = tls.read(&mut buf).await?;
-        if n == 0 { Err(std::io::Error::other("closed")) } else { Ok(n) }
+        if n == 0 {
+            Err(std::io::Error::other("closed"))
+        } else {
+            Ok(n)
+        }
     }
     .await;
-    assert!(result.is_err(), "a client from another trust domain must be refused");
+    assert!(
+        result.is_err(),
+        "a client from another trust domain must be refused"
+    );
     let _ = p.client;
 }
 
@@ -283,7 +378,9 @@ async fn server_with_unexpected_identity_is_refused() {
     wait_ready(&p.server).await;
     let client_id = Identity::new("cluster.local", "default", "client");
     let (_, cert) = hbone_client(p.ca_dir.path(), &client_id);
-    let tcp = TcpStream::connect(SocketAddr::new(p.server_ip, 15008)).await.unwrap();
+    let tcp = TcpStream::connect(SocketAddr::new(p.server_ip, 15008))
+        .await
+        .unwrap();
     let connector = TlsConnector::new(cert, TlsBackend::default()).unwrap();
     let expected = Identity::new("cluster.local", "default", "someone-else");
     assert!(connector.connect(tcp, &[expected]).await.is_err());

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use h2::client::SendRequest;
 use h2::PingPong;
+use h2::client::SendRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
@@ -85,7 +85,9 @@ pub struct HboneClient<C: Connect> {
 
 impl<C: Connect> Clone for HboneClient<C> {
     fn clone(&self) -> Self {
-        HboneClient { inner: self.inner.clone() }
+        HboneClient {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -129,7 +131,15 @@ impl<C: Connect> HboneClient<C> {
 
     /// Number of live pooled connections (for tests and debugging).
     pub fn connections(&self) -> usize {
-        self.inner.conns.lock().map(|m| m.values().map(|v| v.iter().filter(|c| !c.is_closed()).count()).sum()).unwrap_or(0)
+        self.inner
+            .conns
+            .lock()
+            .map(|m| {
+                m.values()
+                    .map(|v| v.iter().filter(|c| !c.is_closed()).count())
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// A live connection of `key` with a free stream slot, with that slot taken.
@@ -139,10 +149,15 @@ impl<C: Connect> HboneClient<C> {
         list.retain(|c| !c.is_closed());
         let cap = self.inner.cfg.pool_max_streams_per_conn;
         for c in list.iter() {
-            let max = cap.min(u32::try_from(c.send.current_max_send_streams()).unwrap_or(u32::MAX)).max(1);
+            let max = cap
+                .min(u32::try_from(c.send.current_max_send_streams()).unwrap_or(u32::MAX))
+                .max(1);
             let mut n = c.active.load(Ordering::Acquire);
             while n < max {
-                match c.active.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire) {
+                match c
+                    .active
+                    .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+                {
                     Ok(_) => return Some(c.clone()),
                     Err(now) => n = now,
                 }
@@ -197,9 +212,18 @@ impl<C: Connect> HboneClient<C> {
                 closed.store(true, Ordering::Release);
             });
         }
-        let conn = Arc::new(Conn { send, active: AtomicU32::new(1), closed, last_used: Mutex::new(Instant::now()) });
+        let conn = Arc::new(Conn {
+            send,
+            active: AtomicU32::new(1),
+            closed,
+            last_used: Mutex::new(Instant::now()),
+        });
         if let Ok(mut conns) = self.inner.conns.lock() {
-            sweep(&mut conns, cfg.pool_idle_timeout, cfg.pool_capacity.saturating_sub(1));
+            sweep(
+                &mut conns,
+                cfg.pool_idle_timeout,
+                cfg.pool_capacity.saturating_sub(1),
+            );
             conns.entry(key.clone()).or_default().push(conn.clone());
         }
         Ok(conn)
@@ -209,7 +233,9 @@ impl<C: Connect> HboneClient<C> {
 /// Drops closed and long-idle connections, then the least recently used idle ones beyond `capacity`.
 fn sweep(conns: &mut HashMap<PoolKey, Vec<Arc<Conn>>>, idle_timeout: Duration, capacity: usize) {
     for list in conns.values_mut() {
-        list.retain(|c| !c.is_closed() && c.idle_since().is_none_or(|t| t.elapsed() < idle_timeout));
+        list.retain(|c| {
+            !c.is_closed() && c.idle_since().is_none_or(|t| t.elapsed() < idle_timeout)
+        });
     }
     conns.retain(|_, l| !l.is_empty());
     let total: usize = conns.values().map(Vec::len).sum();
@@ -218,7 +244,11 @@ fn sweep(conns: &mut HashMap<PoolKey, Vec<Arc<Conn>>>, idle_timeout: Duration, c
     }
     let mut idle: Vec<(Instant, PoolKey, usize)> = conns
         .iter()
-        .flat_map(|(k, l)| l.iter().enumerate().filter_map(move |(i, c)| c.idle_since().map(|t| (t, k.clone(), i))))
+        .flat_map(|(k, l)| {
+            l.iter()
+                .enumerate()
+                .filter_map(move |(i, c)| c.idle_since().map(|t| (t, k.clone(), i)))
+        })
         .collect();
     idle.sort_by_key(|(t, _, _)| *t);
     let mut remove: HashMap<PoolKey, Vec<usize>> = HashMap::new();
@@ -238,10 +268,15 @@ fn sweep(conns: &mut HashMap<PoolKey, Vec<Arc<Conn>>>, idle_timeout: Duration, c
 
 /// Resolves when the peer stops answering PINGs: one every `keepalive_interval`, each allowed
 /// `keepalive_timeout` for its PONG.
-pub(super) fn keepalive(pp: Option<PingPong>, cfg: &H2Config) -> impl Future<Output = ()> + Send + 'static {
+pub(super) fn keepalive(
+    pp: Option<PingPong>,
+    cfg: &H2Config,
+) -> impl Future<Output = ()> + Send + 'static {
     let (interval, timeout) = (cfg.keepalive_interval, cfg.keepalive_timeout);
     async move {
-        let Some(mut pp) = pp else { return std::future::pending().await };
+        let Some(mut pp) = pp else {
+            return std::future::pending().await;
+        };
         loop {
             tokio::time::sleep(interval).await;
             match tokio::time::timeout(timeout, pp.ping(h2::Ping::opaque())).await {

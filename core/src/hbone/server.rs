@@ -9,7 +9,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use super::{parse_authority, H2Config, H2Stream, HboneError};
+use super::{H2Config, H2Stream, HboneError, parse_authority};
 use crate::drain::{DrainMode, DrainWatcher};
 
 /// Answers one CONNECT stream: refuse it with a status, or accept it and get the stream.
@@ -37,7 +37,12 @@ impl Responder {
 
 /// Serves CONNECT streams on `io` until the peer closes or the drain completes. Non-CONNECT requests and
 /// authorities that do not parse are answered 400 here; everything else goes to `handler` in its own task.
-pub async fn serve<IO, H, F>(io: IO, cfg: Arc<H2Config>, mut drain: DrainWatcher, handler: H) -> Result<(), HboneError>
+pub async fn serve<IO, H, F>(
+    io: IO,
+    cfg: Arc<H2Config>,
+    mut drain: DrainWatcher,
+    handler: H,
+) -> Result<(), HboneError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(http::request::Parts, Responder) -> F + Send + Sync + 'static,

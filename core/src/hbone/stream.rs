@@ -8,7 +8,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
@@ -31,14 +31,26 @@ pub struct H2Stream {
 }
 
 impl H2Stream {
-    pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream, guard: Option<Box<dyn Send + Sync>>) -> Self {
-        H2Stream { send, recv, _guard: guard, pending_read: Bytes::new(), read_done: false }
+    pub(crate) fn new(
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        guard: Option<Box<dyn Send + Sync>>,
+    ) -> Self {
+        H2Stream {
+            send,
+            recv,
+            _guard: guard,
+            pending_read: Bytes::new(),
+            read_done: false,
+        }
     }
 }
 
 impl std::fmt::Debug for H2Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("H2Stream").field("stream_id", &self.send.stream_id()).finish()
+        f.debug_struct("H2Stream")
+            .field("stream_id", &self.send.stream_id())
+            .finish()
     }
 }
 
@@ -66,7 +78,12 @@ struct Upload {
 }
 
 impl Upload {
-    fn poll<T: AsyncRead + Unpin>(&mut self, cx: &mut Context<'_>, src: &mut T, send: &mut SendStream<Bytes>) -> Poll<Result<(), HboneError>> {
+    fn poll<T: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut T,
+        send: &mut SendStream<Bytes>,
+    ) -> Poll<Result<(), HboneError>> {
         loop {
             if self.chunk.is_empty() {
                 if self.buf.capacity() < self.read_size {
@@ -93,7 +110,12 @@ impl Upload {
             }
             send.reserve_capacity(self.chunk.len());
             match ready!(send.poll_capacity(cx)) {
-                None => return Poll::Ready(Err(HboneError::Io(io::Error::new(io::ErrorKind::BrokenPipe, "stream closed")))),
+                None => {
+                    return Poll::Ready(Err(HboneError::Io(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "stream closed",
+                    ))));
+                }
                 Some(Err(e)) => return Poll::Ready(Err(e.into())),
                 Some(Ok(0)) => continue,
                 Some(Ok(cap)) => {
@@ -125,7 +147,12 @@ struct Download {
 }
 
 impl Download {
-    fn poll<T: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, dst: &mut T, recv: &mut RecvStream) -> Poll<Result<(), HboneError>> {
+    fn poll<T: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut T,
+        recv: &mut RecvStream,
+    ) -> Poll<Result<(), HboneError>> {
         loop {
             while !self.chunk.is_empty() {
                 let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.chunk))?;
@@ -164,33 +191,49 @@ pub async fn copy_bidirectional<T: AsyncRead + AsyncWrite + Unpin>(
     h2: H2Stream,
     other: &mut T,
 ) -> Result<CopyResult, HboneError> {
-    let H2Stream { mut send, mut recv, _guard, .. } = h2;
-    let mut up = Upload { buf: BytesMut::new(), chunk: Bytes::new(), read_size: MIN_READ, done: false, bytes: 0 };
-    let mut down = Download { chunk: Bytes::new(), unreleased: 0, done: false, bytes: 0 };
+    let H2Stream {
+        mut send,
+        mut recv,
+        _guard,
+        ..
+    } = h2;
+    let mut up = Upload {
+        buf: BytesMut::new(),
+        chunk: Bytes::new(),
+        read_size: MIN_READ,
+        done: false,
+        bytes: 0,
+    };
+    let mut down = Download {
+        chunk: Bytes::new(),
+        unreleased: 0,
+        done: false,
+        bytes: 0,
+    };
     poll_fn(|cx| {
-        if !up.done {
-            if let Poll::Ready(Err(e)) = up.poll(cx, other, &mut send) {
-                return Poll::Ready(Err(e));
-            }
+        if !up.done
+            && let Poll::Ready(Err(e)) = up.poll(cx, other, &mut send)
+        {
+            return Poll::Ready(Err(e));
         }
-        if !down.done {
-            if let Poll::Ready(Err(e)) = down.poll(cx, other, &mut recv) {
-                return Poll::Ready(Err(e));
-            }
+        if !down.done
+            && let Poll::Ready(Err(e)) = down.poll(cx, other, &mut recv)
+        {
+            return Poll::Ready(Err(e));
         }
         if up.done && down.done {
             Poll::Ready(Ok(()))
         } else {
             // Peer reset while we wait: surface it instead of hanging.
-            if !up.done {
-                if let Poll::Ready(Ok(reason)) = send.poll_reset(cx) {
-                    if reason != Reason::NO_ERROR && reason != Reason::CANCEL {
-                        return Poll::Ready(Err(HboneError::Reset(reason)));
-                    }
-                    up.done = true;
-                    if down.done {
-                        return Poll::Ready(Ok(()));
-                    }
+            if !up.done
+                && let Poll::Ready(Ok(reason)) = send.poll_reset(cx)
+            {
+                if reason != Reason::NO_ERROR && reason != Reason::CANCEL {
+                    return Poll::Ready(Err(HboneError::Reset(reason)));
+                }
+                up.done = true;
+                if down.done {
+                    return Poll::Ready(Ok(()));
                 }
             }
             Poll::Pending
@@ -198,11 +241,18 @@ pub async fn copy_bidirectional<T: AsyncRead + AsyncWrite + Unpin>(
     })
     .await?;
     drop(_guard);
-    Ok(CopyResult { to_h2: up.bytes, from_h2: down.bytes })
+    Ok(CopyResult {
+        to_h2: up.bytes,
+        from_h2: down.bytes,
+    })
 }
 
 impl AsyncRead for H2Stream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         while this.pending_read.is_empty() {
             if this.read_done {
@@ -224,7 +274,11 @@ impl AsyncRead for H2Stream {
 }
 
 impl AsyncWrite for H2Stream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -234,7 +288,9 @@ impl AsyncWrite for H2Stream {
             Some(Err(e)) => Poll::Ready(Err(io::Error::other(e))),
             Some(Ok(cap)) => {
                 let n = cap.min(data.len());
-                self.send.send_data(Bytes::copy_from_slice(&data[..n]), false).map_err(io::Error::other)?;
+                self.send
+                    .send_data(Bytes::copy_from_slice(&data[..n]), false)
+                    .map_err(io::Error::other)?;
                 Poll::Ready(Ok(n))
             }
         }
@@ -245,7 +301,9 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.send.send_data(Bytes::new(), true).map_err(io::Error::other)?;
+        self.send
+            .send_data(Bytes::new(), true)
+            .map_err(io::Error::other)?;
         Poll::Ready(Ok(()))
     }
 }

@@ -51,12 +51,16 @@ pub fn parse_baggage(value: &str) -> Baggage {
     let mut b = Baggage::default();
     for member in value.split(',') {
         let member = member.split(';').next().unwrap_or_default();
-        let Some((k, v)) = member.split_once('=') else { continue };
+        let Some((k, v)) = member.split_once('=') else {
+            continue;
+        };
         let (k, v) = (k.trim(), v.trim().to_owned());
         match k {
             "k8s.cluster.name" => b.cluster = v,
             "k8s.namespace.name" => b.namespace = v,
-            "k8s.deployment.name" | "k8s.cronjob.name" | "k8s.pod.name" | "k8s.job.name" => b.workload_name = v,
+            "k8s.deployment.name" | "k8s.cronjob.name" | "k8s.pod.name" | "k8s.job.name" => {
+                b.workload_name = v
+            }
             "service.name" => b.service_name = v,
             "service.version" => b.revision = v,
             "cloud.region" => b.region = v,
@@ -97,7 +101,10 @@ mod tests {
 
     #[test]
     fn forwarded_round_trip() {
-        let v = forwarded("10.0.0.1:1234".parse().unwrap(), Some("svc.ns.svc.cluster.local"));
+        let v = forwarded(
+            "10.0.0.1:1234".parse().unwrap(),
+            Some("svc.ns.svc.cluster.local"),
+        );
         assert_eq!(v, "for=\"10.0.0.1:1234\";host=svc.ns.svc.cluster.local");
         assert_eq!(forwarded_host(&v), Some("svc.ns.svc.cluster.local"));
         assert_eq!(forwarded_host("for=\"[fd00::1]:80\""), None);
@@ -109,7 +116,10 @@ mod tests {
         let t = traceparent();
         let parts: Vec<&str> = t.split('-').collect();
         assert_eq!(parts.len(), 4);
-        assert_eq!((parts[0], parts[1].len(), parts[2].len(), parts[3]), ("00", 32, 16, "00"));
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "00")
+        );
         assert_ne!(t, traceparent());
     }
 

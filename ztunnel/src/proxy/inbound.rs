@@ -5,16 +5,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ambit_core::Identity;
 use ambit_core::cert::Priority;
 use ambit_core::drain::DrainWatcher;
 use ambit_core::hbone::{self, Authority, Responder};
 use ambit_core::tls::TlsAcceptor;
-use ambit_core::Identity;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{Instrument, debug, info, warn};
 
-use super::{headers, is_illegal_target_port, socket, spoofed_source, ProxyError, ProxyInputs};
+use super::{ProxyError, ProxyInputs, headers, is_illegal_target_port, socket, spoofed_source};
 use crate::metrics::{Peer, Reporter, TrafficLabels};
 use crate::rbac::Connection;
 use crate::state::Workload;
@@ -34,7 +34,12 @@ pub async fn handle(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr, drai
     .await
 }
 
-async fn serve(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr, drain: DrainWatcher) -> Result<(), ProxyError> {
+async fn serve(
+    pi: Arc<ProxyInputs>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    drain: DrainWatcher,
+) -> Result<(), ProxyError> {
     pi.sockets.tune(&tcp)?;
     let local = socket::canonical(tcp.local_addr()?);
     // The certificate is that of the workload the connection was addressed to (dedicated mode: the one we serve).
@@ -45,7 +50,8 @@ async fn serve(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr, drain: Dr
         .fetch(&id, Priority::RealTime)
         .await
         .map_err(|e| ProxyError::Certificate(id.clone(), e.to_string()))?;
-    let acceptor = TlsAcceptor::new(cert, pi.tls_backend).map_err(|e| ProxyError::Tls(e.to_string()))?;
+    let acceptor =
+        TlsAcceptor::new(cert, pi.tls_backend).map_err(|e| ProxyError::Tls(e.to_string()))?;
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| ProxyError::Tls("handshake timed out".into()))?
@@ -81,32 +87,68 @@ async fn stream(
     mut drain: DrainWatcher,
 ) {
     let started = Instant::now();
-    let authority_str = parts.uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    let authority_str = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
     let authority = match hbone::parse_authority(&authority_str) {
         Ok(a) => a,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, responder, peer, &authority_str, &e.to_string()),
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                responder,
+                peer,
+                &authority_str,
+                &e.to_string(),
+            );
+        }
     };
     let dst_workload = match pi.local_workload().await {
         Ok(w) => w,
-        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, responder, peer, &authority_str, &e.to_string()),
+        Err(e) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                responder,
+                peer,
+                &authority_str,
+                &e.to_string(),
+            );
+        }
     };
     let target = match resolve_target(&pi, &dst_workload, &authority, local.ip()) {
         Ok(t) => t,
         Err((status, why)) => return refuse(status, responder, peer, &authority_str, &why),
     };
-    let conn = Connection { src: peer, src_identity: peer_id.clone(), dst: target };
+    let conn = Connection {
+        src: peer,
+        src_identity: peer_id.clone(),
+        dst: target,
+    };
     let service = forwarded_service(&pi, &parts.headers, &dst_workload);
     let src_workload = pi.state.workload_by_ip(&dst_workload.network, peer.ip());
     let labels = TrafficLabels::new(
         Reporter::destination,
-        Peer { workload: src_workload.as_deref(), principal: peer_id.as_ref().map(|i| i.to_string()) },
-        Peer { workload: Some(&dst_workload), principal: Some(dst_workload.identity().to_string()) },
+        Peer {
+            workload: src_workload.as_deref(),
+            principal: peer_id.as_ref().map(|i| i.to_string()),
+        },
+        Peer {
+            workload: Some(&dst_workload),
+            principal: Some(dst_workload.identity().to_string()),
+        },
         service.as_deref(),
         true,
     );
     if let Err(denied) = pi.state.assert_rbac(&dst_workload, &conn) {
         pi.metrics.failed_early(labels, "DENY");
-        return refuse(StatusCode::UNAUTHORIZED, responder, peer, &authority_str, &denied.to_string());
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            responder,
+            peer,
+            &authority_str,
+            &denied.to_string(),
+        );
     }
     let mut guard = pi.metrics.open(labels);
     let connect = pi.sockets.connect(target, spoofed_source(&pi, peer.ip()));
@@ -114,18 +156,30 @@ async fn stream(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             guard.fail("CONNECT");
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, responder, peer, &authority_str, &e.to_string());
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                responder,
+                peer,
+                &authority_str,
+                &e.to_string(),
+            );
         }
         Err(_) => {
             guard.fail("CONNECT");
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, responder, peer, &authority_str, "upstream connect timed out");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                responder,
+                peer,
+                &authority_str,
+                "upstream connect timed out",
+            );
         }
     };
     let mut response_headers = HeaderMap::new();
-    if pi.cfg.enable_response_baggage {
-        if let Ok(v) = HeaderValue::from_str(&headers::baggage(&dst_workload)) {
-            response_headers.insert("baggage", v);
-        }
+    if pi.cfg.enable_response_baggage
+        && let Ok(v) = HeaderValue::from_str(&headers::baggage(&dst_workload))
+    {
+        response_headers.insert("baggage", v);
     }
     let h2 = match responder.accept(response_headers) {
         Ok(s) => s,
@@ -151,14 +205,18 @@ async fn stream(
     let duration = format!("{}ms", started.elapsed().as_millis());
     let src_identity = peer_id.map(|i| i.to_string());
     match &result {
-        Ok(_) => info!(target: "access", direction = "inbound", src.addr = %peer, src.identity = src_identity, dst.addr = %target,
+        Ok(_) => {
+            info!(target: "access", direction = "inbound", src.addr = %peer, src.identity = src_identity, dst.addr = %target,
             dst.hbone_addr = %local, dst.workload = %dst_workload.name, dst.namespace = %dst_workload.namespace,
             dst.identity = %dst_workload.identity(), bytes_sent = sent, bytes_recv = recv,
-            duration, "connection complete"),
-        Err(e) => tracing::error!(target: "access", direction = "inbound", src.addr = %peer, src.identity = src_identity, dst.addr = %target,
+            duration, "connection complete")
+        }
+        Err(e) => {
+            tracing::error!(target: "access", direction = "inbound", src.addr = %peer, src.identity = src_identity, dst.addr = %target,
             dst.hbone_addr = %local, dst.workload = %dst_workload.name, dst.namespace = %dst_workload.namespace,
             dst.identity = %dst_workload.identity(), bytes_sent = sent, bytes_recv = recv,
-            duration, error = %e, "connection complete"),
+            duration, error = %e, "connection complete")
+        }
     }
 }
 
@@ -174,7 +232,10 @@ fn resolve_target(
             let ip = socket::canonical(*addr).ip();
             let app_tunnel = dst.application_tunnel.is_some();
             if ip != dialed && !app_tunnel && !is_waypoint_for(pi, dst, ip) {
-                return Err((StatusCode::BAD_REQUEST, format!("ip mismatch: authority {ip}, connection to {dialed}")));
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("ip mismatch: authority {ip}, connection to {dialed}"),
+                ));
             }
             addr.port()
         }
@@ -182,15 +243,30 @@ fn resolve_target(
             let svc = pi
                 .state
                 .service_by_hostname(host, &dst.namespace)
-                .ok_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, format!("unknown service {host}")))?;
-            pi.state
-                .target_port(&svc, *port, dst)
-                .ok_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, format!("{host} has no port {port}")))?
+                .ok_or_else(|| {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("unknown service {host}"),
+                    )
+                })?;
+            pi.state.target_port(&svc, *port, dst).ok_or_else(|| {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{host} has no port {port}"),
+                )
+            })?
         }
     };
-    let port = dst.application_tunnel.as_ref().and_then(|t| t.port).unwrap_or(port);
+    let port = dst
+        .application_tunnel
+        .as_ref()
+        .and_then(|t| t.port)
+        .unwrap_or(port);
     if is_illegal_target_port(&pi.cfg, port) {
-        return Err((StatusCode::SERVICE_UNAVAILABLE, format!("refusing to forward to ztunnel's own port {port}")));
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("refusing to forward to ztunnel's own port {port}"),
+        ));
     }
     Ok(SocketAddr::new(dialed, port))
 }
@@ -201,8 +277,13 @@ fn is_waypoint_for(pi: &ProxyInputs, me: &Workload, ip: IpAddr) -> bool {
         .state
         .service_by_vip(&me.network, ip, &me.namespace)
         .and_then(|s| s.choose_waypoint().cloned())
-        .or_else(|| pi.state.workload_by_ip(&me.network, ip).and_then(|w| w.waypoint.clone()));
-    wp.and_then(|g| pi.state.resolve_waypoint(&g, me)).is_some_and(|up| up.workload.uid == me.uid)
+        .or_else(|| {
+            pi.state
+                .workload_by_ip(&me.network, ip)
+                .and_then(|w| w.waypoint.clone())
+        });
+    wp.and_then(|g| pi.state.resolve_waypoint(&g, me))
+        .is_some_and(|up| up.workload.uid == me.uid)
 }
 
 /// The destination service for telemetry, from the `forwarded` header's `host=`.
@@ -217,7 +298,11 @@ fn forwarded_service(
 }
 
 /// Resolves when a policy change denies this live connection.
-async fn recheck_policy(pi: &ProxyInputs, dst: &Workload, conn: &Connection) -> crate::rbac::RbacDenied {
+async fn recheck_policy(
+    pi: &ProxyInputs,
+    dst: &Workload,
+    conn: &Connection,
+) -> crate::rbac::RbacDenied {
     let mut changes = pi.state.policy_changes();
     loop {
         if changes.changed().await.is_err() {

@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ambit_core::Identity;
 use ambit_core::drain::DrainWatcher;
 use ambit_core::hbone::PoolKey;
-use ambit_core::Identity;
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{Instrument, debug, info, warn};
 
-use super::{headers, is_self_call, ProxyError, ProxyInputs, HBONE_PORT};
+use super::{HBONE_PORT, ProxyError, ProxyInputs, headers, is_self_call};
 use crate::metrics::{Peer, Reporter, TrafficLabels};
 use crate::state::{GatewayAddress, InboundProtocol, ProxyState, Service, Upstream, Workload};
 
@@ -29,7 +29,11 @@ pub enum Route {
         via_waypoint: bool,
     },
     /// Plain TCP to a workload outside the mesh's tunnel.
-    Tcp { dst: SocketAddr, workload: Arc<Workload>, service: Option<Arc<Service>> },
+    Tcp {
+        dst: SocketAddr,
+        workload: Arc<Workload>,
+        service: Option<Arc<Service>>,
+    },
     /// Not a mesh destination: plain TCP to where the application dialed.
     Passthrough { dst: SocketAddr },
 }
@@ -57,7 +61,11 @@ impl Route {
     fn to_upstream(up: Upstream, service: Option<Arc<Service>>) -> Route {
         match up.workload.protocol {
             InboundProtocol::Hbone => Route::hbone(up, service),
-            InboundProtocol::Tcp => Route::Tcp { dst: SocketAddr::new(up.ip, up.port), workload: up.workload, service },
+            InboundProtocol::Tcp => Route::Tcp {
+                dst: SocketAddr::new(up.ip, up.port),
+                workload: up.workload,
+                service,
+            },
         }
     }
 
@@ -102,7 +110,14 @@ pub fn route(state: &ProxyState, src: &Workload, dst: SocketAddr) -> Result<Rout
                 return Ok(Route::via_waypoint(up, dst, None));
             }
         }
-        return Ok(Route::to_upstream(Upstream { workload: w, ip: dst.ip(), port: dst.port() }, None));
+        return Ok(Route::to_upstream(
+            Upstream {
+                workload: w,
+                ip: dst.ip(),
+                port: dst.port(),
+            },
+            None,
+        ));
     }
     Ok(Route::Passthrough { dst })
 }
@@ -113,11 +128,19 @@ fn resolve_waypoint(
     src: &Workload,
     what: &str,
 ) -> Result<Upstream, ProxyError> {
-    state.resolve_waypoint(wp, src).ok_or_else(|| ProxyError::UnknownWaypoint(what.to_owned()))
+    state
+        .resolve_waypoint(wp, src)
+        .ok_or_else(|| ProxyError::UnknownWaypoint(what.to_owned()))
 }
 
 /// Handles one captured connection: `src` is the application's address, `dst` where it meant to go.
-pub async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, src: SocketAddr, dst: SocketAddr, drain: DrainWatcher) {
+pub async fn handle(
+    pi: Arc<ProxyInputs>,
+    mut downstream: TcpStream,
+    src: SocketAddr,
+    dst: SocketAddr,
+    drain: DrainWatcher,
+) {
     let span = tracing::info_span!("outbound", src.addr = %src, dst.addr = %dst);
     async move {
         if let Err(e) = proxy(&pi, &mut downstream, src, dst, drain).await {
@@ -145,10 +168,20 @@ async fn proxy(
     let src_principal = Some(source.identity().to_string());
 
     match route {
-        Route::Hbone { next_hop, authority, expected, workload, service, via_waypoint } => {
+        Route::Hbone {
+            next_hop,
+            authority,
+            expected,
+            workload,
+            service,
+            via_waypoint,
+        } => {
             let labels = TrafficLabels::new(
                 Reporter::source,
-                Peer { workload: Some(&source), principal: src_principal },
+                Peer {
+                    workload: Some(&source),
+                    principal: src_principal,
+                },
                 Peer {
                     workload: (!via_waypoint).then_some(&*workload),
                     principal: (!via_waypoint).then(|| workload.identity().to_string()),
@@ -157,12 +190,20 @@ async fn proxy(
                 true,
             );
             let mut guard = pi.metrics.open(labels);
-            let key = PoolKey { src_identity: source.identity(), dst_identities: expected, dst: next_hop, src_ip: src.ip() };
+            let key = PoolKey {
+                src_identity: source.identity(),
+                dst_identities: expected,
+                dst: next_hop,
+                src_ip: src.ip(),
+            };
             let request = http::Request::builder()
                 .method(http::Method::CONNECT)
                 .uri(authority.to_string())
                 .header("baggage", headers::baggage(&source))
-                .header("forwarded", headers::forwarded(src, service.as_deref().map(|s| s.hostname.as_str())))
+                .header(
+                    "forwarded",
+                    headers::forwarded(src, service.as_deref().map(|s| s.hostname.as_str())),
+                )
                 .header("traceparent", headers::traceparent())
                 .body(())
                 .map_err(|e| ProxyError::Io(std::io::Error::other(e)))?;
@@ -186,14 +227,34 @@ async fn proxy(
             if let Err(e) = &result {
                 guard.fail(e.response_flag());
             }
-            log_complete(src, dst, Some(next_hop), &workload, service.as_deref(), sent, recv, started, result.as_ref().err());
+            log_complete(
+                src,
+                dst,
+                Some(next_hop),
+                &workload,
+                service.as_deref(),
+                sent,
+                recv,
+                started,
+                result.as_ref().err(),
+            );
             result.map(|_| ())
         }
-        Route::Tcp { dst: target, workload, service } => {
+        Route::Tcp {
+            dst: target,
+            workload,
+            service,
+        } => {
             let labels = TrafficLabels::new(
                 Reporter::source,
-                Peer { workload: Some(&source), principal: src_principal },
-                Peer { workload: Some(&workload), principal: None },
+                Peer {
+                    workload: Some(&source),
+                    principal: src_principal,
+                },
+                Peer {
+                    workload: Some(&workload),
+                    principal: None,
+                },
                 service.as_deref(),
                 false,
             );
@@ -204,10 +265,22 @@ async fn proxy(
             if let Err(e) = &result {
                 guard.fail(e.response_flag());
             }
-            log_complete(src, target, None, &workload, service.as_deref(), sent, recv, started, result.as_ref().err());
+            log_complete(
+                src,
+                target,
+                None,
+                &workload,
+                service.as_deref(),
+                sent,
+                recv,
+                started,
+                result.as_ref().err(),
+            );
             result.map(|_| ())
         }
-        Route::Passthrough { dst: target } => plain(pi, downstream, target, &mut drain).await.map(|_| ()),
+        Route::Passthrough { dst: target } => {
+            plain(pi, downstream, target, &mut drain).await.map(|_| ())
+        }
     }
 }
 
@@ -218,7 +291,11 @@ async fn plain(
     dst: SocketAddr,
     drain: &mut DrainWatcher,
 ) -> Result<(u64, u64), ProxyError> {
-    let mut upstream = pi.sockets.connect(dst, None).await.map_err(|e| ProxyError::Connect(dst, e))?;
+    let mut upstream = pi
+        .sockets
+        .connect(dst, None)
+        .await
+        .map_err(|e| ProxyError::Connect(dst, e))?;
     tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(downstream, &mut upstream, 64 * 1024, 64 * 1024) => Ok(r?),
         _ = drain.forced() => Err(ProxyError::Io(std::io::Error::other("drained"))),

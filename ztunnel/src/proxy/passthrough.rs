@@ -6,13 +6,18 @@ use std::sync::Arc;
 
 use ambit_core::drain::DrainWatcher;
 use tokio::net::TcpStream;
-use tracing::{info, warn, Instrument};
+use tracing::{Instrument, info, warn};
 
-use super::{is_illegal_target_port, socket, spoofed_source, ProxyError, ProxyInputs};
+use super::{ProxyError, ProxyInputs, is_illegal_target_port, socket, spoofed_source};
 use crate::metrics::{Peer, Reporter, TrafficLabels};
 use crate::rbac::Connection;
 
-pub async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, peer: SocketAddr, mut drain: DrainWatcher) {
+pub async fn handle(
+    pi: Arc<ProxyInputs>,
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+    mut drain: DrainWatcher,
+) {
     let span = tracing::info_span!("inbound_passthrough", src.addr = %peer);
     async move {
         let result = proxy(&pi, &mut downstream, peer, &mut drain).await;
@@ -41,12 +46,22 @@ async fn proxy(
     let src_workload = pi.state.workload_by_ip(&dst_workload.network, peer.ip());
     let labels = TrafficLabels::new(
         Reporter::destination,
-        Peer { workload: src_workload.as_deref(), principal: None },
-        Peer { workload: Some(&dst_workload), principal: Some(dst_workload.identity().to_string()) },
+        Peer {
+            workload: src_workload.as_deref(),
+            principal: None,
+        },
+        Peer {
+            workload: Some(&dst_workload),
+            principal: Some(dst_workload.identity().to_string()),
+        },
         None,
         false,
     );
-    let conn = Connection { src: peer, src_identity: None, dst };
+    let conn = Connection {
+        src: peer,
+        src_identity: None,
+        dst,
+    };
     if let Err(denied) = pi.state.assert_rbac(&dst_workload, &conn) {
         pi.metrics.failed_early(labels, "DENY");
         return Err(denied.into());

@@ -18,8 +18,17 @@ pub struct SocketFactory {
 impl SocketFactory {
     /// Binds a listener. `transparent` lets it accept connections for addresses that are not local (and lets
     /// upstream sockets bind a spoofed source).
-    pub fn listen(&self, addr: SocketAddr, transparent: bool, reuse_port: bool) -> io::Result<TcpListener> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    pub fn listen(
+        &self,
+        addr: SocketAddr,
+        transparent: bool,
+        reuse_port: bool,
+    ) -> io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         socket.set_reuseaddr(true)?;
         let sref = SockRef::from(&socket);
         if reuse_port {
@@ -27,7 +36,11 @@ impl SocketFactory {
         }
         if transparent {
             // best effort: needs CAP_NET_ADMIN
-            let _ = if addr.is_ipv4() { sref.set_ip_transparent_v4(true) } else { sref.set_ip_transparent_v6(true) };
+            let _ = if addr.is_ipv4() {
+                sref.set_ip_transparent_v4(true)
+            } else {
+                sref.set_ip_transparent_v6(true)
+            };
         }
         if let Some(mark) = self.mark {
             sref.set_mark(mark)?;
@@ -42,7 +55,11 @@ impl SocketFactory {
 
     /// Connects to `dst`, optionally from a spoofed `src` (needs IP_TRANSPARENT). Sets TCP_NODELAY and keepalive.
     pub async fn connect(&self, dst: SocketAddr, src: Option<SocketAddr>) -> io::Result<TcpStream> {
-        let socket = if dst.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = if dst.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         let sref = SockRef::from(&socket);
         if let Some(mark) = self.mark {
             sref.set_mark(mark)?;
@@ -64,7 +81,10 @@ impl SocketFactory {
     pub fn tune(&self, stream: &TcpStream) -> io::Result<()> {
         stream.set_nodelay(true)?;
         if let Some((time, interval, retries)) = self.keepalive {
-            let ka = TcpKeepalive::new().with_time(time).with_interval(interval).with_retries(retries);
+            let ka = TcpKeepalive::new()
+                .with_time(time)
+                .with_interval(interval)
+                .with_retries(retries);
             SockRef::from(stream).set_tcp_keepalive(&ka)?;
         }
         Ok(())
@@ -118,7 +138,9 @@ mod tests {
     #[tokio::test]
     async fn original_dst_of_unredirected_connection_is_local_address() {
         let f = SocketFactory::default();
-        let l = f.listen("127.0.0.1:0".parse().unwrap(), false, false).unwrap();
+        let l = f
+            .listen("127.0.0.1:0".parse().unwrap(), false, false)
+            .unwrap();
         let addr = l.local_addr().unwrap();
         let _c = f.connect(addr, None).await.unwrap();
         let (s, _) = l.accept().await.unwrap();

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::warn;
 
-use super::{outbound, ProxyInputs};
+use super::{ProxyInputs, outbound};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Socks5Error {
@@ -33,7 +33,12 @@ const REP_GENERAL_FAILURE: u8 = 1;
 const REP_COMMAND_NOT_SUPPORTED: u8 = 7;
 const REP_ADDRESS_NOT_SUPPORTED: u8 = 8;
 
-pub async fn handle(pi: Arc<ProxyInputs>, mut stream: TcpStream, peer: SocketAddr, drain: DrainWatcher) {
+pub async fn handle(
+    pi: Arc<ProxyInputs>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    drain: DrainWatcher,
+) {
     match handshake(&mut stream).await {
         Ok(dst) => outbound::handle(pi, stream, peer, dst, drain).await,
         Err(e) => {
@@ -151,11 +156,19 @@ mod tests {
         let mut m = [0u8; 2];
         c.read_exact(&mut m).await.unwrap();
         assert_eq!(m, [5, 0xff]);
-        assert!(matches!(server.await.unwrap(), Err(Socks5Error::NoAcceptableMethod)));
+        assert!(matches!(
+            server.await.unwrap(),
+            Err(Socks5Error::NoAcceptableMethod)
+        ));
 
         let (mut c, mut s) = pair().await;
         let server = tokio::spawn(async move { handshake(&mut s).await });
-        c.write_all(&[5, 1, 0, 5, 2, 0, 1, 1, 2, 3, 4, 0, 80]).await.unwrap(); // BIND
-        assert!(matches!(server.await.unwrap(), Err(Socks5Error::Command(2))));
+        c.write_all(&[5, 1, 0, 5, 2, 0, 1, 1, 2, 3, 4, 0, 80])
+            .await
+            .unwrap(); // BIND
+        assert!(matches!(
+            server.await.unwrap(),
+            Err(Socks5Error::Command(2))
+        ));
     }
 }
