@@ -1,7 +1,13 @@
 //! Compiles the schemas in `proto/` with protox (pure Rust), so a fresh machine needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["xds.proto", "workload.proto", "authorization.proto", "ca.proto", "zds.proto"];
+    let files = [
+        "xds.proto",
+        "workload.proto",
+        "authorization.proto",
+        "ca.proto",
+        "zds.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed=proto/{f}");
     }

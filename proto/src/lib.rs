@@ -57,14 +57,21 @@ mod tests {
 
     #[test]
     fn workload_uid_is_field_twenty() {
-        let w = workload::Workload { uid: "x".into(), ..Default::default() };
+        let w = workload::Workload {
+            uid: "x".into(),
+            ..Default::default()
+        };
         // field 20, wire type 2 => varint tag (20 << 3 | 2) = 162 = [0xa2, 0x01]
         assert_eq!(w.encode_to_vec(), vec![0xa2, 0x01, 1, b'x']);
     }
 
     #[test]
     fn network_address_length_has_presence() {
-        let a = workload::NetworkAddress { network: String::new(), address: vec![], length: Some(0) };
+        let a = workload::NetworkAddress {
+            network: String::new(),
+            address: vec![],
+            length: Some(0),
+        };
         assert_eq!(a.encode_to_vec(), vec![0x18, 0]);
         let b = workload::NetworkAddress::default();
         assert!(b.encode_to_vec().is_empty());
@@ -72,13 +79,19 @@ mod tests {
 
     #[test]
     fn service_account_match_keeps_camel_case_field_two() {
-        let m = security::ServiceAccountMatch { namespace: "a".into(), service_account: "b".into() };
+        let m = security::ServiceAccountMatch {
+            namespace: "a".into(),
+            service_account: "b".into(),
+        };
         assert_eq!(m.encode_to_vec(), vec![0x0a, 1, b'a', 0x12, 1, b'b']);
     }
 
     #[test]
     fn capacity_is_wrapped_uint32_at_twenty_seven() {
-        let w = workload::Workload { capacity: Some(3), ..Default::default() };
+        let w = workload::Workload {
+            capacity: Some(3),
+            ..Default::default()
+        };
         // field 27, wire type 2 => (27<<3|2)=218 => [0xda, 0x01], len 2, inner field 1 varint 3
         assert_eq!(w.encode_to_vec(), vec![0xda, 0x01, 2, 0x08, 3]);
     }

@@ -5,6 +5,11 @@ use std::collections::HashMap;
 use ambit_ztunnel::{app, config::Config};
 use anyhow::Context;
 
+// Many short-lived buffers of a few sizes on many threads: jemalloc handles that better than glibc's malloc.
+#[cfg(target_env = "gnu")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     let env: HashMap<String, String> = std::env::vars().collect();
     let json = env.get("LOG_FORMAT").is_some_and(|f| f == "json");

@@ -18,6 +18,7 @@ use super::HboneError;
 
 const MIN_READ: usize = 16 * 1024;
 const MAX_READ: usize = 1024 * 1024;
+const MIN_SPARE: usize = 4 * 1024;
 
 /// A CONNECT stream in both directions.
 pub struct H2Stream {
@@ -86,7 +87,9 @@ impl Upload {
     ) -> Poll<Result<(), HboneError>> {
         loop {
             if self.chunk.is_empty() {
-                if self.buf.capacity() < self.read_size {
+                // Small reads share one allocation: only grow when little room is left, so a chatty connection
+                // allocates once per ~read_size bytes rather than once per read.
+                if self.buf.capacity() - self.buf.len() < MIN_SPARE {
                     self.buf.reserve(self.read_size);
                 }
                 let n = {

@@ -161,6 +161,7 @@ async fn proxy(
     if is_self_call(&pi.cfg, dst) {
         return Err(ProxyError::SelfCall(dst));
     }
+    pi.sockets.tune(downstream)?;
     let source = pi.local_workload().await?;
     let route = route(&pi.state, &source, dst)?;
     debug!(?route, "routed");
