@@ -61,8 +61,10 @@ pub struct TwoPodsOptions {
     pub iperf_server: bool,
     /// Policies in b's local config from the start.
     pub b_policies: Vec<Policy>,
-    /// Extra environment for both ztunnels (e.g. `RUST_LOG`).
+    /// Extra environment for both ztunnels (e.g. `RUST_LOG`); `{pod}` in a value becomes the pod's name.
     pub ztunnel_env: Vec<(String, String)>,
+    /// A control plane (command line, port to wait for) started in b's namespace before the ztunnels.
+    pub control_plane: Option<(Vec<String>, u16)>,
     /// Bound on each ztunnel's readiness.
     pub ready_timeout: Duration,
 }
@@ -76,6 +78,7 @@ impl TwoPodsOptions {
             iperf_server: false,
             b_policies: Vec::new(),
             ztunnel_env: Vec::new(),
+            control_plane: None,
             ready_timeout: Duration::from_secs(30),
         }
     }
@@ -350,6 +353,13 @@ impl TwoPods {
         write_config(&pods.a.config, &workloads, &[])?;
         write_config(&pods.b.config, &workloads, &opts.b_policies)?;
 
+        if let Some((cmd, port)) = &opts.control_plane {
+            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            pods.apps
+                .push(pods.b.ns.spawn(dir.path(), "control-plane", &args, &[])?);
+            wait_listening(&pods.b.ns, *port, Duration::from_secs(30))?;
+        }
+
         if opts.mode == Mode::Ztunnel {
             anyhow::ensure!(
                 opts.ztunnel_bin.is_file(),
@@ -447,7 +457,11 @@ fn start_ztunnel(dir: &TestDir, opts: &TwoPodsOptions, pod: &mut Pod, ca_dir: &P
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    env.extend(opts.ztunnel_env.iter().cloned());
+    env.extend(
+        opts.ztunnel_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.replace("{pod}", &pod.name))),
+    );
     let bin = opts.ztunnel_bin.to_string_lossy();
     let name = format!("ztunnel-{}", pod.name);
     pod.ztunnel = Some(pod.ns.spawn(dir.path(), &name, &[&bin], &env)?);
