@@ -460,7 +460,7 @@ fn start_ztunnel(dir: &TestDir, opts: &TwoPodsOptions, pod: &mut Pod, ca_dir: &P
     env.extend(
         opts.ztunnel_env
             .iter()
-            .map(|(k, v)| (k.clone(), v.replace("{pod}", &pod.name))),
+            .map(|(k, v)| (k.clone(), v.replace("{pod}", pod.name))),
     );
     let bin = opts.ztunnel_bin.to_string_lossy();
     let name = format!("ztunnel-{}", pod.name);
