@@ -36,6 +36,7 @@ pub fn enrolled(
 
 pub fn workloads(index: &Index, cfg: &ComputeConfig, policies: &Policies) -> Vec<wl::Workload> {
     let waypoints = waypoint::waypoints(index, cfg);
+    let selectors = SelectorIndex::new(index);
     let mut out = Vec::new();
     for ((ns, name), pod) in &index.pods {
         let status = pod.status.clone().unwrap_or_default();
@@ -57,11 +58,8 @@ pub fn workloads(index: &Index, cfg: &ComputeConfig, policies: &Policies) -> Vec
             waypoint::resolve(&labels, ns, &ns_labels, Target::Workload, &waypoints)
         };
         let (workload_name, workload_type) = workload_name_and_type(pod, name);
-        // Services are keyed by (namespace, name): only this namespace's are visited.
-        let services: HashMap<String, PortList> = index
-            .services
-            .range((ns.clone(), String::new())..)
-            .take_while(|((sns, _), _)| sns == ns)
+        let services: HashMap<String, PortList> = selectors
+            .candidates(ns, &labels)
             .filter(|(_, svc)| selects(svc, &labels))
             .map(|((sns, sname), svc)| {
                 (
@@ -120,6 +118,46 @@ pub fn workloads(index: &Index, cfg: &ComputeConfig, policies: &Policies) -> Vec
         });
     }
     out
+}
+
+/// The services of each namespace keyed by the first entry of their selector. A pod can only be selected by a
+/// service whose first selector entry it carries, so a pod looks at the services under its own labels instead of
+/// every service of its namespace (100k pods x 10k services was 10^9 checks). Each service is in one bucket, so
+/// no match is found twice.
+struct SelectorIndex<'a> {
+    by_label: HashMap<(&'a str, &'a str, &'a str), Vec<(&'a (String, String), &'a core::Service)>>,
+}
+
+impl<'a> SelectorIndex<'a> {
+    fn new(index: &'a Index) -> Self {
+        let mut by_label: HashMap<_, Vec<_>> = HashMap::new();
+        for (key, svc) in &index.services {
+            let first = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .and_then(|sel| sel.iter().next());
+            if let Some((k, v)) = first {
+                by_label
+                    .entry((key.0.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push((key, svc));
+            }
+        }
+        SelectorIndex { by_label }
+    }
+
+    fn candidates<'b>(
+        &'b self,
+        ns: &'b str,
+        labels: &'b BTreeMap<String, String>,
+    ) -> impl Iterator<Item = (&'a (String, String), &'a core::Service)> + 'b {
+        labels
+            .iter()
+            .filter_map(move |(k, v)| self.by_label.get(&(ns, k.as_str(), v.as_str())))
+            .flatten()
+            .copied()
+    }
 }
 
 /// Kubernetes endpoint selection: a Service with a non-empty selector selects pods carrying all its labels.
