@@ -75,8 +75,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 section "unit and integration tests (cargo test --workspace, e2e excluded)"
 cargo test --workspace --exclude ambit-e2e
 
-section "TLS backend parity (cargo test -p ambit-core --features tls-boring)"
+section "TLS backend parity (core TLS/HBONE tests and whole-ztunnel tunnel test with BoringSSL)"
 cargo test -p ambit-core --features tls-boring
+cargo test -p ambit-ztunnel --features tls-boring --test direct
 
 # ---------------------------------------------------------------------------------------------------------------
 section "end-to-end tests (network namespaces, ztunnel pair; cargo test -p ambit-e2e)"

@@ -49,7 +49,14 @@ workloads:
     )
 }
 
-fn config(net: u8, host: u8, name: &str, yaml: String, ca_dir: &std::path::Path) -> Config {
+fn config(
+    net: u8,
+    host: u8,
+    name: &str,
+    yaml: String,
+    ca_dir: &std::path::Path,
+    backend: TlsBackend,
+) -> Config {
     let ip: IpAddr = format!("127.0.{net}.{host}").parse().unwrap();
     let mut cfg = Config::for_tests();
     cfg.proxy_mode = ProxyMode::Dedicated;
@@ -72,24 +79,33 @@ fn config(net: u8, host: u8, name: &str, yaml: String, ca_dir: &std::path::Path)
     cfg.stats_addr = SocketAddr::new(ip, 0);
     cfg.readiness_addr = SocketAddr::new(ip, 0);
     cfg.packet_mark = None;
+    cfg.tls_backend = backend.to_string();
     cfg
 }
 
 async fn pair(net: u8, server_policies: &str) -> Pair {
+    pair_with(net, server_policies, TlsBackend::default()).await
+}
+
+async fn pair_with(net: u8, server_policies: &str, backend: TlsBackend) -> Pair {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let ca_dir = tempfile::tempdir().unwrap();
     let yaml = config_yaml(net, server_policies);
     let log = ambit_core::logging::LogHandle::noop();
     let server = app::start(
-        config(net, 3, "server", yaml.clone(), ca_dir.path()),
+        config(net, 3, "server", yaml.clone(), ca_dir.path(), backend),
         log.clone(),
         None,
     )
     .await
     .unwrap();
-    let client = app::start(config(net, 2, "client", yaml, ca_dir.path()), log, None)
-        .await
-        .unwrap();
+    let client = app::start(
+        config(net, 2, "client", yaml, ca_dir.path(), backend),
+        log,
+        None,
+    )
+    .await
+    .unwrap();
     Pair {
         client,
         server,
@@ -152,9 +168,16 @@ async fn wait_ready(r: &Running) {
     panic!("not ready: {:?}", r.readiness.pending());
 }
 
+/// Runs once per TLS backend compiled in (rustls; BoringSSL with `--features tls-boring`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_tcp_over_hbone_and_reports_metrics() {
-    let p = pair(21, "").await;
+    for (i, backend) in TlsBackend::all().iter().enumerate() {
+        tunnel_and_metrics(21 + 10 * i as u8, *backend).await;
+    }
+}
+
+async fn tunnel_and_metrics(net: u8, backend: TlsBackend) {
+    let p = pair_with(net, "", backend).await;
     wait_ready(&p.client).await;
     wait_ready(&p.server).await;
     let target = echo(p.server_ip).await;
