@@ -56,7 +56,12 @@ fn generate(pods: usize, services: usize) -> Vec<Event> {
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: scale, labels: {istio.io/dataplane-mode: ambient}}\n",
     ))];
     for s in 0..services {
-        let vip = format!("172.{}.{}.{}", 16 + ((s >> 16) & 0x0f), (s >> 8) & 0xff, s & 0xff);
+        let vip = format!(
+            "172.{}.{}.{}",
+            16 + ((s >> 16) & 0x0f),
+            (s >> 8) & 0xff,
+            s & 0xff
+        );
         events.push(Event::Apply(object(&format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: scale}}\n\
              spec: {{clusterIP: {vip}, selector: {{app: svc-{s}}}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n"
@@ -80,7 +85,12 @@ fn generate(pods: usize, services: usize) -> Vec<Event> {
 async fn client(channel: Channel, full: mpsc::Sender<()>, change: mpsc::Sender<()>, watch: String) {
     let (tx, rx) = mpsc::channel(16);
     for t in [ADDRESS, AUTHORIZATION] {
-        tx.send(DeltaDiscoveryRequest { type_url: t.into(), ..Default::default() }).await.unwrap();
+        tx.send(DeltaDiscoveryRequest {
+            type_url: t.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     }
     let mut stream = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(512 * 1024 * 1024)
@@ -98,7 +108,11 @@ async fn client(channel: Channel, full: mpsc::Sender<()>, change: mpsc::Sender<(
         } else if !first && resp.resources.iter().any(|r| r.name == watch) {
             let _ = change.send(()).await;
         }
-        let ack = DeltaDiscoveryRequest { type_url: resp.type_url, response_nonce: resp.nonce, ..Default::default() };
+        let ack = DeltaDiscoveryRequest {
+            type_url: resp.type_url,
+            response_nonce: resp.nonce,
+            ..Default::default()
+        };
         if tx.send(ack).await.is_err() {
             return;
         }
@@ -115,12 +129,20 @@ async fn main() {
         match (pair[0].as_str(), pair.get(1)) {
             ("--pods", Some(v)) => pods = v.parse().expect("--pods"),
             ("--services", Some(v)) => services = v.parse().expect("--services"),
-            ("--clients", Some(v)) => clients = v.split(',').map(|c| c.parse().expect("--clients")).collect(),
+            ("--clients", Some(v)) => {
+                clients = v
+                    .split(',')
+                    .map(|c| c.parse().expect("--clients"))
+                    .collect()
+            }
             _ => panic!("usage: scale [--pods N] [--services M] [--clients K1,K2,...]"),
         }
     }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    println!("# controller scale: {pods} pods, {services} services, 10 policies (RSS at start {:.0} MiB)", rss_mib());
+    println!(
+        "# controller scale: {pods} pods, {services} services, 10 policies (RSS at start {:.0} MiB)",
+        rss_mib()
+    );
 
     // Compute alone.
     let events = generate(pods, services);
@@ -152,7 +174,12 @@ async fn main() {
     let mut ready = outputs.ready.clone();
     ready.wait_for(|r| *r).await.unwrap();
     let mut registry = prometheus_client::registry::Registry::default();
-    let server = XdsServer::new(outputs.snapshot.clone(), Arc::new(XdsMetrics::new(&mut registry)), None, drain);
+    let server = XdsServer::new(
+        outputs.snapshot.clone(),
+        Arc::new(XdsMetrics::new(&mut registry)),
+        None,
+        drain,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -162,12 +189,17 @@ async fn main() {
     );
     println!("\n| clients | full state to all | one pod change to all | RSS after |");
     println!("|---:|---:|---:|---:|");
-    let mut version = 2;
-    for k in clients {
+    for (version, k) in (2..).zip(clients) {
         // 100 streams per HTTP/2 connection, like a fleet of ztunnels behind a few connections' worth of load.
         let mut channels = Vec::new();
         for _ in 0..k.div_ceil(100) {
-            channels.push(Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap());
+            channels.push(
+                Channel::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
         }
         let (full_tx, mut full_rx) = mpsc::channel(k);
         let (change_tx, mut change_rx) = mpsc::channel(k);
@@ -176,7 +208,12 @@ async fn main() {
         let mut tasks = Vec::new();
         for i in 0..k {
             let ch = channels[i / 100].clone();
-            tasks.push(tokio::spawn(client(ch, full_tx.clone(), change_tx.clone(), watch.clone())));
+            tasks.push(tokio::spawn(client(
+                ch,
+                full_tx.clone(),
+                change_tx.clone(),
+                watch.clone(),
+            )));
         }
         for _ in 0..k {
             full_rx.recv().await.unwrap();
@@ -184,8 +221,10 @@ async fn main() {
         let full = t.elapsed();
         tokio::time::sleep(Duration::from_millis(200)).await; // let every ACK land
         let t = Instant::now();
-        ev_tx.send(Event::Apply(pod(0, services, &format!("v{version}")))).await.unwrap();
-        version += 1;
+        ev_tx
+            .send(Event::Apply(pod(0, services, &format!("v{version}"))))
+            .await
+            .unwrap();
         for _ in 0..k {
             change_rx.recv().await.unwrap();
         }

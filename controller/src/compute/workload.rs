@@ -125,8 +125,13 @@ pub fn workloads(index: &Index, cfg: &ComputeConfig, policies: &Policies) -> Vec
 /// every service of its namespace (100k pods x 10k services was 10^9 checks). Each service is in one bucket, so
 /// no match is found twice.
 struct SelectorIndex<'a> {
-    by_label: HashMap<(&'a str, &'a str, &'a str), Vec<(&'a (String, String), &'a core::Service)>>,
+    by_label: HashMap<LabelKey<'a>, Vec<ServiceRef<'a>>>,
 }
+
+/// (namespace, label key, label value).
+type LabelKey<'a> = (&'a str, &'a str, &'a str);
+/// A service with its (namespace, name).
+type ServiceRef<'a> = (&'a (String, String), &'a core::Service);
 
 impl<'a> SelectorIndex<'a> {
     fn new(index: &'a Index) -> Self {
@@ -151,7 +156,7 @@ impl<'a> SelectorIndex<'a> {
         &'b self,
         ns: &'b str,
         labels: &'b BTreeMap<String, String>,
-    ) -> impl Iterator<Item = (&'a (String, String), &'a core::Service)> + 'b {
+    ) -> impl Iterator<Item = ServiceRef<'a>> + 'b {
         labels
             .iter()
             .filter_map(move |(k, v)| self.by_label.get(&(ns, k.as_str(), v.as_str())))
