@@ -104,7 +104,8 @@ fn logging(log: &LogHandle, query: Option<&str>) -> http::Response<crate::metric
     if reset {
         log.reset();
     } else if let Some(level) = level
-        && let Err(e) = log.set(&level)
+        && let Err(e) =
+            filter_from_admin(&level).and_then(|f| log.set(&f).map_err(|e| e.to_string()))
     {
         return text(StatusCode::BAD_REQUEST, PLAIN, format!("{e}\n"));
     }
@@ -113,4 +114,68 @@ fn logging(log: &LogHandle, query: Option<&str>) -> http::Response<crate::metric
         PLAIN,
         format!("current log level is {}\n", log.current()),
     )
+}
+
+/// Upstream's `/logging?level=` syntax, `<level>` or `<module>:<level>,...`, as an `EnvFilter` directive list;
+/// anything that is not a known level is refused (EnvFilter would read a bare word as a target name).
+fn filter_from_admin(spec: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let mut out = Vec::new();
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (target, level) = match directive.rsplit_once([':', '=']) {
+            Some((t, l)) => (Some(t), l),
+            None => (None, directive),
+        };
+        let level = level.to_ascii_lowercase();
+        if !LEVELS.contains(&level.as_str()) {
+            return Err(format!(
+                "invalid log level {level:?} in {directive:?} (expected one of {})",
+                LEVELS.join(", ")
+            ));
+        }
+        match target {
+            Some(t)
+                if t.is_empty()
+                    || !t
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_:-".contains(c)) =>
+            {
+                return Err(format!("invalid module {t:?}"));
+            }
+            Some(t) => out.push(format!("{t}={level}")),
+            None => out.push(level),
+        }
+    }
+    if out.is_empty() {
+        return Err("empty log level".into());
+    }
+    Ok(out.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_from_admin;
+
+    #[test]
+    fn admin_log_levels() {
+        assert_eq!(filter_from_admin("debug").unwrap(), "debug");
+        assert_eq!(
+            filter_from_admin("ambit_ztunnel:debug,h2:WARN").unwrap(),
+            "ambit_ztunnel=debug,h2=warn"
+        );
+        assert_eq!(
+            filter_from_admin("info,access=debug").unwrap(),
+            "info,access=debug"
+        );
+        for bad in [
+            "",
+            "loud",
+            "x:loud",
+            ":debug",
+            "a b:debug",
+            "not%20a%20level",
+        ] {
+            assert!(filter_from_admin(bad).is_err(), "{bad}");
+        }
+    }
 }
