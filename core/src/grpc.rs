@@ -121,12 +121,18 @@ impl AuthInterceptor {
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let md = req.metadata_mut();
+        // A token file that cannot be read (yet) is a local, transient problem: callers retry on Unavailable.
         let token = self
             .token
             .token()
-            .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         if let Some(t) = token {
-            let v = format!("Bearer {}", t.trim_end_matches(['\n', '\r']));
+            // Spec 2.1 uses the file verbatim; a trailing line break cannot go into a header, so it is dropped.
+            let t = t.trim_end_matches(['\n', '\r']);
+            if t.is_empty() {
+                return Err(tonic::Status::unavailable("token: empty"));
+            }
+            let v = format!("Bearer {t}");
             md.insert(
                 "authorization",
                 v.parse()
@@ -191,6 +197,8 @@ pub fn connect(cfg: &ControlPlaneConfig) -> Result<AuthChannel, GrpcError> {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .tcp_keepalive(Some(Duration::from_secs(300)))
+        .tcp_keepalive_interval(Some(Duration::from_secs(75)))
+        .tcp_keepalive_retries(Some(9))
         .connect_lazy();
     Ok(InterceptedService::new(channel, AuthInterceptor::new(cfg)))
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use ambit_proto::xds::{DeltaDiscoveryRequest, Node, Status};
+use ambit_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -51,30 +51,50 @@ pub trait XdsHandler: Send + Sync + 'static {
 
 #[derive(Debug, thiserror::Error)]
 enum XdsError {
+    /// The channel could not be built (bad address, unreadable root certificate).
     #[error("{0}")]
     Grpc(#[from] GrpcError),
+    /// Opening the stream failed (TCP, TLS or HTTP/2 connect).
+    #[error("connect: {0}")]
+    Connection(tonic::Status),
+    /// The open stream ended with a gRPC status.
     #[error("stream: {0}")]
     Status(#[from] tonic::Status),
     #[error("request channel closed")]
     Closed,
 }
 
+/// What to do after a stream ended (spec 2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Wait the current backoff, then double it.
+    Backoff,
+    /// Wait the initial backoff and reset it.
+    Quick,
+    /// Reconnect at once and reset the backoff.
+    Immediate,
+}
+
 impl XdsError {
-    /// Upstream's "benign" endings: reconnect quickly with a reset backoff.
-    fn benign(&self) -> bool {
+    fn retry(&self) -> (Retry, &'static str) {
         match self {
-            XdsError::Status(s) => match s.code() {
-                tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
-                    true
-                }
-                tonic::Code::Unavailable => {
-                    s.message().contains("transport is closing")
-                        || s.message().contains("received prior goaway")
-                }
-                _ => false,
-            },
-            _ => false,
+            XdsError::Grpc(_) | XdsError::Connection(_) => (Retry::Backoff, "ConnectionError"),
+            XdsError::Status(s) if benign(s) => (Retry::Quick, "Reconnect"),
+            XdsError::Status(_) => (Retry::Backoff, "Error"),
+            XdsError::Closed => (Retry::Immediate, "Error"),
         }
+    }
+}
+
+/// Upstream's "benign" endings: reconnect quickly with a reset backoff.
+fn benign(s: &tonic::Status) -> bool {
+    match s.code() {
+        tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => true,
+        tonic::Code::Unavailable => {
+            s.message().contains("transport is closing")
+                || s.message().contains("received prior goaway")
+        }
+        _ => false,
     }
 }
 
@@ -159,6 +179,8 @@ pub struct XdsClient {
     metrics: XdsMetrics,
     /// type → name → version of every accepted resource, for `initial_resource_versions`.
     versions: HashMap<String, HashMap<String, String>>,
+    /// Types not yet ACKed once; readiness is held until this is empty.
+    awaiting: HashSet<String>,
 }
 
 impl XdsClient {
@@ -189,9 +211,11 @@ impl XdsClient {
         XdsClient {
             cfg,
             node,
-            types: type_urls,
+            awaiting: type_urls.iter().cloned().collect(),
             handler,
-            block_ready: Some(block_ready),
+            // Nothing to wait for: ready at once.
+            block_ready: (!type_urls.is_empty()).then_some(block_ready),
+            types: type_urls,
             metrics,
             versions: HashMap::new(),
         }
@@ -212,22 +236,27 @@ impl XdsClient {
                     backoff = BACKOFF_START;
                     Duration::ZERO
                 }
-                Err(e) if e.benign() => {
-                    self.terminate("Reconnect");
-                    debug!(error = %e, "xds stream closed; reconnecting");
-                    backoff = BACKOFF_START;
-                    BACKOFF_START
-                }
                 Err(e) => {
-                    self.terminate(if matches!(e, XdsError::Grpc(_)) {
-                        "ConnectionError"
-                    } else {
-                        "Error"
-                    });
-                    warn!(error = %e, retry_in = ?backoff, "xds stream failed");
-                    let w = backoff;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    w
+                    let (retry, reason) = e.retry();
+                    self.terminate(reason);
+                    match retry {
+                        Retry::Immediate => {
+                            warn!(error = %e, "xds stream failed; reconnecting");
+                            backoff = BACKOFF_START;
+                            Duration::ZERO
+                        }
+                        Retry::Quick => {
+                            debug!(error = %e, "xds stream closed; reconnecting");
+                            backoff = BACKOFF_START;
+                            BACKOFF_START
+                        }
+                        Retry::Backoff => {
+                            warn!(error = %e, retry.in_ms = backoff.as_millis() as u64, "xds stream failed");
+                            let w = backoff;
+                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                            w
+                        }
+                    }
                 }
             };
             tokio::select! {
@@ -250,7 +279,7 @@ impl XdsClient {
         let channel = grpc::connect(&self.cfg)?;
         let mut client =
             AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
-        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(self.types.len() + 16);
         for t in &self.types {
             let initial = self.versions.get(t).cloned().unwrap_or_default();
             let req = DeltaDiscoveryRequest {
@@ -263,80 +292,111 @@ impl XdsClient {
         }
         let mut responses = client
             .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
+            .await
+            .map_err(XdsError::Connection)?
             .into_inner();
         info!(address = %self.cfg.address, "xds stream open");
-        let mut answered: HashSet<String> = HashSet::new();
         while let Some(resp) = responses.message().await? {
-            let url = resp.type_url.clone();
-            self.metrics
-                .messages
-                .get_or_create(&UrlLabel { url: url.clone() })
-                .inc();
-            self.metrics
-                .bytes
-                .get_or_create(&UrlLabel { url: url.clone() })
-                .inc_by(resp.encoded_len() as u64);
-            let mut updates =
-                Vec::with_capacity(resp.resources.len() + resp.removed_resources.len());
-            let mut rejected = Vec::new();
-            for r in resp.resources {
-                match r.resource {
-                    Some(any) => updates.push(XdsUpdate::Upsert {
-                        name: r.name,
-                        version: r.version,
-                        resource: any,
-                    }),
-                    None => rejected.push(Rejection {
-                        name: r.name,
-                        reason: "resource has no body".into(),
-                    }),
-                }
-            }
-            for name in resp.removed_resources {
-                updates.push(XdsUpdate::Remove { name });
-            }
-            let applied = updates.clone();
-            rejected.extend(self.handler.apply(&url, updates));
-            let bad: HashSet<&str> = rejected.iter().map(|r| r.name.as_str()).collect();
-            let versions = self.versions.entry(url.clone()).or_default();
-            for u in applied {
-                match u {
-                    XdsUpdate::Upsert { name, version, .. } if !bad.contains(name.as_str()) => {
-                        versions.insert(name, version);
-                    }
-                    XdsUpdate::Upsert { name, .. } | XdsUpdate::Remove { name } => {
-                        versions.remove(&name);
-                    }
-                }
-            }
-            let error_detail = (!rejected.is_empty()).then(|| {
-                let message = rejected
-                    .iter()
-                    .map(|r| format!("{}: {}", r.name, r.reason))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                warn!(type_url = %url, %message, "NACK");
-                Status {
-                    code: tonic::Code::InvalidArgument as i32,
-                    message,
-                    details: vec![],
-                }
-            });
-            let ack = DeltaDiscoveryRequest {
-                type_url: url.clone(),
-                response_nonce: resp.nonce,
-                error_detail,
-                ..Default::default()
-            };
+            let ack = self.handle(resp);
+            let acked = ack.error_detail.is_none();
+            let url = ack.type_url.clone();
             tx.send(ack).await.map_err(|_| XdsError::Closed)?;
-            answered.insert(url);
-            if self.block_ready.is_some() && self.types.iter().all(|t| answered.contains(t)) {
-                info!("xds: every type answered; ready");
-                self.block_ready = None;
+            if acked && self.block_ready.is_some() {
+                self.awaiting.remove(&url);
+                if self.awaiting.is_empty() {
+                    info!("xds: every type acknowledged once; ready");
+                    self.block_ready = None;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Applies one response and builds its ACK (or NACK).
+    fn handle(&mut self, resp: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+        let url = resp.type_url.clone();
+        self.metrics
+            .messages
+            .get_or_create(&UrlLabel { url: url.clone() })
+            .inc();
+        self.metrics
+            .bytes
+            .get_or_create(&UrlLabel { url: url.clone() })
+            .inc_by(resp.encoded_len() as u64);
+        debug!(
+            type_url = %url,
+            resources = resp.resources.len(),
+            removed = resp.removed_resources.len(),
+            "xds response"
+        );
+        if !self.types.contains(&url) {
+            warn!(type_url = %url, "xds response for a type not subscribed; acknowledging and ignoring it");
+            return DeltaDiscoveryRequest {
+                type_url: url,
+                response_nonce: resp.nonce,
+                ..Default::default()
+            };
+        }
+        let mut updates = Vec::with_capacity(resp.resources.len() + resp.removed_resources.len());
+        // name → Some(version) for upserts, None for removals: what to record once the handler answered.
+        let mut changes = Vec::with_capacity(updates.capacity());
+        let mut rejected = Vec::new();
+        for r in resp.resources {
+            match r.resource {
+                Some(any) => {
+                    changes.push((r.name.clone(), Some(r.version.clone())));
+                    updates.push(XdsUpdate::Upsert {
+                        name: r.name,
+                        version: r.version,
+                        resource: any,
+                    });
+                }
+                None => {
+                    changes.push((r.name.clone(), None));
+                    rejected.push(Rejection {
+                        name: r.name,
+                        reason: "resource has no body".into(),
+                    });
+                }
+            }
+        }
+        for name in resp.removed_resources {
+            changes.push((name.clone(), None));
+            updates.push(XdsUpdate::Remove { name });
+        }
+        rejected.extend(self.handler.apply(&url, updates));
+        let bad: HashSet<&str> = rejected.iter().map(|r| r.name.as_str()).collect();
+        let versions = self.versions.entry(url.clone()).or_default();
+        for (name, version) in changes {
+            match version {
+                Some(v) if !bad.contains(name.as_str()) => {
+                    versions.insert(name, v);
+                }
+                // Removed, or rejected: not recorded, so a reconnect asks for it again.
+                _ => {
+                    versions.remove(&name);
+                }
+            }
+        }
+        let error_detail = (!rejected.is_empty()).then(|| {
+            let message = rejected
+                .iter()
+                .map(|r| format!("{}: {}", r.name, r.reason))
+                .collect::<Vec<_>>()
+                .join("; ");
+            warn!(type_url = %url, nonce = %resp.nonce, %message, "xds NACK");
+            Status {
+                code: tonic::Code::InvalidArgument as i32,
+                message,
+                details: vec![],
+            }
+        });
+        DeltaDiscoveryRequest {
+            type_url: url,
+            response_nonce: resp.nonce,
+            error_detail,
+            ..Default::default()
+        }
     }
 }
 
