@@ -1,1 +1,3 @@
 //! The ambit CLI.
+
+pub mod echo;

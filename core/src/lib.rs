@@ -13,5 +13,6 @@ pub mod readiness;
 pub mod signer;
 pub mod tls;
 pub mod xds;
+pub mod zds;
 
 pub use identity::Identity;

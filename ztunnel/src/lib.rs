@@ -2,6 +2,8 @@
 
 pub mod app;
 pub mod config;
+pub mod dns;
+pub mod inpod;
 pub mod localconfig;
 pub mod metrics;
 pub mod proxy;

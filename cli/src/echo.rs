@@ -1,0 +1,1 @@
+//! `ambit echo`: the built-in test server.

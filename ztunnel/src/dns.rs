@@ -1,0 +1,1 @@
+//! The DNS proxy on 15053 (spec 7).
