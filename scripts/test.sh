@@ -35,7 +35,8 @@ fi
 section "system packages"
 # Tools of the e2e tests and the benchmark, plus the C toolchain for the BoringSSL backend (cmake; libclang for bindgen).
 packages=(ca-certificates build-essential pkg-config git cmake libclang-dev
-          iptables nftables iproute2 iputils-ping netcat-openbsd curl iperf3 wrk nghttp2-client tcpdump tshark)
+          iptables nftables iproute2 iputils-ping netcat-openbsd curl iperf3 wrk nghttp2-client tcpdump tshark
+          procps util-linux)
 if [ "${AMBIT_TEST_SKIP_APT:-}" = 1 ] || [ $is_root = 0 ]; then
   echo "skipped (${AMBIT_TEST_SKIP_APT:+AMBIT_TEST_SKIP_APT=1}${AMBIT_TEST_SKIP_APT:-not root})"
 elif ! command -v apt-get >/dev/null 2>&1; then
@@ -80,9 +81,10 @@ cargo test -p ambit-core --features tls-boring
 cargo test -p ambit-ztunnel --features tls-boring --test direct
 
 # ---------------------------------------------------------------------------------------------------------------
-section "end-to-end tests (network namespaces, ztunnel pair; cargo test -p ambit-e2e)"
+section "end-to-end tests (network namespaces: ztunnel pair, controller, the local mesh; cargo test -p ambit-e2e)"
 if [ $is_root = 1 ]; then
-  # The e2e tests find the ztunnel binary of the build above next to themselves (or AMBIT_ZTUNNEL_BIN).
+  # The e2e tests find the binaries of the build above (ztunnel, controller, ambit, ambit-node-agent) next to
+  # themselves (or AMBIT_ZTUNNEL_BIN, AMBIT_CONTROLLER_BIN, AMBIT_BIN).
   AMBIT_E2E_REQUIRED=1 cargo test -p ambit-e2e -- --test-threads=1
 else
   echo "not root: running only the harness's own unit tests; the e2e tests skip"

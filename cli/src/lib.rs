@@ -1,3 +1,4 @@
-//! The ambit CLI.
+//! The ambit CLI: `ambit local …` runs the whole mesh on one host; `ambit echo` is the built-in test server.
 
 pub mod echo;
+pub mod local;

@@ -1,1 +1,62 @@
-fn main() {}
+//! `ambit`: run a local mesh, and a built-in echo server for demos and tests.
+
+use ambit::{echo, local};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ambit",
+    version,
+    about = "Ambit: an ambient-style service mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the whole mesh on this host, without Kubernetes.
+    Local(local::LocalArgs),
+    /// A small test server: HTTP/1.1 and h2c echo (and plain TCP), answering with who it is and what it got.
+    Echo(echo::EchoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Local(args) => local::run(args),
+        Command::Echo(args) => run_echo(args),
+    };
+    match code {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run_echo(args: echo::EchoArgs) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = tokio::signal::ctrl_c() => {},
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        echo::run(args, shutdown).await
+    })?;
+    Ok(0)
+}

@@ -1,1 +1,10 @@
-//! Ambit node agent.
+//! Ambit's node agent: decides which pods of its node are captured (the same enrollment rule as the controller),
+//! installs the in-pod redirection rules of spec 4.4 inside each captured pod's network namespace, and hands the
+//! pods to the node's ztunnel over ZDS.
+
+pub mod agent;
+pub mod rules;
+pub mod server;
+
+pub use agent::{AgentConfig, LocalPod, NodeAgent};
+pub use server::{PodInfo, ZdsServer};

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod ca;
 pub mod cert;
 pub mod drain;
+pub mod enrollment;
 pub mod grpc;
 pub mod hbone;
 pub mod identity;

@@ -26,6 +26,16 @@ impl Capture {
         dir: &std::path::Path,
         name: &str,
     ) -> Result<Capture> {
+        Capture::start_in(ns.name(), interface, dir, name)
+    }
+
+    /// [`Capture::start`] in a namespace the harness does not own (e.g. the local mesh's pod network).
+    pub fn start_in(
+        ns: &str,
+        interface: &str,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> Result<Capture> {
         let file = dir.join(format!("{name}.pcap"));
         let file_arg = file.to_string_lossy().into_owned();
         let args = [
@@ -41,7 +51,9 @@ impl Capture {
             &file_arg,
             "tcp",
         ];
-        let mut process = ns.spawn(dir, name, &args, &[])?;
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns]).args(args);
+        let mut process = Process::spawn(name, cmd, dir)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if process.output().contains("listening on") {

@@ -13,6 +13,7 @@
 //! * [`tools`]: readers for `iperf3 -J` and `wrk --latency` output (used by the benchmark).
 
 pub mod capture;
+pub mod local;
 pub mod localconfig;
 pub mod netns;
 pub mod pcap;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ambit_core::admin::{AdminServer, ConfigDump};
 use ambit_core::ca::LocalCa;
 use ambit_core::cert::CertManager;
-use ambit_core::drain::{self, DrainTrigger};
+use ambit_core::drain::{self, DrainTrigger, DrainWatcher};
 use ambit_core::grpc::{ControlPlaneConfig, IstioCaClient, RootCa, TokenSource};
 use ambit_core::hbone::{H2Config, HboneClient};
 use ambit_core::logging::LogHandle;
@@ -24,12 +24,14 @@ use ambit_core::{Identity, metrics as core_metrics};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use prost::Message;
+use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use crate::config::{Config, LocalXds, ProxyMode};
 use crate::localconfig;
 use crate::metrics::Metrics;
+use crate::pods::PodProxies;
 use crate::proxy::socket::SocketFactory;
 use crate::proxy::{self, HboneConnector, ProxyInputs};
 use crate::state::ProxyState;
@@ -162,6 +164,7 @@ pub async fn start(
             cfg.keepalive_interval,
             cfg.keepalive_retries,
         )),
+        netns: None,
     };
     let h2 = Arc::new(H2Config {
         stream_window: cfg.http2_stream_window,
@@ -171,114 +174,69 @@ pub async fn start(
         pool_idle_timeout: cfg.pool_unused_release_timeout,
         ..H2Config::default()
     });
-    let workload = match (&cfg.proxy_mode, &cfg.proxy_workload_info) {
-        (ProxyMode::Dedicated, Some(w)) => (
-            w.namespace.clone(),
-            w.name.clone(),
-            w.service_account.clone(),
-        ),
-        (ProxyMode::Dedicated, None) => {
-            anyhow::bail!("PROXY_MODE=dedicated needs PROXY_WORKLOAD_INFO=<ns>/<name>/<sa>")
-        }
-        (ProxyMode::Shared, _) => anyhow::bail!(
-            "PROXY_MODE=shared (in-pod mode) is not supported yet; use PROXY_MODE=dedicated"
-        ),
-    };
-    let spoof_source = cfg.enable_orig_src.unwrap_or(false);
-    let connector = HboneConnector {
-        certs: certs.clone(),
-        sockets,
-        backend: tls_backend,
-    };
-    let pi = Arc::new(ProxyInputs {
+    // In-pod mode connects to local applications from the peer's address by default, as upstream does (the in-pod
+    // rules route the replies back); dedicated mode only when asked.
+    let shared_mode = cfg.proxy_mode == ProxyMode::Shared;
+    let shared = Arc::new(ProxyShared {
         cfg: cfg.clone(),
         state: state.clone(),
         certs: certs.clone(),
         metrics,
-        sockets,
-        hbone: HboneClient::new(h2.clone(), connector),
         h2,
         tls_backend,
-        workload,
-        spoof_source,
+        spoof_source: cfg.enable_orig_src.unwrap_or(shared_mode),
+        sockets: sockets.clone(),
     });
 
-    // Listeners.
-    let outbound = sockets
-        .listen(cfg.outbound_addr, true, false)
-        .with_context(|| format!("bind {}", cfg.outbound_addr))?;
-    let inbound = sockets
-        .listen(cfg.inbound_addr, true, false)
-        .with_context(|| format!("bind {}", cfg.inbound_addr))?;
-    let hbone = sockets
-        .listen(cfg.hbone_addr, true, false)
-        .with_context(|| format!("bind {}", cfg.hbone_addr))?;
-    let socks5 = if cfg.socks5_enabled {
-        Some(
-            sockets
-                .listen(cfg.socks5_addr, false, false)
-                .with_context(|| format!("bind {}", cfg.socks5_addr))?,
-        )
-    } else {
-        None
-    };
-    let addresses = Addresses {
-        outbound: outbound.local_addr()?,
-        inbound: inbound.local_addr()?,
-        hbone: hbone.local_addr()?,
-        socks5: socks5.as_ref().map(|l| l.local_addr()).transpose()?,
+    let mut addresses = Addresses {
+        outbound: cfg.outbound_addr,
+        inbound: cfg.inbound_addr,
+        hbone: cfg.hbone_addr,
+        socks5: None,
         admin: cfg.admin_addr,
         stats: cfg.stats_addr,
         readiness: cfg.readiness_addr,
     };
-    {
-        let pi = pi.clone();
-        tokio::spawn(proxy::serve(
-            "outbound",
-            outbound,
-            drain.clone(),
-            move |s, peer, d| {
-                let pi = pi.clone();
-                async move {
-                    match proxy::socket::original_dst(&s) {
-                        Ok(dst) => {
-                            proxy::outbound::handle(pi, s, peer, proxy::socket::canonical(dst), d)
-                                .await
-                        }
-                        Err(e) => {
-                            warn!(src.addr = %peer, error = %e, "no original destination; is the redirect rule in place?")
-                        }
-                    }
+    match (&cfg.proxy_mode, &cfg.proxy_workload_info) {
+        (ProxyMode::Dedicated, Some(w)) => {
+            let workload = (
+                w.namespace.clone(),
+                w.name.clone(),
+                w.service_account.clone(),
+            );
+            let listeners = Listeners::bind(&cfg, &sockets, false, cfg.socks5_enabled)?;
+            addresses.outbound = listeners.outbound.local_addr()?;
+            addresses.inbound = listeners.inbound.local_addr()?;
+            addresses.hbone = listeners.hbone.local_addr()?;
+            addresses.socks5 = listeners
+                .socks5
+                .as_ref()
+                .map(|l| l.local_addr())
+                .transpose()?;
+            let pi = shared.inputs(workload, sockets.clone());
+            listeners.spawn(pi.clone(), drain.clone());
+            // Certificates for the workload we serve, ahead of the first connection.
+            control.spawn(async move {
+                if let Ok(w) = pi.local_workload().await {
+                    pi.certs.prefetch(&w.identity());
                 }
-            },
-        ));
-    }
-    {
-        let pi = pi.clone();
-        tokio::spawn(proxy::serve(
-            "inbound_passthrough",
-            inbound,
-            drain.clone(),
-            move |s, peer, d| proxy::passthrough::handle(pi.clone(), s, peer, d),
-        ));
-    }
-    {
-        let pi = pi.clone();
-        tokio::spawn(proxy::serve(
-            "inbound",
-            hbone,
-            drain.clone(),
-            move |s, peer, d| proxy::inbound::handle(pi.clone(), s, peer, d),
-        ));
-    }
-    if let Some(l) = socks5 {
-        let pi = pi.clone();
-        tokio::spawn(proxy::serve(
-            "socks5",
-            l,
-            drain.clone(),
-            move |s, peer, d| proxy::socks5::handle(pi.clone(), s, peer, d),
-        ));
+            });
+        }
+        (ProxyMode::Dedicated, None) => {
+            anyhow::bail!("PROXY_MODE=dedicated needs PROXY_WORKLOAD_INFO=<ns>/<name>/<sa>")
+        }
+        (ProxyMode::Shared, _) => {
+            // Pods arrive from the node agent over ZDS; each gets its own listeners inside its namespace.
+            let pods = PodProxies::new(shared.clone(), drain.clone())
+                .context("shared mode: open ztunnel's own network namespace")?;
+            let snapshot_ready = readiness.register_task("inpod snapshot");
+            tokio::spawn(crate::inpod::run(
+                cfg.inpod_uds.clone(),
+                pods,
+                Some(snapshot_ready),
+                drain.clone(),
+            ));
+        }
     }
 
     // Ops servers on the control runtime.
@@ -334,15 +292,6 @@ pub async fn start(
         });
     }
 
-    // Certificates for the workload we serve, ahead of the first connection.
-    {
-        let pi = pi.clone();
-        control.spawn(async move {
-            if let Ok(w) = pi.local_workload().await {
-                pi.certs.prefetch(&w.identity());
-            }
-        });
-    }
     drop(proxy_ready);
     info!(?addresses, mode = ?cfg.proxy_mode, "ztunnel started");
     Ok(Running {
@@ -354,6 +303,136 @@ pub async fn start(
         shutdown,
         deadline: cfg.termination_deadline,
     })
+}
+
+/// What every proxy of this ztunnel shares: one proxy in dedicated mode, one per pod in shared mode.
+pub struct ProxyShared {
+    pub cfg: Arc<Config>,
+    pub state: ProxyState,
+    pub certs: Arc<CertManager>,
+    pub metrics: Arc<Metrics>,
+    pub h2: Arc<H2Config>,
+    pub tls_backend: TlsBackend,
+    pub spoof_source: bool,
+    /// ztunnel's own socket settings (no namespace).
+    pub sockets: SocketFactory,
+}
+
+impl ProxyShared {
+    /// The inputs of one proxy serving `workload` (namespace, name, service account), making its sockets with
+    /// `sockets` (in shared mode: inside the pod's namespace), with its own HBONE connection pool.
+    pub fn inputs(
+        &self,
+        workload: (String, String, String),
+        sockets: SocketFactory,
+    ) -> Arc<ProxyInputs> {
+        let connector = HboneConnector {
+            certs: self.certs.clone(),
+            sockets: sockets.clone(),
+            backend: self.tls_backend,
+        };
+        Arc::new(ProxyInputs {
+            cfg: self.cfg.clone(),
+            state: self.state.clone(),
+            certs: self.certs.clone(),
+            metrics: self.metrics.clone(),
+            sockets,
+            hbone: HboneClient::new(self.h2.clone(), connector),
+            h2: self.h2.clone(),
+            tls_backend: self.tls_backend,
+            workload,
+            spoof_source: self.spoof_source,
+        })
+    }
+}
+
+/// The data-plane listeners of one proxy.
+pub struct Listeners {
+    pub outbound: TcpListener,
+    pub inbound: TcpListener,
+    pub hbone: TcpListener,
+    pub socks5: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds 15001, 15006, 15008 (and 15080 when asked) with `sockets` (in a pod's namespace in shared mode).
+    pub fn bind(
+        cfg: &Config,
+        sockets: &SocketFactory,
+        reuse_port: bool,
+        socks5: bool,
+    ) -> anyhow::Result<Listeners> {
+        let bind = |addr: SocketAddr, transparent: bool| {
+            sockets
+                .listen(addr, transparent, reuse_port)
+                .with_context(|| format!("bind {addr}"))
+        };
+        Ok(Listeners {
+            outbound: bind(cfg.outbound_addr, true)?,
+            inbound: bind(cfg.inbound_addr, true)?,
+            hbone: bind(cfg.hbone_addr, true)?,
+            socks5: if socks5 {
+                Some(bind(cfg.socks5_addr, false)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Serves every listener until `drain` fires.
+    pub fn spawn(self, pi: Arc<ProxyInputs>, drain: DrainWatcher) {
+        {
+            let pi = pi.clone();
+            tokio::spawn(proxy::serve(
+                "outbound",
+                self.outbound,
+                drain.clone(),
+                move |s, peer, d| {
+                    let pi = pi.clone();
+                    async move {
+                        match proxy::socket::original_dst(&s) {
+                            Ok(dst) => {
+                                proxy::outbound::handle(
+                                    pi,
+                                    s,
+                                    peer,
+                                    proxy::socket::canonical(dst),
+                                    d,
+                                )
+                                .await
+                            }
+                            Err(e) => {
+                                warn!(src.addr = %peer, error = %e, "no original destination; is the redirect rule in place?")
+                            }
+                        }
+                    }
+                },
+            ));
+        }
+        {
+            let pi = pi.clone();
+            tokio::spawn(proxy::serve(
+                "inbound_passthrough",
+                self.inbound,
+                drain.clone(),
+                move |s, peer, d| proxy::passthrough::handle(pi.clone(), s, peer, d),
+            ));
+        }
+        {
+            let pi = pi.clone();
+            tokio::spawn(proxy::serve(
+                "inbound",
+                self.hbone,
+                drain.clone(),
+                move |s, peer, d| proxy::inbound::handle(pi.clone(), s, peer, d),
+            ));
+        }
+        if let Some(l) = self.socks5 {
+            tokio::spawn(proxy::serve("socks5", l, drain, move |s, peer, d| {
+                proxy::socks5::handle(pi.clone(), s, peer, d)
+            }));
+        }
+    }
 }
 
 fn bind_std(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {

@@ -6,6 +6,7 @@ pub mod dns;
 pub mod inpod;
 pub mod localconfig;
 pub mod metrics;
+pub mod pods;
 pub mod proxy;
 pub mod rbac;
 pub mod state;

@@ -12,11 +12,9 @@ use super::waypoint::{self, Target};
 use super::{ComputeConfig, ip_bytes, labels_of, service_hostname};
 use crate::index::Index;
 
-pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
-pub const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
+pub use ambit_core::enrollment::{DATAPLANE_MODE, SIDECAR_STATUS};
 
-/// Whether the pod is captured by ztunnel: the CNI's default enablement selectors (pod label `ambient`, or
-/// namespace label `ambient` and the pod's not `none`); never pods with a sidecar or in excluded namespaces.
+/// Whether the pod is captured by ztunnel (the rule the node agent applies too: `ambit_core::enrollment`).
 pub fn enrolled(
     pod_labels: &BTreeMap<String, String>,
     pod_annotations: &BTreeMap<String, String>,
@@ -24,14 +22,13 @@ pub fn enrolled(
     ns_labels: &BTreeMap<String, String>,
     cfg: &ComputeConfig,
 ) -> bool {
-    if cfg.excluded_namespaces.iter().any(|e| e == ns)
-        || pod_annotations.contains_key(SIDECAR_STATUS)
-    {
-        return false;
-    }
-    let pod = pod_labels.get(DATAPLANE_MODE).map(String::as_str);
-    let namespace = ns_labels.get(DATAPLANE_MODE).map(String::as_str);
-    pod == Some("ambient") || (namespace == Some("ambient") && pod != Some("none"))
+    ambit_core::enrollment::captured(
+        pod_labels,
+        pod_annotations,
+        ns,
+        ns_labels,
+        &cfg.excluded_namespaces,
+    )
 }
 
 pub fn workloads(index: &Index, cfg: &ComputeConfig, policies: &Policies) -> Vec<wl::Workload> {

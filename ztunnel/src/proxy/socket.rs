@@ -2,20 +2,104 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
 
 use nix::sys::socket::{getsockopt, sockopt};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-/// How proxy sockets are made: every socket carries the packet mark so the redirection rules skip it.
-#[derive(Clone, Copy, Debug, Default)]
+/// How proxy sockets are made: every socket carries the packet mark so the redirection rules skip it; in shared
+/// mode every socket of a pod's proxy is created inside that pod's network namespace.
+#[derive(Clone, Debug, Default)]
 pub struct SocketFactory {
     pub mark: Option<u32>,
     pub keepalive: Option<(Duration, Duration, u32)>,
+    pub netns: Option<Arc<Netns>>,
+}
+
+/// A pod's network namespace, and ztunnel's own to return to.
+///
+/// A socket belongs to the namespace it was created in, whatever thread uses it later; so only the `socket()` call
+/// runs inside the pod's namespace: the calling thread switches there and straight back (two `setns` calls, no
+/// thread hop), and nothing else ever runs on a thread that is not in ztunnel's own namespace.
+#[derive(Debug)]
+pub struct Netns {
+    pod: OwnedFd,
+    host: Arc<OwnedFd>,
+}
+
+impl Netns {
+    /// `host` is ztunnel's own namespace (`/proc/self/ns/net`, opened once at start).
+    pub fn new(pod: OwnedFd, host: Arc<OwnedFd>) -> Netns {
+        Netns { pod, host }
+    }
+
+    /// Opens the namespace the calling thread is in, to come back to.
+    pub fn current() -> io::Result<OwnedFd> {
+        Ok(std::fs::File::open("/proc/thread-self/ns/net")?.into())
+    }
+
+    /// The pod namespace's file (to compare inodes, or to run a command inside it).
+    pub fn pod(&self) -> &OwnedFd {
+        &self.pod
+    }
+
+    /// Runs `f` (which must not block or yield) with the calling thread inside the pod's namespace.
+    pub fn run<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        setns(&self.pod, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let out = f();
+        if let Err(e) = setns(&*self.host, CloneFlags::CLONE_NEWNET) {
+            // A runtime thread left in a pod's namespace would put later sockets in the wrong network: there is no
+            // safe way to go on.
+            tracing::error!(error = %e, "cannot return to ztunnel's network namespace; aborting");
+            std::process::abort();
+        }
+        out
+    }
 }
 
 impl SocketFactory {
+    fn socket(&self, v4: bool) -> io::Result<TcpSocket> {
+        let make = || {
+            if v4 {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+        };
+        match &self.netns {
+            Some(ns) => ns.run(make),
+            None => make(),
+        }
+    }
+
+    /// A UDP socket bound to `addr` (in the pod's namespace in shared mode), marked like every proxy socket.
+    pub fn udp_bind(&self, addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+        let make = || {
+            let domain = if addr.is_ipv4() {
+                socket2::Domain::IPV4
+            } else {
+                socket2::Domain::IPV6
+            };
+            socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        };
+        let s = match &self.netns {
+            Some(ns) => ns.run(make)?,
+            None => make()?,
+        };
+        if let Some(mark) = self.mark {
+            s.set_mark(mark)?;
+        }
+        s.set_reuse_address(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        tokio::net::UdpSocket::from_std(s.into())
+    }
+
     /// Binds a listener. `transparent` lets it accept connections for addresses that are not local (and lets
     /// upstream sockets bind a spoofed source).
     pub fn listen(
@@ -24,11 +108,7 @@ impl SocketFactory {
         transparent: bool,
         reuse_port: bool,
     ) -> io::Result<TcpListener> {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
+        let socket = self.socket(addr.is_ipv4())?;
         socket.set_reuseaddr(true)?;
         let sref = SockRef::from(&socket);
         if reuse_port {
@@ -55,11 +135,7 @@ impl SocketFactory {
 
     /// Connects to `dst`, optionally from a spoofed `src` (needs IP_TRANSPARENT). Sets TCP_NODELAY and keepalive.
     pub async fn connect(&self, dst: SocketAddr, src: Option<SocketAddr>) -> io::Result<TcpStream> {
-        let socket = if dst.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
+        let socket = self.socket(dst.is_ipv4())?;
         let sref = SockRef::from(&socket);
         if let Some(mark) = self.mark {
             sref.set_mark(mark)?;

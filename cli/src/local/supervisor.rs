@@ -1,0 +1,833 @@
+//! The supervisor behind `ambit local up`: builds the network, runs the controller, one ztunnel and one node
+//! agent per virtual node, and every pod of the manifests; re-applies the manifests when they change and restarts
+//! whatever exits. On SIGTERM (from `ambit local down`) it stops everything and removes what it created.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sched::{CloneFlags, setns};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_yaml::Value;
+use tracing::{info, warn};
+
+use super::manifests::{self, Desired, EnvVar, PodSpec};
+use super::net::{self, GATEWAY, NET_NS, VipRule};
+use super::{NodeState, PodState, ServiceState, State, UpArgs, pid_alive};
+
+const SERVICE_CIDR_BASE: [u8; 3] = [10, 96, 0];
+const RESTART_MAX: Duration = Duration::from_secs(30);
+
+/// The binaries the mesh runs, found next to `ambit` or on `PATH`.
+struct Bins {
+    ambit: PathBuf,
+    controller: PathBuf,
+    ztunnel: PathBuf,
+    node_agent: PathBuf,
+}
+
+impl Bins {
+    fn find() -> Result<Bins> {
+        let ambit = std::env::current_exe()?;
+        let find = |name: &str| -> Result<PathBuf> {
+            let sibling = ambit.with_file_name(name);
+            if sibling.is_file() {
+                return Ok(sibling);
+            }
+            std::env::var_os("PATH")
+                .into_iter()
+                .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+                .with_context(|| {
+                    format!(
+                        "`{name}` is neither next to {} nor on PATH: build everything with `cargo build --release --workspace`",
+                        ambit.display()
+                    )
+                })
+        };
+        Ok(Bins {
+            controller: find("controller")?,
+            ztunnel: find("ztunnel")?,
+            node_agent: find("ambit-node-agent")?,
+            ambit,
+        })
+    }
+}
+
+/// A supervised process: started in a namespace, restarted with backoff when it exits.
+struct Proc {
+    name: String,
+    netns: String,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    restarts: u32,
+    next_start: Instant,
+}
+
+impl Proc {
+    fn new(
+        name: &str,
+        netns: &str,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        log: PathBuf,
+    ) -> Proc {
+        Proc {
+            name: name.to_owned(),
+            netns: netns.to_owned(),
+            argv,
+            env,
+            log,
+            child: None,
+            restarts: 0,
+            next_start: Instant::now(),
+        }
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns])
+            .args(&self.argv)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {}", self.name))?;
+        info!(process = %self.name, pid = child.id(), "started");
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Restarts the process if it exited and its backoff has passed. Returns true when it (re)started.
+    fn supervise(&mut self) -> bool {
+        if let Some(c) = &mut self.child {
+            match c.try_wait() {
+                Ok(None) => return false,
+                Ok(Some(status)) => {
+                    warn!(process = %self.name, %status, "exited; restarting");
+                    self.child = None;
+                    self.restarts += 1;
+                    let backoff = Duration::from_secs(1 << self.restarts.min(5)).min(RESTART_MAX);
+                    self.next_start = Instant::now() + backoff;
+                }
+                Err(e) => {
+                    warn!(process = %self.name, error = %e, "wait failed");
+                    return false;
+                }
+            }
+        }
+        if self.child.is_none() && Instant::now() >= self.next_start {
+            if let Err(e) = self.start() {
+                warn!(process = %self.name, error = %e, "start failed");
+                self.next_start = Instant::now() + RESTART_MAX;
+                return false;
+            }
+            return true;
+        }
+        false
+    }
+
+    /// SIGTERM to its process group, SIGKILL after `grace`.
+    fn stop(&mut self, grace: Duration) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let Ok(pid) = i32::try_from(c.id()) else {
+            return;
+        };
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = c.wait();
+    }
+}
+
+struct Supervisor {
+    dir: PathBuf,
+    bins: Bins,
+    state: State,
+    pods: HashMap<String, Proc>,
+    /// Controller, node agents and ztunnels.
+    system: Vec<Proc>,
+    manifests_hash: u64,
+    dns: Arc<super::dns::Records>,
+    vips: BTreeMap<String, Ipv4Addr>,
+}
+
+/// Runs the mesh until SIGTERM/SIGINT.
+pub fn run(dir: &Path, up: &UpArgs) -> Result<()> {
+    let _log = ambit_core::logging::init("info", false);
+    if let Ok(s) = State::load(dir)
+        && s.supervisor_pid != std::process::id()
+        && pid_alive(s.supervisor_pid)
+    {
+        bail!(
+            "a local mesh is already running (supervisor pid {})",
+            s.supervisor_pid
+        );
+    }
+    if up.nodes == 0 || up.nodes > 50 {
+        bail!("--nodes must be between 1 and 50");
+    }
+    let manifests_dir = std::fs::canonicalize(&up.manifests)
+        .with_context(|| format!("manifest directory {}", up.manifests.display()))?;
+    // A previous run that crashed may have left namespaces and processes: start clean.
+    let swept = sweep(dir);
+    if swept > 0 {
+        info!(
+            namespaces = swept,
+            "removed the leftovers of a previous run"
+        );
+    }
+    for sub in ["cluster", "controller", "nodes", "logs"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let dns = Arc::new(super::dns::Records::default());
+    let _dns_thread = super::dns::spawn(dns.clone(), stop.clone())?;
+
+    let bins = Bins::find()?;
+    net::create_network().context("create the pod network")?;
+    let mut state = State {
+        manifests: manifests_dir,
+        supervisor_pid: std::process::id(),
+        ..State::default()
+    };
+    for k in 1..=up.nodes {
+        let node = NodeState {
+            name: format!("node-{k}"),
+            ip: Ipv4Addr::new(10, 244, 0, 10 + u8::try_from(k)?),
+            netns: format!("{}node-{k}", net::PREFIX),
+        };
+        net::attach(&node.netns, &format!("vn{k}"), node.ip)
+            .with_context(|| format!("create {}", node.name))?;
+        net::write_resolv_conf(&node.netns, &[])?;
+        std::fs::create_dir_all(dir.join("nodes").join(&node.name))?;
+        state.nodes.push(node);
+    }
+    let mut sup = Supervisor {
+        dir: dir.to_owned(),
+        bins,
+        state,
+        pods: HashMap::new(),
+        system: Vec::new(),
+        manifests_hash: 0,
+        dns,
+        vips: BTreeMap::new(),
+    };
+    let result = sup.serve(&stop);
+    info!("stopping the local mesh");
+    sup.shutdown();
+    result
+}
+
+impl Supervisor {
+    fn serve(&mut self, stop: &AtomicBool) -> Result<()> {
+        self.reconcile()?;
+        self.start_system()?;
+        self.state.save(&self.dir)?;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(250));
+            let hash = manifests_hash(&self.state.manifests);
+            if hash != self.manifests_hash
+                && let Err(e) = self.reconcile()
+            {
+                warn!(error = %format!("{e:#}"), "applying the manifests failed");
+            }
+            let mut changed = false;
+            for p in self.system.iter_mut().chain(self.pods.values_mut()) {
+                changed |= p.supervise();
+            }
+            if changed {
+                self.sync_pids();
+            }
+            if !self.state.ready && self.ready() {
+                info!("local mesh ready");
+                self.state.ready = true;
+                self.state.save(&self.dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_pids(&mut self) {
+        for (key, p) in &self.pods {
+            if let Some(s) = self.state.pods.get_mut(key) {
+                s.pid = p.pid();
+                s.restarts = p.restarts;
+            }
+        }
+        if let Err(e) = self.state.save(&self.dir) {
+            warn!(error = %e, "save state");
+        }
+    }
+
+    fn controller_dir(&self) -> PathBuf {
+        self.dir.join("controller")
+    }
+
+    fn start_system(&mut self) -> Result<()> {
+        let cdir = self.controller_dir();
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        let mut controller = Proc::new(
+            "controller",
+            NET_NS,
+            vec![
+                s(&self.bins.controller),
+                "--manifests".into(),
+                s(&self.dir.join("cluster")),
+                "--state-dir".into(),
+                s(&cdir),
+                "--tls-san".into(),
+                GATEWAY.to_string(),
+            ],
+            vec![("RUST_LOG".into(), "info".into())],
+            self.dir.join("logs/controller.log"),
+        );
+        controller.start()?;
+        self.system.push(controller);
+        let root = cdir.join("root-cert.pem");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !root.exists() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the controller did not write {} within 30 s",
+                    root.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let address = format!("https://{GATEWAY}:15012");
+        for node in self.state.nodes.clone() {
+            let ndir = self.dir.join("nodes").join(&node.name);
+            let token = net::run(
+                Command::new(&self.bins.controller)
+                    .args(["token", "--node", &node.name, "--state-dir"])
+                    .arg(&cdir),
+            )?;
+            std::fs::write(ndir.join("token"), token.trim())?;
+            let socket = ndir.join("ztunnel.sock");
+            let mut agent = Proc::new(
+                &format!("node-agent/{}", node.name),
+                &node.netns,
+                vec![
+                    s(&self.bins.node_agent),
+                    "--zds-socket".into(),
+                    s(&socket),
+                    "--pods".into(),
+                    s(&ndir.join("pods.json")),
+                ],
+                vec![
+                    ("RUST_LOG".into(), "info".into()),
+                    ("DNS_CAPTURE".into(), "false".into()),
+                ],
+                self.dir.join(format!("logs/node-agent-{}.log", node.name)),
+            );
+            agent.start()?;
+            self.system.push(agent);
+            let env = [
+                ("PROXY_MODE", "shared".to_owned()),
+                ("NODE_NAME", node.name.clone()),
+                ("POD_NAME", format!("ztunnel-{}", node.name)),
+                ("POD_NAMESPACE", "istio-system".to_owned()),
+                ("INSTANCE_IP", node.ip.to_string()),
+                ("INPOD_UDS", s(&socket)),
+                ("XDS_ADDRESS", address.clone()),
+                ("CA_ADDRESS", address.clone()),
+                ("XDS_ROOT_CA", s(&root)),
+                ("CA_ROOT_CA", s(&root)),
+                ("AUTH_TOKEN", s(&ndir.join("token"))),
+                ("IPV6_ENABLED", "false".to_owned()),
+                ("RUST_LOG", "info".to_owned()),
+            ];
+            let mut zt = Proc::new(
+                &format!("ztunnel/{}", node.name),
+                &node.netns,
+                vec![s(&self.bins.ztunnel)],
+                env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                self.dir.join(format!("logs/ztunnel-{}.log", node.name)),
+            );
+            zt.start()?;
+            self.system.push(zt);
+        }
+        Ok(())
+    }
+
+    /// Ready: the controller, every ztunnel and every pod process are up.
+    fn ready(&self) -> bool {
+        let controller = http_status_in(NET_NS, SocketAddr::from((GATEWAY, 15014)), "/ready");
+        if controller != Some(200) {
+            return false;
+        }
+        let ztunnels = self.state.nodes.iter().all(|n| {
+            http_status_in(NET_NS, SocketAddr::from((n.ip, 15021)), "/healthz/ready") == Some(200)
+        });
+        ztunnels && self.pods.values().all(|p| p.child.is_some())
+    }
+
+    /// Applies the manifests: pods to start and stop, VIPs, the controller's view, the node agents' pod lists,
+    /// Service rules and DNS records.
+    fn reconcile(&mut self) -> Result<()> {
+        self.manifests_hash = manifests_hash(&self.state.manifests);
+        let desired = manifests::load(&self.state.manifests)
+            .with_context(|| format!("read {}", self.state.manifests.display()))?;
+        for e in &desired.errors {
+            warn!(error = %e, "manifest skipped");
+        }
+        self.state.errors = desired.errors.clone();
+        let wanted: BTreeMap<String, &PodSpec> =
+            desired.pods.iter().map(|p| (p.key(), p)).collect();
+        // Stop pods that are gone or whose spec changed.
+        let stale: Vec<String> = self
+            .state
+            .pods
+            .iter()
+            .filter(|(k, s)| wanted.get(*k).is_none_or(|p| spec_hash(p) != s.spec_hash))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            self.stop_pod(&key);
+        }
+        for (key, pod) in &wanted {
+            if !self.state.pods.contains_key(key)
+                && let Err(e) = self.start_pod(pod)
+            {
+                warn!(pod = %key, error = %format!("{e:#}"), "pod not started");
+                self.state.errors.push(format!("pod {key}: {e:#}"));
+            }
+        }
+        for (key, s) in self.state.pods.iter_mut() {
+            if let Some(p) = wanted.get(key) {
+                let ns_labels = desired
+                    .namespaces
+                    .get(&p.namespace)
+                    .cloned()
+                    .unwrap_or_default();
+                s.captured = ambit_core::enrollment::captured(
+                    &p.labels,
+                    &p.annotations,
+                    &p.namespace,
+                    &ns_labels,
+                    &["kube-system".to_owned()],
+                );
+            }
+        }
+        self.services(&desired)?;
+        self.write_cluster(&desired)?;
+        self.write_node_agents(&desired)?;
+        self.sync_pids();
+        Ok(())
+    }
+
+    fn start_pod(&mut self, pod: &PodSpec) -> Result<()> {
+        let key = pod.key();
+        let node = match &pod.node_name {
+            Some(n) => self
+                .state
+                .nodes
+                .iter()
+                .find(|x| &x.name == n)
+                .with_context(|| format!("spec.nodeName {n} is not a node of this mesh"))?
+                .clone(),
+            None => {
+                let count = |n: &NodeState| {
+                    self.state
+                        .pods
+                        .values()
+                        .filter(|p| p.node == n.name)
+                        .count()
+                };
+                self.state
+                    .nodes
+                    .iter()
+                    .min_by_key(|n| count(n))
+                    .context("no nodes")?
+                    .clone()
+            }
+        };
+        let node_index = node.ip.octets()[3] - 10;
+        let used: Vec<Ipv4Addr> = self.state.pods.values().map(|p| p.ip).collect();
+        let ip = (2..=254u8)
+            .map(|h| Ipv4Addr::new(10, 244, node_index, h))
+            .find(|ip| !used.contains(ip))
+            .with_context(|| format!("no free pod address on {}", node.name))?;
+        let netns = format!("{}pod-{}.{}", net::PREFIX, pod.namespace, pod.name);
+        let veth = format!("vp{node_index}x{}", ip.octets()[3]);
+        net::attach(&netns, &veth, ip)?;
+        let cd = "cluster.local";
+        net::write_resolv_conf(
+            &netns,
+            &[
+                format!("{}.svc.{cd}", pod.namespace),
+                format!("svc.{cd}"),
+                cd.to_owned(),
+            ],
+        )?;
+        let uid = format!(
+            "{:016x}-{:08x}",
+            manifests::fnv1a(key.as_bytes()),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        let mut argv = pod.argv.clone();
+        if argv[0] == "ambit" {
+            argv[0] = self.bins.ambit.to_string_lossy().into_owned();
+        }
+        let mut env = vec![
+            ("POD_NAME".to_owned(), pod.name.clone()),
+            ("POD_NAMESPACE".to_owned(), pod.namespace.clone()),
+            ("POD_IP".to_owned(), ip.to_string()),
+            ("NODE_NAME".to_owned(), node.name.clone()),
+            ("HOSTNAME".to_owned(), pod.name.clone()),
+            ("HOME".to_owned(), "/root".to_owned()),
+        ];
+        for e in &pod.env {
+            match e {
+                EnvVar::Value(k, v) => env.push((k.clone(), v.clone())),
+                EnvVar::Field(k, f) => {
+                    let v = match f.as_str() {
+                        "metadata.name" => pod.name.clone(),
+                        "metadata.namespace" => pod.namespace.clone(),
+                        "metadata.uid" => uid.clone(),
+                        "status.podIP" => ip.to_string(),
+                        "spec.nodeName" => node.name.clone(),
+                        "spec.serviceAccountName" => pod.service_account.clone(),
+                        "status.hostIP" => node.ip.to_string(),
+                        _ => String::new(),
+                    };
+                    env.push((k.clone(), v));
+                }
+            }
+        }
+        let log = self
+            .dir
+            .join("logs")
+            .join(format!("{}_{}.log", pod.namespace, pod.name));
+        let mut proc = Proc::new(&format!("pod/{key}"), &netns, argv, env, log.clone());
+        proc.start()?;
+        info!(pod = %key, %ip, node = %node.name, "pod started");
+        self.state.pods.insert(
+            key.clone(),
+            PodState {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                uid,
+                ip,
+                node: node.name.clone(),
+                netns,
+                veth,
+                owner: pod.owner.clone(),
+                captured: false,
+                pid: proc.pid(),
+                restarts: 0,
+                log,
+                spec_hash: spec_hash(pod),
+            },
+        );
+        self.pods.insert(key, proc);
+        Ok(())
+    }
+
+    fn stop_pod(&mut self, key: &str) {
+        if let Some(mut p) = self.pods.remove(key) {
+            p.stop(Duration::from_secs(3));
+        }
+        if let Some(s) = self.state.pods.remove(key) {
+            let _ = net::ip(&["-n", NET_NS, "link", "del", &s.veth]);
+            net::delete_ns(&s.netns);
+            info!(pod = %key, "pod stopped");
+        }
+    }
+
+    /// VIPs (kept stable while a Service exists), endpoints, Service rules and DNS records.
+    fn services(&mut self, desired: &Desired) -> Result<()> {
+        let keys: Vec<String> = desired.services.iter().map(|s| s.key()).collect();
+        self.vips.retain(|k, _| keys.contains(k));
+        let mut rules = Vec::new();
+        let mut records = BTreeMap::new();
+        self.state.services.clear();
+        for svc in &desired.services {
+            let vip = if svc.headless() {
+                None
+            } else if let Some(ip) = svc.cluster_ip.as_deref().and_then(|s| s.parse().ok()) {
+                Some(ip)
+            } else if let Some(ip) = self.vips.get(&svc.key()) {
+                Some(*ip)
+            } else {
+                let used: Vec<Ipv4Addr> = self.vips.values().copied().collect();
+                let ip = (11..=250u8)
+                    .map(|h| {
+                        Ipv4Addr::new(
+                            SERVICE_CIDR_BASE[0],
+                            SERVICE_CIDR_BASE[1],
+                            SERVICE_CIDR_BASE[2],
+                            h,
+                        )
+                    })
+                    .find(|ip| !used.contains(ip))
+                    .context("the Service CIDR is full")?;
+                self.vips.insert(svc.key(), ip);
+                Some(ip)
+            };
+            let members: Vec<(&PodSpec, Ipv4Addr)> = desired
+                .pods
+                .iter()
+                .filter(|p| svc.selects(p))
+                .filter_map(|p| self.state.pods.get(&p.key()).map(|s| (p, s.ip)))
+                .collect();
+            if let Some(vip) = vip {
+                for port in &svc.ports {
+                    rules.push(VipRule {
+                        vip,
+                        port: port.port,
+                        protocol: port.protocol.clone(),
+                        endpoints: members
+                            .iter()
+                            .filter_map(|(p, ip)| Some((*ip, p.resolve(&port.target)?)))
+                            .collect(),
+                    });
+                }
+            }
+            let answer: Vec<Ipv4Addr> = match vip {
+                Some(v) => vec![v],
+                None => members.iter().map(|m| m.1).collect(),
+            };
+            records.insert(
+                format!("{}.{}.svc.cluster.local.", svc.name, svc.namespace),
+                answer,
+            );
+            self.state.services.insert(
+                svc.key(),
+                ServiceState {
+                    namespace: svc.namespace.clone(),
+                    name: svc.name.clone(),
+                    vip,
+                    ports: svc.ports.iter().map(|p| p.port).collect(),
+                    endpoints: members.iter().map(|m| m.1).collect(),
+                },
+            );
+        }
+        net::write_service_rules(&rules)?;
+        self.dns.replace(records);
+        Ok(())
+    }
+
+    /// What the controller reads: the passthrough objects, Services with their VIPs, and Pods with a status.
+    fn write_cluster(&self, desired: &Desired) -> Result<()> {
+        let mut docs: Vec<Value> = desired.passthrough.clone();
+        for svc in &desired.services {
+            let mut obj = svc.object.clone();
+            if let Some(vip) = self.state.services.get(&svc.key()).and_then(|s| s.vip) {
+                set(&mut obj, &["spec", "clusterIP"], vip.to_string().into());
+            }
+            docs.push(obj);
+        }
+        for pod in &desired.pods {
+            let Some(s) = self.state.pods.get(&pod.key()) else {
+                continue;
+            };
+            let node_ip = self
+                .state
+                .nodes
+                .iter()
+                .find(|n| n.name == s.node)
+                .map(|n| n.ip.to_string())
+                .unwrap_or_default();
+            let mut obj = pod.object.clone();
+            set(&mut obj, &["metadata", "uid"], s.uid.clone().into());
+            set(&mut obj, &["spec", "nodeName"], s.node.clone().into());
+            let status: Value = serde_yaml::from_str(&format!(
+                "phase: Running\nhostIP: {node_ip}\npodIP: {ip}\npodIPs: [{{ip: {ip}}}]\nconditions: [{{type: Ready, status: \"True\"}}]\n",
+                ip = s.ip
+            ))?;
+            set(&mut obj, &["status"], status);
+            docs.push(obj);
+        }
+        let mut text = String::new();
+        for d in &docs {
+            text.push_str("---\n");
+            text.push_str(&serde_yaml::to_string(d)?);
+        }
+        let tmp = self.dir.join("cluster/.cluster.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.dir.join("cluster/cluster.yaml"))?;
+        Ok(())
+    }
+
+    /// Each node agent's pod list (it decides capture from the labels itself).
+    fn write_node_agents(&self, desired: &Desired) -> Result<()> {
+        for node in &self.state.nodes {
+            let mut list = Vec::new();
+            for pod in &desired.pods {
+                let Some(s) = self.state.pods.get(&pod.key()) else {
+                    continue;
+                };
+                if s.node != node.name {
+                    continue;
+                }
+                list.push(ambit_cni::LocalPod {
+                    uid: s.uid.clone(),
+                    name: pod.name.clone(),
+                    namespace: pod.namespace.clone(),
+                    service_account: pod.service_account.clone(),
+                    netns: PathBuf::from(format!("/var/run/netns/{}", s.netns)),
+                    labels: pod.labels.clone(),
+                    annotations: pod.annotations.clone(),
+                    namespace_labels: desired
+                        .namespaces
+                        .get(&pod.namespace)
+                        .cloned()
+                        .unwrap_or_default(),
+                });
+            }
+            let path = self.dir.join("nodes").join(&node.name).join("pods.json");
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&list)?)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        // Every pod at once, then the mesh (ztunnels drain meanwhile), then whatever is left goes with the
+        // namespaces.
+        let mut pods: Vec<Proc> = self.pods.drain().map(|(_, p)| p).collect();
+        stop_all(&mut pods, Duration::from_secs(3));
+        stop_all(&mut self.system, Duration::from_secs(5));
+        sweep(&self.dir);
+    }
+}
+
+/// SIGTERM to every process group, then waits for all of them together, SIGKILL after `grace`.
+fn stop_all(procs: &mut [Proc], grace: Duration) {
+    for p in procs.iter() {
+        if let Some(pid) = p.pid().and_then(|p| i32::try_from(p).ok()) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    for p in procs.iter_mut() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        p.stop(remaining);
+    }
+}
+
+/// Removes every namespace of the local mesh (killing what runs in them) and the state directory's runtime files.
+/// Returns how many namespaces it removed.
+pub fn sweep(dir: &Path) -> usize {
+    let namespaces = net::namespaces().unwrap_or_default();
+    // Pods and nodes first, the pod network last.
+    let mut n = 0;
+    for ns in namespaces.iter().filter(|n| *n != NET_NS) {
+        net::delete_ns(ns);
+        n += 1;
+    }
+    if namespaces.iter().any(|n| n == NET_NS) {
+        net::delete_ns(NET_NS);
+        n += 1;
+    }
+    if let Ok(entries) = std::fs::read_dir("/etc/netns") {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(net::PREFIX) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    for f in ["state.json", "cluster", "nodes", "controller"] {
+        let p = dir.join(f);
+        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+    }
+    n
+}
+
+fn set(obj: &mut Value, path: &[&str], value: Value) {
+    let mut cur = obj;
+    for (i, k) in path.iter().enumerate() {
+        if !cur.is_mapping() {
+            *cur = Value::Mapping(Default::default());
+        }
+        let Some(m) = cur.as_mapping_mut() else {
+            return;
+        };
+        if i == path.len() - 1 {
+            m.insert((*k).into(), value);
+            return;
+        }
+        cur = m
+            .entry((*k).into())
+            .or_insert_with(|| Value::Mapping(Default::default()));
+    }
+}
+
+fn spec_hash(p: &PodSpec) -> u64 {
+    manifests::fnv1a(
+        format!(
+            "{:?}|{:?}|{:?}|{}",
+            p.argv, p.env, p.node_name, p.service_account
+        )
+        .as_bytes(),
+    )
+}
+
+/// A hash of the manifest files' names and contents.
+fn manifests_hash(dir: &Path) -> u64 {
+    let mut bytes = Vec::new();
+    for f in manifests::files(dir).unwrap_or_default() {
+        bytes.extend_from_slice(f.to_string_lossy().as_bytes());
+        bytes.extend(std::fs::read(&f).unwrap_or_default());
+    }
+    manifests::fnv1a(&bytes)
+}
+
+/// `GET path` from inside namespace `ns`; the status code, or `None` when it could not connect.
+pub fn http_status_in(ns: &str, addr: SocketAddr, path: &str) -> Option<u16> {
+    let netns = File::open(format!("/var/run/netns/{ns}")).ok()?;
+    let path = path.to_owned();
+    std::thread::spawn(move || -> Option<u16> {
+        setns(&netns, CloneFlags::CLONE_NEWNET).ok()?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+        let mut buf = Vec::new();
+        let _ = s.take(4096).read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        text.split_whitespace().nth(1)?.parse().ok()
+    })
+    .join()
+    .ok()
+    .flatten()
+}

@@ -1,0 +1,239 @@
+//! The in-pod redirection rules of spec 4.4, installed inside a pod's network namespace and removed again.
+//!
+//! **iptables, not nftables**, for two reasons: the rules are then exactly upstream istio-cni's (its goldens are
+//! `iptables-save` output), so an operator can diff `iptables-save` in a pod against upstream's and tools that
+//! inspect Istio pods keep working; and Debian's `iptables` is the nf_tables backend anyway, so the kernel side is
+//! nftables either way. Each table is written in one `iptables-restore --noflush` transaction, so a pod is never
+//! half-redirected. Commands run inside the pod's namespace with `nsenter --net=<path>`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// ztunnel's socket mark (PACKET_MARK) and mask.
+pub const ZTUNNEL_MARK: &str = "0x539/0xfff";
+/// Connections whose replies go back to ztunnel's transparent sockets.
+pub const ORIG_SRC_MARK: &str = "0x111/0xfff";
+pub const ROUTE_TABLE: &str = "100";
+pub const RULE_PREF: &str = "32764";
+/// Source address of kubelet health probes (SNATed on the node).
+pub const PROBE_SOURCE: &str = "169.254.7.127";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("{command}: {message}")]
+    Command { command: String, message: String },
+}
+
+/// The chains ztunnel's rules live in, per table.
+const CHAINS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "mangle",
+        &[("PREROUTING", "ISTIO_PRERT"), ("OUTPUT", "ISTIO_OUTPUT")],
+    ),
+    (
+        "nat",
+        &[("PREROUTING", "ISTIO_PRERT"), ("OUTPUT", "ISTIO_OUTPUT")],
+    ),
+    (
+        "raw",
+        &[("PREROUTING", "ISTIO_PRERT"), ("OUTPUT", "ISTIO_OUTPUT")],
+    ),
+];
+
+/// The `iptables-restore` input for one pod.
+pub fn ruleset(dns_capture: bool) -> String {
+    let z = ZTUNNEL_MARK;
+    let o = ORIG_SRC_MARK;
+    let mut s = String::new();
+    s.push_str("*mangle\n:ISTIO_PRERT - [0:0]\n:ISTIO_OUTPUT - [0:0]\n");
+    s.push_str("-A PREROUTING -j ISTIO_PRERT\n-A OUTPUT -j ISTIO_OUTPUT\n");
+    s.push_str(&format!(
+        "-A ISTIO_PRERT -m mark --mark {z} -j CONNMARK --set-xmark {o}\n"
+    ));
+    s.push_str(&format!(
+        "-A ISTIO_OUTPUT -m connmark --mark {o} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n"
+    ));
+    s.push_str("COMMIT\n");
+    s.push_str("*nat\n:ISTIO_PRERT - [0:0]\n:ISTIO_OUTPUT - [0:0]\n");
+    s.push_str("-A PREROUTING -j ISTIO_PRERT\n-A OUTPUT -j ISTIO_OUTPUT\n");
+    s.push_str(&format!(
+        "-A ISTIO_PRERT -s {PROBE_SOURCE}/32 -p tcp -m tcp -j ACCEPT\n"
+    ));
+    s.push_str(&format!(
+        "-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp -m tcp ! --dport 15008 -m mark ! --mark {z} -j REDIRECT --to-ports 15006\n"
+    ));
+    s.push_str(&format!(
+        "-A ISTIO_OUTPUT -d {PROBE_SOURCE}/32 -p tcp -m tcp -j ACCEPT\n"
+    ));
+    if dns_capture {
+        s.push_str(&format!(
+            "-A ISTIO_OUTPUT ! -o lo -p udp -m mark ! --mark {z} -m udp --dport 53 -j REDIRECT --to-ports 15053\n"
+        ));
+        s.push_str(&format!(
+            "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m tcp --dport 53 -m mark ! --mark {z} -j REDIRECT --to-ports 15053\n"
+        ));
+    }
+    s.push_str(&format!(
+        "-A ISTIO_OUTPUT -p tcp -m mark --mark {o} -j ACCEPT\n"
+    ));
+    s.push_str("-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT\n");
+    s.push_str(&format!(
+        "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark {z} -j REDIRECT --to-ports 15001\n"
+    ));
+    s.push_str("COMMIT\n");
+    s.push_str("*raw\n:ISTIO_PRERT - [0:0]\n:ISTIO_OUTPUT - [0:0]\n");
+    s.push_str("-A PREROUTING -j ISTIO_PRERT\n-A OUTPUT -j ISTIO_OUTPUT\n");
+    if dns_capture {
+        // ztunnel's forwarded query and the pod's redirected one would share a conntrack tuple: separate zones.
+        s.push_str(&format!(
+            "-A ISTIO_OUTPUT -p udp -m mark --mark {z} -m udp --dport 53 -j CT --zone 1\n"
+        ));
+        s.push_str(&format!(
+            "-A ISTIO_PRERT -p udp -m mark ! --mark {z} -m udp --sport 53 -j CT --zone 1\n"
+        ));
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+fn in_netns(netns: &Path, argv: &[&str], stdin: Option<&str>) -> Result<String, RulesError> {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.display()))
+        .args(argv)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let fail = |message: String| RulesError::Command {
+        command: format!("nsenter --net={} {}", netns.display(), argv.join(" ")),
+        message,
+    };
+    let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Installs the rules and the policy routing in the namespace at `netns`. Idempotent: whatever an earlier
+/// install left is replaced.
+pub fn install(netns: &Path, dns_capture: bool) -> Result<(), RulesError> {
+    remove_iptables(netns);
+    in_netns(netns, &["ip", "link", "set", "lo", "up"], None)?;
+    in_netns(
+        netns,
+        &["iptables-restore", "-w", "--noflush"],
+        Some(&ruleset(dns_capture)),
+    )?;
+    in_netns(
+        netns,
+        &[
+            "ip",
+            "route",
+            "replace",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            ROUTE_TABLE,
+        ],
+        None,
+    )?;
+    let _ = remove_rule(netns);
+    in_netns(
+        netns,
+        &[
+            "ip",
+            "rule",
+            "add",
+            "fwmark",
+            ORIG_SRC_MARK,
+            "pref",
+            RULE_PREF,
+            "lookup",
+            ROUTE_TABLE,
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
+fn remove_rule(netns: &Path) -> Result<String, RulesError> {
+    in_netns(
+        netns,
+        &[
+            "ip",
+            "rule",
+            "del",
+            "fwmark",
+            ORIG_SRC_MARK,
+            "pref",
+            RULE_PREF,
+            "lookup",
+            ROUTE_TABLE,
+        ],
+        None,
+    )
+}
+
+/// Deletes the jumps and chains (errors ignored: each may already be gone).
+fn remove_iptables(netns: &Path) {
+    for (table, jumps) in CHAINS {
+        for (builtin, chain) in *jumps {
+            // A jump may be present more than once after a crash between writes.
+            while in_netns(
+                netns,
+                &["iptables", "-w", "-t", table, "-D", builtin, "-j", chain],
+                None,
+            )
+            .is_ok()
+            {}
+        }
+        for (_, chain) in *jumps {
+            let _ = in_netns(netns, &["iptables", "-w", "-t", table, "-F", chain], None);
+            let _ = in_netns(netns, &["iptables", "-w", "-t", table, "-X", chain], None);
+        }
+    }
+}
+
+/// Removes everything [`install`] adds. Idempotent.
+pub fn remove(netns: &Path) -> Result<(), RulesError> {
+    remove_iptables(netns);
+    while remove_rule(netns).is_ok() {}
+    let _ = in_netns(
+        netns,
+        &[
+            "ip",
+            "route",
+            "del",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            ROUTE_TABLE,
+        ],
+        None,
+    );
+    Ok(())
+}
+
+/// `iptables-save` inside the namespace (for tests and debugging).
+pub fn save(netns: &Path) -> Result<String, RulesError> {
+    in_netns(netns, &["iptables-save"], None)
+}
+
+/// `ip rule` inside the namespace.
+pub fn ip_rules(netns: &Path) -> Result<String, RulesError> {
+    in_netns(netns, &["ip", "rule"], None)
+}

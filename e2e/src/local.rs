@@ -1,0 +1,239 @@
+//! Drives `ambit local` for the end-to-end tests: `up` on a manifest directory, commands inside pods, the state the
+//! supervisor publishes, and `down` (also on drop, so a failed test leaves nothing running).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::topology::sibling_binary;
+
+/// The local mesh's pod network namespace (where the bridge `br0` is).
+pub const NET_NS: &str = "ambit-l-net";
+
+/// A running local mesh.
+#[derive(Debug)]
+pub struct LocalMesh {
+    bin: PathBuf,
+    state_dir: PathBuf,
+    pub manifests: PathBuf,
+    up: bool,
+}
+
+/// The `ambit` binary of this build (next to the test executable) or `AMBIT_BIN`.
+pub fn ambit_bin() -> Result<PathBuf> {
+    sibling_binary("AMBIT_BIN", "ambit").context(
+        "the ambit binary is not next to the test executable: build it first (cargo build --workspace --bins)",
+    )
+}
+
+impl LocalMesh {
+    /// `ambit local up -f <manifests>` with its state under `dir`; returns once the mesh is ready.
+    pub fn up(dir: &Path, manifests: &Path, nodes: usize) -> Result<LocalMesh> {
+        let bin = ambit_bin()?;
+        let state_dir = dir.join("local-state");
+        let mut mesh = LocalMesh {
+            bin,
+            state_dir,
+            manifests: manifests.to_owned(),
+            up: false,
+        };
+        mesh.start(nodes)?;
+        Ok(mesh)
+    }
+
+    /// Runs `up` (again).
+    pub fn start(&mut self, nodes: usize) -> Result<()> {
+        let out = self
+            .ambit()
+            .args(["up", "--timeout", "90", "--nodes", &nodes.to_string(), "-f"])
+            .arg(&self.manifests)
+            .output()
+            .context("run ambit local up")?;
+        self.up = true;
+        if !out.status.success() {
+            bail!(
+                "ambit local up failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn ambit(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("local").arg("--dir").arg(&self.state_dir);
+        c
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// `state.json` as the supervisor wrote it.
+    pub fn state(&self) -> Result<Value> {
+        let text = std::fs::read_to_string(self.state_dir.join("state.json"))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// The supervisor's process id.
+    pub fn supervisor_pid(&self) -> Result<i32> {
+        let pid = self.state()?["supervisor_pid"]
+            .as_i64()
+            .context("no supervisor pid")?;
+        Ok(i32::try_from(pid)?)
+    }
+
+    /// The pods of a deployment (or the one pod named so): (name, ip, node, captured).
+    pub fn pods(&self, namespace: &str, owner: &str) -> Result<Vec<PodInfo>> {
+        let state = self.state()?;
+        let pods = state["pods"].as_object().context("no pods")?;
+        Ok(pods
+            .values()
+            .filter(|p| p["namespace"] == namespace)
+            .filter(|p| p["owner"] == owner || p["name"] == owner)
+            .map(|p| PodInfo {
+                name: p["name"].as_str().unwrap_or_default().to_owned(),
+                ip: p["ip"].as_str().unwrap_or_default().to_owned(),
+                node: p["node"].as_str().unwrap_or_default().to_owned(),
+                captured: p["captured"].as_bool().unwrap_or(false),
+            })
+            .collect())
+    }
+
+    /// The VIP of a service.
+    pub fn vip(&self, namespace: &str, name: &str) -> Result<String> {
+        let state = self.state()?;
+        state["services"][format!("{namespace}/{name}")]["vip"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no VIP for {namespace}/{name}"))
+    }
+
+    /// `ambit local exec -n <ns> <target> -- <argv…>`.
+    pub fn exec(&self, namespace: &str, target: &str, argv: &[&str]) -> Result<Output> {
+        self.ambit()
+            .args(["exec", "-n", namespace, target, "--"])
+            .args(argv)
+            .output()
+            .context("run ambit local exec")
+    }
+
+    /// `curl` from inside a pod: the body on success (HTTP 200), an error otherwise.
+    pub fn curl(&self, namespace: &str, target: &str, url: &str) -> Result<String> {
+        let out = self.exec(
+            namespace,
+            target,
+            &["curl", "-sS", "--fail", "--max-time", "5", url],
+        )?;
+        if !out.status.success() {
+            bail!(
+                "curl {url} from {namespace}/{target}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `GET http://<addr><path>` from inside namespace `ns` (e.g. a node's ztunnel metrics).
+    pub fn get_in(&self, ns: &str, url: &str) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "5", url])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "GET {url} in {ns}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `ambit local down`.
+    pub fn down(&mut self) -> Result<()> {
+        self.up = false;
+        let out = self.ambit().arg("down").output()?;
+        if !out.status.success() {
+            bail!("ambit local down: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// The supervisor's and the components' logs, for failure reports.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.state_dir.join("logs"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.insert(0, self.state_dir.join("supervisor.log"));
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("==== {} ====\n", f.display()));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for LocalMesh {
+    fn drop(&mut self) {
+        if self.up {
+            let _ = self.down();
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PodInfo {
+    pub name: String,
+    pub ip: String,
+    pub node: String,
+    pub captured: bool,
+}
+
+/// What remains of a local mesh on this host: namespaces, `/etc/netns` entries and processes.
+pub fn leftovers() -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let list =
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output()?.stdout)
+            .into_owned();
+    for l in list.lines() {
+        if l.starts_with("ambit-l-") {
+            found.push(format!("namespace {l}"));
+        }
+    }
+    if let Ok(d) = std::fs::read_dir("/etc/netns") {
+        for e in d.flatten() {
+            if e.file_name().to_string_lossy().starts_with("ambit-l-") {
+                found.push(format!("/etc/netns/{}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    let ps = String::from_utf8_lossy(
+        &Command::new("ps")
+            .args(["-eo", "pid,args"])
+            .output()?
+            .stdout,
+    )
+    .into_owned();
+    for l in ps.lines() {
+        if l.contains("local --dir") && l.contains("--foreground")
+            || l.contains("ambit-node-agent")
+            || (l.contains("/ztunnel") && !l.contains("cargo"))
+        {
+            found.push(format!("process {}", l.trim()));
+        }
+    }
+    Ok(found)
+}
+
+/// Waits a little for something eventually true (configuration propagates asynchronously).
+pub const WAIT: Duration = Duration::from_secs(20);

@@ -1,0 +1,169 @@
+//! Shared (in-pod) mode: one proxy per enrolled pod, each with its own listeners inside the pod's network
+//! namespace, its own HBONE pool and the pod's own identity (spec 4.3).
+//!
+//! The node agent hands pods over with ZDS (`crate::inpod`); this module starts and drains their proxies. A pod's
+//! proxy is a [`ProxyInputs`] whose socket factory creates every socket (listeners, connections to peers and to the
+//! local application) inside the pod's namespace, so traffic leaves with the pod's address and the in-pod
+//! redirection rules see ztunnel's mark.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use ambit_core::drain::{self, DrainTrigger, DrainWatcher};
+use nix::sys::stat::fstat;
+use tracing::{info, warn};
+
+use crate::app::{Listeners, ProxyShared};
+use crate::proxy::socket::{Netns, SocketFactory};
+
+/// Who a pod is, as the node agent names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+}
+
+struct RunningPod {
+    identity: PodIdentity,
+    /// (device, inode) of the namespace file: the same pod handed over again is not restarted.
+    netns_id: (u64, u64),
+    trigger: DrainTrigger,
+}
+
+/// The proxies of every pod this ztunnel serves.
+pub struct PodProxies {
+    shared: Arc<ProxyShared>,
+    host_netns: Arc<OwnedFd>,
+    pods: Mutex<HashMap<String, RunningPod>>,
+}
+
+impl PodProxies {
+    /// `drain` is ztunnel's own: when it fires every pod's proxy drains too, and ztunnel's drain waits for them.
+    pub fn new(shared: Arc<ProxyShared>, drain: DrainWatcher) -> std::io::Result<Arc<PodProxies>> {
+        let host_netns = Arc::new(Netns::current()?);
+        let pods = Arc::new(PodProxies {
+            shared,
+            host_netns,
+            pods: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&pods);
+        tokio::spawn(async move {
+            let mut drain = drain;
+            drain.signaled().await;
+            if let Some(pods) = weak.upgrade() {
+                let all: Vec<RunningPod> = pods.take(|_| true);
+                let deadline = pods.shared.cfg.termination_deadline;
+                drop(pods);
+                futures::future::join_all(all.into_iter().map(|p| p.trigger.drain(deadline))).await;
+            }
+            // `drain` (a watcher of ztunnel's own drain) is held until here, so ztunnel waits for its pods.
+            drop(drain);
+        });
+        Ok(pods)
+    }
+
+    /// Starts the proxy of pod `uid` inside `netns`. Starting a pod that runs already in the same namespace is a
+    /// no-op; a different namespace (the pod sandbox was recreated) replaces it.
+    pub async fn start(&self, uid: &str, pod: PodIdentity, netns: OwnedFd) -> Result<(), String> {
+        let stat = fstat(netns.as_fd()).map_err(|e| format!("netns: {e}"))?;
+        let netns_id = (stat.st_dev, stat.st_ino);
+        let replaced = {
+            let mut pods = self.lock();
+            match pods.get(uid) {
+                Some(p) if p.netns_id == netns_id && p.identity == pod => return Ok(()),
+                Some(_) => pods.remove(uid),
+                None => None,
+            }
+        };
+        if let Some(old) = replaced {
+            info!(pod.uid = uid, "pod namespace changed; replacing its proxy");
+            old.trigger
+                .drain(self.shared.cfg.termination_deadline)
+                .await;
+        }
+        let cfg = &self.shared.cfg;
+        let sockets = SocketFactory {
+            netns: Some(Arc::new(Netns::new(netns, self.host_netns.clone()))),
+            ..self.shared.sockets.clone()
+        };
+        let listeners = Listeners::bind(cfg, &sockets, cfg.inpod_port_reuse, false)
+            .map_err(|e| format!("{e:#}"))?;
+        let (trigger, watcher) = drain::new();
+        let pi = self.shared.inputs(
+            (
+                pod.namespace.clone(),
+                pod.name.clone(),
+                pod.service_account.clone(),
+            ),
+            sockets,
+        );
+        listeners.spawn(pi.clone(), watcher.clone());
+        {
+            let pi = pi.clone();
+            tokio::spawn(async move {
+                if let Ok(w) = pi.local_workload().await {
+                    pi.certs.prefetch(&w.identity());
+                }
+            });
+        }
+        drop(watcher);
+        info!(
+            pod.uid = uid,
+            pod.namespace = %pod.namespace,
+            pod.name = %pod.name,
+            "pod proxy started"
+        );
+        self.lock().insert(
+            uid.to_owned(),
+            RunningPod {
+                identity: pod,
+                netns_id,
+                trigger,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops pod `uid`'s proxy: no new connections; open ones get the termination deadline to finish.
+    pub async fn stop(&self, uid: &str) {
+        let removed = self.lock().remove(uid);
+        match removed {
+            Some(p) => {
+                info!(pod.uid = uid, pod.name = %p.identity.name, "pod proxy draining");
+                let deadline = self.shared.cfg.termination_deadline;
+                tokio::spawn(p.trigger.drain(deadline));
+            }
+            None => warn!(pod.uid = uid, "stop for a pod that is not running"),
+        }
+    }
+
+    /// Stops every pod not in `keep` (after a ZDS snapshot).
+    pub async fn retain(&self, keep: &HashSet<String>) {
+        let gone = self.take(|uid| !keep.contains(uid));
+        let deadline = self.shared.cfg.termination_deadline;
+        for p in gone {
+            info!(pod.name = %p.identity.name, "pod not in the node agent's snapshot; draining");
+            tokio::spawn(p.trigger.drain(deadline));
+        }
+    }
+
+    /// The uids of the pods served now.
+    pub fn uids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn take(&self, pred: impl Fn(&str) -> bool) -> Vec<RunningPod> {
+        let mut pods = self.lock();
+        let uids: Vec<String> = pods.keys().filter(|u| pred(u)).cloned().collect();
+        uids.iter().filter_map(|u| pods.remove(u)).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningPod>> {
+        // A panic while holding this lock cannot leave the map half-updated (single inserts/removes).
+        self.pods.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
