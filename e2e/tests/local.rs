@@ -229,6 +229,14 @@ fn scenario(mesh: &LocalMesh, dir: &Path) -> Result<()> {
         ensure!(resolve(mesh, ns, pod, "server-headless.demo")? == server_ips);
     }
     ensure!(resolve(mesh, "demo", c, "server")? == BTreeSet::from([vip.clone()]));
+    // Captured pods ask their ztunnel's DNS proxy, which undoes a search domain the resolver appended (CNAME);
+    // the cluster DNS that uncaptured pods use does not.
+    let doubled = "server.demo.svc.cluster.local.demo.svc.cluster.local";
+    ensure!(resolve(mesh, "demo", c, doubled)? == BTreeSet::from([vip.clone()]));
+    ensure!(
+        resolve(mesh, "legacy", "deploy/legacy-client", doubled).is_err(),
+        "the uncaptured pod's query went to ztunnel"
+    );
     let legacy_vip = mesh.vip("legacy", "legacy-server")?;
     ensure!(
         resolve(mesh, "legacy", "deploy/legacy-client", "legacy-server")?

@@ -29,6 +29,7 @@ use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use crate::config::{Config, LocalXds, ProxyMode};
+use crate::dns::{ClientLookup, DnsConfig, DnsProxy};
 use crate::localconfig;
 use crate::metrics::Metrics;
 use crate::pods::PodProxies;
@@ -177,7 +178,23 @@ pub async fn start(
     // In-pod mode connects to local applications from the peer's address by default, as upstream does (the in-pod
     // rules route the replies back); dedicated mode only when asked.
     let shared_mode = cfg.proxy_mode == ProxyMode::Shared;
+    let dns = if cfg.dns_proxy_enabled() {
+        let mut d = DnsConfig::from_resolv_conf(
+            std::path::Path::new("/etc/resolv.conf"),
+            &cfg.cluster_domain,
+        )
+        .context("DNS proxy: read /etc/resolv.conf")?;
+        d.ipv6_enabled = cfg.ipv6_enabled;
+        if shared_mode {
+            // Each pod's own search list, derived from its namespace.
+            d.search_domains = None;
+        }
+        Some(Arc::new(d))
+    } else {
+        None
+    };
     let shared = Arc::new(ProxyShared {
+        dns,
         cfg: cfg.clone(),
         state: state.clone(),
         certs: certs.clone(),
@@ -215,6 +232,7 @@ pub async fn start(
                 .transpose()?;
             let pi = shared.inputs(workload, sockets.clone());
             listeners.spawn(pi.clone(), drain.clone());
+            shared.spawn_dns(&pi, &sockets, drain.clone())?;
             // Certificates for the workload we serve, ahead of the first connection.
             control.spawn(async move {
                 if let Ok(w) = pi.local_workload().await {
@@ -316,6 +334,8 @@ pub struct ProxyShared {
     pub spoof_source: bool,
     /// ztunnel's own socket settings (no namespace).
     pub sockets: SocketFactory,
+    /// The DNS proxy's settings, when it runs.
+    pub dns: Option<Arc<DnsConfig>>,
 }
 
 impl ProxyShared {
@@ -343,6 +363,33 @@ impl ProxyShared {
             workload,
             spoof_source: self.spoof_source,
         })
+    }
+}
+
+impl ProxyShared {
+    /// Starts the DNS proxy of one proxy on `DNS_PROXY_ADDR` (in the pod's namespace in shared mode), answering
+    /// as the workload `pi` serves. Nothing when DNS capture is off.
+    pub fn spawn_dns(
+        &self,
+        pi: &Arc<ProxyInputs>,
+        sockets: &SocketFactory,
+        drain: DrainWatcher,
+    ) -> anyhow::Result<()> {
+        let Some(cfg) = &self.dns else {
+            return Ok(());
+        };
+        let addr = self.cfg.dns_proxy_addr;
+        let udp = sockets
+            .udp_bind(addr)
+            .with_context(|| format!("DNS proxy: bind udp {addr}"))?;
+        let tcp = sockets
+            .listen(addr, false, self.cfg.inpod_port_reuse)
+            .with_context(|| format!("DNS proxy: bind tcp {addr}"))?;
+        let (ns, name, sa) = pi.workload.clone();
+        let state = self.state.clone();
+        let client: ClientLookup = Arc::new(move || state.find_workload(&ns, &name, &sa));
+        tokio::spawn(DnsProxy::new(self.state.clone(), cfg.clone(), client).serve(udp, tcp, drain));
+        Ok(())
     }
 }
 

@@ -150,6 +150,8 @@ pub struct Config {
     pub inbound_addr: SocketAddr,
     pub hbone_addr: SocketAddr,
     pub socks5_addr: SocketAddr,
+    /// The DNS proxy (spec 7), when `ISTIO_META_DNS_CAPTURE=true`.
+    pub dns_proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub stats_addr: SocketAddr,
     pub readiness_addr: SocketAddr,
@@ -384,6 +386,7 @@ impl Config {
             inbound_addr: SocketAddr::new(wildcard, 15006),
             hbone_addr: SocketAddr::new(wildcard, 15008),
             socks5_addr: SocketAddr::new(localhost, 15080),
+            dns_proxy_addr: e.num("DNS_PROXY_ADDR", SocketAddr::new(localhost, 15053))?,
             admin_addr: SocketAddr::new(localhost, 15000),
             stats_addr: SocketAddr::new(wildcard, 15020),
             readiness_addr: SocketAddr::new(wildcard, 15021),
@@ -431,6 +434,13 @@ impl Config {
         env.entry("ISTIO_META_CLUSTER_ID".to_owned())
             .or_insert_with(|| self.cluster_id.clone());
         env
+    }
+
+    /// The DNS proxy runs when the proxy metadata asks for DNS capture (as upstream: `ISTIO_META_DNS_CAPTURE`).
+    pub fn dns_proxy_enabled(&self) -> bool {
+        self.proxy_metadata
+            .get("DNS_CAPTURE")
+            .is_some_and(|v| v == "true")
     }
 
     /// True when a workload scheduled on `node` is served by this ztunnel (unset `NODE_NAME` ⇒ every workload).

@@ -1,1 +1,308 @@
-//! The DNS proxy on 15053 (spec 7).
+//! The DNS proxy on 15053 (spec 7): A/AAAA queries for names of mesh services are answered from the proxy state
+//! (VIPs, or endpoint addresses for headless services); every other query goes to the upstream resolvers.
+//!
+//! Names are tried as Kubernetes would expand them for the client's namespace, exactly, then as wildcards; a name
+//! that matched only once a search domain was stripped is answered with a CNAME to the stripped name. Bad packets
+//! get FORMERR (or nothing, without even a header); other opcodes NOTIMP; an unknown client SERVFAIL.
+
+pub mod names;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_core::drain::DrainWatcher;
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use rand::seq::SliceRandom;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tracing::debug;
+
+use crate::state::{IpFamilies, ProxyState, Service, Workload};
+
+const TTL: u32 = 30;
+const MAX_UDP: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    pub cluster_domain: String,
+    /// Search domains to strip; `None` = the shared-mode list for the client's namespace
+    /// (`<ns>.svc.<cd>`, `svc.<cd>`, `<cd>`).
+    pub search_domains: Option<Vec<String>>,
+    pub upstreams: Vec<SocketAddr>,
+    pub prefered_service_namespace: Option<String>,
+    pub ipv6_enabled: bool,
+    pub forward_timeout: Duration,
+}
+
+impl DnsConfig {
+    /// Upstreams (and, for dedicated mode, search domains) from a `resolv.conf`.
+    pub fn from_resolv_conf(path: &Path, cluster_domain: &str) -> std::io::Result<DnsConfig> {
+        let text = std::fs::read_to_string(path)?;
+        let mut upstreams = Vec::new();
+        let mut search = Vec::new();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("nameserver") => {
+                    if let Some(ip) = words.next().and_then(|w| w.parse::<IpAddr>().ok()) {
+                        upstreams.push(SocketAddr::new(ip, 53));
+                    }
+                }
+                Some("search") => {
+                    search = words
+                        .map(|w| w.trim_end_matches('.').to_ascii_lowercase())
+                        .collect()
+                }
+                _ => {}
+            }
+        }
+        Ok(DnsConfig {
+            cluster_domain: cluster_domain.to_owned(),
+            search_domains: Some(search),
+            upstreams,
+            prefered_service_namespace: None,
+            ipv6_enabled: true,
+            forward_timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+/// Who is asking: the workload the proxy serves (`None` while it is unknown).
+pub type ClientLookup = Arc<dyn Fn() -> Option<Arc<Workload>> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct DnsProxy {
+    state: ProxyState,
+    cfg: Arc<DnsConfig>,
+    client: ClientLookup,
+}
+
+impl DnsProxy {
+    pub fn new(state: ProxyState, cfg: Arc<DnsConfig>, client: ClientLookup) -> DnsProxy {
+        DnsProxy { state, cfg, client }
+    }
+
+    /// Serves UDP and TCP until `drain` fires.
+    pub async fn serve(self, udp: UdpSocket, tcp: TcpListener, mut drain: DrainWatcher) {
+        let udp = Arc::new(udp);
+        let mut buf = vec![0u8; MAX_UDP];
+        loop {
+            tokio::select! {
+                _ = drain.signaled() => return,
+                r = udp.recv_from(&mut buf) => {
+                    let Ok((n, peer)) = r else { continue };
+                    let packet = buf[..n].to_vec();
+                    let this = self.clone();
+                    let udp = udp.clone();
+                    tokio::spawn(async move {
+                        if let Some(resp) = this.handle(&packet).await {
+                            let _ = udp.send_to(&resp, peer).await;
+                        }
+                    });
+                }
+                r = tcp.accept() => {
+                    let Ok((stream, _)) = r else { continue };
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let _ = this.serve_tcp(stream).await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// Length-prefixed messages on one TCP connection.
+    async fn serve_tcp(&self, mut s: TcpStream) -> std::io::Result<()> {
+        loop {
+            let mut len = [0u8; 2];
+            if s.read_exact(&mut len).await.is_err() {
+                return Ok(());
+            }
+            let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            s.read_exact(&mut packet).await?;
+            let Some(resp) = self.handle(&packet).await else {
+                return Ok(());
+            };
+            let Ok(n) = u16::try_from(resp.len()) else {
+                return Ok(());
+            };
+            s.write_all(&n.to_be_bytes()).await?;
+            s.write_all(&resp).await?;
+        }
+    }
+
+    /// The response to one query packet; `None` when the packet has not even a header.
+    pub async fn handle(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        let req = match Message::from_vec(packet) {
+            Ok(m) => m,
+            Err(_) => {
+                let id = u16::from_be_bytes([*packet.first()?, *packet.get(1)?]);
+                return error(id, OpCode::Query, ResponseCode::FormErr);
+            }
+        };
+        let id = req.metadata.id;
+        if req.metadata.message_type != MessageType::Query {
+            return error(id, req.metadata.op_code, ResponseCode::FormErr);
+        }
+        if req.metadata.op_code != OpCode::Query {
+            return error(id, req.metadata.op_code, ResponseCode::NotImp);
+        }
+        let Some(q) = req.queries.first().cloned() else {
+            return error(id, OpCode::Query, ResponseCode::FormErr);
+        };
+        if matches!(q.query_type(), RecordType::A | RecordType::AAAA) {
+            let Some(client) = (self.client)() else {
+                return error(id, OpCode::Query, ResponseCode::ServFail);
+            };
+            if let Some(answer) = self.local(&q.name().to_ascii(), q.query_type(), &client) {
+                let mut resp = Message::response(id, OpCode::Query);
+                resp.metadata.authoritative = true;
+                resp.metadata.recursion_desired = req.metadata.recursion_desired;
+                resp.metadata.recursion_available = true;
+                resp.add_query(q.clone());
+                let mut owner = q.name().clone();
+                if let Some(target) = answer.cname
+                    && let Ok(t) = Name::from_ascii(format!("{target}."))
+                {
+                    resp.add_answer(Record::from_rdata(
+                        owner.clone(),
+                        TTL,
+                        RData::CNAME(CNAME(t.clone())),
+                    ));
+                    owner = t;
+                }
+                for ip in answer.ips {
+                    let data = match ip {
+                        IpAddr::V4(v4) => RData::A(A(v4)),
+                        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+                    };
+                    resp.add_answer(Record::from_rdata(owner.clone(), TTL, data));
+                }
+                if let Some(edns) = &req.edns {
+                    let mut e = edns.clone();
+                    e.set_max_payload(edns.max_payload().max(512));
+                    resp.set_edns(e);
+                }
+                return resp.to_vec().ok();
+            }
+        }
+        Some(self.forward(packet, id).await)
+    }
+
+    /// The local answer for `qname`, if a service has that name.
+    fn local(&self, qname: &str, qtype: RecordType, client: &Workload) -> Option<Answer> {
+        let name = qname.trim_end_matches('.').to_ascii_lowercase();
+        let ns = client.namespace.as_str();
+        let cd = self.cfg.cluster_domain.as_str();
+        let shared_search;
+        let search = match &self.cfg.search_domains {
+            Some(s) => s.as_slice(),
+            None => {
+                shared_search = names::shared_search(ns, cd);
+                shared_search.as_slice()
+            }
+        };
+        let prefer = self.cfg.prefered_service_namespace.as_deref().unwrap_or(ns);
+        for cand in names::candidates(&name, ns, cd, search) {
+            for host in names::with_wildcards(&cand.name) {
+                let Some(svc) = self.state.service_by_hostname(&host, prefer) else {
+                    continue;
+                };
+                if !self.eligible(&svc) {
+                    continue;
+                }
+                let ips = self.addresses(&svc, qtype, client);
+                let cname = (cand.stripped && !host.starts_with("*.")).then(|| cand.name.clone());
+                return Some(Answer { ips, cname });
+            }
+        }
+        None
+    }
+
+    fn eligible(&self, svc: &Service) -> bool {
+        !svc.vips.is_empty()
+            || svc
+                .hostname
+                .ends_with(&format!(".svc.{}", self.cfg.cluster_domain))
+    }
+
+    /// VIPs of the requested family on the client's network, or the endpoints' addresses for headless services.
+    fn addresses(&self, svc: &Service, qtype: RecordType, client: &Workload) -> Vec<IpAddr> {
+        let want_v6 = qtype == RecordType::AAAA;
+        let family_ok = match svc.ip_families {
+            Some(IpFamilies::Ipv4Only) => !want_v6,
+            Some(IpFamilies::Ipv6Only) => want_v6,
+            _ => true,
+        };
+        if !family_ok || (want_v6 && !self.cfg.ipv6_enabled) {
+            return Vec::new();
+        }
+        let fits = |ip: &IpAddr| ip.is_ipv6() == want_v6;
+        let mut ips: Vec<IpAddr> = if svc.vips.is_empty() {
+            svc.endpoints
+                .keys()
+                .filter_map(|uid| self.state.workload_by_uid(uid))
+                .filter_map(|w| w.workload_ips.iter().copied().find(|ip| fits(ip)))
+                .collect()
+        } else {
+            svc.vips
+                .iter()
+                .filter(|v| v.network == client.network)
+                .map(|v| v.address)
+                .filter(|ip| fits(ip))
+                .collect()
+        };
+        ips.shuffle(&mut rand::rng());
+        ips
+    }
+
+    /// Relays the query to the upstream resolvers; SERVFAIL when none answers in time.
+    async fn forward(&self, packet: &[u8], id: u16) -> Vec<u8> {
+        for up in &self.cfg.upstreams {
+            let bind = SocketAddr::new(
+                if up.is_ipv4() {
+                    IpAddr::from([0u8; 4])
+                } else {
+                    IpAddr::from([0u16; 8])
+                },
+                0,
+            );
+            let Ok(s) = UdpSocket::bind(bind).await else {
+                continue;
+            };
+            if s.send_to(packet, up).await.is_err() {
+                continue;
+            }
+            let mut buf = vec![0u8; MAX_UDP];
+            match tokio::time::timeout(self.cfg.forward_timeout, s.recv_from(&mut buf)).await {
+                Ok(Ok((n, from))) if from == *up => {
+                    buf.truncate(n);
+                    return buf;
+                }
+                other => {
+                    debug!(upstream = %up, result = ?other.map(|r| r.map(|x| x.0)), "upstream did not answer")
+                }
+            }
+        }
+        error(id, OpCode::Query, ResponseCode::ServFail).unwrap_or_default()
+    }
+}
+
+struct Answer {
+    ips: Vec<IpAddr>,
+    /// Answer with a CNAME to this name first (matched after stripping a search domain).
+    cname: Option<String>,
+}
+
+fn error(id: u16, op: OpCode, code: ResponseCode) -> Option<Vec<u8>> {
+    let mut m = Message::error_msg(id, op, code);
+    m.metadata.recursion_available = true;
+    m.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests;

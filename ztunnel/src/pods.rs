@@ -100,6 +100,10 @@ impl PodProxies {
             sockets,
         );
         listeners.spawn(pi.clone(), watcher.clone());
+        if let Err(e) = self.shared.spawn_dns(&pi, &pi.sockets, watcher.clone()) {
+            // The pod's proxies are up; only its DNS is not. Say so and go on.
+            warn!(pod.uid = uid, error = %format!("{e:#}"), "pod DNS proxy not started");
+        }
         {
             let pi = pi.clone();
             tokio::spawn(async move {

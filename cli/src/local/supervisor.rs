@@ -351,7 +351,7 @@ impl Supervisor {
                 ],
                 vec![
                     ("RUST_LOG".into(), "info".into()),
-                    ("DNS_CAPTURE".into(), "false".into()),
+                    ("DNS_CAPTURE".into(), "true".into()),
                 ],
                 self.dir.join(format!("logs/node-agent-{}.log", node.name)),
             );
@@ -370,6 +370,8 @@ impl Supervisor {
                 ("CA_ROOT_CA", s(&root)),
                 ("AUTH_TOKEN", s(&ndir.join("token"))),
                 ("IPV6_ENABLED", "false".to_owned()),
+                // Captured pods' DNS goes to their ztunnel's proxy; it forwards the rest to the cluster DNS.
+                ("ISTIO_META_DNS_CAPTURE", "true".to_owned()),
                 ("RUST_LOG", "info".to_owned()),
             ];
             let mut zt = Proc::new(
