@@ -36,8 +36,8 @@ spec:
       serviceAccountName: server
       containers:
       - name: echo
-        command: [ambit, echo, --http-port, "8080"]
-        ports: [{name: http, containerPort: 8080}]
+        command: [ambit, echo, --http-port, "8080", --tcp-port, "9090"]
+        ports: [{name: http, containerPort: 8080}, {name: tcp, containerPort: 9090}]
 ---
 apiVersion: v1
 kind: Service
@@ -103,6 +103,24 @@ spec:
   rules: [{from: [{source: {principals: ["cluster.local/ns/demo/sa/client"]}}]}]
 "#;
 
+const ALLOW_DEMO_DENY_9090: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-demo, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: ALLOW
+  rules: [{from: [{source: {namespaces: ["demo"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-9090, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: DENY
+  rules: [{to: [{operation: {ports: ["9090"]}}]}]
+"#;
+
 const STRICT: &str = r#"
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -130,6 +148,19 @@ fn resolve(mesh: &LocalMesh, ns: &str, target: &str, name: &str) -> Result<BTree
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect())
+}
+
+/// A plain TCP exchange with `ambit echo --tcp-port`: the pod name it answers to `whoami`, or an error.
+fn tcp_whoami(mesh: &LocalMesh, ns: &str, target: &str, ip: &str, port: u16) -> Result<String> {
+    let script =
+        format!("exec 3<>/dev/tcp/{ip}/{port} && echo whoami >&3 && timeout 3 head -n1 <&3");
+    let out = mesh.exec(ns, target, &["bash", "-c", &script])?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    ensure!(
+        out.status.success() && !text.is_empty(),
+        "tcp {ip}:{port} from {ns}/{target} failed"
+    );
+    Ok(text)
 }
 
 fn body_names_pod(body: &str, pod: &str) -> bool {
@@ -293,6 +324,35 @@ fn scenario(mesh: &LocalMesh, dir: &Path) -> Result<()> {
     std::fs::remove_file(&policy)?;
     poll("client allowed again", WAIT, || {
         Ok(mesh.curl("demo", c, "http://server/").ok())
+    })?;
+
+    // ALLOW by namespace and DENY by port, changed live: the uncaptured pod has no namespace identity, and port
+    // 9090 is closed to everyone while 8080 stays open to the mesh.
+    let s0 = &servers[0];
+    ensure!(tcp_whoami(mesh, "demo", c, &s0.ip, 9090)? == s0.name);
+    let policies = mesh.manifests.join("allow-demo.yaml");
+    std::fs::write(&policies, ALLOW_DEMO_DENY_9090)?;
+    let plain_url = format!("http://{}:8080/", s0.ip);
+    poll("uncaptured refused by the namespace ALLOW", WAIT, || {
+        Ok(mesh
+            .curl("legacy", "deploy/legacy-client", &plain_url)
+            .is_err()
+            .then_some(()))
+    })?;
+    poll("port 9090 denied", WAIT, || {
+        Ok(tcp_whoami(mesh, "demo", c, &s0.ip, 9090)
+            .is_err()
+            .then_some(()))
+    })?;
+    mesh.curl("demo", c, &plain_url)
+        .context("demo's client is allowed on 8080")?;
+    std::fs::remove_file(&policies)?;
+    poll("policies removed", WAIT, || {
+        Ok((mesh
+            .curl("legacy", "deploy/legacy-client", &plain_url)
+            .is_ok()
+            && tcp_whoami(mesh, "demo", c, &s0.ip, 9090).is_ok())
+        .then_some(()))
     })?;
 
     // STRICT mTLS: plaintext from the uncaptured pod is refused, the mesh keeps working.

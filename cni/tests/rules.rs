@@ -1,0 +1,103 @@
+//! The in-pod rules in a real network namespace (root only): installed as upstream writes them, installed twice
+//! without duplicates, removed completely (twice is fine).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use ambit_cni::rules;
+
+struct TestNs(String);
+
+impl TestNs {
+    fn create(suffix: &str) -> Option<TestNs> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root (network namespaces)");
+            return None;
+        }
+        let name = format!("ambit-cnitest-{}-{suffix}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip netns add");
+        Some(TestNs(name))
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/netns/{}", self.0))
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn install_twice_then_remove_twice() {
+    let Some(ns) = TestNs::create("twice") else {
+        return;
+    };
+    let p = ns.path();
+    rules::install(&p, true).unwrap();
+    rules::install(&p, true).unwrap();
+    let saved = rules::save(&p).unwrap();
+    // Spec 4.4, one of each.
+    for needle in [
+        "-A PREROUTING -j ISTIO_PRERT",
+        "-A OUTPUT -j ISTIO_OUTPUT",
+        "-j CONNMARK --set-xmark 0x111/0xfff",
+        "--restore-mark",
+        "-j REDIRECT --to-ports 15006",
+        "-j REDIRECT --to-ports 15001",
+        "--dport 53 -j REDIRECT --to-ports 15053",
+        "-j CT --zone 1",
+        "169.254.7.127",
+    ] {
+        assert!(count(&saved, needle) >= 1, "missing {needle:?} in\n{saved}");
+    }
+    assert_eq!(
+        count(&saved, "-A PREROUTING -j ISTIO_PRERT"),
+        3,
+        "one jump per table (mangle, nat, raw), not duplicated:\n{saved}"
+    );
+    assert_eq!(count(&saved, "--to-ports 15001"), 1, "{saved}");
+    // 15008 is not redirected: it reaches ztunnel's listener in the pod.
+    assert!(saved.contains("! --dport 15008"), "{saved}");
+    let ip_rules = rules::ip_rules(&p).unwrap();
+    assert_eq!(
+        count(&ip_rules, "fwmark 0x111/0xfff lookup 100"),
+        1,
+        "{ip_rules}"
+    );
+
+    rules::remove(&p).unwrap();
+    rules::remove(&p).unwrap();
+    let saved = rules::save(&p).unwrap();
+    assert!(!saved.contains("ISTIO_"), "left behind:\n{saved}");
+    assert!(!rules::ip_rules(&p).unwrap().contains("lookup 100"));
+}
+
+#[test]
+fn dns_capture_off_leaves_port_53_alone() {
+    let Some(ns) = TestNs::create("dns") else {
+        return;
+    };
+    let p = ns.path();
+    rules::install(&p, false).unwrap();
+    let saved = rules::save(&p).unwrap();
+    assert!(!saved.contains("15053"), "{saved}");
+    assert!(!saved.contains("CT --zone"), "{saved}");
+    assert!(saved.contains("--to-ports 15001"), "{saved}");
+}

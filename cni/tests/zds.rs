@@ -1,0 +1,110 @@
+//! The node agent's ZDS server against ztunnel's ZDS client (the real one, with a recording proxy manager).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ambit_cni::{PodInfo, ZdsServer};
+use ambit_ztunnel::inpod::{self, WorkloadProxyManager};
+use ambit_ztunnel::pods::PodIdentity;
+
+#[derive(Default)]
+struct Recorder {
+    calls: Mutex<Vec<String>>,
+}
+
+impl Recorder {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl WorkloadProxyManager for Recorder {
+    async fn start(&self, uid: &str, pod: PodIdentity, netns: OwnedFd) -> Result<(), String> {
+        // The descriptor is the namespace the agent opened.
+        let f = std::fs::File::from(netns);
+        use std::os::unix::fs::MetadataExt;
+        let want = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(f.metadata().unwrap().ino(), want);
+        self.calls.lock().unwrap().push(format!(
+            "start {uid} {}/{}/{}",
+            pod.namespace, pod.name, pod.service_account
+        ));
+        Ok(())
+    }
+    async fn stop(&self, uid: &str) {
+        self.calls.lock().unwrap().push(format!("stop {uid}"));
+    }
+    async fn retain(&self, keep: &HashSet<String>) {
+        let mut k: Vec<&String> = keep.iter().collect();
+        k.sort();
+        self.calls.lock().unwrap().push(format!("retain {k:?}"));
+    }
+}
+
+fn pod(uid: &str, netns: &str) -> PodInfo {
+    PodInfo {
+        uid: uid.into(),
+        name: format!("pod-{uid}"),
+        namespace: "demo".into(),
+        service_account: "sa".into(),
+        netns: netns.into(),
+    }
+}
+
+async fn wait_for(rec: &Recorder, n: usize) -> Vec<String> {
+    for _ in 0..200 {
+        let c = rec.calls();
+        if c.len() >= n {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rec.calls()
+}
+
+#[tokio::test]
+async fn snapshot_then_live_adds_and_removes_and_a_reconnect_resends_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("zds.sock");
+    let (_agent_trigger, agent_drain) = ambit_core::drain::new();
+    let server = ZdsServer::start(&sock, agent_drain).unwrap();
+    // Known before ztunnel connects: one with a namespace, one whose namespace file is gone (Keep).
+    server.add(pod("a", "/proc/self/ns/net")).await.unwrap();
+    server.add(pod("k", "/nonexistent/netns")).await.unwrap();
+
+    let rec = Arc::new(Recorder::default());
+    let readiness = ambit_core::readiness::Readiness::new();
+    let block = readiness.register_task("inpod snapshot");
+    let (zt_trigger, zt_drain) = ambit_core::drain::new();
+    let client = tokio::spawn(inpod::run(sock.clone(), rec.clone(), Some(block), zt_drain));
+    let calls = wait_for(&rec, 2).await;
+    assert_eq!(
+        calls,
+        vec!["start a demo/pod-a/sa", "retain [\"a\", \"k\"]"]
+    );
+    assert!(readiness.is_ready(), "the snapshot releases readiness");
+
+    // Live changes are acknowledged before the agent's call returns.
+    server.add(pod("b", "/proc/self/ns/net")).await.unwrap();
+    server.remove("a").await.unwrap();
+    assert_eq!(
+        rec.calls()[2..],
+        ["start b demo/pod-b/sa".to_owned(), "stop a".to_owned()]
+    );
+
+    // ztunnel restarts: the new connection gets the current pods in a fresh snapshot.
+    zt_trigger.drain(Duration::from_secs(1)).await;
+    client.await.unwrap();
+    let rec2 = Arc::new(Recorder::default());
+    let (_t2, d2) = ambit_core::drain::new();
+    tokio::spawn(inpod::run(sock, rec2.clone(), None, d2));
+    let calls = wait_for(&rec2, 2).await;
+    assert_eq!(
+        calls,
+        vec!["start b demo/pod-b/sa", "retain [\"b\", \"k\"]"]
+    );
+}
