@@ -319,7 +319,11 @@ pub fn down(dir: &Path) -> Result<()> {
         }
     }
     let removed = supervisor::sweep(dir);
-    eprintln!("local mesh down ({removed} namespaces removed)");
+    if removed > 0 {
+        eprintln!("local mesh down (removed {removed} namespaces a crashed run left behind)");
+    } else {
+        eprintln!("local mesh down");
+    }
     Ok(())
 }
 
