@@ -120,7 +120,11 @@ pub async fn serve_tcp(listener: Option<TcpListener>, id: Arc<Identity>) -> anyh
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(x) => x,
-            Err(_) => continue,
+            Err(e) => {
+                debug!(error = %e, "accept");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
         };
         let id = id.clone();
         tokio::spawn(async move {
@@ -129,20 +133,34 @@ pub async fn serve_tcp(listener: Option<TcpListener>, id: Arc<Identity>) -> anyh
     }
 }
 
+const WHOAMI: &[u8] = b"whoami\n";
+
 async fn echo_tcp(mut s: TcpStream, id: &Identity) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut first = true;
+    // The first bytes, gathered while they may still turn out to be `whoami\n` (it can arrive in pieces).
+    let mut n = 0;
+    loop {
+        let m = s.read(&mut buf[n..]).await?;
+        n += m;
+        if m == 0 || n >= WHOAMI.len() || !WHOAMI.starts_with(&buf[..n]) {
+            break;
+        }
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    if buf[..n].starts_with(WHOAMI) {
+        s.write_all(format!("{}\n", id.pod).as_bytes()).await?;
+        s.write_all(&buf[WHOAMI.len()..n]).await?;
+    } else {
+        s.write_all(&buf[..n]).await?;
+    }
     loop {
         let n = s.read(&mut buf).await?;
         if n == 0 {
             return Ok(());
         }
-        if first && &buf[..n] == b"whoami\n" {
-            s.write_all(format!("{}\n", id.pod).as_bytes()).await?;
-        } else {
-            s.write_all(&buf[..n]).await?;
-        }
-        first = false;
+        s.write_all(&buf[..n]).await?;
     }
 }
 

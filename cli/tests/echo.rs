@@ -112,3 +112,29 @@ async fn tcp_echo_and_whoami() {
     let n = s.read(&mut buf).await.unwrap();
     assert_eq!(&buf[..n], b"ping");
 }
+
+#[tokio::test]
+async fn whoami_in_pieces_and_plain_echo() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(echo::serve_tcp(Some(l), identity()));
+
+    // `whoami\n` split over two writes is still recognised.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"who").await.unwrap();
+    tokio::task::yield_now().await;
+    s.write_all(b"ami\n").await.unwrap();
+    let want = b"server-abc\n".to_vec();
+    let mut got = vec![0u8; want.len()];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, want);
+
+    // Anything else, including a line that only starts like it, comes back unchanged.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"whoever\n").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    assert_eq!(out, b"whoever\n");
+}

@@ -29,6 +29,7 @@ use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use crate::config::{Config, LocalXds, ProxyMode};
+use crate::dns::metrics::DnsMetrics;
 use crate::dns::{ClientLookup, DnsConfig, DnsProxy};
 use crate::localconfig;
 use crate::metrics::Metrics;
@@ -156,6 +157,9 @@ pub async fn start(
         None => drop(state_ready),
     }
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let dns_metrics = cfg
+        .dns_proxy_enabled()
+        .then(|| Arc::new(DnsMetrics::new(&mut registry)));
     let registry = Arc::new(registry);
 
     let sockets = SocketFactory {
@@ -195,6 +199,7 @@ pub async fn start(
     };
     let shared = Arc::new(ProxyShared {
         dns,
+        dns_metrics,
         cfg: cfg.clone(),
         state: state.clone(),
         certs: certs.clone(),
@@ -336,6 +341,7 @@ pub struct ProxyShared {
     pub sockets: SocketFactory,
     /// The DNS proxy's settings, when it runs.
     pub dns: Option<Arc<DnsConfig>>,
+    pub dns_metrics: Option<Arc<DnsMetrics>>,
 }
 
 impl ProxyShared {
@@ -388,7 +394,11 @@ impl ProxyShared {
         let (ns, name, sa) = pi.workload.clone();
         let state = self.state.clone();
         let client: ClientLookup = Arc::new(move || state.find_workload(&ns, &name, &sa));
-        tokio::spawn(DnsProxy::new(self.state.clone(), cfg.clone(), client).serve(udp, tcp, drain));
+        let mut proxy = DnsProxy::new(self.state.clone(), cfg.clone(), client);
+        if let Some(m) = &self.dns_metrics {
+            proxy = proxy.with_metrics(m.clone());
+        }
+        tokio::spawn(proxy.serve(udp, tcp, drain));
         Ok(())
     }
 }

@@ -5,6 +5,8 @@
 //! that matched only once a search domain was stripped is answered with a CNAME to the stripped name. Bad packets
 //! get FORMERR (or nothing, without even a header); other opcodes NOTIMP; an unknown client SERVFAIL.
 
+pub mod forward;
+pub mod metrics;
 pub mod names;
 
 use std::net::{IpAddr, SocketAddr};
@@ -22,9 +24,14 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tracing::debug;
 
 use crate::state::{IpFamilies, ProxyState, Service, Workload};
+use metrics::{DnsLabels, DnsMetrics};
 
 const TTL: u32 = 30;
 const MAX_UDP: usize = 4096;
+/// How long a TCP client may stay silent between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// The UDP payload every client accepts (RFC 1035), and the least we assume with EDNS.
+const MIN_UDP_PAYLOAD: usize = 512;
 
 #[derive(Clone, Debug)]
 pub struct DnsConfig {
@@ -79,11 +86,23 @@ pub struct DnsProxy {
     state: ProxyState,
     cfg: Arc<DnsConfig>,
     client: ClientLookup,
+    metrics: Option<Arc<DnsMetrics>>,
 }
 
 impl DnsProxy {
     pub fn new(state: ProxyState, cfg: Arc<DnsConfig>, client: ClientLookup) -> DnsProxy {
-        DnsProxy { state, cfg, client }
+        DnsProxy {
+            state,
+            cfg,
+            client,
+            metrics: None,
+        }
+    }
+
+    /// Counts requests and upstream exchanges in `metrics` (shared by every proxy of the process).
+    pub fn with_metrics(mut self, metrics: Arc<DnsMetrics>) -> DnsProxy {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Serves UDP and TCP until `drain` fires.
@@ -99,7 +118,7 @@ impl DnsProxy {
                     let this = self.clone();
                     let udp = udp.clone();
                     tokio::spawn(async move {
-                        if let Some(resp) = this.handle(&packet).await {
+                        if let Some(resp) = this.handle_on(&packet, false).await {
                             let _ = udp.send_to(&resp, peer).await;
                         }
                     });
@@ -115,16 +134,21 @@ impl DnsProxy {
         }
     }
 
-    /// Length-prefixed messages on one TCP connection.
+    /// Length-prefixed messages on one TCP connection, one at a time.
     async fn serve_tcp(&self, mut s: TcpStream) -> std::io::Result<()> {
         loop {
-            let mut len = [0u8; 2];
-            if s.read_exact(&mut len).await.is_err() {
+            let read = async {
+                let mut len = [0u8; 2];
+                s.read_exact(&mut len).await?;
+                let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                s.read_exact(&mut packet).await?;
+                Ok::<_, std::io::Error>(packet)
+            };
+            // Idle or half-sent connections are closed (RFC 7766 asks servers to time them out).
+            let Ok(Ok(packet)) = tokio::time::timeout(TCP_IDLE, read).await else {
                 return Ok(());
-            }
-            let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            s.read_exact(&mut packet).await?;
-            let Some(resp) = self.handle(&packet).await else {
+            };
+            let Some(resp) = self.handle_on(&packet, true).await else {
                 return Ok(());
             };
             let Ok(n) = u16::try_from(resp.len()) else {
@@ -135,8 +159,14 @@ impl DnsProxy {
         }
     }
 
-    /// The response to one query packet; `None` when the packet has not even a header.
+    /// The response to one query packet that came over UDP; `None` when the packet has not even a header.
     pub async fn handle(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        self.handle_on(packet, false).await
+    }
+
+    /// The response to one query packet that came over TCP (`tcp`) or UDP. UDP answers larger than the client
+    /// accepts (512 bytes, or its EDNS payload size) are sent empty with TC set so that it retries over TCP.
+    pub async fn handle_on(&self, packet: &[u8], tcp: bool) -> Option<Vec<u8>> {
         let req = match Message::from_vec(packet) {
             Ok(m) => m,
             Err(_) => {
@@ -154,43 +184,58 @@ impl DnsProxy {
         let Some(q) = req.queries.first().cloned() else {
             return error(id, OpCode::Query, ResponseCode::FormErr);
         };
-        if matches!(q.query_type(), RecordType::A | RecordType::AAAA) {
-            let Some(client) = (self.client)() else {
-                return error(id, OpCode::Query, ResponseCode::ServFail);
-            };
-            if let Some(answer) = self.local(&q.name().to_ascii(), q.query_type(), &client) {
-                let mut resp = Message::response(id, OpCode::Query);
-                resp.metadata.authoritative = true;
-                resp.metadata.recursion_desired = req.metadata.recursion_desired;
-                resp.metadata.recursion_available = true;
-                resp.add_query(q.clone());
-                let mut owner = q.name().clone();
-                if let Some(target) = answer.cname
-                    && let Ok(t) = Name::from_ascii(format!("{target}."))
-                {
-                    resp.add_answer(Record::from_rdata(
-                        owner.clone(),
-                        TTL,
-                        RData::CNAME(CNAME(t.clone())),
-                    ));
-                    owner = t;
-                }
-                for ip in answer.ips {
-                    let data = match ip {
-                        IpAddr::V4(v4) => RData::A(A(v4)),
-                        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
-                    };
-                    resp.add_answer(Record::from_rdata(owner.clone(), TTL, data));
-                }
-                if let Some(edns) = &req.edns {
-                    let mut e = edns.clone();
-                    e.set_max_payload(edns.max_payload().max(512));
-                    resp.set_edns(e);
-                }
-                return resp.to_vec().ok();
+        let limit = if tcp {
+            usize::from(u16::MAX)
+        } else {
+            req.edns
+                .as_ref()
+                .map_or(MIN_UDP_PAYLOAD, |e| usize::from(e.max_payload()))
+                .max(MIN_UDP_PAYLOAD)
+        };
+        let client = (self.client)();
+        let labels = self.metrics.as_ref().map(|m| {
+            let l = DnsLabels::new(&q.query_type().to_string(), tcp, client.as_deref());
+            m.requests.get_or_create(&l).inc();
+            l
+        });
+        let Some(client) = client else {
+            debug!(name = %q.name(), "dns.client unknown; SERVFAIL");
+            return error(id, OpCode::Query, ResponseCode::ServFail);
+        };
+        if matches!(q.query_type(), RecordType::A | RecordType::AAAA)
+            && let Some(answer) = self.local(&q.name().to_ascii(), q.query_type(), &client)
+        {
+            let mut resp = Message::response(id, OpCode::Query);
+            resp.metadata.authoritative = true;
+            resp.metadata.recursion_desired = req.metadata.recursion_desired;
+            resp.metadata.recursion_available = true;
+            resp.add_query(q.clone());
+            let mut owner = q.name().clone();
+            if let Some(target) = answer.cname
+                && let Ok(t) = Name::from_ascii(format!("{target}."))
+            {
+                resp.add_answer(Record::from_rdata(
+                    owner.clone(),
+                    TTL,
+                    RData::CNAME(CNAME(t.clone())),
+                ));
+                owner = t;
             }
+            for ip in answer.ips {
+                let data = match ip {
+                    IpAddr::V4(v4) => RData::A(A(v4)),
+                    IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+                };
+                resp.add_answer(Record::from_rdata(owner.clone(), TTL, data));
+            }
+            if let Some(edns) = &req.edns {
+                let mut e = edns.clone();
+                e.set_max_payload(edns.max_payload().max(512));
+                resp.set_edns(e);
+            }
+            return encode(resp, limit);
         }
-        Some(self.forward(packet, id).await)
+        self.forward(packet, id, tcp, limit, labels.as_ref()).await
     }
 
     /// The local answer for `qname`, if a service has that name.
@@ -260,36 +305,45 @@ impl DnsProxy {
         ips
     }
 
-    /// Relays the query to the upstream resolvers; SERVFAIL when none answers in time.
-    async fn forward(&self, packet: &[u8], id: u16) -> Vec<u8> {
+    /// Relays the query to the upstream resolvers in turn; the first answer wins (its rcode, NXDOMAIN included,
+    /// goes to the client with AA cleared); SERVFAIL when none answers in time.
+    async fn forward(
+        &self,
+        packet: &[u8],
+        id: u16,
+        tcp: bool,
+        limit: usize,
+        labels: Option<&DnsLabels>,
+    ) -> Option<Vec<u8>> {
         for up in &self.cfg.upstreams {
-            let bind = SocketAddr::new(
-                if up.is_ipv4() {
-                    IpAddr::from([0u8; 4])
-                } else {
-                    IpAddr::from([0u16; 8])
-                },
-                0,
-            );
-            let Ok(s) = UdpSocket::bind(bind).await else {
-                continue;
-            };
-            if s.send_to(packet, up).await.is_err() {
-                continue;
+            let started = tokio::time::Instant::now();
+            let r = forward::exchange(*up, packet, id, tcp, self.cfg.forward_timeout).await;
+            if let (Some(m), Some(l)) = (&self.metrics, labels) {
+                m.upstream(l, started.elapsed(), r.is_ok());
             }
-            let mut buf = vec![0u8; MAX_UDP];
-            match tokio::time::timeout(self.cfg.forward_timeout, s.recv_from(&mut buf)).await {
-                Ok(Ok((n, from))) if from == *up => {
-                    buf.truncate(n);
-                    return buf;
+            match r {
+                Ok(mut resp) => {
+                    resp.metadata.authoritative = false;
+                    return encode(resp, limit);
                 }
-                other => {
-                    debug!(upstream = %up, result = ?other.map(|r| r.map(|x| x.0)), "upstream did not answer")
-                }
+                Err(e) => debug!(upstream = %up, error = %e, "dns.forward failed"),
             }
         }
-        error(id, OpCode::Query, ResponseCode::ServFail).unwrap_or_default()
+        error(id, OpCode::Query, ResponseCode::ServFail)
     }
+}
+
+/// `m` on the wire; when that is longer than `limit`, the same header and question with TC set and no records.
+fn encode(mut m: Message, limit: usize) -> Option<Vec<u8>> {
+    let bytes = m.to_vec().ok()?;
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    m.answers.clear();
+    m.authorities.clear();
+    m.additionals.clear();
+    m.metadata.truncation = true;
+    m.to_vec().ok()
 }
 
 struct Answer {

@@ -252,3 +252,18 @@ async fn edns_is_echoed_and_tcp_works() {
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(ips(&Message::from_vec(&buf).unwrap()), set(&["10.96.0.11"]));
 }
+
+#[tokio::test(start_paused = true)]
+async fn idle_tcp_connections_are_closed() {
+    let p = proxy(vec![]);
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let (_trigger, drain) = ambit_core::drain::new();
+    tokio::spawn(p.serve(udp, tcp, drain));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // Half a length prefix, then silence: the server gives up after TCP_IDLE and closes.
+    s.write_all(&[0]).await.unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+}

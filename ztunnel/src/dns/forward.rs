@@ -1,0 +1,97 @@
+//! Relaying queries to the upstream resolvers (spec 7): UDP first, TCP when the client asked over TCP or the UDP
+//! answer came back truncated. Every exchange is bounded by one timeout.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_proto::op::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// Largest DNS message over UDP that we accept from an upstream.
+const MAX_UDP: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("upstream {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("upstream {0}: {1}")]
+    Io(SocketAddr, #[source] io::Error),
+    #[error("upstream {0} sent an unparsable answer")]
+    Malformed(SocketAddr),
+}
+
+/// The upstream's answer to `packet` (query id `id`), over TCP when `tcp`, else UDP with a TCP retry when the
+/// answer is truncated.
+pub async fn exchange(
+    up: SocketAddr,
+    packet: &[u8],
+    id: u16,
+    tcp: bool,
+    timeout: Duration,
+) -> Result<Message, ForwardError> {
+    let raw = if tcp {
+        bounded(up, timeout, over_tcp(up, packet)).await?
+    } else {
+        let raw = bounded(up, timeout, over_udp(up, packet, id)).await?;
+        match Message::from_vec(&raw) {
+            Ok(m) if m.metadata.truncation => bounded(up, timeout, over_tcp(up, packet)).await?,
+            _ => raw,
+        }
+    };
+    let msg = Message::from_vec(&raw).map_err(|_| ForwardError::Malformed(up))?;
+    if msg.metadata.id != id {
+        return Err(ForwardError::Malformed(up));
+    }
+    Ok(msg)
+}
+
+async fn bounded(
+    up: SocketAddr,
+    timeout: Duration,
+    f: impl Future<Output = io::Result<Vec<u8>>>,
+) -> Result<Vec<u8>, ForwardError> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ForwardError::Io(up, e)),
+        Err(_) => Err(ForwardError::Timeout(up)),
+    }
+}
+
+async fn over_udp(up: SocketAddr, packet: &[u8], id: u16) -> io::Result<Vec<u8>> {
+    let any: IpAddr = if up.is_ipv4() {
+        IpAddr::from([0u8; 4])
+    } else {
+        IpAddr::from([0u16; 8])
+    };
+    let s = UdpSocket::bind(SocketAddr::new(any, 0)).await?;
+    // Connected: datagrams from anyone else are dropped by the kernel.
+    s.connect(up).await?;
+    s.send(packet).await?;
+    let mut buf = vec![0u8; MAX_UDP];
+    loop {
+        let n = s.recv(&mut buf).await?;
+        // Ignore strays (late answers to someone else's id) and keep waiting for ours.
+        if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+    }
+}
+
+async fn over_tcp(up: SocketAddr, packet: &[u8]) -> io::Result<Vec<u8>> {
+    let len = u16::try_from(packet.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "query too large"))?;
+    let mut s = TcpStream::connect(up).await?;
+    let _ = s.set_nodelay(true);
+    let mut framed = Vec::with_capacity(packet.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(packet);
+    s.write_all(&framed).await?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).await?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut buf).await?;
+    Ok(buf)
+}
