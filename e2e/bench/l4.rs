@@ -72,6 +72,17 @@ struct ModeResult {
     mode: &'static str,
     throughput_gbps: f64,
     wrk: WrkResult,
+    /// The ztunnels' cost per wrk request (both together), when `perf` could count it.
+    per_request: Option<PerRequest>,
+}
+
+/// CPU time, context switches and system calls of both ztunnels, per completed request: counts, so much less
+/// sensitive to a busy machine than requests/s.
+#[derive(Clone, Copy, Debug, Serialize)]
+struct PerRequest {
+    cpu_us: f64,
+    context_switches: f64,
+    syscalls: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,10 +141,44 @@ fn measure(dir: &TestDir, mode: Mode, args: &Args, http: &PathBuf) -> Result<Mod
     eprintln!("== {}: wrk -c 8 -t 2 -d {secs}s --latency", mode.as_str());
     let url = format!("http://{B_IP}:{HTTP_PORT}/");
     let dur = format!("{secs}s");
+    // Count what the ztunnels spend while wrk runs (perf attaches to both processes; absent perf, nothing).
+    let pids: Vec<String> = [pods.a().ztunnel_pid(), pods.b().ztunnel_pid()]
+        .into_iter()
+        .flatten()
+        .map(|p| p.to_string())
+        .collect();
+    let perf_out = dir.join(&format!("perf-{}.csv", mode.as_str()));
+    let perf = if pids.is_empty() {
+        None
+    } else {
+        std::process::Command::new("perf")
+            .args([
+                "stat",
+                "-x,",
+                "-e",
+                "task-clock,context-switches,raw_syscalls:sys_enter",
+                "-p",
+            ])
+            .arg(pids.join(","))
+            .arg("-o")
+            .arg(&perf_out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()
+    };
     let out =
         pods.a()
             .ns()
             .output(&["wrk", "-c", "8", "-t", "2", "-d", &dur, "--latency", &url])?;
+    let counts = perf.and_then(|mut p| {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(p.id()).ok()?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).ok()?;
+        p.wait().ok()?;
+        Some(tools::parse_perf_stat(
+            &std::fs::read_to_string(&perf_out).ok()?,
+        ))
+    });
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     std::fs::write(dir.join(&format!("wrk-{}.txt", mode.as_str())), &text)
         .context("save wrk output")?;
@@ -145,10 +190,21 @@ fn measure(dir: &TestDir, mode: Mode, args: &Args, http: &PathBuf) -> Result<Mod
             wrk.errors
         );
     }
+    let per_request = counts
+        .filter(|c| c.task_clock_ms > 0.0 && wrk.requests > 0)
+        .map(|c| {
+            let n = wrk.requests as f64;
+            PerRequest {
+                cpu_us: c.task_clock_ms * 1000.0 / n,
+                context_switches: c.context_switches / n,
+                syscalls: c.syscalls / n,
+            }
+        });
     Ok(ModeResult {
         mode: mode.as_str(),
         throughput_gbps: bps / 1e9,
         wrk,
+        per_request,
     })
 }
 
@@ -177,6 +233,15 @@ fn markdown(r: &Report) -> String {
             m.wrk.p99_ms,
             m.wrk.errors
         );
+    }
+    for m in &r.results {
+        if let Some(p) = &m.per_request {
+            let _ = writeln!(
+                s,
+                "\n{}: both ztunnels per request: {:.1} µs CPU, {:.2} context switches, {:.1} system calls.",
+                m.mode, p.cpu_us, p.context_switches, p.syscalls
+            );
+        }
     }
     if let Some(ratio) = &r.ratios {
         let _ = writeln!(

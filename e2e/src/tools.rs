@@ -132,3 +132,49 @@ Transfer/sec:      7.79MB
         assert!(err.unwrap_err().to_string().contains("unable to connect"));
     }
 }
+
+/// What `perf stat -x,` counted for the ztunnels during a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PerfCounts {
+    /// CPU time, milliseconds.
+    pub task_clock_ms: f64,
+    pub context_switches: f64,
+    pub syscalls: f64,
+}
+
+/// Parses `perf stat -x, -e task-clock,context-switches,raw_syscalls:sys_enter` output (CSV: value, unit, event, …).
+pub fn parse_perf_stat(text: &str) -> PerfCounts {
+    let mut c = PerfCounts::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() < 3 {
+            continue;
+        }
+        let Ok(v) = f[0].trim().parse::<f64>() else {
+            continue;
+        };
+        match f[2].trim() {
+            e if e.starts_with("task-clock") => c.task_clock_ms = v,
+            e if e.starts_with("context-switches") => c.context_switches = v,
+            e if e.starts_with("raw_syscalls:sys_enter") => c.syscalls = v,
+            _ => {}
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod perf_tests {
+    use super::*;
+
+    #[test]
+    fn perf_csv() {
+        let text = "# started on x\n\n8123.45,msec,task-clock,8123450000,100.00,1.6,CPUs utilized\n\
+                    41234,,context-switches,8123450000,100.00,5.076,K/sec\n\
+                    987654,,raw_syscalls:sys_enter,8123450000,100.00,,\n<not counted>,,cycles,0,0.00,,\n";
+        let c = parse_perf_stat(text);
+        assert_eq!(c.task_clock_ms, 8123.45);
+        assert_eq!(c.context_switches, 41234.0);
+        assert_eq!(c.syscalls, 987654.0);
+    }
+}

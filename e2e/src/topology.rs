@@ -187,6 +187,11 @@ impl Pod {
         &self.config
     }
 
+    /// The ztunnel's process id (`None` in direct mode).
+    pub fn ztunnel_pid(&self) -> Option<u32> {
+        self.ztunnel.as_ref().map(Process::pid)
+    }
+
     /// The ztunnel's log so far ("" in direct mode).
     pub fn ztunnel_log(&self) -> String {
         self.ztunnel
