@@ -96,12 +96,26 @@ impl Running {
     }
 }
 
-/// Builds everything and starts serving. `control` runs the control-side tasks (defaults to the current runtime).
+/// Builds everything and starts serving. `control` runs the control-side tasks; the data plane runs on the current
+/// runtime (tests; `main` uses [`start_on`] with one runtime per worker thread).
 pub async fn start(
     cfg: Config,
     log: LogHandle,
     control: Option<Handle>,
 ) -> anyhow::Result<Running> {
+    start_on(cfg, log, control, vec![Handle::current()]).await
+}
+
+/// As [`start`], with the data plane on `workers`: every listener is bound once per worker (`SO_REUSEPORT`, so the
+/// kernel spreads connections over them) and each worker has its own proxy inputs and HBONE pool, so a connection
+/// is accepted, proxied and pooled on one thread and never wakes another.
+pub async fn start_on(
+    cfg: Config,
+    log: LogHandle,
+    control: Option<Handle>,
+    workers: Vec<Handle>,
+) -> anyhow::Result<Running> {
+    anyhow::ensure!(!workers.is_empty(), "no data-plane workers");
     let cfg = Arc::new(cfg);
     let control = control.unwrap_or_else(Handle::current);
     let (trigger, drain) = drain::new();
@@ -208,6 +222,7 @@ pub async fn start(
         tls_backend,
         spoof_source: cfg.enable_orig_src.unwrap_or(shared_mode),
         sockets: sockets.clone(),
+        workers,
     });
 
     let mut addresses = Addresses {
@@ -226,17 +241,12 @@ pub async fn start(
                 w.name.clone(),
                 w.service_account.clone(),
             );
-            let listeners = Listeners::bind(&cfg, &sockets, false, cfg.socks5_enabled)?;
-            addresses.outbound = listeners.outbound.local_addr()?;
-            addresses.inbound = listeners.inbound.local_addr()?;
-            addresses.hbone = listeners.hbone.local_addr()?;
-            addresses.socks5 = listeners
-                .socks5
-                .as_ref()
-                .map(|l| l.local_addr())
-                .transpose()?;
-            let pi = shared.inputs(workload, sockets.clone());
-            listeners.spawn(pi.clone(), drain.clone());
+            let (pi, bound) =
+                shared.serve_workload(workload, &sockets, drain.clone(), cfg.socks5_enabled)?;
+            addresses.outbound = bound.outbound;
+            addresses.inbound = bound.inbound;
+            addresses.hbone = bound.hbone;
+            addresses.socks5 = bound.socks5;
             shared.spawn_dns(&pi, &sockets, drain.clone())?;
             // Certificates for the workload we serve, ahead of the first connection.
             control.spawn(async move {
@@ -342,6 +352,17 @@ pub struct ProxyShared {
     /// The DNS proxy's settings, when it runs.
     pub dns: Option<Arc<DnsConfig>>,
     pub dns_metrics: Option<Arc<DnsMetrics>>,
+    /// The data-plane runtimes, one per worker thread.
+    pub workers: Vec<Handle>,
+}
+
+/// Where a proxy's listeners ended up (ports may be 0 in the configuration, as in tests).
+#[derive(Clone, Copy, Debug)]
+pub struct BoundAddrs {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub hbone: SocketAddr,
+    pub socks5: Option<SocketAddr>,
 }
 
 impl ProxyShared {
@@ -373,6 +394,47 @@ impl ProxyShared {
 }
 
 impl ProxyShared {
+    /// Serves `workload` on every worker: each binds its own set of listeners on the same ports (`SO_REUSEPORT`
+    /// when there is more than one worker) with `sockets`, and gets its own [`ProxyInputs`]. Returns the first
+    /// worker's inputs and the bound addresses.
+    pub fn serve_workload(
+        &self,
+        workload: (String, String, String),
+        sockets: &SocketFactory,
+        drain: DrainWatcher,
+        socks5: bool,
+    ) -> anyhow::Result<(Arc<ProxyInputs>, BoundAddrs)> {
+        let reuse = self.workers.len() > 1 || self.cfg.inpod_port_reuse && sockets.netns.is_some();
+        let mut cfg = (*self.cfg).clone();
+        let mut first: Option<(Arc<ProxyInputs>, BoundAddrs)> = None;
+        for worker in &self.workers {
+            // Inside the worker's context, so the listeners register with its reactor and its tasks run there.
+            let _guard = worker.enter();
+            let listeners = Listeners::bind(&cfg, sockets, reuse, socks5)?;
+            let bound = BoundAddrs {
+                outbound: listeners.outbound.local_addr()?,
+                inbound: listeners.inbound.local_addr()?,
+                hbone: listeners.hbone.local_addr()?,
+                socks5: listeners
+                    .socks5
+                    .as_ref()
+                    .map(|l| l.local_addr())
+                    .transpose()?,
+            };
+            // Later workers bind the ports the first one got (they differ from the configuration only for 0).
+            cfg.outbound_addr = bound.outbound;
+            cfg.inbound_addr = bound.inbound;
+            cfg.hbone_addr = bound.hbone;
+            if let Some(a) = bound.socks5 {
+                cfg.socks5_addr = a;
+            }
+            let pi = self.inputs(workload.clone(), sockets.clone());
+            listeners.spawn(pi.clone(), drain.clone());
+            first.get_or_insert((pi, bound));
+        }
+        first.context("no data-plane workers")
+    }
+
     /// Starts the DNS proxy of one proxy on `DNS_PROXY_ADDR` (in the pod's namespace in shared mode), answering
     /// as the workload `pi` serves. Nothing when DNS capture is off.
     pub fn spawn_dns(

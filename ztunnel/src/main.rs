@@ -18,36 +18,43 @@ fn main() -> anyhow::Result<()> {
     let cfg = Config::from_env(&env).context("configuration")?;
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
 
-    // Control side: xDS, certificates' timers, admin, metrics, readiness, on one small thread of its own.
+    // Data plane: one current-thread runtime per worker thread. Each worker binds its own listeners (SO_REUSEPORT)
+    // and keeps its own HBONE pool, so a connection never hops between threads (see app::start_on).
+    let workers = cfg.worker_threads.max(1);
+    let mut handles = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("data-plane runtime")?;
+        handles.push(rt.handle().clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("ztunnel-proxy-{i}"))
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                })
+            })
+            .context("data-plane thread")?;
+        threads.push((stop, thread));
+    }
+
+    // Control side (xDS, certificate timers, admin, metrics, readiness) on this thread, apart from the data plane,
+    // so a saturated data plane never delays a policy update or a health check.
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("ztunnel-control")
         .build()
         .context("control runtime")?;
-    let control_handle = control.handle().clone();
-    let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
-    let control_thread = std::thread::Builder::new()
-        .name("ztunnel-control".into())
-        .spawn(move || {
-            control.block_on(async {
-                let _ = control_stopped.await;
-            })
-        })
-        .context("control thread")?;
-
-    // Data plane.
-    let data = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.worker_threads.max(1))
-        .enable_all()
-        .thread_name("ztunnel-proxy")
-        .build()
-        .context("data-plane runtime")?;
-    let result = data.block_on(async move {
-        let running = app::start(cfg, log, Some(control_handle)).await?;
+    let result = control.block_on(async move {
+        let running = app::start_on(cfg, log, None, handles).await?;
         running.wait().await;
         anyhow::Ok(())
     });
-    let _ = stop_control.send(());
-    let _ = control_thread.join();
+    for (stop, thread) in threads {
+        let _ = stop.send(());
+        let _ = thread.join();
+    }
     result
 }

@@ -14,7 +14,7 @@ use ambit_core::drain::{self, DrainTrigger, DrainWatcher};
 use nix::sys::stat::fstat;
 use tracing::{info, warn};
 
-use crate::app::{Listeners, ProxyShared};
+use crate::app::ProxyShared;
 use crate::proxy::socket::{Netns, SocketFactory};
 
 /// Who a pod is, as the node agent names it.
@@ -83,23 +83,24 @@ impl PodProxies {
                 .drain(self.shared.cfg.termination_deadline)
                 .await;
         }
-        let cfg = &self.shared.cfg;
         let sockets = SocketFactory {
             netns: Some(Arc::new(Netns::new(netns, self.host_netns.clone()))),
             ..self.shared.sockets.clone()
         };
-        let listeners = Listeners::bind(cfg, &sockets, cfg.inpod_port_reuse, false)
-            .map_err(|e| format!("{e:#}"))?;
         let (trigger, watcher) = drain::new();
-        let pi = self.shared.inputs(
-            (
-                pod.namespace.clone(),
-                pod.name.clone(),
-                pod.service_account.clone(),
-            ),
-            sockets,
-        );
-        listeners.spawn(pi.clone(), watcher.clone());
+        let (pi, _) = self
+            .shared
+            .serve_workload(
+                (
+                    pod.namespace.clone(),
+                    pod.name.clone(),
+                    pod.service_account.clone(),
+                ),
+                &sockets,
+                watcher.clone(),
+                false,
+            )
+            .map_err(|e| format!("{e:#}"))?;
         if let Err(e) = self.shared.spawn_dns(&pi, &pi.sockets, watcher.clone()) {
             // The pod's proxies are up; only its DNS is not. Say so and go on.
             warn!(pod.uid = uid, error = %format!("{e:#}"), "pod DNS proxy not started");

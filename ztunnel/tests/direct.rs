@@ -409,3 +409,67 @@ async fn server_with_unexpected_identity_is_refused() {
     assert!(connector.connect(tcp, &[expected]).await.is_err());
     let _ = p.client;
 }
+
+/// Runtimes on threads of their own, as `main` makes them for the data plane.
+fn worker_runtimes(n: usize) -> Vec<tokio::runtime::Handle> {
+    (0..n)
+        .map(|_| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let handle = rt.handle().clone();
+            std::thread::spawn(move || rt.block_on(std::future::pending::<()>()));
+            handle
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_plane_on_several_workers_serves_every_connection() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let net = 61;
+    let ca_dir = tempfile::tempdir().unwrap();
+    let yaml = config_yaml(net, "");
+    let log = ambit_core::logging::LogHandle::noop();
+    let backend = TlsBackend::default();
+    // Ports 0: the first worker's listeners pick them, the others bind the same ones (SO_REUSEPORT).
+    let server = app::start_on(
+        config(net, 3, "server", yaml.clone(), ca_dir.path(), backend),
+        log.clone(),
+        None,
+        worker_runtimes(3),
+    )
+    .await
+    .unwrap();
+    let client = app::start_on(
+        config(net, 2, "client", yaml, ca_dir.path(), backend),
+        log,
+        None,
+        worker_runtimes(3),
+    )
+    .await
+    .unwrap();
+    wait_ready(&client).await;
+    wait_ready(&server).await;
+    let target = echo(format!("127.0.{net}.3").parse().unwrap()).await;
+    // Enough connections that the kernel spreads them over every worker's listener, all at once.
+    let mut conns = Vec::new();
+    for i in 0..24u8 {
+        let mut c = socks_connect(client.addresses.socks5.unwrap(), target)
+            .await
+            .unwrap();
+        c.write_all(&[i; 1000]).await.unwrap();
+        conns.push((i, c));
+    }
+    for (i, mut c) in conns {
+        let mut back = [0u8; 1000];
+        c.read_exact(&mut back).await.unwrap();
+        assert!(
+            back.iter().all(|b| *b == i),
+            "connection {i} got another's bytes"
+        );
+    }
+    client.drain().await;
+    server.drain().await;
+}
