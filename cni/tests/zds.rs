@@ -108,3 +108,63 @@ async fn snapshot_then_live_adds_and_removes_and_a_reconnect_resends_the_snapsho
         vec!["start b demo/pod-b/sa", "retain [\"b\", \"k\"]"]
     );
 }
+
+/// A proxy manager whose starts always fail.
+#[derive(Default)]
+struct Refuser {
+    starts: Mutex<u32>,
+}
+
+#[async_trait::async_trait]
+impl WorkloadProxyManager for Refuser {
+    async fn start(&self, _uid: &str, _pod: PodIdentity, _netns: OwnedFd) -> Result<(), String> {
+        *self.starts.lock().unwrap() += 1;
+        Err("no room".into())
+    }
+    async fn stop(&self, _uid: &str) {}
+    async fn retain(&self, _keep: &HashSet<String>) {}
+}
+
+#[tokio::test]
+async fn a_refused_add_is_reported_and_the_pod_stays_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("zds.sock");
+    let (_agent_trigger, agent_drain) = ambit_core::drain::new();
+    let server = ZdsServer::start(&sock, agent_drain).unwrap();
+
+    let refuser = Arc::new(Refuser::default());
+    let (zt_trigger, zt_drain) = ambit_core::drain::new();
+    let client = tokio::spawn(inpod::run(sock.clone(), refuser.clone(), None, zt_drain));
+    // Until ztunnel is connected an add is answered Ok without an ack; wait for the refusal to come back.
+    let mut err = None;
+    for _ in 0..200 {
+        server.remove("x").await.unwrap();
+        match server.add(pod("x", "/proc/self/ns/net")).await {
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+            Ok(()) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let err = err.expect("ztunnel never refused the pod");
+    assert!(err.contains("failure to start proxy"), "{err}");
+    assert!(err.contains("no room"), "{err}");
+
+    // The connection survives the NACK, and the pod stays registered: a new ztunnel gets it in its snapshot.
+    server.add(pod("y", "/proc/self/ns/net")).await.unwrap_err();
+    zt_trigger.drain(Duration::from_secs(1)).await;
+    client.await.unwrap();
+    let rec = Arc::new(Recorder::default());
+    let (_t2, d2) = ambit_core::drain::new();
+    tokio::spawn(inpod::run(sock, rec.clone(), None, d2));
+    let calls = wait_for(&rec, 3).await;
+    assert_eq!(
+        calls,
+        vec![
+            "start x demo/pod-x/sa",
+            "start y demo/pod-y/sa",
+            "retain [\"x\", \"y\"]"
+        ]
+    );
+}

@@ -309,6 +309,29 @@ fn scenario(mesh: &LocalMesh, dir: &Path) -> Result<()> {
         prom::sum(&samples, "istio_tcp_connections_opened_total", &want) >= 1.0,
         "no server-side connection metric with {want:?}"
     );
+    let client_metrics = prom::parse(&mesh.get_in(
+        NET_NS,
+        &format!("http://{}:15020/metrics", node_ip(&client.node)),
+    )?);
+    let want_source = [
+        ("reporter", "source"),
+        ("source_workload", "client"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/demo/sa/client",
+        ),
+        ("destination_workload", "server"),
+        ("destination_workload_namespace", "demo"),
+        ("destination_service", "server.demo.svc.cluster.local"),
+    ];
+    ensure!(
+        prom::sum(
+            &client_metrics,
+            "istio_tcp_connections_opened_total",
+            &want_source
+        ) >= 1.0,
+        "no client-side connection metric with {want_source:?}"
+    );
 
     // L4 authorization, changed live: deny the client's identity, then allow again.
     let policy = mesh.manifests.join("deny-client.yaml");
@@ -411,10 +434,30 @@ fn scenario(mesh: &LocalMesh, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The host's own firewall rules and links, to compare before `up` and after `down`.
+fn host_network() -> Result<String> {
+    let rules = std::process::Command::new("iptables-save").output()?;
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()?;
+    let rules: Vec<String> = String::from_utf8_lossy(&rules.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        // Counters change with traffic; the rules themselves must not.
+        .map(|l| l.split(" [").next().unwrap_or(l).to_owned())
+        .collect();
+    let links: Vec<String> = String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_owned()))
+        .collect();
+    Ok(format!("{}\n--\n{}", rules.join("\n"), links.join("\n")))
+}
+
 #[test]
 fn up_after_a_killed_up_recovers_and_down_leaves_nothing() {
     e2e_test("local-recover", |dir| {
         let manifests = write_manifests(dir.path())?;
+        let host_before = host_network()?;
         let mut mesh = LocalMesh::up(dir.path(), &manifests, 1)?;
         let pid = mesh.supervisor_pid()?;
         nix::sys::signal::kill(
@@ -434,6 +477,11 @@ fn up_after_a_killed_up_recovers_and_down_leaves_nothing() {
         mesh.down()?;
         let left = leftovers()?;
         ensure!(left.is_empty(), "ambit local down left: {left:?}");
+        let host_after = host_network()?;
+        ensure!(
+            host_before == host_after,
+            "the host's rules or links changed:\nbefore:\n{host_before}\nafter:\n{host_after}"
+        );
         Ok(())
     });
 }
