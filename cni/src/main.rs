@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let (trigger, drain) = ambit_core::drain::new();
-    let zds = ZdsServer::start(&args.zds_socket, drain.clone())
+    let zds = ZdsServer::start(&args.zds_socket, drain)
         .with_context(|| format!("listen on {}", args.zds_socket.display()))?;
     info!(socket = %args.zds_socket.display(), pods = %args.pods.display(), "node agent started");
     let mut agent = NodeAgent::new(

@@ -18,7 +18,7 @@ use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_yaml::Value;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::manifests::{self, Desired, EnvVar, PodSpec};
 use super::net::{self, GATEWAY, NET_NS, VipRule};
@@ -162,13 +162,19 @@ impl Proc {
             return;
         };
         let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
+        let started = Instant::now();
+        let deadline = started + grace;
+        loop {
             if let Ok(Some(_)) = c.try_wait() {
+                debug!(process = %self.name, after_ms = started.elapsed().as_millis() as u64, "stopped");
                 return;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        warn!(process = %self.name, "did not stop in time; killing it");
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         let _ = c.wait();
     }
