@@ -103,7 +103,8 @@ impl Controller {
             generation += 1;
             let started = std::time::Instant::now();
             let resources = compute::compute(&index, &self.cfg);
-            let snap = Snapshot::new(generation, &resources);
+            let prev = self.snapshot.borrow().clone();
+            let snap = Snapshot::next(&prev, generation, &resources);
             tracing::info!(
                 generation,
                 addresses = resources.addresses.len(),

@@ -9,7 +9,7 @@
 mod conn;
 pub mod metrics;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -43,6 +43,9 @@ pub struct Snapshot {
     pub types: BTreeMap<&'static str, BTreeMap<String, Versioned>>,
     /// `network/IP` → resource name, to answer on-demand lookups by address.
     pub aliases: BTreeMap<String, String>,
+    /// The names (per type URL) added, changed or removed since the snapshot of generation `.0`, computed once
+    /// here so that a connection already up to date with that snapshot looks at only those names.
+    pub changes: Option<(u64, BTreeMap<&'static str, BTreeSet<String>>)>,
 }
 
 /// The first 16 hex digits of the SHA-256 of the encoded resource.
@@ -85,7 +88,27 @@ impl Snapshot {
                 (type_url::AUTHORIZATION, authz),
             ]),
             aliases: r.aliases.clone(),
+            changes: None,
         }
+    }
+
+    /// As [`Snapshot::new`], with the changes since `prev`.
+    pub fn next(prev: &Snapshot, generation: u64, r: &Resources) -> Self {
+        let mut s = Snapshot::new(generation, r);
+        let empty = BTreeMap::new();
+        let mut changes = BTreeMap::new();
+        for (t, now) in &s.types {
+            let before = prev.types.get(t).unwrap_or(&empty);
+            let mut names: BTreeSet<String> = now
+                .iter()
+                .filter(|(n, v)| before.get(*n).map(|b| &b.version) != Some(&v.version))
+                .map(|(n, _)| n.clone())
+                .collect();
+            names.extend(before.keys().filter(|n| !now.contains_key(*n)).cloned());
+            changes.insert(*t, names);
+        }
+        s.changes = Some((prev.generation, changes));
+        s
     }
 
     /// A resource by name, or (for on-demand lookups) by alias.

@@ -73,7 +73,19 @@ impl Harness {
         }
     }
 
+    /// Publishes the next snapshot with its change set, as the controller does.
     fn update(&mut self, yaml: &str) {
+        self.generation += 1;
+        let prev = self.publish.borrow().clone();
+        self.publish.send_replace(Arc::new(Snapshot::next(
+            &prev,
+            self.generation,
+            &resources(yaml),
+        )));
+    }
+
+    /// Publishes a snapshot without a change set: connections must work out the difference themselves.
+    fn update_without_changes(&mut self, yaml: &str) {
         self.generation += 1;
         self.publish
             .send_replace(Arc::new(Snapshot::new(self.generation, &resources(yaml))));
@@ -342,4 +354,32 @@ async fn tokens_are_required_when_configured() {
     let mut c = h.connect(Some(&good)).await.unwrap();
     c.subscribe(AUTHORIZATION, HashMap::new()).await;
     assert_eq!(c.recv().await.type_url, AUTHORIZATION);
+}
+
+/// The change set is relative to one snapshot; a connection that has not seen that one (snapshots published faster
+/// than it reads them), or a snapshot without a change set, gets the full difference instead.
+#[tokio::test]
+async fn pushes_are_right_without_a_usable_change_set() {
+    let mut h = Harness::start(BASE, None).await;
+    let mut c = h.connect(None).await.unwrap();
+    c.subscribe(ADDRESS, HashMap::new()).await;
+    let a = c.recv().await;
+    c.ack(&a).await;
+    // Two snapshots before the connection runs: the second's change set (relative to the first) is empty, yet the
+    // client still lacks p3.
+    h.update(&format!("{BASE}{P3}"));
+    h.update(&format!("{BASE}{P3}"));
+    let d = c.recv().await;
+    assert_eq!(names(&d), vec!["Kubernetes//Pod/a/p3"]);
+    c.ack(&d).await;
+    // No change set at all: the removal is still found.
+    h.update_without_changes(BASE);
+    let d = c.recv().await;
+    assert!(d.resources.is_empty());
+    assert_eq!(d.removed_resources, vec!["Kubernetes//Pod/a/p3"]);
+    c.ack(&d).await;
+    // And the change-set path works again after a full push.
+    h.update(&format!("{BASE}{P3}"));
+    let d = c.recv().await;
+    assert_eq!(names(&d), vec!["Kubernetes//Pod/a/p3"]);
 }

@@ -43,6 +43,13 @@ impl DrainTrigger {
             .await
             .is_ok();
         if !graceful {
+            // Whoever still holds a watcher must now close at once; if one never looks at it, the wait below does
+            // not end, and this count is the lead to follow.
+            tracing::warn!(
+                watchers = self.tx.receiver_count(),
+                deadline_ms = deadline.as_millis() as u64,
+                "drain deadline passed; closing what is left"
+            );
             let _ = self.tx.send(DrainMode::Immediate);
             self.tx.closed().await;
         }

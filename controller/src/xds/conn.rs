@@ -19,6 +19,8 @@ struct TypeState {
     names: BTreeSet<String>,
     /// Name → version the client holds, as far as we know.
     sent: HashMap<String, String>,
+    /// The snapshot generation `sent` was last brought up to date with (0: never).
+    synced: u64,
 }
 
 pub(super) struct Connection {
@@ -158,60 +160,97 @@ impl Connection {
             tracing::info!(conn.id = self.id, xds.type = %req.type_url, "subscription to an unknown type; answering empty");
         }
         // The first request of a type is always answered (clients block readiness on it).
-        self.respond(&req.type_url, &requested, first, tx).await
+        let snap = self.snapshots.borrow().clone();
+        self.respond(&snap, &req.type_url, &requested, first, None, tx)
+            .await
     }
 
+    /// A new snapshot: for each subscribed type, only the names that changed when this connection is up to date
+    /// with the snapshot the change set is relative to (and subscribes by wildcard only); the full difference
+    /// otherwise.
     async fn push_all(&mut self, tx: &Tx) -> Result<(), Closed> {
+        let snap = self.snapshots.borrow_and_update().clone();
         let types: Vec<String> = self.types.keys().cloned().collect();
+        let none = BTreeSet::new();
         for t in types {
-            self.respond(&t, &[], false, tx).await?;
+            let only = match (&snap.changes, self.types.get(&t)) {
+                (Some((base, changes)), Some(state))
+                    if state.synced == *base && state.names.is_empty() =>
+                {
+                    Some(changes.get(t.as_str()).unwrap_or(&none))
+                }
+                _ => None,
+            };
+            self.respond(&snap, &t, &[], false, only, tx).await?;
         }
         Ok(())
     }
 
     /// Sends what the client lacks for `type_url` (and, for `requested` names that do not exist, a removal so an
-    /// on-demand waiter is released). With `always`, sends even an empty response.
+    /// on-demand waiter is released). With `always`, sends even an empty response. With `only`, looks at just
+    /// those names (the snapshot's change set); otherwise at everything wanted and everything sent.
     async fn respond(
         &mut self,
+        snap: &Snapshot,
         type_url: &str,
         requested: &[String],
         always: bool,
+        only: Option<&BTreeSet<String>>,
         tx: &Tx,
     ) -> Result<(), Closed> {
-        let snap = self.snapshots.borrow().clone();
         let Some(state) = self.types.get_mut(type_url) else {
             return Ok(());
         };
         let empty = BTreeMap::new();
         let all = snap.types.get(type_url).unwrap_or(&empty);
+        let candidates: BTreeSet<&str> = match only {
+            Some(names) => names.iter().map(String::as_str).collect(),
+            None => {
+                let mut c: BTreeSet<&str> = state.names.iter().map(String::as_str).collect();
+                if state.wildcard {
+                    c.extend(all.keys().map(String::as_str));
+                }
+                c
+            }
+        };
+        // Full difference: what the client holds but is no longer wanted goes too.
+        let stale: Vec<String> = match only {
+            Some(_) => Vec::new(),
+            None => state
+                .sent
+                .keys()
+                .filter(|n| !candidates.contains(n.as_str()))
+                .cloned()
+                .collect(),
+        };
         let mut resources = Vec::new();
-        let mut wanted: BTreeSet<&str> = state.names.iter().map(String::as_str).collect();
-        if state.wildcard {
-            wanted.extend(all.keys().map(String::as_str));
+        let mut removed: Vec<String> = Vec::new();
+        for name in stale {
+            state.sent.remove(&name);
+            removed.push(name);
         }
-        for name in &wanted {
-            let Some(v) = snap.lookup(type_url, name) else {
-                continue;
-            };
-            if state.sent.get(*name) != Some(&v.version) {
-                state.sent.insert((*name).to_owned(), v.version.clone());
-                resources.push(Resource {
-                    name: (*name).to_owned(),
-                    version: v.version.clone(),
-                    resource: Some(v.any.clone()),
-                    ..Default::default()
-                });
+        for name in candidates {
+            let wanted = state.wildcard && all.contains_key(name) || state.names.contains(name);
+            match snap.lookup(type_url, name).filter(|_| wanted) {
+                Some(v) => {
+                    if state.sent.get(name) != Some(&v.version) {
+                        state.sent.insert(name.to_owned(), v.version.clone());
+                        resources.push(Resource {
+                            name: name.to_owned(),
+                            version: v.version.clone(),
+                            resource: Some(v.any.clone()),
+                            ..Default::default()
+                        });
+                    }
+                }
+                None => {
+                    if state.sent.remove(name).is_some() {
+                        removed.push(name.to_owned());
+                    }
+                }
             }
         }
-        let mut removed: Vec<String> = state
-            .sent
-            .keys()
-            .filter(|n| !wanted.contains(n.as_str()) || snap.lookup(type_url, n).is_none())
-            .cloned()
-            .collect();
-        for n in &removed {
-            state.sent.remove(n);
-        }
+        state.synced = snap.generation;
         for n in requested {
             if snap.lookup(type_url, n).is_none() && !removed.contains(n) {
                 removed.push(n.clone());
