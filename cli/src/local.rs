@@ -12,6 +12,7 @@
 pub mod dns;
 pub mod manifests;
 pub mod net;
+pub mod process;
 pub mod supervisor;
 
 use std::collections::BTreeMap;

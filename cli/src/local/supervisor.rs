@@ -6,26 +6,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::sched::{CloneFlags, setns};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use serde_yaml::Value;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::manifests::{self, Desired, EnvVar, PodSpec};
 use super::net::{self, GATEWAY, NET_NS, VipRule};
+use super::process::{Proc, stop_all};
 use super::{NodeState, PodState, ServiceState, State, UpArgs, pid_alive};
 
 const SERVICE_CIDR_BASE: [u8; 3] = [10, 96, 0];
-const RESTART_MAX: Duration = Duration::from_secs(30);
 
 /// The binaries the mesh runs, found next to `ambit` or on `PATH`.
 struct Bins {
@@ -61,122 +58,6 @@ impl Bins {
             node_agent: find("ambit-node-agent")?,
             ambit,
         })
-    }
-}
-
-/// A supervised process: started in a namespace, restarted with backoff when it exits.
-struct Proc {
-    name: String,
-    netns: String,
-    argv: Vec<String>,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-    child: Option<Child>,
-    restarts: u32,
-    next_start: Instant,
-}
-
-impl Proc {
-    fn new(
-        name: &str,
-        netns: &str,
-        argv: Vec<String>,
-        env: Vec<(String, String)>,
-        log: PathBuf,
-    ) -> Proc {
-        Proc {
-            name: name.to_owned(),
-            netns: netns.to_owned(),
-            argv,
-            env,
-            log,
-            child: None,
-            restarts: 0,
-            next_start: Instant::now(),
-        }
-    }
-
-    fn start(&mut self) -> Result<()> {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("open {}", self.log.display()))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns])
-            .args(&self.argv)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start {}", self.name))?;
-        info!(process = %self.name, pid = child.id(), "started");
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Restarts the process if it exited and its backoff has passed. Returns true when it (re)started.
-    fn supervise(&mut self) -> bool {
-        if let Some(c) = &mut self.child {
-            match c.try_wait() {
-                Ok(None) => return false,
-                Ok(Some(status)) => {
-                    warn!(process = %self.name, %status, "exited; restarting");
-                    self.child = None;
-                    self.restarts += 1;
-                    let backoff = Duration::from_secs(1 << self.restarts.min(5)).min(RESTART_MAX);
-                    self.next_start = Instant::now() + backoff;
-                }
-                Err(e) => {
-                    warn!(process = %self.name, error = %e, "wait failed");
-                    return false;
-                }
-            }
-        }
-        if self.child.is_none() && Instant::now() >= self.next_start {
-            if let Err(e) = self.start() {
-                warn!(process = %self.name, error = %e, "start failed");
-                self.next_start = Instant::now() + RESTART_MAX;
-                return false;
-            }
-            return true;
-        }
-        false
-    }
-
-    /// SIGTERM to its process group, SIGKILL after `grace`.
-    fn stop(&mut self, grace: Duration) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
-        let Ok(pid) = i32::try_from(c.id()) else {
-            return;
-        };
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
-        let started = Instant::now();
-        let deadline = started + grace;
-        loop {
-            if let Ok(Some(_)) = c.try_wait() {
-                debug!(process = %self.name, after_ms = started.elapsed().as_millis() as u64, "stopped");
-                return;
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        warn!(process = %self.name, "did not stop in time; killing it");
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        let _ = c.wait();
     }
 }
 
@@ -737,20 +618,6 @@ impl Supervisor {
         stop_all(&mut pods, Duration::from_secs(3));
         stop_all(&mut self.system, Duration::from_secs(5));
         sweep(&self.dir);
-    }
-}
-
-/// SIGTERM to every process group, then waits for all of them together, SIGKILL after `grace`.
-fn stop_all(procs: &mut [Proc], grace: Duration) {
-    for p in procs.iter() {
-        if let Some(pid) = p.pid().and_then(|p| i32::try_from(p).ok()) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-    }
-    let deadline = Instant::now() + grace;
-    for p in procs.iter_mut() {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        p.stop(remaining);
     }
 }
 
