@@ -333,6 +333,31 @@ fn scenario(mesh: &LocalMesh, dir: &Path) -> Result<()> {
         "no client-side connection metric with {want_source:?}"
     );
 
+    // The client's ztunnel lists the pods the node agent handed over (upstream's `workloadState`).
+    let node_ns = state["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == client.node.as_str())
+        .and_then(|n| n["netns"].as_str())
+        .context("client's node")?
+        .to_owned();
+    let dump: serde_json::Value =
+        serde_json::from_str(&mesh.get_in(&node_ns, "http://127.0.0.1:15000/config_dump")?)?;
+    let pods = dump["workloadState"]
+        .as_object()
+        .context("no workloadState")?;
+    ensure!(
+        pods.values().any(|p| p["state"] == "Up"
+            && p["info"]["name"] == client.name.as_str()
+            && p["info"]["serviceAccount"] == "client"),
+        "client not Up in its ztunnel's workloadState: {pods:?}"
+    );
+    ensure!(
+        pods.values().all(|p| p["info"]["namespace"] == "demo"),
+        "uncaptured pods handed to ztunnel: {pods:?}"
+    );
+
     // L4 authorization, changed live: deny the client's identity, then allow again.
     let policy = mesh.manifests.join("deny-client.yaml");
     std::fs::write(&policy, DENY_CLIENT)?;

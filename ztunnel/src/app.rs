@@ -234,6 +234,7 @@ pub async fn start_on(
         stats: cfg.stats_addr,
         readiness: cfg.readiness_addr,
     };
+    let mut pod_proxies: Option<Arc<PodProxies>> = None;
     match (&cfg.proxy_mode, &cfg.proxy_workload_info) {
         (ProxyMode::Dedicated, Some(w)) => {
             let workload = (
@@ -262,13 +263,15 @@ pub async fn start_on(
             // Pods arrive from the node agent over ZDS; each gets its own listeners inside its namespace.
             let pods = PodProxies::new(shared.clone(), drain.clone())
                 .context("shared mode: open ztunnel's own network namespace")?;
-            let snapshot_ready = readiness.register_task("inpod snapshot");
+            // Upstream's name for this readiness task.
+            let snapshot_ready = readiness.register_task("workload proxy manager");
             tokio::spawn(crate::inpod::run(
                 cfg.inpod_uds.clone(),
-                pods,
+                pods.clone(),
                 Some(snapshot_ready),
                 drain.clone(),
             ));
+            pod_proxies = Some(pods);
         }
     }
 
@@ -287,6 +290,7 @@ pub async fn start_on(
         cfg: cfg.clone(),
         state: state.clone(),
         certs: certs.clone(),
+        pods: pod_proxies,
     });
     {
         let drain = drain.clone();
@@ -644,6 +648,8 @@ struct Dump {
     cfg: Arc<Config>,
     state: ProxyState,
     certs: Arc<CertManager>,
+    /// Shared mode: the pods handed over by the node agent.
+    pods: Option<Arc<PodProxies>>,
 }
 
 impl ConfigDump for Dump {
@@ -670,6 +676,9 @@ impl ConfigDump for Dump {
                     "cryptoProvider": if cfg!(feature = "tls-boring") { "aws-lc+boring" } else { "aws-lc" },
                 }),
             );
+            if let Some(pods) = &self.pods {
+                obj.insert("workloadState".into(), pods.dump());
+            }
             if let Some(LocalXds::Path(p)) = &self.cfg.local_xds {
                 let static_config = localconfig::load(p)
                     .ok()

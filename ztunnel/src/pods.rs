@@ -37,6 +37,8 @@ pub struct PodProxies {
     shared: Arc<ProxyShared>,
     host_netns: Arc<OwnedFd>,
     pods: Mutex<HashMap<String, RunningPod>>,
+    /// Pods whose proxy failed to start (the ZDS client retries them).
+    pending: Mutex<HashMap<String, PodIdentity>>,
 }
 
 impl PodProxies {
@@ -47,6 +49,7 @@ impl PodProxies {
             shared,
             host_netns,
             pods: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&pods);
         tokio::spawn(async move {
@@ -133,6 +136,10 @@ impl PodProxies {
 
     /// Stops pod `uid`'s proxy: no new connections; open ones get the termination deadline to finish.
     pub async fn stop(&self, uid: &str) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
         let removed = self.lock().remove(uid);
         match removed {
             Some(p) => {
@@ -146,12 +153,39 @@ impl PodProxies {
 
     /// Stops every pod not in `keep` (after a ZDS snapshot).
     pub async fn retain(&self, keep: &HashSet<String>) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|uid, _| keep.contains(uid));
         let gone = self.take(|uid| !keep.contains(uid));
         let deadline = self.shared.cfg.termination_deadline;
         for p in gone {
             info!(pod.name = %p.identity.name, "pod not in the node agent's snapshot; draining");
             tokio::spawn(p.trigger.drain(deadline));
         }
+    }
+
+    /// `workloadState` of `/config_dump` (spec 6.2): uid → {info: {name, namespace, serviceAccount}, state}.
+    pub fn dump(&self) -> serde_json::Value {
+        let entry = |p: &PodIdentity, state: &str| {
+            serde_json::json!({
+                "info": {"name": p.name, "namespace": p.namespace, "serviceAccount": p.service_account},
+                "state": state,
+            })
+        };
+        let mut out = serde_json::Map::new();
+        for (uid, p) in self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            out.insert(uid.clone(), entry(p, "Pending"));
+        }
+        for (uid, p) in self.lock().iter() {
+            out.insert(uid.clone(), entry(&p.identity, "Up"));
+        }
+        serde_json::Value::Object(out)
     }
 
     /// The uids of the pods served now.
