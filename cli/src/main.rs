@@ -42,20 +42,7 @@ fn run_echo(args: echo::EchoArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let shutdown = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = term.recv() => {},
-                        _ = tokio::signal::ctrl_c() => {},
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        };
+        let shutdown = ambit_core::signal::shutdown();
         echo::run(args, shutdown).await
     })?;
     Ok(0)

@@ -55,11 +55,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let mut last: Option<Vec<u8>> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(300));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = ambit_core::signal::shutdown();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut shutdown => break,
             _ = tick.tick() => {}
         }
         let bytes = match std::fs::read(&args.pods) {

@@ -168,3 +168,37 @@ async fn a_refused_add_is_reported_and_the_pod_stays_known() {
         ]
     );
 }
+
+/// A ztunnel that stops answering is dropped after the 5 s ack deadline, and the agent keeps the pods for the next.
+#[tokio::test(start_paused = true)]
+async fn a_ztunnel_that_never_acks_is_dropped() {
+    use ambit_core::zds::{ZdsError, ZdsSocket};
+    use ambit_proto::zds::{Version, WorkloadRequest, ZdsHello, workload_request::Payload};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zds.sock");
+    let (_t, d) = ambit_core::drain::new();
+    let server = ZdsServer::start(&path, d).unwrap();
+    server.add(pod("a", "/proc/self/ns/net")).await.unwrap();
+
+    let mute = ZdsSocket::connect(&path).unwrap();
+    mute.send_msg(
+        &ZdsHello {
+            version: Version::V1 as i32,
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let (req, fd) = mute.recv_msg::<WorkloadRequest>().await.unwrap();
+    assert!(matches!(req.payload, Some(Payload::Add(_))) && fd.is_some());
+    // No ack: after the deadline (virtual time here) the agent hangs up.
+    assert!(matches!(mute.recv().await, Err(ZdsError::Closed)));
+
+    // The pod is still known: a ztunnel that does answer gets it in its snapshot.
+    let rec = Arc::new(Recorder::default());
+    let (_t2, d2) = ambit_core::drain::new();
+    tokio::spawn(inpod::run(path, rec.clone(), None, d2));
+    let calls = wait_for(&rec, 2).await;
+    assert_eq!(calls, vec!["start a demo/pod-a/sa", "retain [\"a\"]"]);
+}

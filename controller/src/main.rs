@@ -181,21 +181,6 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Token(t)) = cli.command {
@@ -227,7 +212,7 @@ fn main() -> anyhow::Result<()> {
         );
         let deadline = cfg.drain_deadline;
         let running = app::start(cfg, ca).await?;
-        shutdown_signal().await;
+        ambit_core::signal::shutdown().await;
         tracing::info!("shutting down");
         running.shutdown(deadline).await;
         Ok(())

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;
+pub mod signal;
 pub mod signer;
 pub mod tls;
 pub mod xds;

@@ -65,25 +65,8 @@ impl Running {
     /// Waits for SIGTERM/SIGINT or `/quitquitquit`, then drains: stop accepting, let connections finish until the
     /// termination deadline, then close the rest.
     pub async fn wait(mut self) {
-        let ctrl_c = async {
-            #[cfg(unix)]
-            {
-                use tokio::signal::unix::{SignalKind, signal};
-                match signal(SignalKind::terminate()) {
-                    Ok(mut term) => {
-                        tokio::select! {
-                            _ = term.recv() => {},
-                            _ = tokio::signal::ctrl_c() => {},
-                        }
-                    }
-                    Err(_) => {
-                        let _ = tokio::signal::ctrl_c().await;
-                    }
-                }
-            }
-        };
         tokio::select! {
-            _ = ctrl_c => info!("signal received, draining"),
+            _ = ambit_core::signal::shutdown() => info!("signal received, draining"),
             _ = self.shutdown.recv() => info!("shutdown requested, draining"),
         }
         self.drain().await;

@@ -81,17 +81,7 @@ async fn serve(records: Arc<Records>, upstreams: Vec<SocketAddr>, stop: Arc<Atom
     let signals = {
         let stop = stop.clone();
         async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
+            ambit_core::signal::shutdown().await;
             stop.store(true, Ordering::Relaxed);
         }
     };
