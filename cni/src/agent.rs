@@ -67,13 +67,6 @@ impl NodeAgent {
         )
     }
 
-    /// The uids captured now.
-    pub fn captured(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.captured.keys().cloned().collect();
-        v.sort();
-        v
-    }
-
     /// Brings the node to `pods`: captures newly enrolled pods, releases pods that left or opted out.
     pub async fn apply(&mut self, pods: &[LocalPod]) {
         let wanted: HashMap<&str, &LocalPod> = pods

@@ -44,7 +44,7 @@ impl Default for ComputeConfig {
             root_namespace: "istio-system".to_owned(),
             network: String::new(),
             enable_dry_run: false,
-            excluded_namespaces: vec!["kube-system".to_owned()],
+            excluded_namespaces: ambit_core::enrollment::default_excluded_namespaces(),
         }
     }
 }

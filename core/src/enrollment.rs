@@ -9,6 +9,14 @@ pub const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
 /// Namespaces never captured unless configured otherwise (the CNI's `excludeNamespaces` default).
 pub const DEFAULT_EXCLUDED_NAMESPACES: &[&str] = &["kube-system"];
 
+/// [`DEFAULT_EXCLUDED_NAMESPACES`] as owned strings, as configurations hold them.
+pub fn default_excluded_namespaces() -> Vec<String> {
+    DEFAULT_EXCLUDED_NAMESPACES
+        .iter()
+        .map(|n| (*n).to_owned())
+        .collect()
+}
+
 /// True when the pod's traffic goes through ztunnel.
 pub fn captured(
     pod_labels: &BTreeMap<String, String>,

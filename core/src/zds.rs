@@ -172,19 +172,6 @@ impl ZdsSocket {
         let (bytes, fd) = self.recv().await?;
         Ok((M::decode(bytes.as_slice())?, fd))
     }
-
-    /// True when the peer has hung up (a zero-length read would follow). Never consumes a message.
-    pub fn peer_closed(&self) -> bool {
-        let mut buf = [0u8; 1];
-        matches!(
-            nix::sys::socket::recv(
-                self.fd.get_ref().as_raw_fd(),
-                &mut buf,
-                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
-            ),
-            Ok(0)
-        )
-    }
 }
 
 impl AsFd for ZdsSocket {

@@ -69,10 +69,6 @@ impl LocalMesh {
         c
     }
 
-    pub fn state_dir(&self) -> &Path {
-        &self.state_dir
-    }
-
     /// `state.json` as the supervisor wrote it.
     pub fn state(&self) -> Result<Value> {
         let text = std::fs::read_to_string(self.state_dir.join("state.json"))?;

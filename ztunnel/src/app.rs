@@ -378,9 +378,7 @@ impl ProxyShared {
             spoof_source: self.spoof_source,
         })
     }
-}
 
-impl ProxyShared {
     /// Serves `workload` on every worker: each binds its own set of listeners on the same ports (`SO_REUSEPORT`
     /// when there is more than one worker) with `sockets`, and gets its own [`ProxyInputs`]. Returns the first
     /// worker's inputs and the bound addresses.
@@ -392,32 +390,22 @@ impl ProxyShared {
         socks5: bool,
     ) -> anyhow::Result<(Arc<ProxyInputs>, BoundAddrs)> {
         let reuse = self.workers.len() > 1 || self.cfg.inpod_port_reuse && sockets.netns.is_some();
-        let mut cfg = (*self.cfg).clone();
+        let mut addrs = BoundAddrs {
+            outbound: self.cfg.outbound_addr,
+            inbound: self.cfg.inbound_addr,
+            hbone: self.cfg.hbone_addr,
+            socks5: socks5.then_some(self.cfg.socks5_addr),
+        };
         let mut first: Option<(Arc<ProxyInputs>, BoundAddrs)> = None;
         for worker in &self.workers {
             // Inside the worker's context, so the listeners register with its reactor and its tasks run there.
             let _guard = worker.enter();
-            let listeners = Listeners::bind(&cfg, sockets, reuse, socks5)?;
-            let bound = BoundAddrs {
-                outbound: listeners.outbound.local_addr()?,
-                inbound: listeners.inbound.local_addr()?,
-                hbone: listeners.hbone.local_addr()?,
-                socks5: listeners
-                    .socks5
-                    .as_ref()
-                    .map(|l| l.local_addr())
-                    .transpose()?,
-            };
+            let listeners = Listeners::bind(&addrs, sockets, reuse)?;
             // Later workers bind the ports the first one got (they differ from the configuration only for 0).
-            cfg.outbound_addr = bound.outbound;
-            cfg.inbound_addr = bound.inbound;
-            cfg.hbone_addr = bound.hbone;
-            if let Some(a) = bound.socks5 {
-                cfg.socks5_addr = a;
-            }
+            addrs = listeners.local_addrs()?;
             let pi = self.inputs(workload.clone(), sockets.clone());
             listeners.spawn(pi.clone(), drain.clone());
-            first.get_or_insert((pi, bound));
+            first.get_or_insert((pi, addrs));
         }
         first.context("no data-plane workers")
     }
@@ -461,12 +449,12 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds 15001, 15006, 15008 (and 15080 when asked) with `sockets` (in a pod's namespace in shared mode).
+    /// Binds 15001, 15006, 15008 and, when `addrs.socks5` is set, 15080 with `sockets` (in a pod's namespace in
+    /// shared mode).
     pub fn bind(
-        cfg: &Config,
+        addrs: &BoundAddrs,
         sockets: &SocketFactory,
         reuse_port: bool,
-        socks5: bool,
     ) -> anyhow::Result<Listeners> {
         let bind = |addr: SocketAddr, transparent: bool| {
             sockets
@@ -474,14 +462,20 @@ impl Listeners {
                 .with_context(|| format!("bind {addr}"))
         };
         Ok(Listeners {
-            outbound: bind(cfg.outbound_addr, true)?,
-            inbound: bind(cfg.inbound_addr, true)?,
-            hbone: bind(cfg.hbone_addr, true)?,
-            socks5: if socks5 {
-                Some(bind(cfg.socks5_addr, false)?)
-            } else {
-                None
-            },
+            outbound: bind(addrs.outbound, true)?,
+            inbound: bind(addrs.inbound, true)?,
+            hbone: bind(addrs.hbone, true)?,
+            socks5: addrs.socks5.map(|a| bind(a, false)).transpose()?,
+        })
+    }
+
+    /// Where the listeners are bound.
+    pub fn local_addrs(&self) -> std::io::Result<BoundAddrs> {
+        Ok(BoundAddrs {
+            outbound: self.outbound.local_addr()?,
+            inbound: self.inbound.local_addr()?,
+            hbone: self.hbone.local_addr()?,
+            socks5: self.socks5.as_ref().map(|l| l.local_addr()).transpose()?,
         })
     }
 

@@ -188,13 +188,6 @@ impl PodProxies {
         serde_json::Value::Object(out)
     }
 
-    /// The uids of the pods served now.
-    pub fn uids(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.lock().keys().cloned().collect();
-        v.sort();
-        v
-    }
-
     fn take(&self, pred: impl Fn(&str) -> bool) -> Vec<RunningPod> {
         let mut pods = self.lock();
         let uids: Vec<String> = pods.keys().filter(|u| pred(u)).cloned().collect();

@@ -106,15 +106,23 @@ impl Proc {
 
     /// SIGTERM to its process group, SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
+        self.terminate();
+        self.reap(Instant::now() + grace);
+    }
+
+    /// Asks its process group to stop (SIGTERM).
+    fn terminate(&self) {
+        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+
+    /// Waits for the process until `deadline`, then kills its process group.
+    fn reap(&mut self, deadline: Instant) {
         let Some(mut c) = self.child.take() else {
             return;
         };
-        let Ok(pid) = i32::try_from(c.id()) else {
-            return;
-        };
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
         let started = Instant::now();
-        let deadline = started + grace;
         loop {
             if let Ok(Some(_)) = c.try_wait() {
                 debug!(process = %self.name, after_ms = started.elapsed().as_millis() as u64, "stopped");
@@ -126,7 +134,9 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
         warn!(process = %self.name, "did not stop in time; killing it");
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        if let Ok(pid) = i32::try_from(c.id()) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
         let _ = c.wait();
     }
 }
@@ -134,13 +144,10 @@ impl Proc {
 /// SIGTERM to every process group, then waits for all of them together, SIGKILL after `grace`.
 pub fn stop_all(procs: &mut [Proc], grace: Duration) {
     for p in procs.iter() {
-        if let Some(pid) = p.pid().and_then(|p| i32::try_from(p).ok()) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
-        }
+        p.terminate();
     }
     let deadline = Instant::now() + grace;
     for p in procs.iter_mut() {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        p.stop(remaining);
+        p.reap(deadline);
     }
 }

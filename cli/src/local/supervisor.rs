@@ -329,7 +329,7 @@ impl Supervisor {
                     &p.annotations,
                     &p.namespace,
                     &ns_labels,
-                    &["kube-system".to_owned()],
+                    &ambit_core::enrollment::default_excluded_namespaces(),
                 );
             }
         }

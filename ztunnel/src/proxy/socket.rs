@@ -43,11 +43,6 @@ impl Netns {
         Ok(std::fs::File::open("/proc/thread-self/ns/net")?.into())
     }
 
-    /// The pod namespace's file (to compare inodes, or to run a command inside it).
-    pub fn pod(&self) -> &OwnedFd {
-        &self.pod
-    }
-
     /// Runs `f` (which must not block or yield) with the calling thread inside the pod's namespace.
     pub fn run<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         setns(&self.pod, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
