@@ -2,9 +2,12 @@
 //! topology. Needs root, `iperf3` and `wrk`; run it through `scripts/bench.sh` (release build).
 //!
 //! ```text
-//! ambit-bench [--duration SECS] [--out DIR] [--modes direct,ztunnel] [--ztunnel PATH] [--http PATH]
+//! ambit-bench [--duration SECS] [--rounds N] [--count-secs SECS] [--out DIR] [--modes direct,ztunnel]
+//!             [--ztunnel PATH] [--http PATH] [--ztunnel-env KEY=VALUE]...
 //! ```
-//! Prints a table and the ztunnel/direct ratios, and writes `l4-<unix time>.json` and `.md` (and `l4-latest.*`)
+//! Each round measures every mode in turn (fresh pods each time); requests/s are measured with nothing attached
+//! to the processes, and the ztunnels' per-request counts come from a separate `--count-secs` wrk run under
+//! `perf stat`. Prints a table, the ztunnel/direct ratios of every round and their medians, and writes `l4-<unix time>.json` and `.md` (and `l4-latest.*`)
 //! into the output directory.
 
 use std::fmt::Write as _;
@@ -22,28 +25,46 @@ use serde::Serialize;
 
 struct Args {
     duration: u64,
+    rounds: usize,
+    count_secs: u64,
     out: PathBuf,
     modes: Vec<Mode>,
     ztunnel: Option<PathBuf>,
     http: Option<PathBuf>,
+    ztunnel_env: Vec<(String, String)>,
 }
+
+const USAGE: &str = "ambit-bench [--duration SECS] [--rounds N] [--count-secs SECS] [--out DIR] \
+[--modes direct,ztunnel] [--ztunnel PATH] [--http PATH] [--ztunnel-env KEY=VALUE]...";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         duration: 10,
+        rounds: 3,
+        count_secs: 5,
         out: PathBuf::from("target/bench"),
         modes: vec![Mode::Direct, Mode::Ztunnel],
         ztunnel: None,
         http: None,
+        ztunnel_env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--duration" => args.duration = value()?.parse().context("--duration")?,
+            "--rounds" => args.rounds = value()?.parse().context("--rounds")?,
+            "--count-secs" => args.count_secs = value()?.parse().context("--count-secs")?,
             "--out" => args.out = PathBuf::from(value()?),
             "--ztunnel" => args.ztunnel = Some(PathBuf::from(value()?)),
             "--http" => args.http = Some(PathBuf::from(value()?)),
+            "--ztunnel-env" => {
+                let kv = value()?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--ztunnel-env {kv:?}: expected KEY=VALUE"))?;
+                args.ztunnel_env.push((k.to_owned(), v.to_owned()));
+            }
             "--modes" => {
                 args.modes = value()?
                     .split(',')
@@ -55,24 +76,26 @@ fn parse_args() -> Result<Args> {
                     .collect::<Result<_>>()?;
             }
             "-h" | "--help" => {
-                println!(
-                    "ambit-bench [--duration SECS] [--out DIR] [--modes direct,ztunnel] [--ztunnel PATH] [--http PATH]"
-                );
+                println!("{USAGE}");
                 std::process::exit(0);
             }
-            other => bail!("unknown argument {other:?} (see --help)"),
+            other => bail!("unknown argument {other:?} (usage: {USAGE})"),
         }
     }
     ensure!(args.duration > 0, "--duration must be positive");
+    ensure!(args.rounds > 0, "--rounds must be positive");
     Ok(args)
 }
 
 #[derive(Debug, Serialize)]
 struct ModeResult {
     mode: &'static str,
+    round: usize,
     throughput_gbps: f64,
+    /// Measured with nothing attached to the processes.
     wrk: WrkResult,
-    /// The ztunnels' cost per wrk request (both together), when `perf` could count it.
+    /// The ztunnels' cost per wrk request (both together), from a separate, shorter wrk run with `perf stat`
+    /// attached (tracing every system call slows the ztunnels down, so that run's requests/s are not reported).
     per_request: Option<PerRequest>,
 }
 
@@ -97,115 +120,143 @@ struct Report {
     kernel: String,
     cpus: usize,
     duration_secs: u64,
+    rounds: usize,
     ztunnel_bin: String,
+    ztunnel_env: Vec<(String, String)>,
     wrk_command: String,
     iperf_command: String,
     results: Vec<ModeResult>,
-    /// ztunnel / direct; absent unless both modes ran.
+    /// ztunnel / direct per round; absent unless both modes ran.
+    round_ratios: Vec<Ratios>,
+    /// The medians of `round_ratios`.
     ratios: Option<Ratios>,
 }
 
-fn measure(dir: &TestDir, mode: Mode, args: &Args, http: &PathBuf) -> Result<ModeResult> {
+fn wrk(pods: &TwoPods, secs: u64) -> Result<(String, WrkResult)> {
+    let url = format!("http://{B_IP}:{HTTP_PORT}/");
+    let dur = format!("{secs}s");
+    let out =
+        pods.a()
+            .ns()
+            .output(&["wrk", "-c", "8", "-t", "2", "-d", &dur, "--latency", &url])?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let result = tools::parse_wrk(&text).with_context(|| format!("wrk: {text}"))?;
+    Ok((text, result))
+}
+
+/// Runs wrk with `perf stat` attached to both ztunnels and divides the counts by the requests completed.
+fn count_per_request(dir: &TestDir, pods: &TwoPods, secs: u64, tag: &str) -> Option<PerRequest> {
+    let pids: Vec<String> = [pods.a().ztunnel_pid(), pods.b().ztunnel_pid()]
+        .into_iter()
+        .flatten()
+        .map(|p| p.to_string())
+        .collect();
+    if pids.is_empty() || secs == 0 {
+        return None;
+    }
+    let perf_out = dir.join(&format!("perf-{tag}.csv"));
+    let mut perf = std::process::Command::new("perf")
+        .args([
+            "stat",
+            "-x,",
+            "-e",
+            "task-clock,context-switches,raw_syscalls:sys_enter",
+            "-p",
+        ])
+        .arg(pids.join(","))
+        .arg("-o")
+        .arg(&perf_out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let run = wrk(pods, secs);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(perf.id()).ok()?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).ok()?;
+    perf.wait().ok()?;
+    let (_, w) = run.ok()?;
+    let c = tools::parse_perf_stat(&std::fs::read_to_string(&perf_out).ok()?);
+    (c.task_clock_ms > 0.0 && w.requests > 0).then(|| {
+        let n = w.requests as f64;
+        PerRequest {
+            cpu_us: c.task_clock_ms * 1000.0 / n,
+            context_switches: c.context_switches / n,
+            syscalls: c.syscalls / n,
+        }
+    })
+}
+
+fn measure(
+    dir: &TestDir,
+    mode: Mode,
+    round: usize,
+    args: &Args,
+    http: &PathBuf,
+) -> Result<ModeResult> {
     let mut opts = TwoPodsOptions::new(mode).with_http(http).with_iperf();
     if let Some(z) = &args.ztunnel {
         opts.ztunnel_bin = z.clone();
     }
     opts.ztunnel_env.push(("RUST_LOG".into(), "warn".into()));
-    eprintln!("== {}: starting the pods", mode.as_str());
+    opts.ztunnel_env.extend(args.ztunnel_env.iter().cloned());
+    let tag = format!("{}-{round}", mode.as_str());
+    eprintln!("== round {round}, {}: starting the pods", mode.as_str());
     let pods = TwoPods::start(dir, &opts)?;
     let smoke = pods.a().curl(&pods.b_url())?;
     ensure!(
         smoke.ok(),
-        "{}: curl a -> b failed before measuring: {smoke:?}",
-        mode.as_str()
+        "{tag}: curl a -> b failed before measuring: {smoke:?}"
     );
 
     let secs = args.duration.to_string();
-    eprintln!("== {}: iperf3, 1 stream, {secs}s", mode.as_str());
+    eprintln!(
+        "== round {round}, {}: iperf3, 1 stream, {secs}s",
+        mode.as_str()
+    );
     let b = B_IP.to_string();
     let port = IPERF_PORT.to_string();
     let out = pods
         .a()
         .ns()
         .output(&["iperf3", "-c", &b, "-p", &port, "-t", &secs, "-J"])?;
-    let bps = tools::iperf3_bits_per_second(&String::from_utf8_lossy(&out.stdout)).with_context(
-        || {
-            format!(
-                "{}: iperf3: {}",
-                mode.as_str(),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        },
-    )?;
+    let bps = tools::iperf3_bits_per_second(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("{tag}: iperf3: {}", String::from_utf8_lossy(&out.stderr)))?;
 
-    eprintln!("== {}: wrk -c 8 -t 2 -d {secs}s --latency", mode.as_str());
-    let url = format!("http://{B_IP}:{HTTP_PORT}/");
-    let dur = format!("{secs}s");
-    // Count what the ztunnels spend while wrk runs (perf attaches to both processes; absent perf, nothing).
-    let pids: Vec<String> = [pods.a().ztunnel_pid(), pods.b().ztunnel_pid()]
-        .into_iter()
-        .flatten()
-        .map(|p| p.to_string())
-        .collect();
-    let perf_out = dir.join(&format!("perf-{}.csv", mode.as_str()));
-    let perf = if pids.is_empty() {
-        None
-    } else {
-        std::process::Command::new("perf")
-            .args([
-                "stat",
-                "-x,",
-                "-e",
-                "task-clock,context-switches,raw_syscalls:sys_enter",
-                "-p",
-            ])
-            .arg(pids.join(","))
-            .arg("-o")
-            .arg(&perf_out)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()
-    };
-    let out =
-        pods.a()
-            .ns()
-            .output(&["wrk", "-c", "8", "-t", "2", "-d", &dur, "--latency", &url])?;
-    let counts = perf.and_then(|mut p| {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(p.id()).ok()?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).ok()?;
-        p.wait().ok()?;
-        Some(tools::parse_perf_stat(
-            &std::fs::read_to_string(&perf_out).ok()?,
-        ))
-    });
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    std::fs::write(dir.join(&format!("wrk-{}.txt", mode.as_str())), &text)
-        .context("save wrk output")?;
-    let wrk = tools::parse_wrk(&text).with_context(|| format!("{}: wrk", mode.as_str()))?;
+    eprintln!(
+        "== round {round}, {}: wrk -c 8 -t 2 -d {secs}s --latency",
+        mode.as_str()
+    );
+    let (text, wrk) = wrk(&pods, args.duration).with_context(|| tag.clone())?;
+    std::fs::write(dir.join(&format!("wrk-{tag}.txt")), &text).context("save wrk output")?;
     if wrk.errors > 0 {
-        eprintln!(
-            "warning: {}: wrk reported {} errors",
-            mode.as_str(),
-            wrk.errors
-        );
+        eprintln!("warning: {tag}: wrk reported {} errors", wrk.errors);
     }
-    let per_request = counts
-        .filter(|c| c.task_clock_ms > 0.0 && wrk.requests > 0)
-        .map(|c| {
-            let n = wrk.requests as f64;
-            PerRequest {
-                cpu_us: c.task_clock_ms * 1000.0 / n,
-                context_switches: c.context_switches / n,
-                syscalls: c.syscalls / n,
-            }
-        });
+    let per_request = if mode == Mode::Ztunnel {
+        eprintln!(
+            "== round {round}, {}: counting with perf stat, {}s",
+            mode.as_str(),
+            args.count_secs
+        );
+        count_per_request(dir, &pods, args.count_secs, &tag)
+    } else {
+        None
+    };
     Ok(ModeResult {
         mode: mode.as_str(),
+        round,
         throughput_gbps: bps / 1e9,
         wrk,
         per_request,
     })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn markdown(r: &Report) -> String {
@@ -213,18 +264,43 @@ fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "# L4 benchmark: direct vs ztunnel pair\n");
     let _ = writeln!(
         s,
-        "Kernel {}, {} CPUs, {} s per measurement. `{}`; `{}`.\n",
-        r.kernel, r.cpus, r.duration_secs, r.iperf_command, r.wrk_command
+        "Kernel {}, {} CPUs, {} round(s) of {} s per measurement, modes alternating. `{}`; `{}`.{}\n",
+        r.kernel,
+        r.cpus,
+        r.rounds,
+        r.duration_secs,
+        r.iperf_command,
+        r.wrk_command,
+        if r.ztunnel_env.is_empty() {
+            String::new()
+        } else {
+            let env: Vec<String> = r
+                .ztunnel_env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!(" ztunnel environment: `{}`.", env.join(" "))
+        }
     );
     let _ = writeln!(
         s,
-        "| mode | iperf3 Gbit/s | wrk req/s | p50 ms | p90 ms | p99 ms | errors |"
+        "| round | mode | iperf3 Gbit/s | wrk req/s | p50 ms | p90 ms | p99 ms | errors | ztunnels µs CPU / req | context switches / req | syscalls / req |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for m in &r.results {
+        let counts = m.per_request.map_or_else(
+            || "| | |".to_owned(),
+            |p| {
+                format!(
+                    "{:.1} | {:.2} | {:.1} |",
+                    p.cpu_us, p.context_switches, p.syscalls
+                )
+            },
+        );
         let _ = writeln!(
             s,
-            "| {} | {:.2} | {:.0} | {:.3} | {:.3} | {:.3} | {} |",
+            "| {} | {} | {:.2} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {counts}",
+            m.round,
             m.mode,
             m.throughput_gbps,
             m.wrk.requests_per_sec,
@@ -234,19 +310,25 @@ fn markdown(r: &Report) -> String {
             m.wrk.errors
         );
     }
-    for m in &r.results {
-        if let Some(p) = &m.per_request {
-            let _ = writeln!(
-                s,
-                "\n{}: both ztunnels per request: {:.1} µs CPU, {:.2} context switches, {:.1} system calls.",
-                m.mode, p.cpu_us, p.context_switches, p.syscalls
-            );
-        }
+    if !r.round_ratios.is_empty() {
+        let list = |f: fn(&Ratios) -> f64| {
+            r.round_ratios
+                .iter()
+                .map(|x| format!("{:.2}", f(x)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "\nztunnel/direct per round: throughput {}; requests/s {}.",
+            list(|x| x.throughput),
+            list(|x| x.requests_per_sec)
+        );
     }
     if let Some(ratio) = &r.ratios {
         let _ = writeln!(
             s,
-            "\nztunnel/direct: throughput **{:.2}×**, requests/s **{:.2}×** (upstream ztunnel on this class of machine: 0.37×, 0.30×; goal ≥ 0.5×).",
+            "\nztunnel/direct (median of rounds): throughput **{:.2}×**, requests/s **{:.2}×** (upstream ztunnel on this class of machine: 0.37×, 0.30×; goal ≥ 0.5×).",
             ratio.throughput, ratio.requests_per_sec
         );
     }
@@ -271,17 +353,25 @@ fn run() -> Result<()> {
     eprintln!("raw outputs and logs: {}", dir.path().display());
 
     let mut results = Vec::new();
-    for &mode in &args.modes {
-        results.push(measure(&dir, mode, &args, &http).inspect_err(|_| dir.report())?);
+    let mut round_ratios = Vec::new();
+    for round in 1..=args.rounds {
+        let mut this = Vec::new();
+        for &mode in &args.modes {
+            this.push(measure(&dir, mode, round, &args, &http).inspect_err(|_| dir.report())?);
+        }
+        let find = |m: Mode| this.iter().find(|r| r.mode == m.as_str());
+        if let (Some(d), Some(z)) = (find(Mode::Direct), find(Mode::Ztunnel)) {
+            round_ratios.push(Ratios {
+                throughput: z.throughput_gbps / d.throughput_gbps,
+                requests_per_sec: z.wrk.requests_per_sec / d.wrk.requests_per_sec,
+            });
+        }
+        results.extend(this);
     }
-    let find = |m: Mode| results.iter().find(|r| r.mode == m.as_str());
-    let ratios = match (find(Mode::Direct), find(Mode::Ztunnel)) {
-        (Some(d), Some(z)) => Some(Ratios {
-            throughput: z.throughput_gbps / d.throughput_gbps,
-            requests_per_sec: z.wrk.requests_per_sec / d.wrk.requests_per_sec,
-        }),
-        _ => None,
-    };
+    let ratios = (!round_ratios.is_empty()).then(|| Ratios {
+        throughput: median(round_ratios.iter().map(|r| r.throughput).collect()),
+        requests_per_sec: median(round_ratios.iter().map(|r| r.requests_per_sec).collect()),
+    });
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
@@ -294,6 +384,8 @@ fn run() -> Result<()> {
             .to_owned(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         duration_secs: args.duration,
+        rounds: args.rounds,
+        ztunnel_env: args.ztunnel_env.clone(),
         ztunnel_bin: args
             .ztunnel
             .clone()
@@ -303,6 +395,7 @@ fn run() -> Result<()> {
         wrk_command: format!("wrk -c 8 -t 2 -d {}s --latency", args.duration),
         iperf_command: format!("iperf3 -c <b> -t {} (1 stream)", args.duration),
         results,
+        round_ratios,
         ratios,
     };
 

@@ -37,6 +37,7 @@ use crate::pods::PodProxies;
 use crate::proxy::socket::SocketFactory;
 use crate::proxy::{self, HboneConnector, ProxyInputs};
 use crate::state::ProxyState;
+use crate::workers::Workers;
 
 /// The addresses the listeners actually bound (ports may be 0 in the config, as in tests).
 #[derive(Clone, Debug)]
@@ -205,8 +206,9 @@ pub async fn start_on(
         tls_backend,
         spoof_source: cfg.enable_orig_src.unwrap_or(shared_mode),
         sockets: sockets.clone(),
-        workers,
+        workers: Workers::new(workers, cfg.worker_spill_percent),
     });
+    shared.workers.start_sampling(&drain);
 
     let mut addresses = Addresses {
         outbound: cfg.outbound_addr,
@@ -339,8 +341,8 @@ pub struct ProxyShared {
     /// The DNS proxy's settings, when it runs.
     pub dns: Option<Arc<DnsConfig>>,
     pub dns_metrics: Option<Arc<DnsMetrics>>,
-    /// The data-plane runtimes, one per worker thread.
-    pub workers: Vec<Handle>,
+    /// The data-plane runtimes, one per worker thread, and which one takes a new connection.
+    pub workers: Arc<Workers>,
 }
 
 /// Where a proxy's listeners ended up (ports may be 0 in the configuration, as in tests).
@@ -380,8 +382,8 @@ impl ProxyShared {
     }
 
     /// Serves `workload` on every worker: each binds its own set of listeners on the same ports (`SO_REUSEPORT`
-    /// when there is more than one worker) with `sockets`, and gets its own [`ProxyInputs`]. Returns the first
-    /// worker's inputs and the bound addresses.
+    /// when there is more than one worker) with `sockets`, and gets its own [`ProxyInputs`]; a connection runs on
+    /// the worker [`Workers::pick`] chooses. Returns the first worker's inputs and the bound addresses.
     pub fn serve_workload(
         &self,
         workload: (String, String, String),
@@ -396,18 +398,20 @@ impl ProxyShared {
             hbone: self.cfg.hbone_addr,
             socks5: socks5.then_some(self.cfg.socks5_addr),
         };
-        let mut first: Option<(Arc<ProxyInputs>, BoundAddrs)> = None;
-        for worker in &self.workers {
-            // Inside the worker's context, so the listeners register with its reactor and its tasks run there.
+        let mut listeners = Vec::with_capacity(self.workers.len());
+        let mut inputs = Vec::with_capacity(self.workers.len());
+        for worker in self.workers.handles() {
+            // Inside the worker's context, so the listeners register with its reactor.
             let _guard = worker.enter();
-            let listeners = Listeners::bind(&addrs, sockets, reuse)?;
+            let l = Listeners::bind(&addrs, sockets, reuse)?;
             // Later workers bind the ports the first one got (they differ from the configuration only for 0).
-            addrs = listeners.local_addrs()?;
-            let pi = self.inputs(workload.clone(), sockets.clone());
-            listeners.spawn(pi.clone(), drain.clone());
-            first.get_or_insert((pi, addrs));
+            addrs = l.local_addrs()?;
+            listeners.push(l);
+            inputs.push(self.inputs(workload.clone(), sockets.clone()));
         }
-        first.context("no data-plane workers")
+        let first = inputs.first().cloned().context("no data-plane workers")?;
+        Listeners::spawn(listeners, inputs, &self.workers, drain);
+        Ok((first, addrs))
     }
 
     /// Starts the DNS proxy of one proxy on `DNS_PROXY_ADDR` (in the pod's namespace in shared mode), answering
@@ -479,58 +483,50 @@ impl Listeners {
         })
     }
 
-    /// Serves every listener until `drain` fires.
-    pub fn spawn(self, pi: Arc<ProxyInputs>, drain: DrainWatcher) {
-        {
-            let pi = pi.clone();
-            tokio::spawn(proxy::serve(
+    /// Serves every worker's listeners (`listeners[i]` bound on worker `i`, whose connections use `inputs[i]`)
+    /// until `drain` fires.
+    pub fn spawn(
+        listeners: Vec<Listeners>,
+        inputs: Vec<Arc<ProxyInputs>>,
+        workers: &Arc<Workers>,
+        drain: DrainWatcher,
+    ) {
+        let outbound = proxy::Handlers::new(workers, &inputs, |pi, s, peer, d| async move {
+            match proxy::socket::original_dst(&s) {
+                Ok(dst) => {
+                    proxy::outbound::handle(pi, s, peer, proxy::socket::canonical(dst), d).await
+                }
+                Err(e) => {
+                    warn!(src.addr = %peer, error = %e, "no original destination; is the redirect rule in place?")
+                }
+            }
+        });
+        let passthrough = proxy::Handlers::new(workers, &inputs, proxy::passthrough::handle);
+        let inbound = proxy::Handlers::new(workers, &inputs, proxy::inbound::handle);
+        let socks5 = proxy::Handlers::new(workers, &inputs, proxy::socks5::handle);
+        for (i, l) in listeners.into_iter().enumerate() {
+            let h = workers.handle(i);
+            h.spawn(proxy::serve(
                 "outbound",
-                self.outbound,
+                l.outbound,
                 drain.clone(),
-                move |s, peer, d| {
-                    let pi = pi.clone();
-                    async move {
-                        match proxy::socket::original_dst(&s) {
-                            Ok(dst) => {
-                                proxy::outbound::handle(
-                                    pi,
-                                    s,
-                                    peer,
-                                    proxy::socket::canonical(dst),
-                                    d,
-                                )
-                                .await
-                            }
-                            Err(e) => {
-                                warn!(src.addr = %peer, error = %e, "no original destination; is the redirect rule in place?")
-                            }
-                        }
-                    }
-                },
+                outbound.on(i),
             ));
-        }
-        {
-            let pi = pi.clone();
-            tokio::spawn(proxy::serve(
+            h.spawn(proxy::serve(
                 "inbound_passthrough",
-                self.inbound,
+                l.inbound,
                 drain.clone(),
-                move |s, peer, d| proxy::passthrough::handle(pi.clone(), s, peer, d),
+                passthrough.on(i),
             ));
-        }
-        {
-            let pi = pi.clone();
-            tokio::spawn(proxy::serve(
+            h.spawn(proxy::serve(
                 "inbound",
-                self.hbone,
+                l.hbone,
                 drain.clone(),
-                move |s, peer, d| proxy::inbound::handle(pi.clone(), s, peer, d),
+                inbound.on(i),
             ));
-        }
-        if let Some(l) = self.socks5 {
-            tokio::spawn(proxy::serve("socks5", l, drain, move |s, peer, d| {
-                proxy::socks5::handle(pi.clone(), s, peer, d)
-            }));
+            if let Some(s) = l.socks5 {
+                h.spawn(proxy::serve("socks5", s, drain.clone(), socks5.on(i)));
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use parse::{parse_bool, parse_duration, parse_num, worker_threads};
+use parse::{parse_bool, parse_duration, parse_num, worker_spill_percent, worker_threads};
 
 /// Where the root certificate of the control plane comes from, by default.
 pub const DEFAULT_ROOT_CA: &str = "./var/run/secrets/istio/root-cert.pem";
@@ -125,6 +125,10 @@ pub struct Config {
     pub enable_orig_src: Option<bool>,
     pub enable_proxy: bool,
     pub worker_threads: usize,
+    /// Ambit's own (`AMBIT_WORKER_SPILL_PERCENT`): a worker busier than this share of one CPU takes no new
+    /// connections while another is below it; `None` (`off`) leaves each connection on the worker whose listener
+    /// the kernel chose. See `workers.rs`.
+    pub worker_spill_percent: Option<u32>,
 
     pub pool_max_streams_per_conn: u32,
     pub pool_unused_release_timeout: Duration,
@@ -364,6 +368,7 @@ impl Config {
             enable_orig_src: e.opt_bool("ENABLE_ORIG_SRC")?,
             enable_proxy: e.bool("ENABLE_PROXY", true)?,
             worker_threads: worker_threads(&e, cpus)?,
+            worker_spill_percent: worker_spill_percent(&e)?,
             pool_max_streams_per_conn: e.num("POOL_MAX_STREAMS_PER_CONNECTION", 100)?,
             pool_unused_release_timeout: e
                 .duration("POOL_UNUSED_RELEASE_TIMEOUT", Duration::from_secs(300))?,

@@ -10,3 +10,4 @@ pub mod pods;
 pub mod proxy;
 pub mod rbac;
 pub mod state;
+pub mod workers;

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rbac::RbacDenied;
 use crate::state::{ProxyState, Workload};
+use crate::workers::Workers;
 use socket::SocketFactory;
 
 /// Ports that must never be the target of a proxied connection: dialing them would loop back into ztunnel.
@@ -160,14 +161,82 @@ impl Connect for HboneConnector {
     }
 }
 
-/// Accepts on `listener` until drained, handing each connection to `handle` in its own task.
+/// What one kind of listener does with a connection, on every worker: worker `i` runs it with `inputs[i]` (its
+/// own HBONE pool).
+pub struct Handlers<F> {
+    workers: Arc<Workers>,
+    inputs: Vec<Arc<ProxyInputs>>,
+    handle: F,
+}
+
+impl<F, Fut> Handlers<F>
+where
+    F: Fn(Arc<ProxyInputs>, TcpStream, SocketAddr, DrainWatcher) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    pub fn new(workers: &Arc<Workers>, inputs: &[Arc<ProxyInputs>], handle: F) -> Arc<Self> {
+        Arc::new(Handlers {
+            workers: workers.clone(),
+            inputs: inputs.to_vec(),
+            handle,
+        })
+    }
+
+    /// The router for a listener bound on worker `worker`.
+    pub fn on(self: &Arc<Self>, worker: usize) -> Router<F> {
+        Router {
+            handlers: self.clone(),
+            here: worker,
+        }
+    }
+}
+
+/// Starts accepted connections on the worker [`Workers::pick`] chooses.
+pub struct Router<F> {
+    handlers: Arc<Handlers<F>>,
+    here: usize,
+}
+
+impl<F, Fut> Router<F>
+where
+    F: Fn(Arc<ProxyInputs>, TcpStream, SocketAddr, DrainWatcher) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn dispatch(&self, stream: TcpStream, peer: SocketAddr, drain: DrainWatcher) {
+        let h = &self.handlers;
+        let to = h.workers.pick(self.here);
+        if to == self.here || to >= h.inputs.len() {
+            tokio::spawn((h.handle)(h.inputs[self.here].clone(), stream, peer, drain));
+            return;
+        }
+        // Hand the socket to the other worker's reactor: deregistered here, registered there.
+        let std = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(src.addr = %peer, error = %e, "could not hand a connection to another worker");
+                return;
+            }
+        };
+        let h = h.clone();
+        h.workers.handle(to).clone().spawn(async move {
+            match TcpStream::from_std(std) {
+                Ok(s) => (h.handle)(h.inputs[to].clone(), s, peer, drain).await,
+                Err(e) => {
+                    warn!(src.addr = %peer, error = %e, "could not take over a connection from another worker")
+                }
+            }
+        });
+    }
+}
+
+/// Accepts on `listener` until drained, starting each connection in its own task on the worker `router` picks.
 pub async fn serve<F, Fut>(
     name: &'static str,
     listener: TcpListener,
     mut drain: DrainWatcher,
-    handle: F,
+    router: Router<F>,
 ) where
-    F: Fn(TcpStream, SocketAddr, DrainWatcher) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<ProxyInputs>, TcpStream, SocketAddr, DrainWatcher) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -179,10 +248,7 @@ pub async fn serve<F, Fut>(
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let fut = handle(stream, socket::canonical(peer), drain.clone());
-                tokio::spawn(fut);
-            }
+            Ok((stream, peer)) => router.dispatch(stream, socket::canonical(peer), drain.clone()),
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 warn!(listener = name, error = %e, "accept failed");

@@ -425,31 +425,46 @@ fn worker_runtimes(n: usize) -> Vec<tokio::runtime::Handle> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_data_plane_on_several_workers_serves_every_connection() {
+/// Established TCP connections (IPv4) whose remote end is `to`, from `/proc/net/tcp`.
+fn established_to(to: SocketAddr) -> usize {
+    let SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(to.ip().octets()),
+        to.port()
+    );
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2] == want && f[3] == "01"
+        })
+        .count()
+}
+
+/// 24 connections at once through a client and a server ztunnel with three workers each; returns how many HBONE
+/// connections the client's workers opened for them.
+async fn several_workers(net: u8, spill_percent: Option<u32>) -> usize {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let net = 61;
     let ca_dir = tempfile::tempdir().unwrap();
     let yaml = config_yaml(net, "");
     let log = ambit_core::logging::LogHandle::noop();
     let backend = TlsBackend::default();
+    let mut server_cfg = config(net, 3, "server", yaml.clone(), ca_dir.path(), backend);
+    let mut client_cfg = config(net, 2, "client", yaml, ca_dir.path(), backend);
+    server_cfg.worker_spill_percent = spill_percent;
+    client_cfg.worker_spill_percent = spill_percent;
     // Ports 0: the first worker's listeners pick them, the others bind the same ones (SO_REUSEPORT).
-    let server = app::start_on(
-        config(net, 3, "server", yaml.clone(), ca_dir.path(), backend),
-        log.clone(),
-        None,
-        worker_runtimes(3),
-    )
-    .await
-    .unwrap();
-    let client = app::start_on(
-        config(net, 2, "client", yaml, ca_dir.path(), backend),
-        log,
-        None,
-        worker_runtimes(3),
-    )
-    .await
-    .unwrap();
+    let server = app::start_on(server_cfg, log.clone(), None, worker_runtimes(3))
+        .await
+        .unwrap();
+    let client = app::start_on(client_cfg, log, None, worker_runtimes(3))
+        .await
+        .unwrap();
     wait_ready(&client).await;
     wait_ready(&server).await;
     let target = echo(format!("127.0.{net}.3").parse().unwrap()).await;
@@ -462,14 +477,31 @@ async fn a_data_plane_on_several_workers_serves_every_connection() {
         c.write_all(&[i; 1000]).await.unwrap();
         conns.push((i, c));
     }
-    for (i, mut c) in conns {
+    for (i, c) in conns.iter_mut() {
         let mut back = [0u8; 1000];
         c.read_exact(&mut back).await.unwrap();
         assert!(
-            back.iter().all(|b| *b == i),
+            back.iter().all(|b| b == i),
             "connection {i} got another's bytes"
         );
     }
+    let hbone = established_to(server.addresses.hbone);
+    drop(conns);
     client.drain().await;
     server.drain().await;
+    hbone
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_fill_the_first_one_at_light_load() {
+    // Connections accepted by workers 1 and 2 are handed to the idle worker 0, so they share its HBONE pool.
+    assert_eq!(several_workers(61, Some(70)).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_keep_connections_where_the_kernel_put_them_when_spilling_is_off() {
+    // Each worker that got a connection pools its own HBONE connection (all 24 landing on one of three
+    // listeners has a probability of 3^-23).
+    let n = several_workers(62, None).await;
+    assert!((2..=3).contains(&n), "{n} HBONE connections");
 }

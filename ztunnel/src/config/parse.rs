@@ -78,6 +78,19 @@ fn parse_cpus(var: &str, v: &str) -> Result<usize, ConfigError> {
     Ok(cores.ceil() as usize)
 }
 
+/// `AMBIT_WORKER_SPILL_PERCENT`: `1..=100` (default 70), or `off`.
+pub(super) fn worker_spill_percent(env: &Env<'_>) -> Result<Option<u32>, ConfigError> {
+    const VAR: &str = "AMBIT_WORKER_SPILL_PERCENT";
+    match env.get(VAR).map(str::trim) {
+        None => Ok(Some(70)),
+        Some("off") => Ok(None),
+        Some(v) => match parse_num::<u32>(VAR, v)? {
+            n @ 1..=100 => Ok(Some(n)),
+            _ => Err(ConfigError::invalid(VAR, v, "expected 1..=100 or off")),
+        },
+    }
+}
+
 /// `ZTUNNEL_WORKER_THREADS` (`N`, `N%` of the CPUs, `0` = all), else an explicit CPU limit
 /// (`ZTUNNEL_CPU_LIMIT`, then `ZTUNNEL_RESOURCE_CPU_LIMIT`), else max(ceil(25 % of CPUs), CPU request, 2).
 pub(super) fn worker_threads(env: &Env<'_>, cpus: usize) -> Result<usize, ConfigError> {

@@ -372,6 +372,21 @@ fn worker_threads() {
 }
 
 #[test]
+fn worker_spill_percent() {
+    let spill = |v: &str| {
+        Config::from_env_with_cpus(&env(&[("AMBIT_WORKER_SPILL_PERCENT", v)]), 2)
+            .map(|c| c.worker_spill_percent)
+    };
+    assert_eq!(cfg(&[]).worker_spill_percent, Some(70));
+    assert_eq!(spill("50").unwrap(), Some(50));
+    assert_eq!(spill(" off ").unwrap(), None);
+    for bad in ["0", "101", "-1", "half"] {
+        let e = spill(bad).unwrap_err().to_string();
+        assert!(e.contains("AMBIT_WORKER_SPILL_PERCENT"), "{bad:?}: {e}");
+    }
+}
+
+#[test]
 fn ipv6_disabled_uses_ipv4_wildcard() {
     let c = cfg(&[("IPV6_ENABLED", "false")]);
     assert!(!c.ipv6_enabled);
