@@ -510,22 +510,25 @@ impl Listeners {
                 "outbound",
                 l.outbound,
                 drain.clone(),
-                outbound.on(i),
+                outbound.clone(),
+                i,
             ));
             h.spawn(proxy::serve(
                 "inbound_passthrough",
                 l.inbound,
                 drain.clone(),
-                passthrough.on(i),
+                passthrough.clone(),
+                i,
             ));
             h.spawn(proxy::serve(
                 "inbound",
                 l.hbone,
                 drain.clone(),
-                inbound.on(i),
+                inbound.clone(),
+                i,
             ));
             if let Some(s) = l.socks5 {
-                h.spawn(proxy::serve("socks5", s, drain.clone(), socks5.on(i)));
+                h.spawn(proxy::serve("socks5", s, drain.clone(), socks5.clone(), i));
             }
         }
     }

@@ -182,31 +182,22 @@ where
         })
     }
 
-    /// The router for a listener bound on worker `worker`.
-    pub fn on(self: &Arc<Self>, worker: usize) -> Router<F> {
-        Router {
-            handlers: self.clone(),
-            here: worker,
-        }
-    }
-}
-
-/// Starts accepted connections on the worker [`Workers::pick`] chooses.
-pub struct Router<F> {
-    handlers: Arc<Handlers<F>>,
-    here: usize,
-}
-
-impl<F, Fut> Router<F>
-where
-    F: Fn(Arc<ProxyInputs>, TcpStream, SocketAddr, DrainWatcher) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    fn dispatch(&self, stream: TcpStream, peer: SocketAddr, drain: DrainWatcher) {
-        let h = &self.handlers;
-        let to = h.workers.pick(self.here);
-        if to == self.here || to >= h.inputs.len() {
-            tokio::spawn((h.handle)(h.inputs[self.here].clone(), stream, peer, drain));
+    /// Starts a connection accepted on worker `here` on the worker [`Workers::pick`] chooses.
+    fn dispatch(
+        self: &Arc<Self>,
+        here: usize,
+        stream: TcpStream,
+        peer: SocketAddr,
+        drain: DrainWatcher,
+    ) {
+        let to = self.workers.pick(here);
+        if to == here || to >= self.inputs.len() {
+            tokio::spawn((self.handle)(
+                self.inputs[here].clone(),
+                stream,
+                peer,
+                drain,
+            ));
             return;
         }
         // Hand the socket to the other worker's reactor: deregistered here, registered there.
@@ -217,8 +208,8 @@ where
                 return;
             }
         };
-        let h = h.clone();
-        h.workers.handle(to).clone().spawn(async move {
+        let h = self.clone();
+        self.workers.handle(to).clone().spawn(async move {
             match TcpStream::from_std(std) {
                 Ok(s) => (h.handle)(h.inputs[to].clone(), s, peer, drain).await,
                 Err(e) => {
@@ -229,12 +220,14 @@ where
     }
 }
 
-/// Accepts on `listener` until drained, starting each connection in its own task on the worker `router` picks.
+/// Accepts on `listener` (bound on worker `here`) until drained, starting each connection in its own task on the
+/// worker `handlers` picks.
 pub async fn serve<F, Fut>(
     name: &'static str,
     listener: TcpListener,
     mut drain: DrainWatcher,
-    router: Router<F>,
+    handlers: Arc<Handlers<F>>,
+    here: usize,
 ) where
     F: Fn(Arc<ProxyInputs>, TcpStream, SocketAddr, DrainWatcher) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -248,7 +241,9 @@ pub async fn serve<F, Fut>(
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, peer)) => router.dispatch(stream, socket::canonical(peer), drain.clone()),
+            Ok((stream, peer)) => {
+                handlers.dispatch(here, stream, socket::canonical(peer), drain.clone())
+            }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 warn!(listener = name, error = %e, "accept failed");
