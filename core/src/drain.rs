@@ -17,6 +17,9 @@ pub enum DrainMode {
     Immediate,
 }
 
+/// How long holders get to close after the drain turned immediate, before the trigger stops waiting for them.
+pub const FORCED_GRACE: Duration = Duration::from_secs(1);
+
 /// Starts the drain; owned by whoever decides the process stops.
 pub struct DrainTrigger {
     tx: watch::Sender<DrainMode>,
@@ -36,22 +39,30 @@ pub fn new() -> (DrainTrigger, DrainWatcher) {
 
 impl DrainTrigger {
     /// Signals a graceful drain, waits up to `deadline` for every watcher to go away, then signals immediate close
-    /// and waits for the rest. Returns whether the graceful phase finished in time.
+    /// and waits up to [`FORCED_GRACE`] more for the rest (a holder that never looks at its watcher must not hang
+    /// the process's exit; it is logged and left behind). Returns whether the graceful phase finished in time.
     pub async fn drain(self, deadline: Duration) -> bool {
         let _ = self.tx.send(DrainMode::Graceful);
         let graceful = tokio::time::timeout(deadline, self.tx.closed())
             .await
             .is_ok();
         if !graceful {
-            // Whoever still holds a watcher must now close at once; if one never looks at it, the wait below does
-            // not end, and this count is the lead to follow.
+            // Whoever still holds a watcher must now close at once.
             tracing::warn!(
                 watchers = self.tx.receiver_count(),
                 deadline_ms = deadline.as_millis() as u64,
                 "drain deadline passed; closing what is left"
             );
             let _ = self.tx.send(DrainMode::Immediate);
-            self.tx.closed().await;
+            if tokio::time::timeout(FORCED_GRACE, self.tx.closed())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    watchers = self.tx.receiver_count(),
+                    "drain: holders ignored the immediate close; giving up on them"
+                );
+            }
         }
         graceful
     }
@@ -115,5 +126,15 @@ mod tests {
         });
         assert!(!trigger.drain(Duration::from_secs(1)).await);
         task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_that_never_looks_does_not_hang_the_drain() {
+        let (trigger, w) = new();
+        let start = tokio::time::Instant::now();
+        assert!(!trigger.drain(Duration::from_secs(2)).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(2) + FORCED_GRACE);
+        // Still held: the drain gave up on it rather than waiting.
+        assert_eq!(w.mode(), DrainMode::Immediate);
     }
 }
