@@ -136,3 +136,45 @@ pub fn register_build_info(registry: &mut Registry, component: &str) {
         .set(1);
     registry.register("istio_build", "Istio component build info", family);
 }
+
+/// `process_open_fds` and `process_max_fds` (the soft `RLIMIT_NOFILE`), read at every scrape, as upstream exports
+/// them.
+#[derive(Debug)]
+struct ProcessFds;
+
+impl prometheus_client::collector::Collector for ProcessFds {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        // The directory listing holds one descriptor of its own while it is read.
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            let open = ConstGauge::new(dir.count().saturating_sub(1) as i64);
+            open.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                open.metric_type(),
+            )?)?;
+        }
+        if let Ok((soft, _)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            let max = ConstGauge::new(i64::try_from(soft).unwrap_or(i64::MAX));
+            max.encode(encoder.encode_descriptor(
+                "process_max_fds",
+                "Maximum number of file descriptors",
+                None,
+                max.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Registers `process_open_fds` and `process_max_fds`.
+pub fn register_process_metrics(registry: &mut Registry) {
+    registry.register_collector(Box::new(ProcessFds));
+}

@@ -357,6 +357,12 @@ fn scenario(mesh: &LocalMesh, dir: &Path) -> Result<()> {
         pods.values().all(|p| p["info"]["namespace"] == "demo"),
         "uncaptured pods handed to ztunnel: {pods:?}"
     );
+    // The same count in upstream's shared-mode gauges.
+    let active = prom::sum(&client_metrics, "workload_manager_active_proxy_count", &[]);
+    ensure!(
+        active == pods.len() as f64 && active >= 1.0,
+        "workload_manager_active_proxy_count {active}, workloadState {pods:?}"
+    );
 
     // L4 authorization, changed live: deny the client's identity, then allow again.
     let policy = mesh.manifests.join("deny-client.yaml");

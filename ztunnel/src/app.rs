@@ -32,7 +32,7 @@ use crate::config::{Config, LocalXds, ProxyMode};
 use crate::dns::metrics::DnsMetrics;
 use crate::dns::{ClientLookup, DnsConfig, DnsProxy};
 use crate::localconfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WorkloadManagerMetrics};
 use crate::pods::PodProxies;
 use crate::proxy::socket::SocketFactory;
 use crate::proxy::{self, HboneConnector, ProxyInputs};
@@ -134,6 +134,8 @@ pub async fn start_on(
     }
     let mut registry = Registry::default();
     core_metrics::register_build_info(&mut registry, "ztunnel");
+    core_metrics::register_process_metrics(&mut registry);
+    crate::metrics::runtime::RuntimeCollector::register(&mut registry, &workers);
     match &cfg.xds_address {
         Some(address) => {
             let cp = control_plane(
@@ -158,6 +160,8 @@ pub async fn start_on(
     let dns_metrics = cfg
         .dns_proxy_enabled()
         .then(|| Arc::new(DnsMetrics::new(&mut registry)));
+    let workload_manager_metrics = (cfg.proxy_mode == ProxyMode::Shared)
+        .then(|| Arc::new(WorkloadManagerMetrics::new(&mut registry)));
     let registry = Arc::new(registry);
 
     let sockets = SocketFactory {
@@ -246,8 +250,12 @@ pub async fn start_on(
         }
         (ProxyMode::Shared, _) => {
             // Pods arrive from the node agent over ZDS; each gets its own listeners inside its namespace.
-            let pods = PodProxies::new(shared.clone(), drain.clone())
-                .context("shared mode: open ztunnel's own network namespace")?;
+            let pods = PodProxies::new(
+                shared.clone(),
+                workload_manager_metrics.clone().unwrap_or_default(),
+                drain.clone(),
+            )
+            .context("shared mode: open ztunnel's own network namespace")?;
             // Upstream's name for this readiness task.
             let snapshot_ready = readiness.register_task("workload proxy manager");
             tokio::spawn(crate::inpod::run(

@@ -3,6 +3,8 @@
 //! A label set is built once per connection ([`TrafficLabels`]); the byte counters are added once, when the
 //! connection ends, so nothing on the copy path touches a metric.
 
+pub mod runtime;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -267,5 +269,42 @@ impl Drop for ConnectionGuard<'_> {
                 reporter: labels.reporter,
             })
             .dec();
+    }
+}
+
+/// Shared mode's proxies, with upstream's names (`workload_manager_*`).
+#[derive(Default)]
+pub struct WorkloadManagerMetrics {
+    pub active: Gauge,
+    pub pending: Gauge,
+    pub started: Counter,
+    pub stopped: Counter,
+}
+
+impl WorkloadManagerMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = WorkloadManagerMetrics::default();
+        let r = registry.sub_registry_with_prefix("workload_manager");
+        r.register(
+            "active_proxy_count",
+            "The total number current workloads with active proxies",
+            m.active.clone(),
+        );
+        r.register(
+            "pending_proxy_count",
+            "The total number current workloads with pending proxies",
+            m.pending.clone(),
+        );
+        r.register(
+            "proxies_started",
+            "The total number of proxies that were started",
+            m.started.clone(),
+        );
+        r.register(
+            "proxies_stopped",
+            "The total number of proxies that were stopped",
+            m.stopped.clone(),
+        );
+        m
     }
 }

@@ -15,6 +15,7 @@ use nix::sys::stat::fstat;
 use tracing::{info, warn};
 
 use crate::app::ProxyShared;
+use crate::metrics::WorkloadManagerMetrics;
 use crate::proxy::socket::{Netns, SocketFactory};
 
 /// Who a pod is, as the node agent names it.
@@ -39,17 +40,23 @@ pub struct PodProxies {
     pods: Mutex<HashMap<String, RunningPod>>,
     /// Pods whose proxy failed to start (the ZDS client retries them).
     pending: Mutex<HashMap<String, PodIdentity>>,
+    metrics: Arc<WorkloadManagerMetrics>,
 }
 
 impl PodProxies {
     /// `drain` is ztunnel's own: when it fires every pod's proxy drains too, and ztunnel's drain waits for them.
-    pub fn new(shared: Arc<ProxyShared>, drain: DrainWatcher) -> std::io::Result<Arc<PodProxies>> {
+    pub fn new(
+        shared: Arc<ProxyShared>,
+        metrics: Arc<WorkloadManagerMetrics>,
+        drain: DrainWatcher,
+    ) -> std::io::Result<Arc<PodProxies>> {
         let host_netns = Arc::new(Netns::current()?);
         let pods = Arc::new(PodProxies {
             shared,
             host_netns,
             pods: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            metrics,
         });
         let weak = Arc::downgrade(&pods);
         tokio::spawn(async move {
@@ -57,6 +64,7 @@ impl PodProxies {
             drain.signaled().await;
             if let Some(pods) = weak.upgrade() {
                 let all: Vec<RunningPod> = pods.take(|_| true);
+                pods.counted_stops(all.len());
                 let deadline = pods.shared.cfg.termination_deadline;
                 drop(pods);
                 futures::future::join_all(all.into_iter().map(|p| p.trigger.drain(deadline))).await;
@@ -68,8 +76,22 @@ impl PodProxies {
     }
 
     /// Starts the proxy of pod `uid` inside `netns`. Starting a pod that runs already in the same namespace is a
-    /// no-op; a different namespace (the pod sandbox was recreated) replaces it.
+    /// no-op; a different namespace (the pod sandbox was recreated) replaces it. A pod whose proxy fails to start
+    /// is `Pending` (in `/config_dump` and `workload_manager_pending_proxy_count`) until it starts or is removed.
     pub async fn start(&self, uid: &str, pod: PodIdentity, netns: OwnedFd) -> Result<(), String> {
+        let result = self.start_proxy(uid, pod.clone(), netns).await;
+        {
+            let mut pending = self.pending_lock();
+            match &result {
+                Ok(()) => pending.remove(uid),
+                Err(_) => pending.insert(uid.to_owned(), pod),
+            };
+        }
+        self.update_gauges();
+        result
+    }
+
+    async fn start_proxy(&self, uid: &str, pod: PodIdentity, netns: OwnedFd) -> Result<(), String> {
         let stat = fstat(netns.as_fd()).map_err(|e| format!("netns: {e}"))?;
         let netns_id = (stat.st_dev, stat.st_ino);
         let replaced = {
@@ -82,6 +104,7 @@ impl PodProxies {
         };
         if let Some(old) = replaced {
             info!(pod.uid = uid, "pod namespace changed; replacing its proxy");
+            self.counted_stops(1);
             old.trigger
                 .drain(self.shared.cfg.termination_deadline)
                 .await;
@@ -131,16 +154,15 @@ impl PodProxies {
                 trigger,
             },
         );
+        self.metrics.started.inc();
         Ok(())
     }
 
     /// Stops pod `uid`'s proxy: no new connections; open ones get the termination deadline to finish.
     pub async fn stop(&self, uid: &str) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uid);
+        self.pending_lock().remove(uid);
         let removed = self.lock().remove(uid);
+        self.counted_stops(usize::from(removed.is_some()));
         match removed {
             Some(p) => {
                 info!(pod.uid = uid, pod.name = %p.identity.name, "pod proxy draining");
@@ -153,11 +175,9 @@ impl PodProxies {
 
     /// Stops every pod not in `keep` (after a ZDS snapshot).
     pub async fn retain(&self, keep: &HashSet<String>) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|uid, _| keep.contains(uid));
+        self.pending_lock().retain(|uid, _| keep.contains(uid));
         let gone = self.take(|uid| !keep.contains(uid));
+        self.counted_stops(gone.len());
         let deadline = self.shared.cfg.termination_deadline;
         for p in gone {
             info!(pod.name = %p.identity.name, "pod not in the node agent's snapshot; draining");
@@ -174,12 +194,7 @@ impl PodProxies {
             })
         };
         let mut out = serde_json::Map::new();
-        for (uid, p) in self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        for (uid, p) in self.pending_lock().iter() {
             out.insert(uid.clone(), entry(p, "Pending"));
         }
         for (uid, p) in self.lock().iter() {
@@ -192,6 +207,27 @@ impl PodProxies {
         let mut pods = self.lock();
         let uids: Vec<String> = pods.keys().filter(|u| pred(u)).cloned().collect();
         uids.iter().filter_map(|u| pods.remove(u)).collect()
+    }
+
+    /// Counts `n` proxies stopped and refreshes the gauges.
+    fn counted_stops(&self, n: usize) {
+        self.metrics.stopped.inc_by(n as u64);
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        let active = self.lock().len();
+        let pending = self.pending_lock().len();
+        self.metrics
+            .active
+            .set(i64::try_from(active).unwrap_or(i64::MAX));
+        self.metrics
+            .pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    fn pending_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodIdentity>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningPod>> {

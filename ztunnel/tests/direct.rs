@@ -486,6 +486,23 @@ async fn several_workers(net: u8, spill_percent: Option<u32>) -> usize {
         );
     }
     let hbone = established_to(server.addresses.hbone);
+    // Upstream's runtime and process metrics, one `worker` per data-plane thread.
+    let m = metrics(server.addresses.stats).await;
+    for want in [
+        "tokio_num_workers 3",
+        "tokio_worker_park_count{worker=\"2\"}",
+        "tokio_worker_total_busy_duration_seconds_total{worker=\"0\"}",
+        "tokio_num_alive_tasks ",
+        "process_max_fds ",
+    ] {
+        assert!(m.contains(want), "{want:?} missing from\n{m}");
+    }
+    let open_fds: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("process_open_fds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("process_open_fds missing from\n{m}"));
+    assert!(open_fds > 10, "{open_fds} open fds");
     drop(conns);
     client.drain().await;
     server.drain().await;
@@ -504,4 +521,101 @@ async fn several_workers_keep_connections_where_the_kernel_put_them_when_spillin
     // listeners has a probability of 3^-23).
     let n = several_workers(62, None).await;
     assert!((2..=3).contains(&n), "{n} HBONE connections");
+}
+
+/// Shared mode, without root: a node agent hands over a "namespace" that is not one (an fd of /dev/null). The proxy
+/// cannot start: the Add is refused, the pod is `Pending` in `/config_dump` and in
+/// `workload_manager_pending_proxy_count`, and a Del clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_mode_reports_a_pod_whose_proxy_cannot_start_as_pending() {
+    use ambit_core::zds::ZdsListener;
+    use ambit_proto::zds::{
+        AddWorkload, DelWorkload, SnapshotSent, WorkloadRequest, WorkloadResponse, ZdsHello,
+        workload_request::Payload, workload_response,
+    };
+    use std::os::fd::AsFd;
+
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("ztunnel.sock");
+    let agent = ZdsListener::bind(&uds).unwrap();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        63,
+        2,
+        "node",
+        config_yaml(63, ""),
+        ca_dir.path(),
+        TlsBackend::default(),
+    );
+    cfg.proxy_mode = ProxyMode::Shared;
+    cfg.proxy_workload_info = None;
+    cfg.inpod_uds = uds;
+    let zt = app::start(cfg, ambit_core::logging::LogHandle::noop(), None)
+        .await
+        .unwrap();
+
+    let conn = agent.accept().await.unwrap();
+    let (_hello, _) = conn.recv_msg::<ZdsHello>().await.unwrap();
+    let ack = |r: WorkloadResponse| match r.payload {
+        Some(workload_response::Payload::Ack(a)) => a.error,
+        other => panic!("not an ack: {other:?}"),
+    };
+    let not_a_netns = std::fs::File::open("/dev/null").unwrap();
+    let add = WorkloadRequest {
+        payload: Some(Payload::Add(AddWorkload {
+            uid: "uid-1".into(),
+            workload_info: Some(ambit_proto::zds::WorkloadInfo {
+                name: "pod-1".into(),
+                namespace: "default".into(),
+                service_account: "sa".into(),
+            }),
+        })),
+    };
+    conn.send_msg(&add, Some(not_a_netns.as_fd()))
+        .await
+        .unwrap();
+    let (r, _) = conn.recv_msg::<WorkloadResponse>().await.unwrap();
+    assert!(ack(r).starts_with("failure to start proxy"));
+    let snap = WorkloadRequest {
+        payload: Some(Payload::SnapshotSent(SnapshotSent {})),
+    };
+    conn.send_msg(&snap, None).await.unwrap();
+    let (r, _) = conn.recv_msg::<WorkloadResponse>().await.unwrap();
+    assert_eq!(ack(r), "");
+
+    let dump = config_dump(zt.addresses.admin).await;
+    assert_eq!(dump["workloadState"]["uid-1"]["state"], "Pending", "{dump}");
+    let m = metrics(zt.addresses.stats).await;
+    assert!(m.contains("workload_manager_pending_proxy_count 1"), "{m}");
+    assert!(m.contains("workload_manager_active_proxy_count 0"), "{m}");
+    assert!(
+        m.contains("workload_manager_proxies_started_total 0"),
+        "{m}"
+    );
+
+    let del = WorkloadRequest {
+        payload: Some(Payload::Del(DelWorkload {
+            uid: "uid-1".into(),
+        })),
+    };
+    conn.send_msg(&del, None).await.unwrap();
+    let (r, _) = conn.recv_msg::<WorkloadResponse>().await.unwrap();
+    assert_eq!(ack(r), "");
+    let dump = config_dump(zt.addresses.admin).await;
+    assert!(dump["workloadState"].get("uid-1").is_none(), "{dump}");
+    let m = metrics(zt.addresses.stats).await;
+    assert!(m.contains("workload_manager_pending_proxy_count 0"), "{m}");
+    zt.drain().await;
+}
+
+async fn config_dump(addr: SocketAddr) -> serde_json::Value {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /config_dump HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
