@@ -25,6 +25,8 @@ use serde::Serialize;
 
 struct Args {
     duration: u64,
+    /// wrk's connections (`-c`).
+    connections: u32,
     rounds: usize,
     count_secs: u64,
     out: PathBuf,
@@ -34,12 +36,13 @@ struct Args {
     ztunnel_env: Vec<(String, String)>,
 }
 
-const USAGE: &str = "ambit-bench [--duration SECS] [--rounds N] [--count-secs SECS] [--out DIR] \
+const USAGE: &str = "ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] [--out DIR] \
 [--modes direct,ztunnel] [--ztunnel PATH] [--http PATH] [--ztunnel-env KEY=VALUE]...";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         duration: 10,
+        connections: 8,
         rounds: 3,
         count_secs: 5,
         out: PathBuf::from("target/bench"),
@@ -54,6 +57,7 @@ fn parse_args() -> Result<Args> {
         match flag.as_str() {
             "--duration" => args.duration = value()?.parse().context("--duration")?,
             "--rounds" => args.rounds = value()?.parse().context("--rounds")?,
+            "--connections" => args.connections = value()?.parse().context("--connections")?,
             "--count-secs" => args.count_secs = value()?.parse().context("--count-secs")?,
             "--out" => args.out = PathBuf::from(value()?),
             "--ztunnel" => args.ztunnel = Some(PathBuf::from(value()?)),
@@ -84,6 +88,10 @@ fn parse_args() -> Result<Args> {
     }
     ensure!(args.duration > 0, "--duration must be positive");
     ensure!(args.rounds > 0, "--rounds must be positive");
+    ensure!(
+        args.connections >= 2,
+        "--connections must be at least 2 (wrk runs 2 threads)"
+    );
     Ok(args)
 }
 
@@ -132,20 +140,27 @@ struct Report {
     ratios: Option<Ratios>,
 }
 
-fn wrk(pods: &TwoPods, secs: u64) -> Result<(String, WrkResult)> {
+fn wrk(pods: &TwoPods, connections: u32, secs: u64) -> Result<(String, WrkResult)> {
     let url = format!("http://{B_IP}:{HTTP_PORT}/");
     let dur = format!("{secs}s");
-    let out =
-        pods.a()
-            .ns()
-            .output(&["wrk", "-c", "8", "-t", "2", "-d", &dur, "--latency", &url])?;
+    let c = connections.to_string();
+    let out = pods
+        .a()
+        .ns()
+        .output(&["wrk", "-c", &c, "-t", "2", "-d", &dur, "--latency", &url])?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let result = tools::parse_wrk(&text).with_context(|| format!("wrk: {text}"))?;
     Ok((text, result))
 }
 
 /// Runs wrk with `perf stat` attached to both ztunnels and divides the counts by the requests completed.
-fn count_per_request(dir: &TestDir, pods: &TwoPods, secs: u64, tag: &str) -> Option<PerRequest> {
+fn count_per_request(
+    dir: &TestDir,
+    pods: &TwoPods,
+    connections: u32,
+    secs: u64,
+    tag: &str,
+) -> Option<PerRequest> {
     let pids: Vec<String> = [pods.a().ztunnel_pid(), pods.b().ztunnel_pid()]
         .into_iter()
         .flatten()
@@ -170,7 +185,7 @@ fn count_per_request(dir: &TestDir, pods: &TwoPods, secs: u64, tag: &str) -> Opt
         .stderr(std::process::Stdio::null())
         .spawn()
         .ok()?;
-    let run = wrk(pods, secs);
+    let run = wrk(pods, connections, secs);
     let pid = nix::unistd::Pid::from_raw(i32::try_from(perf.id()).ok()?);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).ok()?;
     perf.wait().ok()?;
@@ -223,10 +238,11 @@ fn measure(
         .with_context(|| format!("{tag}: iperf3: {}", String::from_utf8_lossy(&out.stderr)))?;
 
     eprintln!(
-        "== round {round}, {}: wrk -c 8 -t 2 -d {secs}s --latency",
-        mode.as_str()
+        "== round {round}, {}: wrk -c {} -t 2 -d {secs}s --latency",
+        mode.as_str(),
+        args.connections
     );
-    let (text, wrk) = wrk(&pods, args.duration).with_context(|| tag.clone())?;
+    let (text, wrk) = wrk(&pods, args.connections, args.duration).with_context(|| tag.clone())?;
     std::fs::write(dir.join(&format!("wrk-{tag}.txt")), &text).context("save wrk output")?;
     if wrk.errors > 0 {
         eprintln!("warning: {tag}: wrk reported {} errors", wrk.errors);
@@ -237,7 +253,7 @@ fn measure(
             mode.as_str(),
             args.count_secs
         );
-        count_per_request(dir, &pods, args.count_secs, &tag)
+        count_per_request(dir, &pods, args.connections, args.count_secs, &tag)
     } else {
         None
     };
@@ -392,7 +408,10 @@ fn run() -> Result<()> {
             .unwrap_or_else(default_ztunnel_bin)
             .display()
             .to_string(),
-        wrk_command: format!("wrk -c 8 -t 2 -d {}s --latency", args.duration),
+        wrk_command: format!(
+            "wrk -c {} -t 2 -d {}s --latency",
+            args.connections, args.duration
+        ),
         iperf_command: format!("iperf3 -c <b> -t {} (1 stream)", args.duration),
         results,
         round_ratios,
