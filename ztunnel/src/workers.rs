@@ -77,19 +77,17 @@ impl Workers {
         if self.handles.len() < 2 {
             return on;
         }
-        let loads: Vec<u32> = (0..self.handles.len()).map(|i| self.load(i)).collect();
         let Some(spill_at) = self.spill_at else {
             return on;
         };
-        if let Some(first) = loads.iter().position(|l| *l < spill_at) {
+        let n = self.handles.len();
+        if let Some(first) = (0..n).find(|&i| self.load(i) < spill_at) {
             return first;
         }
-        let least = loads.iter().copied().min().unwrap_or(0);
-        if loads.get(on) == Some(&least) {
-            on
-        } else {
-            loads.iter().position(|l| *l == least).unwrap_or(on)
-        }
+        // Everyone is past the threshold: the least busy, preferring the accepting worker on a tie.
+        (0..n)
+            .min_by_key(|&i| (self.load(i), i != on))
+            .unwrap_or(on)
     }
 
     /// Starts one sampler per worker (only with more than one: a single worker never hands anything over). Each
