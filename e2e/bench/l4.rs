@@ -2,13 +2,14 @@
 //! topology. Needs root, `iperf3` and `wrk`; run it through `scripts/bench.sh` (release build).
 //!
 //! ```text
-//! ambit-bench [--duration SECS] [--rounds N] [--count-secs SECS] [--out DIR] [--modes direct,ztunnel]
-//!             [--ztunnel PATH] [--http PATH] [--ztunnel-env KEY=VALUE]...
+//! ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] [--out DIR]
+//!             [--modes direct,ztunnel,relay] [--ztunnel PATH] [--http PATH] [--ztunnel-env KEY=VALUE]...
 //! ```
 //! Each round measures every mode in turn (fresh pods each time); requests/s are measured with nothing attached
 //! to the processes, and the ztunnels' per-request counts come from a separate `--count-secs` wrk run under
-//! `perf stat`. Prints a table, the ztunnel/direct ratios of every round and their medians, and writes `l4-<unix time>.json` and `.md` (and `l4-latest.*`)
-//! into the output directory.
+//! `perf stat`. `relay` (HAProxy as a plain TCP relay in each pod, needs `haproxy`) is a reference for what the
+//! two extra hops cost on this machine. Prints a table, every mode's ratios to direct per round and their medians,
+//! and writes `l4-<unix time>.json` and `.md` (and `l4-latest.*`) into the output directory.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -37,7 +38,7 @@ struct Args {
 }
 
 const USAGE: &str = "ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] [--out DIR] \
-[--modes direct,ztunnel] [--ztunnel PATH] [--http PATH] [--ztunnel-env KEY=VALUE]...";
+[--modes direct,ztunnel,relay] [--ztunnel PATH] [--http PATH] [--ztunnel-env KEY=VALUE]...";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
@@ -51,6 +52,7 @@ fn parse_args() -> Result<Args> {
         http: None,
         ztunnel_env: Vec::new(),
     };
+    let mut modes_given = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -70,12 +72,14 @@ fn parse_args() -> Result<Args> {
                 args.ztunnel_env.push((k.to_owned(), v.to_owned()));
             }
             "--modes" => {
+                modes_given = true;
                 args.modes = value()?
                     .split(',')
                     .map(|m| match m.trim() {
                         "direct" => Ok(Mode::Direct),
                         "ztunnel" => Ok(Mode::Ztunnel),
-                        other => bail!("unknown mode {other:?} (direct, ztunnel)"),
+                        "relay" => Ok(Mode::Relay),
+                        other => bail!("unknown mode {other:?} (direct, ztunnel, relay)"),
                     })
                     .collect::<Result<_>>()?;
             }
@@ -85,6 +89,10 @@ fn parse_args() -> Result<Args> {
             }
             other => bail!("unknown argument {other:?} (usage: {USAGE})"),
         }
+    }
+    if !modes_given && check_tools(&["haproxy"]).is_ok() {
+        // The reference comes along whenever it can.
+        args.modes.push(Mode::Relay);
     }
     ensure!(args.duration > 0, "--duration must be positive");
     ensure!(args.rounds > 0, "--rounds must be positive");
@@ -116,8 +124,11 @@ struct PerRequest {
     syscalls: f64,
 }
 
+/// One mode against direct: per round, or the medians of the rounds (`round` 0).
 #[derive(Debug, Serialize)]
 struct Ratios {
+    mode: &'static str,
+    round: usize,
     throughput: f64,
     requests_per_sec: f64,
 }
@@ -134,10 +145,10 @@ struct Report {
     wrk_command: String,
     iperf_command: String,
     results: Vec<ModeResult>,
-    /// ztunnel / direct per round; absent unless both modes ran.
+    /// Every other mode / direct, per round (empty unless direct ran).
     round_ratios: Vec<Ratios>,
-    /// The medians of `round_ratios`.
-    ratios: Option<Ratios>,
+    /// The medians of `round_ratios`, per mode.
+    ratios: Vec<Ratios>,
 }
 
 fn wrk(pods: &TwoPods, connections: u32, secs: u64) -> Result<(String, WrkResult)> {
@@ -326,9 +337,14 @@ fn markdown(r: &Report) -> String {
             m.wrk.errors
         );
     }
-    if !r.round_ratios.is_empty() {
+    for mode in [Mode::Ztunnel, Mode::Relay] {
+        let name = mode.as_str();
+        let rounds: Vec<&Ratios> = r.round_ratios.iter().filter(|x| x.mode == name).collect();
+        if rounds.is_empty() {
+            continue;
+        }
         let list = |f: fn(&Ratios) -> f64| {
-            r.round_ratios
+            rounds
                 .iter()
                 .map(|x| format!("{:.2}", f(x)))
                 .collect::<Vec<_>>()
@@ -336,16 +352,21 @@ fn markdown(r: &Report) -> String {
         };
         let _ = writeln!(
             s,
-            "\nztunnel/direct per round: throughput {}; requests/s {}.",
+            "\n{name}/direct per round: throughput {}; requests/s {}.",
             list(|x| x.throughput),
             list(|x| x.requests_per_sec)
         );
     }
-    if let Some(ratio) = &r.ratios {
+    for ratio in &r.ratios {
+        let note = match ratio.mode {
+            "ztunnel" => " (upstream ztunnel on this class of machine: 0.37×, 0.30×; goal ≥ 0.5×)",
+            "relay" => " (two plain TCP relays: what the extra hops alone cost here)",
+            _ => "",
+        };
         let _ = writeln!(
             s,
-            "\nztunnel/direct (median of rounds): throughput **{:.2}×**, requests/s **{:.2}×** (upstream ztunnel on this class of machine: 0.37×, 0.30×; goal ≥ 0.5×).",
-            ratio.throughput, ratio.requests_per_sec
+            "\n{}/direct (median of rounds): throughput **{:.2}×**, requests/s **{:.2}×**{note}.",
+            ratio.mode, ratio.throughput, ratio.requests_per_sec
         );
     }
     s
@@ -375,19 +396,33 @@ fn run() -> Result<()> {
         for &mode in &args.modes {
             this.push(measure(&dir, mode, round, &args, &http).inspect_err(|_| dir.report())?);
         }
-        let find = |m: Mode| this.iter().find(|r| r.mode == m.as_str());
-        if let (Some(d), Some(z)) = (find(Mode::Direct), find(Mode::Ztunnel)) {
-            round_ratios.push(Ratios {
-                throughput: z.throughput_gbps / d.throughput_gbps,
-                requests_per_sec: z.wrk.requests_per_sec / d.wrk.requests_per_sec,
-            });
+        if let Some(d) = this.iter().find(|r| r.mode == Mode::Direct.as_str()) {
+            for m in this.iter().filter(|r| r.mode != Mode::Direct.as_str()) {
+                round_ratios.push(Ratios {
+                    mode: m.mode,
+                    round,
+                    throughput: m.throughput_gbps / d.throughput_gbps,
+                    requests_per_sec: m.wrk.requests_per_sec / d.wrk.requests_per_sec,
+                });
+            }
         }
         results.extend(this);
     }
-    let ratios = (!round_ratios.is_empty()).then(|| Ratios {
-        throughput: median(round_ratios.iter().map(|r| r.throughput).collect()),
-        requests_per_sec: median(round_ratios.iter().map(|r| r.requests_per_sec).collect()),
-    });
+    let ratios = [Mode::Ztunnel, Mode::Relay]
+        .iter()
+        .filter_map(|m| {
+            let of: Vec<&Ratios> = round_ratios
+                .iter()
+                .filter(|r| r.mode == m.as_str())
+                .collect();
+            (!of.is_empty()).then(|| Ratios {
+                mode: m.as_str(),
+                round: 0,
+                throughput: median(of.iter().map(|r| r.throughput).collect()),
+                requests_per_sec: median(of.iter().map(|r| r.requests_per_sec).collect()),
+            })
+        })
+        .collect();
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)

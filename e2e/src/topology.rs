@@ -40,6 +40,10 @@ pub enum Mode {
     Direct,
     /// A dedicated-mode ztunnel in each pod and upstream's redirect rule.
     Ztunnel,
+    /// A reference, not the mesh: a plain TCP relay (HAProxy, `mode tcp`, 2 threads) in each pod where the ztunnel
+    /// would be, with the same kind of redirect (a's outgoing TCP, b's incoming), no TLS and no HTTP/2. What two
+    /// extra hops cost on this machine.
+    Relay,
 }
 
 impl Mode {
@@ -47,6 +51,7 @@ impl Mode {
         match self {
             Mode::Direct => "direct",
             Mode::Ztunnel => "ztunnel",
+            Mode::Relay => "relay",
         }
     }
 }
@@ -404,6 +409,10 @@ impl TwoPods {
             }
         }
 
+        if opts.mode == Mode::Relay {
+            start_relays(dir, &mut pods)?;
+        }
+
         if let Some(bin) = &opts.http_bin {
             let listen = format!("0.0.0.0:{HTTP_PORT}");
             let bin = bin.to_string_lossy();
@@ -443,6 +452,71 @@ impl TwoPods {
     pub fn b_url(&self) -> String {
         format!("http://{B_IP}:{HTTP_PORT}/")
     }
+}
+
+/// [`Mode::Relay`]: HAProxy in a on 15001 (a's outgoing TCP redirected to it, except its own, which runs as
+/// `nobody`) and in b on 15006 (b's incoming TCP on the veth redirected to it); both forward to the connection's
+/// original destination.
+fn start_relays(dir: &TestDir, pods: &mut TwoPods) -> Result<()> {
+    crate::runner::check_tools(&["haproxy"])
+        .context("relay mode needs haproxy (apt-get install haproxy)")?;
+    for (pod, port) in [(&pods.a, 15001u16), (&pods.b, 15006u16)] {
+        let cfg = dir.join(&format!("haproxy-{}.cfg", pod.name));
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  nbthread 2\n  user nobody\n  group nogroup\n\
+                 defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
+                 frontend relay\n  bind 0.0.0.0:{port}\n  default_backend original_destination\n\
+                 backend original_destination\n  server dst 0.0.0.0:0\n"
+            ),
+        )
+        .context("write the haproxy configuration")?;
+        let cfg = cfg.to_string_lossy().into_owned();
+        let name = format!("relay-{}", pod.name);
+        let relay = pod
+            .ns
+            .spawn(dir.path(), &name, &["haproxy", "-db", "-f", &cfg], &[])?;
+        pods.apps.push(relay);
+        wait_listening(&pod.ns, port, Duration::from_secs(10))?;
+    }
+    pods.a.ns.run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "!",
+        "-o",
+        "lo",
+        "-m",
+        "owner",
+        "!",
+        "--uid-owner",
+        "nobody",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ])?;
+    pods.b.ns.run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-i",
+        "veth-b",
+        "-p",
+        "tcp",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15006",
+    ])?;
+    Ok(())
 }
 
 fn start_ztunnel(dir: &TestDir, opts: &TwoPodsOptions, pod: &mut Pod, ca_dir: &Path) -> Result<()> {
