@@ -10,6 +10,7 @@ cd "$root"
 for tool in ip iptables curl iperf3 wrk ss; do
   command -v "$tool" >/dev/null 2>&1 || { echo "bench.sh: '$tool' missing (apt-get install iproute2 iptables curl iperf3 wrk)" >&2; exit 1; }
 done
+command -v haproxy >/dev/null 2>&1 || echo "bench.sh: no haproxy: the 'relay' reference is skipped (apt-get install haproxy)" >&2
 
 echo "== building (release): ztunnel, ambit-bench, e2e-http"
 cargo build --release -p ambit-ztunnel -p ambit-e2e --bins
