@@ -5,9 +5,10 @@
 //! addresses, which at light load wakes every worker for a share of the traffic: each then sleeps and wakes for
 //! its few connections, and on a small node those wake-ups cost more than the proxying itself (measured in
 //! docs/PERFORMANCE.md). So the workers are filled in order instead: a connection goes to the first worker whose
-//! thread used less than `AMBIT_WORKER_SPILL_PERCENT` (70 %) of a CPU over the last sample, and only when every worker is past that to the
-//! least busy one. A connection accepted on another worker is handed over once, before any byte is read, and then
-//! stays where it is; at light load everything runs on worker 0, under heavy load new connections spread.
+//! thread used less than `AMBIT_WORKER_SPILL_PERCENT` (70 %) of a CPU over the last sample, and only when every
+//! worker is past that to the least busy one. A connection accepted on another worker is handed over once, before
+//! any byte is read, and then stays where it is; at light load everything runs on worker 0, under heavy load new
+//! connections spread.
 //!
 //! Each worker measures its own thread's CPU time every [`SAMPLE_EVERY`] (ten wake-ups a second per worker, not
 //! per connection).
