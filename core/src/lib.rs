@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod ca;
 pub mod cert;
+pub mod dns_forward;
 pub mod drain;
 pub mod enrollment;
 pub mod grpc;

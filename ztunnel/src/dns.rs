@@ -5,7 +5,6 @@
 //! that matched only once a search domain was stripped is answered with a CNAME to the stripped name. Bad packets
 //! get FORMERR (or nothing, without even a header); other opcodes NOTIMP; an unknown client SERVFAIL.
 
-pub mod forward;
 pub mod metrics;
 pub mod names;
 
@@ -49,22 +48,14 @@ impl DnsConfig {
     /// Upstreams (and, for dedicated mode, search domains) from a `resolv.conf`.
     pub fn from_resolv_conf(path: &Path, cluster_domain: &str) -> std::io::Result<DnsConfig> {
         let text = std::fs::read_to_string(path)?;
-        let mut upstreams = Vec::new();
+        let upstreams = ambit_core::dns_forward::nameservers(&text);
         let mut search = Vec::new();
         for line in text.lines() {
             let mut words = line.split_whitespace();
-            match words.next() {
-                Some("nameserver") => {
-                    if let Some(ip) = words.next().and_then(|w| w.parse::<IpAddr>().ok()) {
-                        upstreams.push(SocketAddr::new(ip, 53));
-                    }
-                }
-                Some("search") => {
-                    search = words
-                        .map(|w| w.trim_end_matches('.').to_ascii_lowercase())
-                        .collect()
-                }
-                _ => {}
+            if words.next() == Some("search") {
+                search = words
+                    .map(|w| w.trim_end_matches('.').to_ascii_lowercase())
+                    .collect();
             }
         }
         Ok(DnsConfig {
@@ -317,7 +308,9 @@ impl DnsProxy {
     ) -> Option<Vec<u8>> {
         for up in &self.cfg.upstreams {
             let started = tokio::time::Instant::now();
-            let r = forward::exchange(*up, packet, id, tcp, self.cfg.forward_timeout).await;
+            let r =
+                ambit_core::dns_forward::exchange(*up, packet, id, tcp, self.cfg.forward_timeout)
+                    .await;
             if let (Some(m), Some(l)) = (&self.metrics, labels) {
                 m.upstream(l, started.elapsed(), r.is_ok());
             }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use ambit_core::dns_forward;
 use anyhow::{Context, Result};
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType, rdata::A};
@@ -180,26 +181,17 @@ pub async fn answer(records: &Records, upstreams: &[SocketAddr], packet: &[u8]) 
     resp.to_vec().ok()
 }
 
-/// Relays the query to the host's resolvers; SERVFAIL when none answers.
+/// Relays the query to the host's resolvers in turn (`core::dns_forward`: answers only from the resolver asked, with
+/// the query's id; TCP when an answer is truncated); SERVFAIL when none answers.
 async fn forward(upstreams: &[SocketAddr], packet: &[u8], id: u16) -> Vec<u8> {
     for up in upstreams {
-        let bind: SocketAddr = if up.is_ipv4() {
-            SocketAddr::from(([0, 0, 0, 0], 0))
-        } else {
-            SocketAddr::from(([0u16; 8], 0))
-        };
-        let Ok(s) = tokio::net::UdpSocket::bind(bind).await else {
-            continue;
-        };
-        if s.send_to(packet, up).await.is_err() {
-            continue;
-        }
-        let mut buf = vec![0u8; 4096];
-        if let Ok(Ok((n, _))) =
-            tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf)).await
-        {
-            buf.truncate(n);
-            return buf;
+        match dns_forward::exchange(*up, packet, id, false, Duration::from_secs(2)).await {
+            Ok(answer) => {
+                if let Ok(bytes) = answer.to_vec() {
+                    return bytes;
+                }
+            }
+            Err(e) => debug!(error = %e, "cluster DNS: upstream failed"),
         }
     }
     Message::error_msg(id, OpCode::Query, ResponseCode::ServFail)
@@ -209,13 +201,7 @@ async fn forward(upstreams: &[SocketAddr], packet: &[u8], id: u16) -> Vec<u8> {
 
 /// The nameservers of the host's `/etc/resolv.conf`.
 fn host_resolvers() -> Vec<SocketAddr> {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
+    dns_forward::nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! Relaying queries to the upstream resolvers (spec 7): UDP first, TCP when the client asked over TCP or the UDP
-//! answer came back truncated. Every exchange is bounded by one timeout.
+//! Relaying DNS queries to upstream resolvers (spec 7): UDP first, TCP when the client asked over TCP or the UDP
+//! answer came back truncated. Every exchange is bounded by one timeout, and a UDP answer is taken only from the
+//! upstream asked (connected socket) with the query's id. Used by ztunnel's DNS proxy and the local mesh's cluster
+//! DNS.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -94,4 +96,37 @@ async fn over_tcp(up: SocketAddr, packet: &[u8]) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
     s.read_exact(&mut buf).await?;
     Ok(buf)
+}
+
+/// The `nameserver` lines of a `resolv.conf`, as port-53 addresses (unparsable ones skipped).
+pub fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+        })
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nameservers_of_a_resolv_conf() {
+        let text = "# comment\nnameserver 10.0.0.1\nsearch a.b\nnameserver  fd00::53 \nnameserver bogus\n\
+                    nameserverx 1.1.1.1\n";
+        assert_eq!(
+            nameservers(text),
+            vec![
+                "10.0.0.1:53".parse::<SocketAddr>().unwrap(),
+                "[fd00::53]:53".parse().unwrap()
+            ]
+        );
+    }
 }
