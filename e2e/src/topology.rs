@@ -480,42 +480,13 @@ fn start_relays(dir: &TestDir, pods: &mut TwoPods) -> Result<()> {
         pods.apps.push(relay);
         wait_listening(&pod.ns, port, Duration::from_secs(10))?;
     }
-    pods.a.ns.run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "!",
-        "-o",
-        "lo",
-        "-m",
-        "owner",
-        "!",
-        "--uid-owner",
-        "nobody",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15001",
-    ])?;
-    pods.b.ns.run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-i",
-        "veth-b",
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15006",
-    ])?;
+    let words = |cmd: &'static str| cmd.split(' ').collect::<Vec<_>>();
+    pods.a.ns.run(&words(
+        "iptables -t nat -A OUTPUT -p tcp ! -o lo -m owner ! --uid-owner nobody -j REDIRECT --to-ports 15001",
+    ))?;
+    pods.b.ns.run(&words(
+        "iptables -t nat -A PREROUTING -i veth-b -p tcp -j REDIRECT --to-ports 15006",
+    ))?;
     Ok(())
 }
 

@@ -148,14 +148,18 @@ async fn socks_connect(socks: SocketAddr, dst: SocketAddr) -> std::io::Result<Tc
     Ok(s)
 }
 
-async fn metrics(addr: SocketAddr) -> String {
+/// The whole HTTP/1.1 response (head and body) to `GET path`.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+async fn metrics(addr: SocketAddr) -> String {
+    http_get(addr, "/metrics").await
 }
 
 async fn wait_ready(r: &Running) {
@@ -610,12 +614,7 @@ async fn shared_mode_reports_a_pod_whose_proxy_cannot_start_as_pending() {
 }
 
 async fn config_dump(addr: SocketAddr) -> serde_json::Value {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /config_dump HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
+    let out = http_get(addr, "/config_dump").await;
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
