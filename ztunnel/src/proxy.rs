@@ -209,7 +209,7 @@ where
             }
         };
         let h = self.clone();
-        self.workers.handle(to).clone().spawn(async move {
+        self.workers.handle(to).spawn(async move {
             match TcpStream::from_std(std) {
                 Ok(s) => (h.handle)(h.inputs[to].clone(), s, peer, drain).await,
                 Err(e) => {
