@@ -30,6 +30,55 @@ pub mod istio {
     }
 }
 
+pub mod ambit {
+    pub mod waypoint {
+        include!(concat!(env!("OUT_DIR"), "/ambit.waypoint.rs"));
+    }
+}
+
+/// Enum fields of the waypoint schema as names in YAML/JSON: `EXACT`, and also Gateway API's spelling `Exact`,
+/// `PathPrefix`, `RegularExpression` (compared without case and underscores). Unknown names are an error.
+pub mod serde_enum {
+    macro_rules! by_name {
+        ($module:ident, $ty:ty) => {
+            pub mod $module {
+                pub fn serialize<S: serde::Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+                    match <$ty>::try_from(*v) {
+                        Ok(e) => s.serialize_str(e.as_str_name()),
+                        Err(_) => s.serialize_i32(*v),
+                    }
+                }
+
+                pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+                    d: D,
+                ) -> Result<i32, D::Error> {
+                    let name: String = serde::Deserialize::deserialize(d)?;
+                    super::lookup(&name, |i| <$ty>::try_from(i).ok().map(|e| e.as_str_name()))
+                        .ok_or_else(|| serde::de::Error::custom(format!("unknown value {name:?}")))
+                }
+            }
+        };
+    }
+
+    fn squash(s: &str) -> String {
+        s.chars()
+            .filter(|c| *c != '_')
+            .flat_map(char::to_uppercase)
+            .collect()
+    }
+
+    fn lookup(name: &str, names: impl Fn(i32) -> Option<&'static str>) -> Option<i32> {
+        let wanted = squash(name);
+        (0..32).find(|i| names(*i).is_some_and(|n| squash(n) == wanted))
+    }
+
+    by_name!(route_kind, crate::waypoint::RouteKind);
+    by_name!(parent_kind, crate::waypoint::parent_ref::Kind);
+    by_name!(match_type, crate::waypoint::MatchType);
+    by_name!(path_modifier_kind, crate::waypoint::path_modifier::Kind);
+}
+
+pub use ambit::waypoint;
 /// Short names for the packages.
 pub use envoy::service::discovery::v3 as xds;
 pub use istio::security;
@@ -37,16 +86,43 @@ pub use istio::v1::auth as ca;
 pub use istio::workload;
 pub use istio::workload::zds;
 
-/// xDS type URLs ztunnel subscribes to.
+/// xDS type URLs: ztunnel subscribes to the first two, waypoints to `ADDRESS` and `WAYPOINT_ROUTE`.
 pub mod type_url {
     pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
     pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
+    pub const WAYPOINT_ROUTE: &str = "type.googleapis.com/ambit.waypoint.Route";
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn waypoint_route_from_yaml_by_name() {
+        let r: waypoint::Route = serde_json::from_value(serde_json::json!({
+            "name": "ns/httproute/r/0",
+            "kind": "HTTP",
+            "parents": [{"kind": "SERVICE", "name": "a.ns.svc.cluster.local", "port": 80}],
+            "matches": [{"path": {"type": "PathPrefix", "value": "/v1"}, "headers": [{"type": "Exact", "name": "x", "value": "1"}]}],
+            "filters": [{"requestHeaderModifier": {"set": [{"name": "a", "value": "b"}]}}],
+            "backends": [{"hostname": "a.ns.svc.cluster.local", "port": 80, "weight": 1}],
+        }))
+        .unwrap();
+        assert_eq!(
+            r.matches[0].path.as_ref().unwrap().r#type,
+            waypoint::MatchType::PathPrefix as i32
+        );
+        assert_eq!(
+            r.filters[0].request_header_modifier.as_ref().unwrap().set[0].value,
+            "b"
+        );
+        let back = serde_json::to_value(&r).unwrap();
+        assert_eq!(back["matches"][0]["path"]["type"], "PATH_PREFIX");
+        let bad =
+            serde_json::from_value::<waypoint::PathMatch>(serde_json::json!({"type": "Glob"}));
+        assert!(bad.unwrap_err().to_string().contains("unknown value"));
+    }
 
     #[test]
     fn zds_del_workload_uses_field_two() {
