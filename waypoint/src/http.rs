@@ -1,0 +1,583 @@
+//! One HTTP request through the waypoint: route (404 `NR` when a service's routes match nothing), rule filters,
+//! weighted backend choice (500 for a missing or invalid backend), endpoint choice (503 `UH` when none is
+//! healthy), forwarding on a reused connection (503 `UF` when it cannot be made, 504 `UT` on timeout), response
+//! filters, then metrics and one access-log event when the response ends.
+//!
+//! The steps a request goes through are plain code in [`handle`], in order: that is the filter chain that
+//! resilience and L7 policy plug into.
+
+pub mod body;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use ambit_core::Identity;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use tracing::{debug, info};
+
+use crate::config::Config;
+use crate::filters::{self, Filter, HeaderModifier, Mirror};
+use crate::metrics::{Metrics, Report, RequestLabels};
+use crate::route::{Match, RequestView, Rule, pick_weighted};
+use crate::state::{
+    ActiveRequest, AppProtocol, Picked, Service, Snapshot, Store, Target, Workload,
+};
+use crate::upstream::{ReqBody, Upstream, UpstreamError};
+use body::{Counted, Finish, RespBody};
+use headers::{
+    TRACEPARENT, X_REQUEST_ID, error_response, is_grpc, next_traceparent, strip_hop_by_hop,
+};
+
+/// What every request of one worker shares.
+pub struct Proxy {
+    pub cfg: Arc<Config>,
+    pub certs: Arc<ambit_core::cert::CertManager>,
+    pub store: Store,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+}
+
+/// One downstream connection (one HBONE CONNECT stream): what it was addressed to and who sent it.
+pub struct Conn {
+    pub target: Target,
+    pub source_principal: Option<Identity>,
+    /// The client's address as the source ztunnel reported it (`forwarded: for=`).
+    pub source_addr: Option<SocketAddr>,
+    pub source: Option<Arc<Workload>>,
+}
+
+/// Where a request goes after routing.
+enum Dest {
+    Endpoint(Picked),
+    /// A synthetic answer: status, response flag, message.
+    Answer(StatusCode, &'static str, String),
+    Redirect(StatusCode, String),
+}
+
+/// Envoy's response flags, as Istio users read them in logs and metrics.
+pub mod flags {
+    pub const NONE: &str = "-";
+    pub const NO_ROUTE: &str = "NR";
+    pub const NO_HEALTHY_UPSTREAM: &str = "UH";
+    pub const UPSTREAM_CONNECT_FAILURE: &str = "UF";
+    pub const UPSTREAM_TERMINATION: &str = "UC";
+    pub const UPSTREAM_TIMEOUT: &str = "UT";
+    pub const DOWNSTREAM_TERMINATION: &str = "DC";
+}
+
+/// Serves one request.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    conn: Arc<Conn>,
+    mut req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    let start = Instant::now();
+    let snap = proxy.store.load();
+    let grpc = is_grpc(req.headers());
+    let downstream_version = req.version();
+    let upgrading =
+        downstream_version <= Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
+    let on_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    if !parts.headers.contains_key(X_REQUEST_ID)
+        && let Ok(v) = HeaderValue::from_str(&headers::request_id())
+    {
+        parts.headers.insert(X_REQUEST_ID, v);
+    }
+    let tp = next_traceparent(parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
+    if let Ok(v) = HeaderValue::from_str(&tp) {
+        parts.headers.insert(TRACEPARENT, v);
+    }
+    let mut authority = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+
+    let mut log = AccessLog {
+        proxy: proxy.clone(),
+        conn: conn.clone(),
+        snap: snap.clone(),
+        start,
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".into(), |p| p.to_string()),
+        authority: authority.clone(),
+        request_id: parts
+            .headers
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+        protocol: if grpc { "grpc" } else { "http" },
+        route: None,
+        service: None,
+        destination: None,
+        upstream: None,
+        code: 0,
+        flags: flags::NONE,
+        request_bytes: Arc::new(AtomicU64::new(0)),
+        _active: None,
+    };
+
+    // Routing and the rule's filters.
+    let mut response_mods: Vec<&HeaderModifier> = Vec::new();
+    let mut mirrors: Vec<&Mirror> = Vec::new();
+    let mut rule_for_timeouts: Option<&Arc<Rule>> = None;
+    let (dest, service_port) = match &conn.target {
+        Target::Workload { workload, ip, port } => {
+            log.destination = Some(workload.clone());
+            let stats = snap.stats_of(&workload.uid);
+            let picked = Picked {
+                workload: workload.clone(),
+                addr: SocketAddr::new(*ip, *port),
+                stats,
+            };
+            (Dest::Endpoint(picked), None)
+        }
+        Target::Service { service, port } => {
+            log.service = Some(service.clone());
+            let dest = match snap.http_routes(&service.hostname, *port) {
+                None => to_backend(&snap, &service.hostname, *port),
+                Some(table) => {
+                    let view = RequestView {
+                        method: &parts.method,
+                        path: parts.uri.path(),
+                        query: parts.uri.query(),
+                        headers: &parts.headers,
+                    };
+                    match table.select(&view) {
+                        None => Dest::Answer(
+                            StatusCode::NOT_FOUND,
+                            flags::NO_ROUTE,
+                            "route not found".into(),
+                        ),
+                        Some((rule, m)) => {
+                            log.route = Some(rule.name.clone());
+                            rule_for_timeouts = Some(rule);
+                            let pq = parts
+                                .uri
+                                .path_and_query()
+                                .cloned()
+                                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                            match apply_filters(
+                                &rule.filters,
+                                &mut parts,
+                                &mut authority,
+                                &pq,
+                                m,
+                                *port,
+                                &mut response_mods,
+                                &mut mirrors,
+                            ) {
+                                Some(redirect) => redirect,
+                                None => choose_backend(&snap, rule, &mut parts, &mut response_mods),
+                            }
+                        }
+                    }
+                }
+            };
+            (dest, Some((service.clone(), *port)))
+        }
+    };
+    let picked = match dest {
+        Dest::Endpoint(p) => p,
+        Dest::Answer(status, flag, msg) => {
+            log.code = status.as_u16();
+            log.flags = flag;
+            return Ok(finish_synthetic(error_response(status, grpc, &msg), log));
+        }
+        Dest::Redirect(status, location) => {
+            log.code = status.as_u16();
+            let mut r = error_response(status, false, "");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return Ok(finish_synthetic(r, log));
+        }
+    };
+    log.destination = Some(picked.workload.clone());
+    log.upstream = Some(picked.addr);
+    log._active = Some(picked.stats.start());
+
+    for m in mirrors {
+        mirror(&proxy, &snap, m, &parts);
+    }
+
+    // The backend's protocol: the service port's, else what the client spoke.
+    let protocol = service_port
+        .as_ref()
+        .and_then(|(s, p)| s.port(*p))
+        .map_or(AppProtocol::Unknown, |p| p.protocol);
+    let h2_up = match protocol {
+        AppProtocol::Http1 => false,
+        AppProtocol::Unknown => downstream_version == Version::HTTP_2 || grpc,
+        other => other.is_h2(),
+    };
+    strip_hop_by_hop(&mut parts.headers, upgrading);
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if h2_up && !upgrading {
+        parts.version = Version::HTTP_2;
+        parts.headers.remove(header::HOST);
+        match Uri::builder()
+            .scheme("http")
+            .authority(authority.as_str())
+            .path_and_query(pq)
+            .build()
+        {
+            Ok(u) => parts.uri = u,
+            Err(_) => {
+                log.code = 400;
+                return Ok(finish_synthetic(
+                    error_response(StatusCode::BAD_REQUEST, grpc, "bad authority"),
+                    log,
+                ));
+            }
+        }
+    } else {
+        parts.version = Version::HTTP_11;
+        parts.uri = Uri::from(pq);
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+
+    let body = Counted::boxed(body, log.request_bytes.clone());
+    let upstream_req = Request::from_parts(parts, body);
+    let timeout = rule_for_timeouts.and_then(|r| r.timeouts.backend_request.or(r.timeouts.request));
+    let send = async {
+        if upgrading {
+            proxy
+                .upstream
+                .send_upgrade(&picked.workload, picked.addr, upstream_req)
+                .await
+                .map(|r| (r, None))
+        } else {
+            proxy
+                .upstream
+                .send(&picked.workload, picked.addr, h2_up, upstream_req)
+                .await
+        }
+    };
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                log.code = 504;
+                log.flags = flags::UPSTREAM_TIMEOUT;
+                return Ok(finish_synthetic(
+                    error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        grpc,
+                        "upstream request timeout",
+                    ),
+                    log,
+                ));
+            }
+        },
+        None => send.await,
+    };
+    let (mut resp, release) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let (flag, msg) = upstream_failure(&e);
+            debug!(error = %e, "upstream failed");
+            log.code = 503;
+            log.flags = flag;
+            return Ok(finish_synthetic(
+                error_response(StatusCode::SERVICE_UNAVAILABLE, grpc, msg),
+                log,
+            ));
+        }
+    };
+    if let Some(client_side) = on_upgrade
+        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        let server_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(a), Ok(b)) = (client_side.await, server_side.await) {
+                let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            }
+        });
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(
+        &mut rparts.headers,
+        rparts.status == StatusCode::SWITCHING_PROTOCOLS,
+    );
+    for m in response_mods {
+        m.apply(&mut rparts.headers);
+    }
+    rparts.version = downstream_version;
+    log.code = rparts.status.as_u16();
+    let grpc_status = rparts
+        .headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut body = RespBody::new(rbody.map_err(Into::into).boxed_unsync(), release, None);
+    body.set_finish(Box::new(Finished { log, grpc_status }));
+    Ok(Response::from_parts(rparts, body))
+}
+
+fn to_backend(snap: &Snapshot, hostname: &str, port: u16) -> Dest {
+    let Some(backend) = snap.backend(hostname, port) else {
+        return Dest::Answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            flags::NONE,
+            format!("backend {hostname} not found"),
+        );
+    };
+    match backend.pick() {
+        Some(p) => Dest::Endpoint(p),
+        None => Dest::Answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            flags::NO_HEALTHY_UPSTREAM,
+            "no healthy upstream".into(),
+        ),
+    }
+}
+
+/// Runs a rule's (or backend's) filters on the request; a redirect ends the request here.
+#[allow(clippy::too_many_arguments)]
+fn apply_filters<'a>(
+    fs: &'a [Filter],
+    parts: &mut http::request::Parts,
+    authority: &mut String,
+    pq: &PathAndQuery,
+    m: &Match,
+    port: u16,
+    response_mods: &mut Vec<&'a HeaderModifier>,
+    mirrors: &mut Vec<&'a Mirror>,
+) -> Option<Dest> {
+    for f in fs {
+        match f {
+            Filter::RequestHeaders(h) => h.apply(&mut parts.headers),
+            Filter::ResponseHeaders(h) => response_mods.push(h),
+            Filter::Mirror(mi) => mirrors.push(mi),
+            Filter::Redirect(r) => {
+                let location = filters::redirect_location(
+                    r,
+                    "http",
+                    filters::host_without_port(authority),
+                    port,
+                    pq,
+                    &m.path,
+                );
+                return Some(Dest::Redirect(r.status, location));
+            }
+            Filter::Rewrite(r) => {
+                if let Some(h) = &r.hostname {
+                    *authority = h.clone();
+                }
+                if let Some(p) = &r.path
+                    && let Ok(new) = PathAndQuery::try_from(filters::modify_path(pq, &m.path, p))
+                {
+                    parts.uri = Uri::from(new);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Weighted choice among the rule's backends, then the backend's own header filters.
+fn choose_backend<'a>(
+    snap: &Snapshot,
+    rule: &'a Rule,
+    parts: &mut http::request::Parts,
+    response_mods: &mut Vec<&'a HeaderModifier>,
+) -> Dest {
+    let Some(i) = pick_weighted(
+        &rule.backends,
+        |b| b.weight,
+        |t| rand::rng().random_range(0..t),
+    ) else {
+        return Dest::Answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            flags::NONE,
+            "no backend for this route".into(),
+        );
+    };
+    let b = &rule.backends[i];
+    let target = match &b.target {
+        Ok(t) => t,
+        Err(why) => {
+            return Dest::Answer(StatusCode::INTERNAL_SERVER_ERROR, flags::NONE, why.clone());
+        }
+    };
+    for f in &b.filters {
+        match f {
+            Filter::RequestHeaders(h) => h.apply(&mut parts.headers),
+            Filter::ResponseHeaders(h) => response_mods.push(h),
+            _ => {}
+        }
+    }
+    to_backend(snap, &target.hostname, target.port)
+}
+
+/// Sends a copy of a request without a body to the mirror backend and forgets it (requests with a body are not
+/// mirrored: the body is streamed to the real backend only).
+fn mirror(proxy: &Arc<Proxy>, snap: &Snapshot, m: &Mirror, parts: &http::request::Parts) {
+    let Ok(target) = &m.target else { return };
+    if m.percent < 100.0 && rand::rng().random_range(0.0..100.0) >= m.percent {
+        return;
+    }
+    let has_body = parts.headers.contains_key(header::CONTENT_LENGTH)
+        && parts.headers[header::CONTENT_LENGTH] != "0"
+        || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    if has_body {
+        debug!(backend = %target.hostname, "not mirroring a request with a body");
+        return;
+    }
+    let Some(picked) = snap
+        .backend(&target.hostname, target.port)
+        .and_then(|b| b.pick())
+    else {
+        return;
+    };
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers, false);
+    let mut req = Request::new(RespBody::full(Vec::<u8>::new()) as ReqBody);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from);
+    *req.headers_mut() = headers;
+    let proxy = proxy.clone();
+    tokio::spawn(async move {
+        if let Ok((resp, release)) = proxy
+            .upstream
+            .send(&picked.workload, picked.addr, false, req)
+            .await
+        {
+            let _ = resp.into_body().collect().await;
+            if let Some(r) = release {
+                r.release();
+            }
+        }
+    });
+}
+
+fn upstream_failure(e: &UpstreamError) -> (&'static str, &'static str) {
+    if e.is_connect() {
+        (
+            flags::UPSTREAM_CONNECT_FAILURE,
+            "upstream connect error or disconnect/reset before headers",
+        )
+    } else {
+        (
+            flags::UPSTREAM_TERMINATION,
+            "upstream connect error or disconnect/reset before headers",
+        )
+    }
+}
+
+fn finish_synthetic(mut resp: Response<RespBody>, log: AccessLog) -> Response<RespBody> {
+    let grpc_status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    resp.body_mut()
+        .set_finish(Box::new(Finished { log, grpc_status }));
+    resp
+}
+
+/// What is reported about one request when its response ends.
+struct AccessLog {
+    proxy: Arc<Proxy>,
+    conn: Arc<Conn>,
+    snap: Arc<Snapshot>,
+    start: Instant,
+    method: String,
+    path: String,
+    authority: String,
+    request_id: String,
+    protocol: &'static str,
+    route: Option<String>,
+    service: Option<Arc<Service>>,
+    destination: Option<Arc<Workload>>,
+    upstream: Option<SocketAddr>,
+    code: u16,
+    flags: &'static str,
+    request_bytes: Arc<AtomicU64>,
+    _active: Option<ActiveRequest>,
+}
+
+struct Finished {
+    log: AccessLog,
+    grpc_status: Option<String>,
+}
+
+impl Finish for Finished {
+    fn finish(self: Box<Self>, response_bytes: u64, grpc_status: Option<String>, complete: bool) {
+        let l = &self.log;
+        let flags = if complete || l.flags != flags::NONE {
+            l.flags
+        } else {
+            flags::DOWNSTREAM_TERMINATION
+        };
+        let grpc_status = grpc_status.or_else(|| self.grpc_status.clone());
+        let duration = l.start.elapsed();
+        let req_bytes = l.request_bytes.load(Ordering::Relaxed);
+        let labels = RequestLabels::new(&Report {
+            source: l.conn.source.as_deref(),
+            source_principal: l.conn.source_principal.as_ref().map(ToString::to_string),
+            destination: l.destination.as_deref(),
+            service: l.service.as_deref(),
+            protocol: l.protocol,
+            code: l.code,
+            grpc_status: grpc_status.clone(),
+            flags,
+        });
+        l.proxy.metrics.record(
+            &labels,
+            duration.as_secs_f64() * 1000.0,
+            req_bytes,
+            response_bytes,
+        );
+        let _ = &l.snap;
+        info!(target: "access", protocol = l.protocol,
+            src.addr = ?l.conn.source_addr,
+            src.identity = ?l.conn.source_principal.as_ref().map(ToString::to_string),
+            src.workload = ?l.conn.source.as_ref().map(|w| w.name.as_str()),
+            method = %l.method, path = %l.path, authority = %l.authority,
+            route = ?l.route,
+            dst.service = ?l.service.as_ref().map(|s| s.hostname.as_str()),
+            dst.workload = ?l.destination.as_ref().map(|w| w.name.as_str()),
+            dst.addr = ?l.upstream,
+            status = l.code, grpc_status = ?grpc_status, flags,
+            request_id = %l.request_id,
+            bytes_recv = req_bytes, bytes_sent = response_bytes,
+            duration_ms = duration.as_millis() as u64,
+            "request complete");
+    }
+}

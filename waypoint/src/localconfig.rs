@@ -1,0 +1,224 @@
+//! A waypoint's whole configuration from one YAML file (`LOCAL_XDS_PATH`), for running a waypoint by hand or in
+//! tests: the services and workloads WDS would send, and route rules in the `ambit.waypoint.Route` schema (field
+//! names in camelCase, enums by name). The file is re-read when it changes; a file that does not parse, or a
+//! resource that does not convert, keeps the previous configuration and logs why.
+//!
+//! ```yaml
+//! services:
+//! - {name: reviews, namespace: demo, hostname: reviews.demo.svc.cluster.local, vips: [10.96.0.20],
+//!    ports: [{port: 9080, targetPort: 9080, protocol: http1}],
+//!    waypoint: {namespace: demo, hostname: waypoint.demo.svc.cluster.local}}
+//! workloads:
+//! - {uid: reviews-v1, name: reviews-v1-0, namespace: demo, serviceAccount: reviews, ips: [10.244.1.5],
+//!    tunnel: HBONE, services: {demo/reviews.demo.svc.cluster.local: {9080: 9080}}}
+//! routes:
+//! - {name: demo/httproute/reviews/0, kind: HTTP, parents: [{kind: SERVICE, name: reviews.demo.svc.cluster.local}],
+//!    backends: [{hostname: reviews-v1.demo.svc.cluster.local, port: 9080, weight: 80}, ...]}
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ambit_core::drain::DrainWatcher;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::route::rule_from_proto;
+use crate::state::{
+    AppProtocol, Resource, Service, ServicePort, Store, Tunnel, WaypointRef, Workload,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalConfigError {
+    #[error("read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("parse {0}: {1}")]
+    Parse(PathBuf, serde_yaml::Error),
+    #[error("{0}: route {1}: {2}")]
+    Route(PathBuf, String, crate::route::ConvertError),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct File {
+    services: Vec<ServiceYaml>,
+    workloads: Vec<WorkloadYaml>,
+    routes: Vec<ambit_proto::waypoint::Route>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ServiceYaml {
+    name: String,
+    namespace: String,
+    hostname: String,
+    #[serde(default)]
+    vips: Vec<IpAddr>,
+    #[serde(default)]
+    ports: Vec<PortYaml>,
+    #[serde(default)]
+    waypoint: Option<WaypointYaml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PortYaml {
+    port: u16,
+    #[serde(default)]
+    target_port: u16,
+    #[serde(default = "unknown")]
+    protocol: AppProtocol,
+}
+
+fn unknown() -> AppProtocol {
+    AppProtocol::Unknown
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WaypointYaml {
+    namespace: String,
+    hostname: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WorkloadYaml {
+    uid: String,
+    name: String,
+    namespace: String,
+    #[serde(default = "default_sa")]
+    service_account: String,
+    #[serde(default = "default_td")]
+    trust_domain: String,
+    ips: Vec<IpAddr>,
+    #[serde(default = "hbone")]
+    tunnel: Tunnel,
+    #[serde(default)]
+    workload_name: String,
+    #[serde(default)]
+    canonical_name: String,
+    #[serde(default)]
+    canonical_revision: String,
+    #[serde(default)]
+    cluster_id: String,
+    #[serde(default)]
+    services: BTreeMap<String, BTreeMap<u16, u16>>,
+    #[serde(default = "yes")]
+    healthy: bool,
+}
+
+fn default_sa() -> String {
+    "default".into()
+}
+fn default_td() -> String {
+    "cluster.local".into()
+}
+fn hbone() -> Tunnel {
+    Tunnel::Hbone
+}
+fn yes() -> bool {
+    true
+}
+
+/// Parses a file's text into resources (all or nothing).
+pub fn parse(path: &Path, text: &str) -> Result<Vec<(String, Resource)>, LocalConfigError> {
+    let blank = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim().starts_with('#'));
+    let file: File = if blank {
+        File::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|e| LocalConfigError::Parse(path.into(), e))?
+    };
+    let mut out = Vec::new();
+    for s in file.services {
+        out.push((
+            format!("{}/{}", s.namespace, s.hostname),
+            Resource::Service(Service {
+                name: s.name,
+                namespace: s.namespace,
+                hostname: s.hostname,
+                vips: s.vips,
+                ports: s
+                    .ports
+                    .into_iter()
+                    .map(|p| ServicePort {
+                        port: p.port,
+                        target_port: p.target_port,
+                        protocol: p.protocol,
+                    })
+                    .collect(),
+                waypoint: s.waypoint.map(|w| WaypointRef::Hostname {
+                    namespace: w.namespace,
+                    hostname: w.hostname,
+                }),
+            }),
+        ));
+    }
+    for w in file.workloads {
+        out.push((
+            w.uid.clone(),
+            Resource::Workload(Workload {
+                uid: w.uid,
+                name: w.name,
+                namespace: w.namespace,
+                service_account: w.service_account,
+                trust_domain: w.trust_domain,
+                ips: w.ips,
+                tunnel: w.tunnel,
+                workload_name: w.workload_name,
+                canonical_name: w.canonical_name,
+                canonical_revision: w.canonical_revision,
+                cluster_id: w.cluster_id,
+                services: w
+                    .services
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_iter().collect()))
+                    .collect::<HashMap<_, _>>(),
+                healthy: w.healthy,
+                waypoint: None,
+            }),
+        ));
+    }
+    for r in file.routes {
+        let rule = rule_from_proto(&r.name, &r)
+            .map_err(|e| LocalConfigError::Route(path.into(), r.name.clone(), e))?;
+        out.push((rule.name.clone(), Resource::Rule(rule)));
+    }
+    Ok(out)
+}
+
+pub fn load(path: &Path) -> Result<Vec<(String, Resource)>, LocalConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LocalConfigError::Read(path.into(), e))?;
+    parse(path, &text)
+}
+
+const POLL: Duration = Duration::from_millis(250);
+
+/// Re-reads `path` when its contents change and replaces the store's contents; a bad file changes nothing.
+pub async fn watch(path: PathBuf, store: Store, mut drain: DrainWatcher) {
+    let mut last = std::fs::read(&path).ok();
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = drain.signaled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = std::fs::read(&path).ok();
+        if now == last {
+            continue;
+        }
+        last = now;
+        match load(&path) {
+            Ok(resources) => {
+                info!(path = %path.display(), resources = resources.len(), "local config reloaded");
+                store.replace_all(resources);
+            }
+            Err(e) => warn!(error = %e, "local config not applied; keeping the previous one"),
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! `waypoint`: configured from the environment (the same variable names as ztunnel where they mean the same).
+
+use std::collections::HashMap;
+
+use ambit_waypoint::{app, config::Config};
+use anyhow::Context;
+
+#[cfg(target_env = "gnu")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn main() -> anyhow::Result<()> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let json = env.get("LOG_FORMAT").is_some_and(|f| f == "json");
+    let log = ambit_core::logging::init("info", json);
+    ambit_core::tls::install_default_provider();
+    let cfg = Config::from_env(&env).context("configuration")?;
+    tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
+
+    // One current-thread runtime per worker thread: each binds its own 15008 listener and keeps its own backend
+    // connections, so a request never hops threads.
+    let mut handles = Vec::new();
+    let mut threads = Vec::new();
+    for i in 0..cfg.worker_threads {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("data-plane runtime")?;
+        handles.push(rt.handle().clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("waypoint-{i}"))
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                })
+            })
+            .context("data-plane thread")?;
+        threads.push((stop, thread));
+    }
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("control runtime")?;
+    let result = control.block_on(async move {
+        let running = app::start_on(cfg, log, handles).await?;
+        running.wait().await;
+        anyhow::Ok(())
+    });
+    for (stop, thread) in threads {
+        let _ = stop.send(());
+        let _ = thread.join();
+    }
+    result
+}

@@ -1,0 +1,399 @@
+//! Route rules and their matching, as pure functions (table tests in `route/tests.rs`).
+//!
+//! A [`Rule`] is one rule of an HTTPRoute, GRPCRoute or TCPRoute (one `ambit.waypoint.Route` resource). For each
+//! service port the waypoint serves, the rules attached to it are flattened into a [`RouteTable`]: one entry per
+//! (rule, match), sorted once by the Gateway API's precedence, so choosing a rule for a request is a walk down a
+//! list that stops at the first entry that matches.
+
+mod convert;
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, Method};
+use regex::Regex;
+
+use crate::filters::Filter;
+
+pub use convert::{ConvertError, rule_from_proto};
+
+/// Which kind of route a rule came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum RouteKind {
+    Http,
+    Grpc,
+    Tcp,
+}
+
+/// Where a rule attaches.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Parent {
+    /// Traffic addressed to a service (by hostname), on one port or all (`None`).
+    Service { hostname: String, port: Option<u16> },
+    /// Every service the waypoint `namespace/name` serves.
+    Gateway {
+        namespace: String,
+        name: String,
+        port: Option<u16>,
+    },
+}
+
+/// A string match on a header, query parameter or gRPC name.
+#[derive(Clone, Debug, serde::Serialize)]
+pub enum ValueMatch {
+    Exact(String),
+    Regex(#[serde(serialize_with = "regex_str")] Regex),
+}
+
+impl ValueMatch {
+    pub fn matches(&self, v: &str) -> bool {
+        match self {
+            ValueMatch::Exact(e) => e == v,
+            ValueMatch::Regex(r) => full_match(r, v),
+        }
+    }
+
+    /// For gRPC precedence: the number of characters of an exact match (a regex counts as none).
+    fn exact_len(&self) -> usize {
+        match self {
+            ValueMatch::Exact(e) => e.len(),
+            ValueMatch::Regex(_) => 0,
+        }
+    }
+}
+
+fn regex_str<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.as_str())
+}
+
+/// Gateway API regular expressions match the whole value.
+fn full_match(r: &Regex, v: &str) -> bool {
+    r.find(v)
+        .is_some_and(|m| m.start() == 0 && m.end() == v.len())
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub enum PathMatch {
+    Exact(String),
+    /// Element-wise: `/foo` matches `/foo`, `/foo/` and `/foo/bar`, not `/foobar`. Stored without a trailing `/`
+    /// (so `/` is stored as the empty string and matches everything).
+    Prefix(String),
+    Regex(#[serde(serialize_with = "regex_str")] Regex),
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(e) => e == path,
+            PathMatch::Prefix(p) => {
+                path.starts_with(p.as_str())
+                    && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+            }
+            PathMatch::Regex(r) => full_match(r, path),
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HeaderMatch {
+    #[serde(serialize_with = "header_name_str")]
+    pub name: HeaderName,
+    pub value: ValueMatch,
+}
+
+fn header_name_str<S: serde::Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(n.as_str())
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct QueryMatch {
+    pub name: String,
+    pub value: ValueMatch,
+}
+
+/// GRPCRoute's method match; `None` parts match anything.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GrpcMatch {
+    pub service: Option<ValueMatch>,
+    pub method: Option<ValueMatch>,
+}
+
+/// One match of a rule: every condition must hold.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Match {
+    pub path: PathMatch,
+    pub headers: Vec<HeaderMatch>,
+    pub query: Vec<QueryMatch>,
+    #[serde(serialize_with = "method_str")]
+    pub method: Option<Method>,
+    pub grpc: Option<GrpcMatch>,
+}
+
+fn method_str<S: serde::Serializer>(m: &Option<Method>, s: S) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(m) => s.serialize_some(m.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Match {
+    /// `PathPrefix /`: what a rule without matches means.
+    pub fn everything() -> Match {
+        Match {
+            path: PathMatch::Prefix(String::new()),
+            headers: vec![],
+            query: vec![],
+            method: None,
+            grpc: None,
+        }
+    }
+
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        if let Some(m) = &self.method
+            && m != req.method
+        {
+            return false;
+        }
+        if let Some(g) = &self.grpc {
+            // gRPC paths are `/<package.Service>/<Method>`.
+            let Some((service, method)) =
+                req.path.strip_prefix('/').and_then(|p| p.split_once('/'))
+            else {
+                return false;
+            };
+            if g.service.as_ref().is_some_and(|s| !s.matches(service))
+                || g.method.as_ref().is_some_and(|m| !m.matches(method))
+            {
+                return false;
+            }
+        } else if !self.path.matches(req.path) {
+            return false;
+        }
+        let headers_ok = self.headers.iter().all(|h| {
+            req.headers
+                .get_all(&h.name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| h.value.matches(v)))
+        });
+        headers_ok
+            && self
+                .query
+                .iter()
+                .all(|q| query_value(req.query, &q.name).is_some_and(|v| q.value.matches(&v)))
+    }
+}
+
+/// The first value of query parameter `name` (names compared exactly, values percent-decoded).
+pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The parts of a request that routing looks at.
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// A backend a rule sends to, with its share of the traffic.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BackendRef {
+    /// `Err(reason)`: the controller could not resolve the reference; a request that picks it gets 500.
+    pub target: Result<ServiceRef, String>,
+    pub weight: u32,
+    pub filters: Vec<Filter>,
+}
+
+/// A service and port to send to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct ServiceRef {
+    pub hostname: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Timeouts {
+    pub request: Option<Duration>,
+    pub backend_request: Option<Duration>,
+}
+
+/// One rule of a route.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Rule {
+    /// The xDS resource name (`<ns>/<kind>/<name>/<rule index>`).
+    pub name: String,
+    pub kind: RouteKind,
+    pub namespace: String,
+    pub route_name: String,
+    pub rule_index: u32,
+    pub rule_name: String,
+    pub created: i64,
+    pub parents: Vec<Parent>,
+    /// Never empty: a rule without matches gets [`Match::everything`] (HTTP; gRPC: every method).
+    pub matches: Vec<Match>,
+    pub filters: Vec<Filter>,
+    pub backends: Vec<BackendRef>,
+    pub timeouts: Timeouts,
+}
+
+impl Rule {
+    /// Whether the rule attaches to `hostname:port` served by waypoint `gateway` (namespace, name).
+    pub fn attaches_to(&self, hostname: &str, port: u16, gateway: (&str, &str)) -> Option<bool> {
+        let port_ok = |p: &Option<u16>| p.is_none_or(|p| p == port);
+        let mut via_gateway = None;
+        for p in &self.parents {
+            match p {
+                Parent::Service {
+                    hostname: h,
+                    port: p,
+                } if h == hostname && port_ok(p) => {
+                    return Some(true);
+                }
+                Parent::Gateway {
+                    namespace,
+                    name,
+                    port: p,
+                } if (namespace.as_str(), name.as_str()) == gateway && port_ok(p) => {
+                    via_gateway = Some(false);
+                }
+                _ => {}
+            }
+        }
+        via_gateway
+    }
+}
+
+/// The rules of one service port, in precedence order.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    entries: Vec<(Arc<Rule>, usize)>,
+}
+
+/// The precedence of one (rule, match), smallest first (Gateway API HTTPRoute and GRPCRoute rules).
+type HttpKey<'a> = (
+    u8,
+    Reverse<usize>,
+    u8,
+    Reverse<usize>,
+    Reverse<usize>,
+    Tiebreak<'a>,
+);
+type GrpcKey<'a> = (Reverse<usize>, Reverse<usize>, Reverse<usize>, Tiebreak<'a>);
+/// Oldest route first, then `namespace/name` alphabetically, then rule order, then match order.
+type Tiebreak<'a> = (i64, &'a str, &'a str, u32, usize);
+
+fn tiebreak(r: &Rule, m: usize) -> Tiebreak<'_> {
+    (r.created, &r.namespace, &r.route_name, r.rule_index, m)
+}
+
+fn http_key(r: &Rule, m: usize) -> HttpKey<'_> {
+    let mm = &r.matches[m];
+    let (rank, len) = match &mm.path {
+        PathMatch::Exact(p) => (0, p.len()),
+        PathMatch::Prefix(p) => (1, p.len()),
+        PathMatch::Regex(_) => (2, 0),
+    };
+    (
+        rank,
+        Reverse(len),
+        u8::from(mm.method.is_none()),
+        Reverse(mm.headers.len()),
+        Reverse(mm.query.len()),
+        tiebreak(r, m),
+    )
+}
+
+fn grpc_key(r: &Rule, m: usize) -> GrpcKey<'_> {
+    let g = r.matches[m].grpc.as_ref();
+    let len = |v: Option<&ValueMatch>| v.map_or(0, ValueMatch::exact_len);
+    (
+        Reverse(len(g.and_then(|g| g.service.as_ref()))),
+        Reverse(len(g.and_then(|g| g.method.as_ref()))),
+        Reverse(r.matches[m].headers.len()),
+        tiebreak(r, m),
+    )
+}
+
+impl RouteTable {
+    /// Flattens and sorts `rules` (all of one kind: HTTP and gRPC rules are not mixed on one port).
+    pub fn new(rules: &[Arc<Rule>]) -> RouteTable {
+        let mut entries: Vec<(Arc<Rule>, usize)> = rules
+            .iter()
+            .flat_map(|r| (0..r.matches.len()).map(move |m| (r.clone(), m)))
+            .collect();
+        entries.sort_by(|(a, am), (b, bm)| match (a.kind, b.kind) {
+            (RouteKind::Grpc, RouteKind::Grpc) => grpc_key(a, *am).cmp(&grpc_key(b, *bm)),
+            _ => http_key(a, *am).cmp(&http_key(b, *bm)),
+        });
+        RouteTable { entries }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The first rule (and the match that selected it) for this request.
+    pub fn select(&self, req: &RequestView<'_>) -> Option<(&Arc<Rule>, &Match)> {
+        self.entries.iter().find_map(|(r, m)| {
+            let mm = &r.matches[*m];
+            mm.matches(req).then_some((r, mm))
+        })
+    }
+
+    /// The rules in precedence order (for `/config_dump`).
+    pub fn rules(&self) -> impl Iterator<Item = (&Arc<Rule>, usize)> {
+        self.entries.iter().map(|(r, m)| (r, *m))
+    }
+}
+
+/// Picks an index by weight (zero weights never), or `None` when all weights are zero. `roll` is uniform in
+/// `0..total weight`, given by the caller so the choice is testable.
+pub fn pick_weighted<T>(
+    items: &[T],
+    weight: impl Fn(&T) -> u32,
+    roll: impl FnOnce(u64) -> u64,
+) -> Option<usize> {
+    let total: u64 = items.iter().map(|i| u64::from(weight(i))).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut r = roll(total).min(total - 1);
+    for (i, item) in items.iter().enumerate() {
+        let w = u64::from(weight(item));
+        if r < w {
+            return Some(i);
+        }
+        r -= w;
+    }
+    None
+}
