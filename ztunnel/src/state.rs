@@ -29,6 +29,14 @@ pub struct Upstream {
     pub port: u16,
 }
 
+/// A resolved waypoint: the pod to send to, and the SANs it may present besides its own workload identity (the
+/// waypoint Service's `subject_alt_names`, when it was resolved through a Service; spec 1.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedWaypoint {
+    pub upstream: Upstream,
+    pub service_sans: Vec<String>,
+}
+
 /// A cheap, cloneable handle on the shared state.
 #[derive(Clone)]
 pub struct ProxyState {
@@ -254,8 +262,17 @@ impl ProxyState {
     }
 
     /// The waypoint pod to send to for `gw` (spec 1.9).
-    pub fn resolve_waypoint(&self, gw: &GatewayAddress, src: &Workload) -> Option<Upstream> {
+    pub fn resolve_waypoint(
+        &self,
+        gw: &GatewayAddress,
+        src: &Workload,
+    ) -> Option<ResolvedWaypoint> {
         self.read().resolve_waypoint(gw, src)
+    }
+
+    /// Every workload that makes up the waypoint `gw`, not only the one load balancing would pick.
+    pub fn waypoint_workloads(&self, gw: &GatewayAddress) -> Vec<Arc<Workload>> {
+        self.read().waypoint_workloads(gw)
     }
 
     /// `workloads`, `services`, `policies` and `stagedServices`, as `/config_dump` shows them.

@@ -271,19 +271,29 @@ fn resolve_target(
     Ok(SocketAddr::new(dialed, port))
 }
 
-/// True when `ip` belongs to a workload or service whose waypoint is this workload (the sandwich case).
+/// True when `ip` belongs to a workload or service whose waypoint is this workload (the sandwich case). Every
+/// waypoint the service may use counts, and any workload of that waypoint (not only the one load balancing picks).
 fn is_waypoint_for(pi: &ProxyInputs, me: &Workload, ip: IpAddr) -> bool {
-    let wp = pi
-        .state
-        .service_by_vip(&me.network, ip, &me.namespace)
-        .and_then(|s| s.choose_waypoint().cloned())
-        .or_else(|| {
-            pi.state
-                .workload_by_ip(&me.network, ip)
-                .and_then(|w| w.waypoint.clone())
-        });
-    wp.and_then(|g| pi.state.resolve_waypoint(&g, me))
-        .is_some_and(|up| up.workload.uid == me.uid)
+    let waypoints: Vec<_> = match pi.state.service_by_vip(&me.network, ip, &me.namespace) {
+        Some(s) => s
+            .waypoint
+            .iter()
+            .chain(s.weighted_waypoints.iter().map(|w| &w.destination))
+            .cloned()
+            .collect(),
+        None => pi
+            .state
+            .workload_by_ip(&me.network, ip)
+            .and_then(|w| w.waypoint.clone())
+            .into_iter()
+            .collect(),
+    };
+    waypoints.iter().any(|g| {
+        pi.state
+            .waypoint_workloads(g)
+            .iter()
+            .any(|w| w.uid == me.uid)
+    })
 }
 
 /// The destination service for telemetry, from the `forwarded` header's `host=`.

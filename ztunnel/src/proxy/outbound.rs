@@ -2,7 +2,7 @@
 //! bytes go (spec 1.6) and carries them there: HBONE to the peer's ztunnel or waypoint, plain TCP to
 //! uncaptured workloads, passthrough for destinations the mesh does not know.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +14,9 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::{HBONE_PORT, ProxyError, ProxyInputs, headers, is_self_call};
 use crate::metrics::{Peer, Reporter, TrafficLabels};
-use crate::state::{GatewayAddress, InboundProtocol, ProxyState, Service, Upstream, Workload};
+use crate::state::{
+    GatewayAddress, InboundProtocol, ProxyState, ResolvedWaypoint, Service, Upstream, Workload,
+};
 
 /// Where one outbound connection goes.
 #[derive(Debug)]
@@ -70,22 +72,39 @@ impl Route {
     }
 
     /// HBONE to a waypoint: the authority is the destination exactly as the application dialed it.
-    fn via_waypoint(wp: Upstream, original: SocketAddr, service: Option<Arc<Service>>) -> Route {
-        let mut expected = vec![wp.workload.identity()];
+    fn via_waypoint(
+        wp: ResolvedWaypoint,
+        original: SocketAddr,
+        service: Option<Arc<Service>>,
+    ) -> Route {
+        let up = wp.upstream;
+        let mut expected: Vec<Identity> = wp
+            .service_sans
+            .iter()
+            .filter_map(|san| san.parse().ok())
+            .collect();
+        expected.push(up.workload.identity());
         expected.sort();
+        expected.dedup();
         Route::Hbone {
-            next_hop: SocketAddr::new(wp.ip, wp.port),
+            next_hop: SocketAddr::new(up.ip, up.port),
             authority: original,
             expected,
-            workload: wp.workload,
+            workload: up.workload,
             service,
             via_waypoint: true,
         }
     }
 }
 
-/// Spec 1.6, as a pure function of the state.
-pub fn route(state: &ProxyState, src: &Workload, dst: SocketAddr) -> Result<Route, ProxyError> {
+/// Spec 1.6, as a pure function of the state: `src` is the workload the connection came from, `downstream` the
+/// address it came from, `dst` where it was meant to go.
+pub fn route(
+    state: &ProxyState,
+    src: &Workload,
+    downstream: IpAddr,
+    dst: SocketAddr,
+) -> Result<Route, ProxyError> {
     if let Some(svc) = state.service_by_vip(&src.network, dst.ip(), &src.namespace) {
         if let Some(wp) = svc.choose_waypoint() {
             let up = resolve_waypoint(state, wp, src, &svc.hostname)?;
@@ -101,10 +120,13 @@ pub fn route(state: &ProxyState, src: &Workload, dst: SocketAddr) -> Result<Rout
     }
     if let Some(w) = state.workload_by_ip(&src.network, dst.ip()) {
         if let Some(wp) = &w.waypoint {
-            // Traffic the waypoint itself sends on to its workloads goes straight there.
+            // Traffic the waypoint itself sends on to its workloads goes straight there. Any of the waypoint's
+            // workloads counts, not only the one load balancing would pick.
+            let me = src.identity();
             let from_its_waypoint = state
-                .resolve_waypoint(wp, src)
-                .is_some_and(|up| up.workload.uid == src.uid);
+                .waypoint_workloads(wp)
+                .iter()
+                .any(|w| w.identity() == me && w.workload_ips.contains(&downstream));
             if !from_its_waypoint {
                 let up = resolve_waypoint(state, wp, src, &w.name)?;
                 return Ok(Route::via_waypoint(up, dst, None));
@@ -127,7 +149,7 @@ fn resolve_waypoint(
     wp: &GatewayAddress,
     src: &Workload,
     what: &str,
-) -> Result<Upstream, ProxyError> {
+) -> Result<ResolvedWaypoint, ProxyError> {
     state
         .resolve_waypoint(wp, src)
         .ok_or_else(|| ProxyError::UnknownWaypoint(what.to_owned()))
@@ -163,7 +185,7 @@ async fn proxy(
     }
     pi.sockets.tune(downstream)?;
     let source = pi.local_workload().await?;
-    let route = route(&pi.state, &source, dst)?;
+    let route = route(&pi.state, &source, src.ip(), dst)?;
     debug!(?route, "routed");
     let started = Instant::now();
     let src_principal = Some(source.identity().to_string());
@@ -327,3 +349,6 @@ fn log_complete(
             dst.workload = %workload.name, dst.namespace = %workload.namespace, dst.identity = %workload.identity(), bytes_sent = sent, bytes_recv = recv, duration, error = %e, "connection complete"),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,14 +3,14 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::Upstream;
 use super::store::Store;
 use super::types::*;
+use super::{ResolvedWaypoint, Upstream};
 
 /// The target port of `svc_port` on endpoint `w`: the endpoint's own mapping, else the service's target port,
 /// else (application-tunnel workloads with a port) the service port itself. `None` if the service has no such
-/// port, or a named port the endpoint does not resolve. In waypoint mode a port the service does not list maps
-/// to itself (the waypoint listens on its HBONE port).
+/// port, or a named port the endpoint does not resolve. In waypoint mode (the lookup of `waypoint-svc:15008`) the
+/// service need not list the port when the waypoint workload has an application tunnel, as upstream allows.
 pub(super) fn target_port(
     svc: &Service,
     svc_port: u16,
@@ -19,7 +19,7 @@ pub(super) fn target_port(
 ) -> Option<u16> {
     let svc_target = match svc.ports.get(&svc_port) {
         Some(t) => *t,
-        None if waypoint_mode => return Some(svc_port),
+        None if waypoint_mode && w.application_tunnel.is_some() => 0,
         None => return None,
     };
     let own = w
@@ -127,48 +127,91 @@ impl Store {
         weighted_pick(candidates.into_iter().map(|(u, _)| u).collect())
     }
 
-    pub(super) fn resolve_waypoint(&self, gw: &GatewayAddress, src: &Workload) -> Option<Upstream> {
+    pub(super) fn resolve_waypoint(
+        &self,
+        gw: &GatewayAddress,
+        src: &Workload,
+    ) -> Option<ResolvedWaypoint> {
         let port = gw.hbone_mtls_port;
         let hint = src
             .workload_ips
             .first()
             .copied()
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let via_service = |svc: &Service, hint| {
+            self.pick_endpoint(svc, port, src, hint, true)
+                .map(|upstream| ResolvedWaypoint {
+                    upstream,
+                    service_sans: svc.subject_alt_names.clone(),
+                })
+        };
         match &gw.destination {
             GatewayDestination::Hostname(nh) => {
                 if let Some(svc) = self.services.get(&nh.to_string()) {
-                    return self.pick_endpoint(svc, port, src, hint, true);
+                    return via_service(svc, hint);
                 }
                 // A workload addressed by hostname (e.g. a WorkloadEntry).
-                let mut ws: Vec<&Arc<Workload>> = self
-                    .workloads
-                    .values()
-                    .filter(|w| w.hostname == nh.hostname && w.namespace == nh.namespace)
-                    .collect();
-                ws.sort_by(|a, b| a.uid.cmp(&b.uid));
-                let w = ws.first()?;
-                let ip = choose_ip(w, None, hint)?;
-                Some(Upstream {
-                    workload: Arc::clone(w),
-                    ip,
-                    port,
+                let w = self.workloads_by_hostname(nh).into_iter().next()?;
+                let ip = choose_ip(&w, None, hint)?;
+                Some(ResolvedWaypoint {
+                    upstream: Upstream {
+                        workload: w,
+                        ip,
+                        port,
+                    },
+                    service_sans: Vec::new(),
                 })
             }
             GatewayDestination::Address(na) => {
-                let vip = self
-                    .svc_by_vip_any(&na.network, na.address)
-                    .and_then(|svc| self.pick_endpoint(&svc, port, src, na.address, true));
-                if vip.is_some() {
-                    return vip;
+                if let Some(svc) = self.svc_by_vip_any(&na.network, na.address) {
+                    return via_service(&svc, na.address);
                 }
                 let w = self.workload_by_ip(&na.network, na.address)?;
-                Some(Upstream {
-                    workload: w,
-                    ip: na.address,
-                    port,
+                Some(ResolvedWaypoint {
+                    upstream: Upstream {
+                        workload: w,
+                        ip: na.address,
+                        port,
+                    },
+                    service_sans: Vec::new(),
                 })
             }
         }
+    }
+
+    /// Every workload that makes up the waypoint `gw` (all endpoints of its Service, or the workload itself),
+    /// whether or not load balancing would pick it.
+    pub(super) fn waypoint_workloads(&self, gw: &GatewayAddress) -> Vec<Arc<Workload>> {
+        let svc = match &gw.destination {
+            GatewayDestination::Hostname(nh) => self.services.get(&nh.to_string()).cloned(),
+            GatewayDestination::Address(na) => self.svc_by_vip_any(&na.network, na.address),
+        };
+        if let Some(svc) = svc {
+            return svc
+                .endpoints
+                .values()
+                .filter_map(|ep| self.workloads.get(&ep.workload_uid).cloned())
+                .collect();
+        }
+        match &gw.destination {
+            GatewayDestination::Hostname(nh) => self.workloads_by_hostname(nh),
+            GatewayDestination::Address(na) => self
+                .workload_by_ip(&na.network, na.address)
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Workloads with this hostname and namespace, by uid.
+    fn workloads_by_hostname(&self, nh: &NamespacedHostname) -> Vec<Arc<Workload>> {
+        let mut ws: Vec<Arc<Workload>> = self
+            .workloads
+            .values()
+            .filter(|w| w.hostname == nh.hostname && w.namespace == nh.namespace)
+            .cloned()
+            .collect();
+        ws.sort_by(|a, b| a.uid.cmp(&b.uid));
+        ws
     }
 
     /// A service with this VIP, regardless of visibility (waypoint addresses are not client-chosen).

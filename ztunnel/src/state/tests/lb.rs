@@ -237,15 +237,16 @@ fn lb_routing_preferences() {
 #[test]
 fn waypoints_resolve() {
     let st = ProxyState::new();
-    // A waypoint service that does not list 15008 and its pod.
+    // A waypoint service that does not list 15008, and its pod.
     st.insert_service(Service {
         hostname: "wp.ns.svc".into(),
         name: "wp".into(),
+        subject_alt_names: vec!["spiffe://cluster.local/ns/ns/sa/wp-svc".into()],
         ..(*svc_with(&st, &[(80, 80)], None)).clone()
     });
     let mut wp = workload("wp-pod", &["10.0.5.5"]);
     wp.services.insert("ns/wp.ns.svc".into(), PortMap::new());
-    st.insert_workload(wp);
+    st.insert_workload(wp.clone());
     let by_host = GatewayAddress {
         destination: GatewayDestination::Hostname(NamespacedHostname {
             namespace: "ns".into(),
@@ -253,22 +254,88 @@ fn waypoints_resolve() {
         }),
         hbone_mtls_port: 15008,
     };
-    let up = st.resolve_waypoint(&by_host, &client()).unwrap();
+    // Upstream: the waypoint Service must list the HBONE port, unless the waypoint has an application tunnel.
+    assert_eq!(st.resolve_waypoint(&by_host, &client()), None);
+    let mut tunneled = wp.clone();
+    tunneled.application_tunnel = Some(ApplicationTunnel {
+        protocol: AppTunnelProtocol::None,
+        port: Some(15088),
+    });
+    st.insert_workload(tunneled);
+    let r = st.resolve_waypoint(&by_host, &client()).unwrap();
+    assert_eq!((r.upstream.ip, r.upstream.port), (ip("10.0.5.5"), 15008));
+    st.insert_workload(wp.clone());
+
+    // Listing 15008: its target port, unless the pod maps the port itself.
+    st.insert_service(Service {
+        ports: [(15008, 15008)].into_iter().collect(),
+        ..(*st.service_by_key("ns/wp.ns.svc").unwrap()).clone()
+    });
+    let r = st.resolve_waypoint(&by_host, &client()).unwrap();
     assert_eq!(
-        (up.workload.uid.as_str(), up.ip, up.port),
+        (
+            r.upstream.workload.uid.as_str(),
+            r.upstream.ip,
+            r.upstream.port
+        ),
         ("wp-pod", ip("10.0.5.5"), 15008)
     );
+    assert_eq!(
+        r.service_sans,
+        vec!["spiffe://cluster.local/ns/ns/sa/wp-svc"]
+    );
+    wp.services
+        .insert("ns/wp.ns.svc".into(), PortMap::from([(15008, 15099)]));
+    st.insert_workload(wp);
+    let r = st.resolve_waypoint(&by_host, &client()).unwrap();
+    assert_eq!(r.upstream.port, 15099, "the endpoint's own mapping wins");
+
     let by_ip = GatewayAddress {
         destination: GatewayDestination::Address(NetworkAddress::new("", ip("10.0.5.5"))),
         hbone_mtls_port: 15009,
     };
-    let up = st.resolve_waypoint(&by_ip, &client()).unwrap();
-    assert_eq!((up.workload.uid.as_str(), up.port), ("wp-pod", 15009));
+    let r = st.resolve_waypoint(&by_ip, &client()).unwrap();
+    assert_eq!(
+        (r.upstream.workload.uid.as_str(), r.upstream.port),
+        ("wp-pod", 15009)
+    );
+    assert!(r.service_sans.is_empty(), "resolved as a workload");
     let unknown = GatewayAddress {
         destination: GatewayDestination::Address(NetworkAddress::new("", ip("10.9.9.9"))),
         hbone_mtls_port: 15008,
     };
     assert!(st.resolve_waypoint(&unknown, &client()).is_none());
+    assert!(st.waypoint_workloads(&unknown).is_empty());
+}
+
+#[test]
+fn waypoint_workloads_are_every_replica() {
+    let st = ProxyState::new();
+    st.insert_service(Service {
+        hostname: "wp.ns.svc".into(),
+        name: "wp".into(),
+        ports: [(15008, 15008)].into_iter().collect(),
+        ..(*svc_with(&st, &[], None)).clone()
+    });
+    for (uid, addr) in [("wp-a", "10.0.5.1"), ("wp-b", "10.0.5.2")] {
+        let mut w = workload(uid, &[addr]);
+        w.services.insert("ns/wp.ns.svc".into(), PortMap::new());
+        st.insert_workload(w);
+    }
+    let gw = GatewayAddress {
+        destination: GatewayDestination::Hostname(NamespacedHostname {
+            namespace: "ns".into(),
+            hostname: "wp.ns.svc".into(),
+        }),
+        hbone_mtls_port: 15008,
+    };
+    let mut uids: Vec<String> = st
+        .waypoint_workloads(&gw)
+        .iter()
+        .map(|w| w.uid.clone())
+        .collect();
+    uids.sort();
+    assert_eq!(uids, vec!["wp-a", "wp-b"]);
 }
 
 #[test]
