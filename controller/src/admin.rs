@@ -1,6 +1,8 @@
 //! The monitoring port (15014): `/ready` (200 once the first state was computed and pushed, else 503),
 //! `/metrics` (Prometheus text), `/debug/resources` (the computed resources as JSON), `/debug/connections`
-//! (the xDS clients, with per-connection counters) and `/debug/config`.
+//! (the xDS clients, with per-connection counters), `/debug/status` (the `status` of Gateways, routes, Services
+//! and pods as Kubernetes would hold it, by `<kind>/<ns>/<name>`; filter with `?kind=&namespace=&name=`) and
+//! `/debug/config`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -89,13 +91,49 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
         "/debug/connections" => {
             json(&serde_json::to_value(state.xds.connections()).unwrap_or_default())
         }
+        "/debug/status" => {
+            let resources = state.outputs.resources.borrow().clone();
+            json(&status_json(&resources.status, req.uri().query()))
+        }
         "/debug/config" => json(&state.config),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /ready, /metrics, /debug/resources, /debug/connections, /debug/config\n",
+            "try /ready, /metrics, /debug/resources, /debug/connections, /debug/status, /debug/config\n",
         ),
     }
+}
+
+/// The statuses whose `<kind>/<ns>/<name>` key matches the `kind`, `namespace` and `name` query parameters
+/// (each optional; `kind` without case).
+pub fn status_json(
+    status: &std::collections::BTreeMap<String, serde_json::Value>,
+    query: Option<&str>,
+) -> serde_json::Value {
+    let mut want: [Option<String>; 3] = [None, None, None];
+    for pair in query.unwrap_or_default().split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match k {
+            "kind" => 0,
+            "namespace" => 1,
+            "name" => 2,
+            _ => continue,
+        };
+        if !v.is_empty() {
+            want[slot] = Some(if slot == 0 {
+                v.to_ascii_lowercase()
+            } else {
+                v.to_owned()
+            });
+        }
+    }
+    let matching = status.iter().filter(|(key, _)| {
+        let parts: Vec<&str> = key.splitn(3, '/').collect();
+        want.iter()
+            .zip(&parts)
+            .all(|(w, p)| w.as_deref().is_none_or(|w| w == *p))
+    });
+    serde_json::Value::Object(matching.map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 /// Serves until drained.
@@ -129,5 +167,42 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut drain: Dra
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_filters_by_kind_namespace_and_name() {
+        let all: std::collections::BTreeMap<String, serde_json::Value> = [
+            "gateway/a/wp",
+            "gateway/b/wp",
+            "service/a/wp",
+            "httproute/a/r",
+        ]
+        .into_iter()
+        .map(|k| (k.to_owned(), serde_json::json!({})))
+        .collect();
+        let keys = |q: Option<&str>| -> Vec<String> {
+            status_json(&all, q)
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect()
+        };
+        assert_eq!(keys(None).len(), 4);
+        assert_eq!(
+            keys(Some("kind=Gateway")),
+            vec!["gateway/a/wp", "gateway/b/wp"]
+        );
+        assert_eq!(
+            keys(Some("namespace=a&name=wp")),
+            vec!["gateway/a/wp", "service/a/wp"]
+        );
+        assert_eq!(keys(Some("kind=httproute&name=")), vec!["httproute/a/r"]);
     }
 }

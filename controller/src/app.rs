@@ -39,6 +39,8 @@ pub struct Config {
     /// Require a bearer token for xDS on the secure port (the plaintext port never asks).
     pub require_xds_token: bool,
     pub drain_deadline: Duration,
+    /// Where the waypoint deployer's manifests are written (`waypoint-<ns>.<gw>.yaml`); `None`: not written.
+    pub deploy_dir: Option<PathBuf>,
 }
 
 pub struct Running {
@@ -101,6 +103,14 @@ pub async fn start(cfg: Config, authority: Arc<dyn Authority>) -> anyhow::Result
             tracing::error!(error = %e, "manifest source stopped");
         }
     }));
+
+    if let Some(dir) = cfg.deploy_dir.clone() {
+        tasks.push(tokio::spawn(crate::deploy::run(
+            dir,
+            outputs.resources.clone(),
+            drain_watcher.clone(),
+        )));
+    }
 
     let xds = XdsServer::new(
         outputs.snapshot.clone(),

@@ -1,10 +1,14 @@
 //! Compute: a pure function from the object [`Index`] to the resources upstream ztunnel consumes
 //! (`istio.workload.Address` and `istio.security.Authorization`), named exactly as istiod names them:
-//! workloads `<cluster>//Pod/<ns>/<name>`, services `<ns>/<hostname>`, policies `<ns>/<name>`.
+//! workloads `<cluster>//Pod/<ns>/<name>`, services `<ns>/<hostname>`, policies `<ns>/<name>`; the waypoint's
+//! `ambit.waypoint.Route` (`<ns>/<kind>/<name>/<rule>`); object status; and the waypoint deployments.
 
 pub mod authz;
+pub mod deployer;
 pub mod render;
+pub mod routes;
 pub mod service;
+pub mod status;
 pub mod waypoint;
 pub mod workload;
 
@@ -12,6 +16,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ambit_proto::security::Authorization;
+use ambit_proto::waypoint::Route;
 use ambit_proto::workload::{Address, address};
 
 use crate::index::Index;
@@ -33,6 +38,8 @@ pub struct ComputeConfig {
     pub enable_dry_run: bool,
     /// Namespaces whose pods are never captured (the CNI's `excludeNamespaces`).
     pub excluded_namespaces: Vec<String>,
+    /// What the auto-deployed waypoints are configured with.
+    pub deployer: deployer::DeployerConfig,
 }
 
 impl Default for ComputeConfig {
@@ -45,6 +52,7 @@ impl Default for ComputeConfig {
             network: String::new(),
             enable_dry_run: false,
             excluded_namespaces: ambit_core::enrollment::default_excluded_namespaces(),
+            deployer: deployer::DeployerConfig::default(),
         }
     }
 }
@@ -58,13 +66,20 @@ pub struct Resources {
     pub aliases: BTreeMap<String, String>,
     /// Why a policy was not sent or was changed (istiod's `ZtunnelAccepted` condition), by `ns/name`.
     pub policy_status: BTreeMap<String, String>,
+    /// Waypoint routes, one per route rule, by `<ns>/<kind>/<name>/<rule index>`.
+    pub routes: BTreeMap<String, Route>,
+    /// The `status` object Kubernetes would hold, by `<kind>/<ns>/<name>` (kind in lower case).
+    pub status: BTreeMap<String, serde_json::Value>,
+    /// Auto-deployed waypoint manifests, by `<ns>.<gateway>`.
+    pub deployments: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 /// Computes all resources from the index.
 pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
     let policies = authz::convert_all(index, cfg);
+    let bindings = waypoint::bindings(index, cfg);
     let mut out = Resources::default();
-    for svc in service::services(index, cfg) {
+    for svc in service::services(index, cfg, &bindings) {
         let name = format!("{}/{}", svc.namespace, svc.hostname);
         for a in &svc.addresses {
             if let Some(ip) = ip_from_bytes(&a.address) {
@@ -79,7 +94,7 @@ pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
             },
         );
     }
-    for wl in workload::workloads(index, cfg, &policies) {
+    for wl in workload::workloads(index, cfg, &policies, &bindings) {
         for a in &wl.addresses {
             if let Some(ip) = ip_from_bytes(a) {
                 out.aliases
@@ -95,6 +110,13 @@ pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
     }
     out.authorizations = policies.resources;
     out.policy_status = policies.status;
+    let routes = routes::routes(index, cfg, &bindings.waypoints);
+    out.routes = routes.routes;
+    out.status = routes.status;
+    out.status
+        .extend(status::gateways(index, &bindings, &routes.attached));
+    out.status.extend(status::waypoint_bound(&bindings));
+    out.deployments = deployer::deployments(index, &cfg.deployer);
     out
 }
 

@@ -109,6 +109,7 @@ impl Controller {
                 generation,
                 addresses = resources.addresses.len(),
                 authorizations = resources.authorizations.len(),
+                routes = resources.routes.len(),
                 compute.ms = started.elapsed().as_millis() as u64,
                 "computed new state"
             );

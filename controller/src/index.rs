@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1 as core;
 
 use crate::sources::{
-    AuthorizationPolicy, Event, Gateway, Kind, Object, ObjectKey, PeerAuthentication,
+    AuthorizationPolicy, Event, Gateway, GrpcRoute, HttpRoute, Kind, Object, ObjectKey,
+    PeerAuthentication, TcpRoute,
 };
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped objects.
@@ -19,6 +20,9 @@ pub struct Index {
     pub services: BTreeMap<Name, core::Service>,
     pub service_accounts: BTreeMap<Name, core::ServiceAccount>,
     pub gateways: BTreeMap<Name, Gateway>,
+    pub http_routes: BTreeMap<Name, HttpRoute>,
+    pub grpc_routes: BTreeMap<Name, GrpcRoute>,
+    pub tcp_routes: BTreeMap<Name, TcpRoute>,
     pub authorization_policies: BTreeMap<Name, AuthorizationPolicy>,
     pub peer_authentications: BTreeMap<Name, PeerAuthentication>,
     /// Whether every source finished its initial listing.
@@ -47,6 +51,9 @@ impl Index {
             Object::Service(o) => replace(&mut self.services, key, *o),
             Object::ServiceAccount(o) => replace(&mut self.service_accounts, key, *o),
             Object::Gateway(o) => replace(&mut self.gateways, key, *o),
+            Object::HttpRoute(o) => replace(&mut self.http_routes, key, *o),
+            Object::GrpcRoute(o) => replace(&mut self.grpc_routes, key, *o),
+            Object::TcpRoute(o) => replace(&mut self.tcp_routes, key, *o),
             Object::AuthorizationPolicy(o) => replace(&mut self.authorization_policies, key, *o),
             Object::PeerAuthentication(o) => replace(&mut self.peer_authentications, key, *o),
         }
@@ -60,6 +67,9 @@ impl Index {
             Kind::Service => self.services.remove(&k).is_some(),
             Kind::ServiceAccount => self.service_accounts.remove(&k).is_some(),
             Kind::Gateway => self.gateways.remove(&k).is_some(),
+            Kind::HttpRoute => self.http_routes.remove(&k).is_some(),
+            Kind::GrpcRoute => self.grpc_routes.remove(&k).is_some(),
+            Kind::TcpRoute => self.tcp_routes.remove(&k).is_some(),
             Kind::AuthorizationPolicy => self.authorization_policies.remove(&k).is_some(),
             Kind::PeerAuthentication => self.peer_authentications.remove(&k).is_some(),
         }

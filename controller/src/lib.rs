@@ -9,6 +9,7 @@ pub mod app;
 pub mod ca;
 pub mod compute;
 pub mod controller;
+pub mod deploy;
 pub mod index;
 pub mod sources;
 pub mod xds;

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use ambit_controller::app::{self, Config};
 use ambit_controller::ca::{Subject, TokenAuthority};
 use ambit_controller::compute::ComputeConfig;
+use ambit_controller::compute::deployer::DeployerConfig;
 use ambit_core::ca::LocalCa;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -92,6 +93,19 @@ struct RunArgs {
     enable_dry_run: bool,
     #[arg(long, default_value_t = 5)]
     drain_seconds: u64,
+    /// Write the auto-deployed waypoint manifests (ServiceAccount, Service, Deployment per waypoint Gateway) to
+    /// this directory as `waypoint-<ns>.<gw>.yaml`, for a kubelet-like runner.
+    #[arg(long, env = "AMBIT_DEPLOY_DIR")]
+    deploy_dir: Option<PathBuf>,
+    /// `XDS_ADDRESS` given to deployed waypoints.
+    #[arg(long, default_value = "istiod.istio-system.svc:15012")]
+    waypoint_xds_address: String,
+    /// `CA_ADDRESS` given to deployed waypoints.
+    #[arg(long, default_value = "istiod.istio-system.svc:15012")]
+    waypoint_ca_address: String,
+    /// The deployed waypoint container's command (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "waypoint")]
+    waypoint_command: Vec<String>,
 }
 
 /// `localhost`, the host name, the host's addresses and istiod's in-cluster name.
@@ -143,11 +157,18 @@ fn config(a: RunArgs) -> anyhow::Result<Config> {
             root_namespace: a.root_namespace,
             network: a.network,
             enable_dry_run: a.enable_dry_run,
+            deployer: DeployerConfig {
+                xds_address: a.waypoint_xds_address,
+                ca_address: a.waypoint_ca_address,
+                command: a.waypoint_command,
+                ..DeployerConfig::default()
+            },
             ..ComputeConfig::default()
         },
         debounce: Duration::from_millis(a.debounce_ms),
         require_xds_token: !a.xds_no_auth,
         drain_deadline: Duration::from_secs(a.drain_seconds),
+        deploy_dir: a.deploy_dir,
     })
 }
 

@@ -2,6 +2,7 @@
 //! `InitDone`), so a Kubernetes watcher can replace the manifest directory without touching the rest.
 
 pub mod manifest;
+pub mod routes;
 pub mod types;
 
 use std::fmt;
@@ -12,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+pub use routes::{GrpcRoute, HttpRoute, TcpRoute};
 pub use types::{AuthorizationPolicy, Gateway, PeerAuthentication};
 
 /// The kinds of object the controller understands.
@@ -22,6 +24,9 @@ pub enum Kind {
     Service,
     ServiceAccount,
     Gateway,
+    HttpRoute,
+    GrpcRoute,
+    TcpRoute,
     AuthorizationPolicy,
     PeerAuthentication,
 }
@@ -37,6 +42,9 @@ impl Kind {
             ("", "v1", "Service") => Some(Kind::Service),
             ("", "v1", "ServiceAccount") => Some(Kind::ServiceAccount),
             ("gateway.networking.k8s.io", "v1" | "v1beta1", "Gateway") => Some(Kind::Gateway),
+            ("gateway.networking.k8s.io", "v1" | "v1beta1", "HTTPRoute") => Some(Kind::HttpRoute),
+            ("gateway.networking.k8s.io", "v1" | "v1alpha2", "GRPCRoute") => Some(Kind::GrpcRoute),
+            ("gateway.networking.k8s.io", "v1alpha2", "TCPRoute") => Some(Kind::TcpRoute),
             ("security.istio.io", "v1" | "v1beta1", "AuthorizationPolicy") => {
                 Some(Kind::AuthorizationPolicy)
             }
@@ -78,6 +86,9 @@ pub enum Object {
     Service(Box<core::Service>),
     ServiceAccount(Box<core::ServiceAccount>),
     Gateway(Box<Gateway>),
+    HttpRoute(Box<HttpRoute>),
+    GrpcRoute(Box<GrpcRoute>),
+    TcpRoute(Box<TcpRoute>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     PeerAuthentication(Box<PeerAuthentication>),
 }
@@ -90,6 +101,9 @@ impl Object {
             Object::Service(_) => Kind::Service,
             Object::ServiceAccount(_) => Kind::ServiceAccount,
             Object::Gateway(_) => Kind::Gateway,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
+            Object::TcpRoute(_) => Kind::TcpRoute,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
         }
@@ -102,6 +116,9 @@ impl Object {
             Object::Service(o) => &o.metadata,
             Object::ServiceAccount(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
+            Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.metadata,
+            Object::TcpRoute(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
         }
@@ -201,6 +218,15 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentErro
             Object::ServiceAccount(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
         }
         Kind::Gateway => Object::Gateway(Box::new(serde_yaml::from_value(value).map_err(invalid)?)),
+        Kind::HttpRoute => {
+            Object::HttpRoute(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
+        Kind::GrpcRoute => {
+            Object::GrpcRoute(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
+        Kind::TcpRoute => {
+            Object::TcpRoute(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
         Kind::AuthorizationPolicy => {
             Object::AuthorizationPolicy(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
         }
@@ -223,6 +249,9 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentErro
         Object::Service(o) => &mut o.metadata,
         Object::ServiceAccount(o) => &mut o.metadata,
         Object::Gateway(o) => &mut o.metadata,
+        Object::HttpRoute(o) => &mut o.metadata,
+        Object::GrpcRoute(o) => &mut o.metadata,
+        Object::TcpRoute(o) => &mut o.metadata,
         Object::AuthorizationPolicy(o) => &mut o.metadata,
         Object::PeerAuthentication(o) => &mut o.metadata,
     };

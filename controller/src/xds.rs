@@ -1,5 +1,7 @@
 //! The delta ADS server (`envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources`) serving
-//! `istio.workload.Address` and `istio.security.Authorization` the way upstream ztunnel expects (spec 2.3).
+//! `istio.workload.Address` and `istio.security.Authorization` the way upstream ztunnel expects (spec 2.3), and
+//! `ambit.waypoint.Route` to waypoints. Only subscribed types are ever sent, so ztunnels (which subscribe to the
+//! first two) never see routes.
 //!
 //! The computed state is published as an immutable [`Snapshot`] through a `watch` channel (one writer: the
 //! controller loop, which also debounces bursts of changes). Each connection keeps, per type, the version of
@@ -81,11 +83,17 @@ impl Snapshot {
             .iter()
             .map(|(k, v)| (k.clone(), versioned(type_url::AUTHORIZATION, v)))
             .collect();
+        let routes = r
+            .routes
+            .iter()
+            .map(|(k, v)| (k.clone(), versioned(type_url::WAYPOINT_ROUTE, v)))
+            .collect();
         Snapshot {
             generation,
             types: BTreeMap::from([
                 (type_url::ADDRESS, addresses),
                 (type_url::AUTHORIZATION, authz),
+                (type_url::WAYPOINT_ROUTE, routes),
             ]),
             aliases: r.aliases.clone(),
             changes: None,

@@ -11,7 +11,8 @@ use ambit_controller::compute::{self, ComputeConfig, Resources};
 use ambit_controller::index::Index;
 use ambit_controller::sources::manifest::ManifestState;
 use ambit_controller::xds::{Snapshot, XdsMetrics, XdsServer};
-use ambit_proto::type_url::{ADDRESS, AUTHORIZATION};
+use ambit_proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_ROUTE};
+use ambit_proto::waypoint::Route;
 use ambit_proto::workload::{Address, address};
 use ambit_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use ambit_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status as RpcStatus};
@@ -382,4 +383,86 @@ async fn pushes_are_right_without_a_usable_change_set() {
     h.update(&format!("{BASE}{P3}"));
     let d = c.recv().await;
     assert_eq!(names(&d), vec!["Kubernetes//Pod/a/p3"]);
+}
+
+const ROUTES: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: a}
+spec:
+  parentRefs: [{group: "", kind: Service, name: x, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /one}}]
+    backendRefs: [{name: x, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /two}}]
+    backendRefs: [{name: z, port: 80}]
+"#;
+
+/// Waypoints subscribe to routes and get one resource per rule, with per-rule deltas; a ztunnel, which subscribes
+/// to addresses and authorizations only, never sees a route.
+#[tokio::test]
+async fn waypoint_routes_are_sent_per_rule_and_only_to_subscribers() {
+    let mut h = Harness::start(&format!("{BASE}{ROUTES}"), None).await;
+    let mut wp = h.connect(None).await.unwrap();
+    let waypoint_node = Some(Node {
+        id: "router~10.0.0.50~waypoint-6d5f-abcde.a~a.svc.cluster.local".into(),
+        ..Default::default()
+    });
+    wp.send(DeltaDiscoveryRequest {
+        node: waypoint_node,
+        type_url: WAYPOINT_ROUTE.into(),
+        ..Default::default()
+    })
+    .await;
+    let r = wp.recv().await;
+    assert_eq!(r.type_url, WAYPOINT_ROUTE);
+    assert_eq!(names(&r), vec!["a/httproute/r/0", "a/httproute/r/1"]);
+    let any = r.resources[1].resource.as_ref().unwrap();
+    assert_eq!(any.type_url, WAYPOINT_ROUTE);
+    let route = Route::decode(any.value.as_slice()).unwrap();
+    assert_eq!(route.parents[0].name, "x.a.svc.cluster.local");
+    assert_eq!(route.backends[0].hostname, "z.a.svc.cluster.local");
+    assert_eq!(route.backends[0].weight, 1);
+    wp.ack(&r).await;
+
+    let mut zt = h.connect(None).await.unwrap();
+    zt.subscribe(ADDRESS, HashMap::new()).await;
+    zt.subscribe(AUTHORIZATION, HashMap::new()).await;
+    let a = zt.recv().await;
+    let z = zt.recv().await;
+    assert_eq!(
+        (a.type_url.as_str(), z.type_url.as_str()),
+        (ADDRESS, AUTHORIZATION)
+    );
+    zt.ack(&a).await;
+    zt.ack(&z).await;
+
+    // Changing rule 1 pushes just that resource to the waypoint ...
+    let changed = ROUTES.replace("value: /two", "value: /three");
+    h.update(&format!("{BASE}{changed}"));
+    let d = wp.recv().await;
+    assert_eq!(d.type_url, WAYPOINT_ROUTE);
+    assert_eq!(names(&d), vec!["a/httproute/r/1"]);
+    assert!(d.removed_resources.is_empty());
+    wp.ack(&d).await;
+    // ... and nothing to the ztunnel: its next message is the address change that follows.
+    h.update(&format!("{BASE}{changed}{P3}"));
+    let d = zt.recv().await;
+    assert_eq!(d.type_url, ADDRESS);
+    assert_eq!(names(&d), vec!["Kubernetes//Pod/a/p3"]);
+    // Removing the route removes both rules.
+    h.update(&format!("{BASE}{P3}"));
+    let d = wp.recv().await;
+    assert_eq!(d.type_url, WAYPOINT_ROUTE);
+    assert_eq!(
+        d.removed_resources,
+        vec!["a/httproute/r/0", "a/httproute/r/1"]
+    );
+    let conns = h.server.connections();
+    let zt_info = conns
+        .iter()
+        .find(|c| c.node_id.starts_with("ztunnel~"))
+        .unwrap();
+    assert!(!zt_info.resources.contains_key(WAYPOINT_ROUTE));
 }

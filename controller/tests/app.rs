@@ -63,6 +63,7 @@ async fn serves_xds_and_certificates_over_tls_and_reloads_manifests() {
         debounce: Duration::from_millis(20),
         require_xds_token: true,
         drain_deadline: Duration::from_secs(1),
+        deploy_dir: None,
     };
     let ca = Arc::new(LocalCa::load_or_create(&state.path().join("ca"), "cluster.local").unwrap());
     let running = app::start(cfg, ca).await.unwrap();
@@ -196,4 +197,89 @@ async fn serves_xds_and_certificates_over_tls_and_reloads_manifests() {
     running.shutdown(Duration::from_secs(2)).await;
     // The stream ends with the drain.
     assert!(matches!(stream.message().await, Ok(None) | Err(_)));
+}
+
+const WAYPOINT: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {istio.io/use-waypoint: waypoint}}\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: demo}\n\
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: server, namespace: demo}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}\n";
+
+/// The deploy directory gets the waypoint's manifests (and loses them with the Gateway); `/debug/status` serves
+/// the Gateway's and the bound Service's status.
+#[tokio::test]
+async fn writes_waypoint_deployments_and_serves_status() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let manifests = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let deploy = tempfile::tempdir().unwrap();
+    std::fs::write(deploy.path().join("other.yaml"), "kind: Untouched\n").unwrap();
+    std::fs::write(manifests.path().join("wp.yaml"), WAYPOINT).unwrap();
+    let cfg = Config {
+        manifests: vec![manifests.path().to_path_buf()],
+        state_dir: state.path().to_path_buf(),
+        tls_sans: vec!["localhost".into()],
+        listen: "127.0.0.1".parse().unwrap(),
+        xds_port: 0,
+        secure_port: 0,
+        monitoring_port: 0,
+        compute: ComputeConfig::default(),
+        debounce: Duration::from_millis(20),
+        require_xds_token: true,
+        drain_deadline: Duration::from_secs(1),
+        deploy_dir: Some(deploy.path().to_path_buf()),
+    };
+    let ca = Arc::new(LocalCa::load_or_create(&state.path().join("ca"), "cluster.local").unwrap());
+    let running = app::start(cfg, ca).await.unwrap();
+    let mut ready = running.outputs.ready.clone();
+    ready.wait_for(|r| *r).await.unwrap();
+
+    let file = deploy.path().join("waypoint-demo.waypoint.yaml");
+    for _ in 0..200 {
+        if file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.matches("\n---\n").count() + 1, 3, "{text}");
+    assert!(
+        text.contains("kind: Deployment") && text.contains("GATEWAY_NAME"),
+        "{text}"
+    );
+
+    let status = http_get(
+        running.monitoring_addr,
+        "/debug/status?kind=Gateway&namespace=demo",
+    )
+    .await;
+    let body = status.split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(keys, vec!["gateway/demo/waypoint"]);
+    assert_eq!(
+        v["gateway/demo/waypoint"]["conditions"][1]["reason"],
+        "Pending"
+    );
+    let svc = http_get(
+        running.monitoring_addr,
+        "/debug/status?kind=service&name=server",
+    )
+    .await;
+    assert!(svc.contains("WaypointIsNotReady"), "{svc}");
+
+    // The Gateway goes: so does its file; the foreign file stays.
+    std::fs::write(
+        manifests.path().join("wp.yaml"),
+        WAYPOINT.split("\n---\napiVersion: gateway").next().unwrap(),
+    )
+    .unwrap();
+    for _ in 0..500 {
+        if !file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!file.exists());
+    assert!(deploy.path().join("other.yaml").exists());
+    running.shutdown(Duration::from_secs(1)).await;
 }

@@ -100,6 +100,7 @@ async fn ztunnel_clients_get_config_and_certificates_from_the_controller() {
         debounce: Duration::from_millis(20),
         require_xds_token: true,
         drain_deadline: Duration::from_secs(1),
+        deploy_dir: None,
     };
     let ca = Arc::new(LocalCa::load_or_create(&state.path().join("ca"), "cluster.local").unwrap());
     let running = app::start(cfg, ca).await.unwrap();

@@ -27,7 +27,45 @@ pub fn resources(r: &Resources) -> Value {
     if !r.policy_status.is_empty() {
         out.insert("policyStatus".into(), json!(r.policy_status));
     }
+    if !r.routes.is_empty() {
+        let routes: Map<String, Value> = r
+            .routes
+            .iter()
+            .map(|(k, v)| (k.clone(), route(v)))
+            .collect();
+        out.insert("routes".into(), Value::Object(routes));
+    }
+    if !r.status.is_empty() {
+        out.insert("status".into(), json!(r.status));
+    }
+    if !r.deployments.is_empty() {
+        out.insert("deployments".into(), json!(r.deployments));
+    }
     Value::Object(out)
+}
+
+/// A waypoint route in the schema's own JSON form (camelCase, enums by name), empty fields left out.
+pub fn route(r: &ambit_proto::waypoint::Route) -> Value {
+    fn prune(v: Value) -> Option<Value> {
+        match v {
+            Value::Null | Value::Bool(false) => None,
+            Value::String(s) if s.is_empty() => None,
+            Value::Array(a) if a.is_empty() => None,
+            Value::Array(a) => Some(Value::Array(a.into_iter().filter_map(prune).collect())),
+            Value::Object(o) => {
+                let o: Map<String, Value> = o
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, prune(v)?)))
+                    .collect();
+                (!o.is_empty()).then_some(Value::Object(o))
+            }
+            other => Some(other),
+        }
+    }
+    serde_json::to_value(r)
+        .ok()
+        .and_then(prune)
+        .unwrap_or(Value::Null)
 }
 
 /// Inserts `v` unless it is empty/zero/false/null.
@@ -122,6 +160,9 @@ pub fn workload(w: &wl::Workload) -> Value {
         "tunnelProtocol".into(),
         enum_name!(wl::TunnelProtocol, w.tunnel_protocol),
     );
+    if w.native_tunnel {
+        m.insert("nativeTunnel".into(), json!(true));
+    }
     put(&mut m, "trustDomain", json!(w.trust_domain));
     put(&mut m, "serviceAccount", json!(w.service_account));
     put(&mut m, "node", json!(w.node));

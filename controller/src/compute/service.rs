@@ -7,7 +7,7 @@ use ambit_proto::workload::{self as wl, NetworkAddress, Port};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::waypoint::{self, Target};
+use super::waypoint::Bindings;
 use super::{ComputeConfig, ip_bytes, labels_of, service_hostname};
 use crate::index::Index;
 
@@ -17,20 +17,17 @@ pub const KUBERNETES_SERVICE_ACCOUNTS: &str = "alpha.istio.io/kubernetes-service
 pub const CANONICAL_SERVICE_ACCOUNTS: &str = "alpha.istio.io/canonical-serviceaccounts";
 pub const TRAFFIC_DISTRIBUTION: &str = "networking.istio.io/traffic-distribution";
 
-pub fn services(index: &Index, cfg: &ComputeConfig) -> Vec<wl::Service> {
-    let waypoints = waypoint::waypoints(index, cfg);
+pub fn services(index: &Index, cfg: &ComputeConfig, bindings: &Bindings) -> Vec<wl::Service> {
     index
         .services
         .iter()
         .map(|((ns, name), svc)| {
             let labels = labels_of(&svc.metadata);
-            let ns_labels = index.namespace_labels(ns);
             let spec = svc.spec.clone().unwrap_or_default();
-            let waypoint = if waypoint::is_waypoint_object(&labels, ns, Some(name), &waypoints) {
-                None
-            } else {
-                waypoint::resolve(&labels, ns, &ns_labels, Target::Service, &waypoints)
-            };
+            let waypoint = bindings
+                .services
+                .get(&(ns.clone(), name.clone()))
+                .and_then(|b| b.address());
             let network = labels
                 .get("topology.istio.io/network")
                 .cloned()

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1 as core;
 
 use super::authz::Policies;
 use super::service::endpoint_ports;
-use super::waypoint::{self, Target};
+use super::waypoint::Bindings;
 use super::{ComputeConfig, ip_bytes, labels_of, service_hostname};
 use crate::index::Index;
 
@@ -31,8 +31,12 @@ pub fn enrolled(
     )
 }
 
-pub fn workloads(index: &Index, cfg: &ComputeConfig, policies: &Policies) -> Vec<wl::Workload> {
-    let waypoints = waypoint::waypoints(index, cfg);
+pub fn workloads(
+    index: &Index,
+    cfg: &ComputeConfig,
+    policies: &Policies,
+    bindings: &Bindings,
+) -> Vec<wl::Workload> {
     let selectors = SelectorIndex::new(index);
     let mut out = Vec::new();
     for ((ns, name), pod) in &index.pods {
@@ -48,12 +52,15 @@ pub fn workloads(index: &Index, cfg: &ComputeConfig, policies: &Policies) -> Vec
         let labels = labels_of(&pod.metadata);
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         let ns_labels = index.namespace_labels(ns);
-        let hbone = enrolled(&labels, &annotations, ns, &ns_labels, cfg);
-        let waypoint = if waypoint::is_waypoint_object(&labels, ns, None, &waypoints) {
-            None
-        } else {
-            waypoint::resolve(&labels, ns, &ns_labels, Target::Workload, &waypoints)
-        };
+        // Waypoint pods are never captured but speak HBONE natively (istiod's `setTunnelProtocol`).
+        let native = labels
+            .get(super::waypoint::MANAGED)
+            .is_some_and(|v| v == "istio.io-mesh-controller");
+        let hbone = native || enrolled(&labels, &annotations, ns, &ns_labels, cfg);
+        let waypoint = bindings
+            .pods
+            .get(&(ns.clone(), name.clone()))
+            .and_then(|b| b.address());
         let (workload_name, workload_type) = workload_name_and_type(pod, name);
         let services: HashMap<String, PortList> = selectors
             .candidates(ns, &labels)
@@ -86,6 +93,7 @@ pub fn workloads(index: &Index, cfg: &ComputeConfig, policies: &Policies) -> Vec
             } else {
                 wl::TunnelProtocol::None
             } as i32,
+            native_tunnel: native,
             trust_domain: cfg.trust_domain.clone(),
             service_account: spec
                 .service_account_name
@@ -163,7 +171,7 @@ impl<'a> SelectorIndex<'a> {
 }
 
 /// Kubernetes endpoint selection: a Service with a non-empty selector selects pods carrying all its labels.
-fn selects(svc: &core::Service, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn selects(svc: &core::Service, labels: &BTreeMap<String, String>) -> bool {
     match svc.spec.as_ref().and_then(|s| s.selector.as_ref()) {
         Some(sel) if !sel.is_empty() => sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
         _ => false,

@@ -54,6 +54,8 @@ pub struct GatewayListener {
     pub port: u32,
     #[serde(default)]
     pub protocol: String,
+    #[serde(default)]
+    pub allowed_routes: Option<super::routes::AllowedRoutes>,
 }
 
 /// An entry of `spec.addresses` or `status.addresses`; `type` is `IPAddress` (default) or `Hostname`.

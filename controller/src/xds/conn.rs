@@ -155,7 +155,12 @@ impl Connection {
                 requested.retain(|r| r != name);
             }
         }
-        let known = [type_url::ADDRESS, type_url::AUTHORIZATION].contains(&req.type_url.as_str());
+        let known = [
+            type_url::ADDRESS,
+            type_url::AUTHORIZATION,
+            type_url::WAYPOINT_ROUTE,
+        ]
+        .contains(&req.type_url.as_str());
         if !known {
             tracing::info!(conn.id = self.id, xds.type = %req.type_url, "subscription to an unknown type; answering empty");
         }

@@ -1,0 +1,587 @@
+//! `ambit.waypoint.Route`: one resource per rule of every HTTPRoute, GRPCRoute and TCPRoute attached to a
+//! waypoint, named `<ns>/<kind>/<name>/<rule index>`, with Gateway API defaults filled in (path `PathPrefix /`,
+//! match type `Exact`, weight 1) and references resolved to service hostnames. Also each route's `status.parents`.
+//!
+//! Parents: `Service` (group `""`) → a SERVICE parent with the service hostname (dropped, with `NoMatchingParent`,
+//! when the Service does not exist); a waypoint `Gateway` → a GATEWAY parent (its listener's `allowedRoutes` must
+//! admit the route's namespace, else `NotAllowedByListeners`); `ServiceEntry` is not indexed yet, so such parents
+//! are dropped with `NoMatchingParent`. Gateways of other classes are somebody else's and are ignored silently.
+//!
+//! Backends: a `Service` in the route's namespace with a port → hostname and port; anything else is kept with
+//! `invalid` set (the waypoint answers 500 for requests that pick it) and `ResolvedRefs=False` in status.
+//! Cross-namespace backends need a ReferenceGrant, which is not supported: they are `RefNotPermitted`.
+
+use std::collections::BTreeMap;
+
+use ambit_proto::waypoint::{
+    BackendRef, Filter, Header, HeaderMatch, HeaderModifier, MatchType, ParentRef, PathMatch,
+    PathModifier, RequestMirror, RequestRedirect, Route, RouteKind, RouteMatch, Timeouts,
+    UrlRewrite, parent_ref, path_modifier,
+};
+use serde_json::{Value, json};
+
+use super::status::condition;
+use super::waypoint::{GatewayCheck, HBONE_PORT, Waypoint, check_gateway};
+use super::{ComputeConfig, service_hostname};
+use crate::index::{Index, Name};
+use crate::sources::routes::{
+    BackendObjectReference, HeaderFilter, HttpBackendRef, HttpRouteFilter, HttpRouteTimeouts,
+    ParentReference, PathModifierSpec, ValueMatch, parse_duration,
+};
+
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub const CONTROLLER_NAME: &str = "istio.io/mesh-controller";
+
+/// The computed routes and what goes into status.
+#[derive(Clone, Debug, Default)]
+pub struct RouteOutput {
+    pub routes: BTreeMap<String, Route>,
+    /// `<kind>/<ns>/<name>` → the route's `status`.
+    pub status: BTreeMap<String, Value>,
+    /// Waypoint Gateway → how many routes attach to it directly (the listener's `attachedRoutes`).
+    pub attached: BTreeMap<Name, u32>,
+}
+
+/// One rule, kind-independent.
+struct RuleIn<'a> {
+    name: Option<&'a str>,
+    matches: Vec<RouteMatch>,
+    filters: &'a [HttpRouteFilter],
+    backends: &'a [HttpBackendRef],
+    timeouts: Option<&'a HttpRouteTimeouts>,
+}
+
+/// One route object, kind-independent.
+struct RouteIn<'a> {
+    kind: RouteKind,
+    ns: &'a str,
+    name: &'a str,
+    created: i64,
+    parents: &'a [ParentReference],
+    hostnames: &'a [String],
+    rules: Vec<RuleIn<'a>>,
+}
+
+impl RouteIn<'_> {
+    fn kind_name(&self) -> &'static str {
+        match self.kind {
+            RouteKind::Http => "httproute",
+            RouteKind::Grpc => "grpcroute",
+            RouteKind::Tcp => "tcproute",
+        }
+    }
+}
+
+fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
+    meta.creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second())
+}
+
+fn match_type(kind: Option<&str>, default: MatchType) -> i32 {
+    (match kind {
+        Some("Exact") => MatchType::Exact,
+        Some("PathPrefix") => MatchType::PathPrefix,
+        Some("RegularExpression") => MatchType::RegularExpression,
+        _ => default,
+    }) as i32
+}
+
+fn value_matches(v: &[ValueMatch]) -> Vec<HeaderMatch> {
+    v.iter()
+        .map(|m| HeaderMatch {
+            r#type: match_type(m.kind.as_deref(), MatchType::Exact),
+            name: m.name.clone(),
+            value: m.value.clone(),
+        })
+        .collect()
+}
+
+fn inputs(index: &Index) -> Vec<RouteIn<'_>> {
+    let mut out = Vec::new();
+    for ((ns, name), r) in &index.http_routes {
+        let rules = r
+            .spec
+            .rules
+            .iter()
+            .map(|rule| RuleIn {
+                name: rule.name.as_deref(),
+                matches: rule
+                    .matches
+                    .iter()
+                    .map(|m| RouteMatch {
+                        path: Some(PathMatch {
+                            r#type: match_type(
+                                m.path.as_ref().and_then(|p| p.kind.as_deref()),
+                                MatchType::PathPrefix,
+                            ),
+                            value: m
+                                .path
+                                .as_ref()
+                                .and_then(|p| p.value.clone())
+                                .unwrap_or_else(|| "/".to_owned()),
+                        }),
+                        headers: value_matches(&m.headers),
+                        query_params: value_matches(&m.query_params),
+                        method: m.method.clone().unwrap_or_default(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                filters: &rule.filters,
+                backends: &rule.backend_refs,
+                timeouts: rule.timeouts.as_ref(),
+            })
+            .collect();
+        out.push(RouteIn {
+            kind: RouteKind::Http,
+            ns,
+            name,
+            created: created(&r.metadata),
+            parents: &r.spec.parent_refs,
+            hostnames: &r.spec.hostnames,
+            rules,
+        });
+    }
+    for ((ns, name), r) in &index.grpc_routes {
+        let rules = r
+            .spec
+            .rules
+            .iter()
+            .map(|rule| RuleIn {
+                name: rule.name.as_deref(),
+                matches: rule
+                    .matches
+                    .iter()
+                    .map(|m| RouteMatch {
+                        headers: value_matches(&m.headers),
+                        grpc_service: m
+                            .method
+                            .as_ref()
+                            .and_then(|g| g.service.clone())
+                            .unwrap_or_default(),
+                        grpc_method: m
+                            .method
+                            .as_ref()
+                            .and_then(|g| g.method.clone())
+                            .unwrap_or_default(),
+                        grpc_type: match_type(
+                            m.method.as_ref().and_then(|g| g.kind.as_deref()),
+                            MatchType::Exact,
+                        ),
+                        ..Default::default()
+                    })
+                    .collect(),
+                filters: &rule.filters,
+                backends: &rule.backend_refs,
+                timeouts: None,
+            })
+            .collect();
+        out.push(RouteIn {
+            kind: RouteKind::Grpc,
+            ns,
+            name,
+            created: created(&r.metadata),
+            parents: &r.spec.parent_refs,
+            hostnames: &r.spec.hostnames,
+            rules,
+        });
+    }
+    for ((ns, name), r) in &index.tcp_routes {
+        let rules = r
+            .spec
+            .rules
+            .iter()
+            .map(|rule| RuleIn {
+                name: rule.name.as_deref(),
+                matches: Vec::new(),
+                filters: &[],
+                backends: &rule.backend_refs,
+                timeouts: None,
+            })
+            .collect();
+        out.push(RouteIn {
+            kind: RouteKind::Tcp,
+            ns,
+            name,
+            created: created(&r.metadata),
+            parents: &r.spec.parent_refs,
+            hostnames: &[],
+            rules,
+        });
+    }
+    out
+}
+
+/// What became of one parentRef.
+enum ParentOutcome {
+    Attached(ParentRef),
+    /// `(reason, message)` of `Accepted=False`.
+    Refused(&'static str, String),
+    /// Not ours (a Gateway of another class, an unknown kind): no status either.
+    Ignored,
+}
+
+fn resolve_parent(
+    route: &RouteIn<'_>,
+    p: &ParentReference,
+    index: &Index,
+    waypoints: &BTreeMap<Name, Waypoint>,
+    cfg: &ComputeConfig,
+) -> ParentOutcome {
+    let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
+    let kind = p.kind.as_deref().unwrap_or("Gateway");
+    let ns = p.namespace.as_deref().unwrap_or(route.ns);
+    let key = (ns.to_owned(), p.name.clone());
+    match (group, kind) {
+        ("" | "core", "Service") => {
+            if !index.services.contains_key(&key) {
+                return ParentOutcome::Refused(
+                    "NoMatchingParent",
+                    format!("service {ns}/{} not found", p.name),
+                );
+            }
+            ParentOutcome::Attached(ParentRef {
+                kind: parent_ref::Kind::Service as i32,
+                name: service_hostname(&p.name, ns, cfg),
+                namespace: ns.to_owned(),
+                port: p.port.unwrap_or(0),
+            })
+        }
+        ("networking.istio.io", "ServiceEntry") => ParentOutcome::Refused(
+            "NoMatchingParent",
+            format!(
+                "ServiceEntry parents are not supported (serviceentry {ns}/{})",
+                p.name
+            ),
+        ),
+        (GATEWAY_GROUP, "Gateway") => {
+            let Some(gw) = index.gateways.get(&key) else {
+                return ParentOutcome::Refused(
+                    "NoMatchingParent",
+                    format!("gateway {ns}/{} not found", p.name),
+                );
+            };
+            match check_gateway(gw) {
+                GatewayCheck::NotWaypoint => return ParentOutcome::Ignored,
+                GatewayCheck::InvalidListeners => {
+                    return ParentOutcome::Refused(
+                        "NoMatchingParent",
+                        format!("gateway {ns}/{} is not a valid waypoint", p.name),
+                    );
+                }
+                GatewayCheck::Valid => {}
+            }
+            let listener = gw.spec.listeners.first().map_or("", |l| l.name.as_str());
+            if p.section_name.as_deref().is_some_and(|s| s != listener)
+                || p.port.is_some_and(|port| port != HBONE_PORT)
+            {
+                return ParentOutcome::Refused(
+                    "NoMatchingParent",
+                    "no listener matches the sectionName/port".to_owned(),
+                );
+            }
+            if route.kind == RouteKind::Tcp {
+                return ParentOutcome::Refused(
+                    "NotAllowedByListeners",
+                    format!("listener {listener} supports HTTPRoute and GRPCRoute only"),
+                );
+            }
+            let admitted = waypoints.get(&key).is_some_and(|w| {
+                w.allowed
+                    .admits(ns, route.ns, &index.namespace_labels(route.ns))
+            });
+            if !admitted {
+                return ParentOutcome::Refused(
+                    "NotAllowedByListeners",
+                    format!(
+                        "listener {listener} does not allow routes from namespace {}",
+                        route.ns
+                    ),
+                );
+            }
+            ParentOutcome::Attached(ParentRef {
+                kind: parent_ref::Kind::Gateway as i32,
+                name: p.name.clone(),
+                namespace: ns.to_owned(),
+                port: 0,
+            })
+        }
+        _ => ParentOutcome::Ignored,
+    }
+}
+
+/// Resolves backends and filters of one route, remembering the first unresolvable reference.
+struct Resolver<'a> {
+    index: &'a Index,
+    cfg: &'a ComputeConfig,
+    ns: &'a str,
+    /// `(reason, message)` for `ResolvedRefs=False`.
+    problem: Option<(&'static str, String)>,
+}
+
+impl Resolver<'_> {
+    fn backend(
+        &mut self,
+        b: &BackendObjectReference,
+        weight: u32,
+        filters: Vec<Filter>,
+    ) -> BackendRef {
+        let group = b.group.as_deref().unwrap_or("");
+        let kind = b.kind.as_deref().unwrap_or("Service");
+        let ns = b.namespace.as_deref().unwrap_or(self.ns);
+        let mut out = BackendRef {
+            namespace: ns.to_owned(),
+            port: b.port.unwrap_or(0),
+            weight,
+            filters,
+            ..Default::default()
+        };
+        let problem = match (group, kind) {
+            ("" | "core", "Service") => {
+                if ns != self.ns {
+                    Some((
+                        "RefNotPermitted",
+                        format!(
+                            "backend {ns}/{} is in another namespace (ReferenceGrant is not supported)",
+                            b.name
+                        ),
+                    ))
+                } else if !self
+                    .index
+                    .services
+                    .contains_key(&(ns.to_owned(), b.name.clone()))
+                {
+                    Some((
+                        "BackendNotFound",
+                        format!("service {ns}/{} not found", b.name),
+                    ))
+                } else if b.port.is_none() {
+                    Some(("BackendNotFound", "port is required".to_owned()))
+                } else {
+                    out.hostname = service_hostname(&b.name, ns, self.cfg);
+                    None
+                }
+            }
+            _ => Some(("InvalidKind", format!("unsupported backend kind {kind}"))),
+        };
+        if let Some((reason, message)) = problem {
+            out.invalid = message.clone();
+            self.problem.get_or_insert((reason, message));
+        }
+        out
+    }
+
+    fn filters(&mut self, fs: &[HttpRouteFilter]) -> Vec<Filter> {
+        fs.iter().filter_map(|f| self.filter(f)).collect()
+    }
+
+    /// One filter; `None` for types the waypoint does not implement (CORS, ExtensionRef) or an empty one.
+    fn filter(&mut self, f: &HttpRouteFilter) -> Option<Filter> {
+        let mut out = Filter::default();
+        match f.kind.as_str() {
+            "RequestHeaderModifier" => {
+                out.request_header_modifier =
+                    Some(header_modifier(f.request_header_modifier.as_ref()?));
+            }
+            "ResponseHeaderModifier" => {
+                out.response_header_modifier =
+                    Some(header_modifier(f.response_header_modifier.as_ref()?));
+            }
+            "RequestRedirect" => {
+                let r = f.request_redirect.as_ref()?;
+                out.request_redirect = Some(RequestRedirect {
+                    scheme: r.scheme.clone().unwrap_or_default(),
+                    hostname: r.hostname.clone().unwrap_or_default(),
+                    path: r.path.as_ref().and_then(path_modifier),
+                    port: r.port.unwrap_or(0),
+                    status_code: r.status_code.unwrap_or(0),
+                });
+            }
+            "URLRewrite" => {
+                let r = f.url_rewrite.as_ref()?;
+                out.url_rewrite = Some(UrlRewrite {
+                    hostname: r.hostname.clone().unwrap_or_default(),
+                    path: r.path.as_ref().and_then(path_modifier),
+                });
+            }
+            "RequestMirror" => {
+                let m = f.request_mirror.as_ref()?;
+                let percent = match (&m.percent, &m.fraction) {
+                    (Some(p), _) => Some(f64::from(*p)),
+                    (None, Some(fr)) => {
+                        let den = fr.denominator.unwrap_or(100).max(1);
+                        Some(100.0 * f64::from(fr.numerator) / f64::from(den))
+                    }
+                    (None, None) => None,
+                };
+                out.request_mirror = Some(RequestMirror {
+                    backend: Some(self.backend(&m.backend_ref, 1, Vec::new())),
+                    percent,
+                });
+            }
+            _ => return None,
+        }
+        Some(out)
+    }
+}
+
+fn header_modifier(h: &HeaderFilter) -> HeaderModifier {
+    let headers = |v: &[crate::sources::routes::HeaderValue]| {
+        v.iter()
+            .map(|h| Header {
+                name: h.name.clone(),
+                value: h.value.clone(),
+            })
+            .collect()
+    };
+    HeaderModifier {
+        set: headers(&h.set),
+        add: headers(&h.add),
+        remove: h.remove.clone(),
+    }
+}
+
+fn path_modifier(p: &PathModifierSpec) -> Option<PathModifier> {
+    let (kind, value) = match p.kind.as_str() {
+        "ReplaceFullPath" => (
+            path_modifier::Kind::ReplaceFullPath,
+            p.replace_full_path.clone(),
+        ),
+        "ReplacePrefixMatch" => (
+            path_modifier::Kind::ReplacePrefixMatch,
+            p.replace_prefix_match.clone(),
+        ),
+        _ => return None,
+    };
+    Some(PathModifier {
+        kind: kind as i32,
+        value: value.unwrap_or_default(),
+    })
+}
+
+/// Invalid durations (which the CRD's validation would refuse) count as unset.
+fn timeouts(t: Option<&HttpRouteTimeouts>) -> Option<Timeouts> {
+    let t = t?;
+    let ms = |d: &Option<String>| d.as_deref().and_then(parse_duration).unwrap_or(0);
+    Some(Timeouts {
+        request_ms: ms(&t.request),
+        backend_request_ms: ms(&t.backend_request),
+    })
+}
+
+/// The parentRef as status echoes it (Gateway API defaults filled in).
+fn parent_ref_json(p: &ParentReference, default_kind: &str) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert(
+        "group".into(),
+        json!(p.group.as_deref().unwrap_or(GATEWAY_GROUP)),
+    );
+    m.insert(
+        "kind".into(),
+        json!(p.kind.as_deref().unwrap_or(default_kind)),
+    );
+    if let Some(ns) = &p.namespace {
+        m.insert("namespace".into(), json!(ns));
+    }
+    m.insert("name".into(), json!(p.name));
+    if let Some(s) = &p.section_name {
+        m.insert("sectionName".into(), json!(s));
+    }
+    if let Some(port) = p.port {
+        m.insert("port".into(), json!(port));
+    }
+    Value::Object(m)
+}
+
+pub fn routes(
+    index: &Index,
+    cfg: &ComputeConfig,
+    waypoints: &BTreeMap<Name, Waypoint>,
+) -> RouteOutput {
+    let mut out = RouteOutput::default();
+    for route in inputs(index) {
+        let mut parents = Vec::new();
+        let mut parent_status = Vec::new();
+        let mut resolver = Resolver {
+            index,
+            cfg,
+            ns: route.ns,
+            problem: None,
+        };
+        let mut rules = Vec::new();
+        for (i, rule) in route.rules.iter().enumerate() {
+            let filters = resolver.filters(rule.filters);
+            let backends = rule
+                .backends
+                .iter()
+                .map(|b| {
+                    let f = resolver.filters(&b.filters);
+                    resolver.backend(&b.backend, b.weight.unwrap_or(1), f)
+                })
+                .collect();
+            rules.push((i, rule, filters, backends));
+        }
+        let resolved = match &resolver.problem {
+            None => condition(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "All references resolved",
+            ),
+            Some((reason, message)) => condition("ResolvedRefs", false, reason, message),
+        };
+        for p in route.parents {
+            let accepted = match resolve_parent(&route, p, index, waypoints, cfg) {
+                ParentOutcome::Ignored => continue,
+                ParentOutcome::Attached(parent) => {
+                    if parent.kind == parent_ref::Kind::Gateway as i32 {
+                        *out.attached
+                            .entry((parent.namespace.clone(), parent.name.clone()))
+                            .or_default() += 1;
+                    }
+                    parents.push(parent);
+                    condition("Accepted", true, "Accepted", "Route was valid")
+                }
+                ParentOutcome::Refused(reason, message) => {
+                    condition("Accepted", false, reason, &message)
+                }
+            };
+            parent_status.push(json!({
+                "parentRef": parent_ref_json(p, "Gateway"),
+                "controllerName": CONTROLLER_NAME,
+                "conditions": [accepted, resolved.clone()],
+            }));
+        }
+        if !parent_status.is_empty() {
+            out.status.insert(
+                format!("{}/{}/{}", route.kind_name(), route.ns, route.name),
+                json!({ "parents": parent_status }),
+            );
+        }
+        if parents.is_empty() {
+            continue;
+        }
+        for (i, rule, filters, backends) in rules {
+            let name = format!("{}/{}/{}/{i}", route.ns, route.kind_name(), route.name);
+            out.routes.insert(
+                name.clone(),
+                Route {
+                    name,
+                    namespace: route.ns.to_owned(),
+                    route_name: route.name.to_owned(),
+                    kind: route.kind as i32,
+                    rule_index: u32::try_from(i).unwrap_or(u32::MAX),
+                    rule_name: rule.name.unwrap_or_default().to_owned(),
+                    creation_timestamp: route.created,
+                    parents: parents.clone(),
+                    hostnames: route.hostnames.to_vec(),
+                    matches: rule.matches.clone(),
+                    filters,
+                    backends,
+                    timeouts: timeouts(rule.timeouts),
+                },
+            );
+        }
+    }
+    out
+}
