@@ -1,0 +1,376 @@
+//! In-process: the waypoint configured over delta ADS (TLS) by a scripted control plane — WDS services and
+//! workloads plus `ambit.waypoint.Route` resources. A pushed route changes routing for the next request; a bad
+//! resource is NACKed by name and everything else, including the routing in force, stays as it was.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_core::Identity;
+use ambit_core::ca::LocalCa;
+use ambit_core::hbone::{H2Config, HboneClient};
+use ambit_proto::type_url::{ADDRESS, WAYPOINT_ROUTE};
+use ambit_proto::waypoint as wp;
+use ambit_proto::workload as wl;
+use ambit_proto::xds::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use ambit_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use ambit_waypoint::app;
+use ambit_waypoint::config::Config;
+use prost::Message;
+use support::{ClientConnector, Source};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+const WAIT: Duration = Duration::from_secs(10);
+const V1: &str = "127.0.76.21";
+const V2: &str = "127.0.76.22";
+const REVIEWS: &str = "reviews.demo.svc.cluster.local";
+
+type Stream = (
+    mpsc::UnboundedReceiver<DeltaDiscoveryRequest>,
+    mpsc::UnboundedSender<Result<DeltaDiscoveryResponse, Status>>,
+);
+
+#[derive(Clone)]
+struct Ads(mpsc::UnboundedSender<Stream>);
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type DeltaAggregatedResourcesStream =
+        UnboundedReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = inbound.message().await {
+                if req_tx.send(r).is_err() {
+                    break;
+                }
+            }
+        });
+        let (resp_tx, resp_rx) = mpsc::unbounded_channel();
+        let _ = self.0.send((req_rx, resp_tx));
+        Ok(Response::new(UnboundedReceiverStream::new(resp_rx)))
+    }
+}
+
+fn any<M: Message>(type_url: &str, name: &str, m: &M) -> Resource {
+    Resource {
+        name: name.to_owned(),
+        version: format!("{:x}", m.encoded_len()),
+        resource: Some(prost_types::Any {
+            type_url: type_url.to_owned(),
+            value: m.encode_to_vec(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn service(name: &str, port: u32, target: u32) -> Resource {
+    let s = wl::Service {
+        name: name.into(),
+        namespace: "demo".into(),
+        hostname: format!("{name}.demo.svc.cluster.local"),
+        ports: vec![wl::Port {
+            service_port: port,
+            target_port: target,
+            app_protocol: wl::AppProtocol::Http11 as i32,
+        }],
+        ..Default::default()
+    };
+    any(
+        ADDRESS,
+        &format!("demo/{}", s.hostname),
+        &wl::Address {
+            r#type: Some(wl::address::Type::Service(s)),
+        },
+    )
+}
+
+fn workload(name: &str, ip: &str, svc: &str) -> Resource {
+    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+    let ports = wl::PortList {
+        ports: vec![wl::Port {
+            service_port: 9080,
+            target_port: 18080,
+            app_protocol: 0,
+        }],
+    };
+    let w = wl::Workload {
+        uid: format!("Kubernetes//Pod/demo/{name}"),
+        name: name.into(),
+        namespace: "demo".into(),
+        addresses: vec![ip.octets().to_vec()],
+        tunnel_protocol: wl::TunnelProtocol::None as i32,
+        services: HashMap::from([
+            (format!("demo/{REVIEWS}"), ports.clone()),
+            (format!("demo/{svc}.demo.svc.cluster.local"), ports),
+        ]),
+        ..Default::default()
+    };
+    any(
+        ADDRESS,
+        &w.uid.clone(),
+        &wl::Address {
+            r#type: Some(wl::address::Type::Workload(w)),
+        },
+    )
+}
+
+/// One rule on `reviews` sending everything (or one path) to `to`.
+fn route(name: &str, to: &str, path: Option<(wp::MatchType, &str)>) -> Resource {
+    let r = wp::Route {
+        name: name.into(),
+        namespace: "demo".into(),
+        route_name: "reviews".into(),
+        parents: vec![wp::ParentRef {
+            name: REVIEWS.into(),
+            ..Default::default()
+        }],
+        matches: path
+            .map(|(t, v)| wp::RouteMatch {
+                path: Some(wp::PathMatch {
+                    r#type: t as i32,
+                    value: v.into(),
+                }),
+                ..Default::default()
+            })
+            .into_iter()
+            .collect(),
+        backends: vec![wp::BackendRef {
+            hostname: format!("{to}.demo.svc.cluster.local"),
+            port: 9080,
+            weight: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    any(WAYPOINT_ROUTE, name, &r)
+}
+
+fn respond(
+    tx: &mpsc::UnboundedSender<Result<DeltaDiscoveryResponse, Status>>,
+    type_url: &str,
+    nonce: &str,
+    resources: Vec<Resource>,
+) {
+    tx.send(Ok(DeltaDiscoveryResponse {
+        type_url: type_url.into(),
+        nonce: nonce.into(),
+        resources,
+        ..Default::default()
+    }))
+    .unwrap();
+}
+
+/// The next request for `type_url` with `nonce` (ACK or NACK).
+async fn reply_to(
+    rx: &mut mpsc::UnboundedReceiver<DeltaDiscoveryRequest>,
+    type_url: &str,
+    nonce: &str,
+) -> DeltaDiscoveryRequest {
+    loop {
+        let r = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("no reply")
+            .expect("stream closed");
+        if r.type_url == type_url && r.response_nonce == nonce {
+            return r;
+        }
+    }
+}
+
+async fn backend_of(s: &Source) -> String {
+    let (code, _, body) = s.get(&format!("{REVIEWS}:9080"), "/", &[]).await;
+    assert_eq!(code, 200, "{body}");
+    body.lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn routes_follow_xds_and_bad_resources_are_nacked() {
+    ambit_core::tls::install_default_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let ca = LocalCa::load_or_create(&ca_dir, "cluster.local").unwrap();
+    let (chain, key) = ca
+        .issue_server_cert(&["localhost".to_owned()], &[], Duration::from_secs(3600))
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (conns_tx, mut conns) = mpsc::unbounded_channel();
+    let router = tonic::transport::Server::builder()
+        .tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(chain.concat(), key)),
+        )
+        .unwrap()
+        .add_service(AggregatedDiscoveryServiceServer::new(Ads(conns_tx)));
+    tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+
+    support::http_backend(format!("{V1}:18080").parse().unwrap(), "v1").await;
+    support::http_backend(format!("{V2}:18080").parse().unwrap(), "v2").await;
+
+    let env: HashMap<String, String> = [
+        ("LOCAL_CA_DIR", ca_dir.to_str().unwrap().to_owned()),
+        ("XDS_ADDRESS", format!("localhost:{port}")),
+        ("XDS_ROOT_CA", ca.root_pem()),
+        ("POD_NAMESPACE", "demo".into()),
+        ("GATEWAY_NAME", "waypoint".into()),
+        ("INSTANCE_IP", "127.0.0.1".into()),
+        ("WAYPOINT_HBONE_ADDR", "127.0.0.1:0".into()),
+        ("WAYPOINT_ADMIN_ADDR", "127.0.0.1:0".into()),
+        ("WAYPOINT_STATS_ADDR", "127.0.0.1:0".into()),
+        ("WAYPOINT_READINESS_ADDR", "127.0.0.1:0".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let cfg = Config::from_env(&env).unwrap();
+    let waypoint_id = cfg.identity();
+    let running = app::start(cfg, ambit_core::logging::LogHandle::noop())
+        .await
+        .unwrap();
+
+    let (mut rx, tx) = tokio::time::timeout(WAIT, conns.recv())
+        .await
+        .expect("no xDS stream")
+        .unwrap();
+    // One subscription per type: WDS and routes.
+    let mut types = Vec::new();
+    for _ in 0..2 {
+        types.push(
+            tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+                .type_url,
+        );
+    }
+    types.sort();
+    let mut want = vec![ADDRESS.to_owned(), WAYPOINT_ROUTE.to_owned()];
+    want.sort();
+    assert_eq!(types, want);
+    assert!(
+        !running.readiness.is_ready(),
+        "not ready before the first configuration"
+    );
+
+    respond(
+        &tx,
+        ADDRESS,
+        "a1",
+        vec![
+            service("reviews", 9080, 18080),
+            service("reviews-v1", 9080, 18080),
+            service("reviews-v2", 9080, 18080),
+            workload("reviews-v1-0", V1, "reviews-v1"),
+            workload("reviews-v2-0", V2, "reviews-v2"),
+        ],
+    );
+    assert!(
+        reply_to(&mut rx, ADDRESS, "a1")
+            .await
+            .error_detail
+            .is_none()
+    );
+    respond(
+        &tx,
+        WAYPOINT_ROUTE,
+        "r1",
+        vec![route("demo/httproute/reviews/0", "reviews-v1", None)],
+    );
+    assert!(
+        reply_to(&mut rx, WAYPOINT_ROUTE, "r1")
+            .await
+            .error_detail
+            .is_none()
+    );
+
+    let source = Source {
+        hbone: HboneClient::new(
+            Arc::new(H2Config::default()),
+            ClientConnector {
+                certs: support::certs(&ca_dir),
+            },
+        ),
+        me: Identity::new("cluster.local", "demo", "client"),
+        waypoint: waypoint_id,
+        waypoint_addr: running.addresses.hbone,
+        client_addr: "127.0.76.2:40000".parse().unwrap(),
+    };
+    for _ in 0..100 {
+        if running.readiness.is_ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        running.readiness.is_ready(),
+        "pending: {:?}",
+        running.readiness.pending()
+    );
+    for _ in 0..5 {
+        assert_eq!(backend_of(&source).await, "v1");
+    }
+
+    // One rule changes: the next request follows it.
+    respond(
+        &tx,
+        WAYPOINT_ROUTE,
+        "r2",
+        vec![route("demo/httproute/reviews/0", "reviews-v2", None)],
+    );
+    assert!(
+        reply_to(&mut rx, WAYPOINT_ROUTE, "r2")
+            .await
+            .error_detail
+            .is_none()
+    );
+    assert_eq!(backend_of(&source).await, "v2");
+
+    // A bad rule (and a good one beside it): NACKed by name, the good one applies, routing stays on v2.
+    respond(
+        &tx,
+        WAYPOINT_ROUTE,
+        "r3",
+        vec![
+            route(
+                "demo/httproute/bad/0",
+                "reviews-v1",
+                Some((wp::MatchType::RegularExpression, "(")),
+            ),
+            route(
+                "demo/httproute/other/0",
+                "reviews-v1",
+                Some((wp::MatchType::Exact, "/other")),
+            ),
+        ],
+    );
+    let nack = reply_to(&mut rx, WAYPOINT_ROUTE, "r3").await;
+    let detail = nack.error_detail.expect("a NACK").message;
+    assert!(
+        detail.contains("demo/httproute/bad/0") && detail.contains("regular expression"),
+        "{detail}"
+    );
+    assert!(!detail.contains("demo/httproute/other/0"), "{detail}");
+    for _ in 0..5 {
+        assert_eq!(backend_of(&source).await, "v2");
+    }
+    let (code, _, body) = source.get(&format!("{REVIEWS}:9080"), "/other", &[]).await;
+    assert_eq!(
+        (code, body.trim()),
+        (200, "v1"),
+        "the good resource of the NACKed response applied"
+    );
+}
