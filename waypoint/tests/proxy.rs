@@ -459,6 +459,61 @@ async fn http2_grpc_websocket_and_tcp() {
     );
 }
 
+#[tokio::test]
+async fn drain_lets_in_flight_requests_finish() {
+    let w = world(75).await;
+    let source = Arc::new(w.source);
+    // Warm the HBONE connection, then start a slow request and drain while it is in flight.
+    assert_eq!(
+        source
+            .get("reviews-v1.demo.svc.cluster.local:9080", "/", &[])
+            .await
+            .0,
+        200
+    );
+    let s2 = source.clone();
+    let slow = tokio::spawn(async move {
+        s2.get("reviews-v1.demo.svc.cluster.local:9080", "/slow", &[])
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let drained = tokio::spawn(w.waypoint.drain());
+    let (code, _, body) = slow.await.unwrap();
+    assert_eq!(
+        (code, first_line(&body)),
+        (200, "reviews-v1"),
+        "the in-flight request finished"
+    );
+    tokio::time::timeout(Duration::from_secs(10), drained)
+        .await
+        .expect("drain finished")
+        .unwrap();
+    // Graceful: done when the last request was, well before the 5 s deadline.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // Nothing is accepted any more.
+    let fresh = Source {
+        hbone: HboneClient::new(
+            Arc::new(H2Config::default()),
+            ClientConnector {
+                certs: support::certs(&w._dir.path().join("ca")),
+            },
+        ),
+        me: source.me.clone(),
+        waypoint: source.waypoint.clone(),
+        waypoint_addr: source.waypoint_addr,
+        client_addr: source.client_addr,
+    };
+    assert!(
+        fresh.connect(REVIEWS).await.is_err(),
+        "a new connection after the drain"
+    );
+}
+
 /// GET /metrics from the waypoint's stats port.
 async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -163,6 +163,9 @@ where
                 .unwrap();
             return Ok::<_, Infallible>(r);
         }
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
         let body = req
             .into_body()
             .collect()
