@@ -134,14 +134,29 @@ pub async fn start_on(
         }
         None => drop(state_ready),
     }
-    // The waypoint's own certificate before it says it is ready.
+    // The waypoint's own certificate before it says it is ready: retried (the CA may not know the pod yet) until
+    // it is issued or the waypoint drains.
     {
         let certs = certs.clone();
         let id = cfg.identity();
+        let mut stop = drain.clone();
         tokio::spawn(async move {
-            match certs.fetch(&id, Priority::Warmup).await {
-                Ok(_) => drop(cert_ready),
-                Err(e) => warn!(identity = %id, error = %e, "no certificate yet; not ready"),
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match certs.fetch(&id, Priority::Warmup).await {
+                    Ok(_) => {
+                        drop(cert_ready);
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(identity = %id, error = %e, retry_in = ?backoff, "no certificate yet; not ready")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.signaled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         });
     }

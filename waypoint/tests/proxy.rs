@@ -529,3 +529,32 @@ async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
     let resp = send.send_request(req).await.unwrap();
     String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
 }
+
+#[tokio::test]
+async fn not_ready_without_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("waypoint.yaml");
+    write(&file, "");
+    let env: HashMap<String, String> = [
+        ("CA_ADDRESS", "https://127.0.0.1:1".to_owned()),
+        ("CA_ROOT_CA", "SYSTEM".to_owned()),
+        ("LOCAL_XDS_PATH", file.to_str().unwrap().to_owned()),
+        ("WAYPOINT_HBONE_ADDR", "127.0.0.1:0".to_owned()),
+        ("WAYPOINT_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        ("WAYPOINT_STATS_ADDR", "127.0.0.1:0".to_owned()),
+        ("WAYPOINT_READINESS_ADDR", "127.0.0.1:0".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let running = app::start(
+        Config::from_env(&env).unwrap(),
+        ambit_core::logging::LogHandle::noop(),
+    )
+    .await
+    .unwrap();
+    // The CA refuses every attempt: the waypoint keeps retrying and never says it is ready.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!running.readiness.is_ready());
+    assert_eq!(running.readiness.pending(), ["certificate"]);
+}
