@@ -9,7 +9,11 @@
 //! Everything the supervisor knows is in `<dir>/state.json` (default dir `/run/ambit/local`), which the other
 //! commands read.
 
+pub mod bins;
 pub mod dns;
+pub mod get;
+pub mod http;
+pub mod kubelet;
 pub mod manifests;
 pub mod net;
 pub mod process;
@@ -22,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+
+use net::NET_NS;
 
 /// Where the local mesh keeps its state unless `AMBIT_LOCAL_DIR` says otherwise.
 pub const DEFAULT_DIR: &str = "/run/ambit/local";
@@ -45,6 +51,9 @@ pub enum LocalCommand {
     Exec(ExecArgs),
     /// Print a pod's output.
     Logs(LogsArgs),
+    /// Gateways, routes, Services or pods as the mesh's API server holds them, with the status the controller
+    /// computed.
+    Get(get::GetArgs),
     /// Stop everything and remove every namespace, link, rule and process of the mesh.
     Down,
 }
@@ -122,6 +131,9 @@ pub struct PodState {
     pub veth: String,
     pub owner: Option<String>,
     pub captured: bool,
+    /// Started and, when it has a readiness probe, passing it.
+    #[serde(default)]
+    pub ready: bool,
     pub pid: Option<u32>,
     pub restarts: u32,
     pub log: PathBuf,
@@ -236,6 +248,7 @@ pub fn run(args: LocalArgs) -> Result<i32> {
             std::io::stdout().write_all(&text)?;
             Ok(0)
         }
+        LocalCommand::Get(g) => get::run(&args.dir, &g),
         LocalCommand::Down => {
             require_root()?;
             down(&args.dir)?;
@@ -287,10 +300,8 @@ fn up_background(dir: &Path, up: &UpArgs) -> Result<()> {
         if let Ok(s) = State::load(dir)
             && s.ready
         {
+            // The status ends with the problems found in the manifests, if any.
             print!("{}", status(&s));
-            for e in &s.errors {
-                eprintln!("warning: {e}");
-            }
             return Ok(());
         }
         if started.elapsed() > up.timeout {
@@ -319,13 +330,48 @@ pub fn down(dir: &Path) -> Result<()> {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
-    let removed = supervisor::sweep(dir);
+    let removed = sweep(dir);
     if removed > 0 {
         eprintln!("local mesh down (removed {removed} namespaces a crashed run left behind)");
     } else {
         eprintln!("local mesh down");
     }
     Ok(())
+}
+
+/// Removes every namespace of the local mesh (killing what runs in them) and the state directory's runtime files.
+/// Returns how many namespaces it removed.
+pub fn sweep(dir: &Path) -> usize {
+    let namespaces = net::namespaces().unwrap_or_default();
+    // Pods and nodes first, the pod network last.
+    let mut n = 0;
+    for ns in namespaces.iter().filter(|n| *n != NET_NS) {
+        net::delete_ns(ns);
+        n += 1;
+    }
+    if namespaces.iter().any(|n| n == NET_NS) {
+        net::delete_ns(NET_NS);
+        n += 1;
+    }
+    if let Ok(entries) = std::fs::read_dir("/etc/netns") {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(net::PREFIX) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    for f in [
+        "state.json",
+        "cluster",
+        "nodes",
+        "controller",
+        "deployed",
+        "secrets",
+    ] {
+        let p = dir.join(f);
+        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+    }
+    n
 }
 
 /// The `status` table.
@@ -335,27 +381,26 @@ pub fn status(s: &State) -> String {
     for n in &s.nodes {
         out.push_str(&format!("{:<9} {}\n", n.name, n.ip));
     }
-    out.push_str("\nNAMESPACE  POD                            IP             NODE     CAPTURED  RUNNING  RESTARTS\n");
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    out.push_str("\nNAMESPACE  POD                            IP             NODE     CAPTURED  RUNNING  READY  RESTARTS\n");
     for p in s.pods.values() {
+        let running = p.pid.is_some_and(pid_alive);
         out.push_str(&format!(
-            "{:<10} {:<30} {:<14} {:<8} {:<9} {:<8} {}\n",
+            "{:<10} {:<30} {:<14} {:<8} {:<9} {:<8} {:<6} {}\n",
             p.namespace,
             p.name,
             p.ip,
             p.node,
-            if p.captured { "yes" } else { "no" },
-            if p.pid.is_some_and(pid_alive) {
-                "yes"
-            } else {
-                "no"
-            },
+            yes(p.captured),
+            yes(running),
+            yes(running && p.ready),
             p.restarts
         ));
     }
-    out.push_str("\nNAMESPACE  SERVICE              VIP            PORTS      ENDPOINTS\n");
+    out.push_str("\nNAMESPACE  SERVICE              VIP            PORTS        ENDPOINTS\n");
     for svc in s.services.values() {
         out.push_str(&format!(
-            "{:<10} {:<20} {:<14} {:<10} {}\n",
+            "{:<10} {:<20} {:<14} {:<12} {}\n",
             svc.namespace,
             svc.name,
             svc.vip.map_or("None".to_owned(), |v| v.to_string()),
@@ -370,6 +415,12 @@ pub fn status(s: &State) -> String {
                 .collect::<Vec<_>>()
                 .join(",")
         ));
+    }
+    if !s.errors.is_empty() {
+        out.push_str("\nPROBLEMS\n");
+        for e in &s.errors {
+            out.push_str(&format!("{e}\n"));
+        }
     }
     out
 }

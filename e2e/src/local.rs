@@ -95,6 +95,7 @@ impl LocalMesh {
                 name: p["name"].as_str().unwrap_or_default().to_owned(),
                 ip: p["ip"].as_str().unwrap_or_default().to_owned(),
                 node: p["node"].as_str().unwrap_or_default().to_owned(),
+                netns: p["netns"].as_str().unwrap_or_default().to_owned(),
                 captured: p["captured"].as_bool().unwrap_or(false),
             })
             .collect())
@@ -148,6 +149,34 @@ impl LocalMesh {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `ambit local get <kind> <name> -n <namespace> -o json`: the object with the status the controller computed.
+    pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Value> {
+        let out = self
+            .ambit()
+            .args(["get", kind, name, "-n", namespace, "-o", "json"])
+            .output()
+            .context("run ambit local get")?;
+        if !out.status.success() {
+            bail!(
+                "ambit local get {kind} {name} -n {namespace}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout).context("ambit local get -o json printed no JSON")
+    }
+
+    /// `ambit local status`.
+    pub fn status(&self) -> Result<String> {
+        let out = self.ambit().arg("status").output()?;
+        if !out.status.success() {
+            bail!(
+                "ambit local status: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `ambit local down`.
     pub fn down(&mut self) -> Result<()> {
         self.up = false;
@@ -192,7 +221,18 @@ pub struct PodInfo {
     pub name: String,
     pub ip: String,
     pub node: String,
+    /// The pod's network namespace.
+    pub netns: String,
     pub captured: bool,
+}
+
+/// The `status` of condition `kind` (`"True"`, `"False"`, ...) in an object's `status.conditions`.
+pub fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a str> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)?["status"]
+        .as_str()
 }
 
 /// What remains of a local mesh on this host: namespaces, `/etc/netns` entries and processes.
@@ -224,6 +264,11 @@ pub fn leftovers() -> Result<Vec<String>> {
         if l.contains("local --dir") && l.contains("--foreground")
             || l.contains("ambit-node-agent")
             || (l.contains("/ztunnel") && !l.contains("cargo"))
+            // A waypoint runs with no arguments (and this test's own executable is `deps/waypoint-<hash>`).
+            || l
+                .split_whitespace()
+                .nth(1)
+                .is_some_and(|exe| exe.ends_with("/waypoint"))
         {
             found.push(format!("process {}", l.trim()));
         }

@@ -24,6 +24,8 @@ pub struct PodSpec {
     pub node_name: Option<String>,
     /// The Deployment it belongs to.
     pub owner: Option<String>,
+    /// The first container's `readinessProbe.httpGet`, which the runtime polls to set the pod's `Ready`.
+    pub readiness: Option<HttpProbe>,
     /// The object as written (for Pods) or the template wrapped as a Pod (for Deployments), to pass to the
     /// controller with a status added.
     pub object: Value,
@@ -34,6 +36,13 @@ pub struct PodSpec {
 pub enum EnvVar {
     Value(String, String),
     Field(String, String),
+}
+
+/// An HTTP readiness probe: `GET <path>` on the pod's address and `port`; 2xx/3xx is ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpProbe {
+    pub path: String,
+    pub port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -154,6 +163,9 @@ pub fn load(dir: &Path) -> std::io::Result<Desired> {
     Ok(d)
 }
 
+/// The gateway classes of waypoints (Istio's and Ambit's own).
+pub const WAYPOINT_CLASSES: [&str; 2] = ["istio-waypoint", "ambit-waypoint"];
+
 /// Splits a multi-document YAML file at its `---` lines, so that one broken document does not hide the others.
 fn documents(text: &str) -> Vec<&str> {
     let mut docs = Vec::new();
@@ -173,6 +185,61 @@ fn documents(text: &str) -> Vec<&str> {
 }
 
 impl Desired {
+    /// Adds what `other` asks for (the objects the controller deployed) as if the user had written it. An object
+    /// the user already wrote under the same name wins and the duplicate is reported; a namespace the user did
+    /// not label gets `other`'s labels.
+    pub fn merge(&mut self, other: Desired) {
+        for (ns, labels) in other.namespaces {
+            let entry = self.namespaces.entry(ns).or_default();
+            if entry.is_empty() {
+                *entry = labels;
+            }
+        }
+        for pod in other.pods {
+            if self.pods.iter().any(|p| p.key() == pod.key()) {
+                self.errors.push(format!(
+                    "pod {} is defined twice; keeping the first",
+                    pod.key()
+                ));
+            } else {
+                self.pods.push(pod);
+            }
+        }
+        for svc in other.services {
+            if self.services.iter().any(|s| s.key() == svc.key()) {
+                self.errors.push(format!(
+                    "service {} is defined twice; keeping the first",
+                    svc.key()
+                ));
+            } else {
+                self.services.push(svc);
+            }
+        }
+        self.passthrough.extend(other.passthrough);
+        self.errors.extend(other.errors);
+        self.pods.sort_by_key(|p| p.key());
+        self.services.sort_by_key(|s| s.key());
+    }
+
+    /// `<ns>/<name>` of every waypoint Gateway.
+    pub fn waypoint_gateways(&self) -> Vec<String> {
+        self.passthrough
+            .iter()
+            .filter(|v| str_at(v, &["kind"]) == Some("Gateway"))
+            .filter(|v| {
+                str_at(v, &["spec", "gatewayClassName"])
+                    .is_some_and(|c| WAYPOINT_CLASSES.contains(&c))
+            })
+            .map(|v| {
+                format!(
+                    "{}/{}",
+                    str_at(v, &["metadata", "namespace"]).unwrap_or("default"),
+                    str_at(v, &["metadata", "name"]).unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
     fn add(&mut self, v: Value) -> Result<(), String> {
         let kind = str_at(&v, &["kind"]).ok_or("no kind")?.to_owned();
         let api = str_at(&v, &["apiVersion"]).unwrap_or("").to_owned();
@@ -293,6 +360,21 @@ fn pod_from(
             }
         }
     }
+    // A probe port is a number or the name of a container port.
+    let readiness = at(c, &["readinessProbe", "httpGet"]).and_then(|probe| {
+        let port = match at(probe, &["port"])? {
+            Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            Value::String(s) => s
+                .parse()
+                .ok()
+                .or_else(|| ports.iter().find(|(n, _)| n == s).map(|p| p.1)),
+            _ => None,
+        }?;
+        Some(HttpProbe {
+            path: str_at(probe, &["path"]).unwrap_or("/").to_owned(),
+            port,
+        })
+    });
     Ok(PodSpec {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
@@ -306,6 +388,7 @@ fn pod_from(
         ports,
         node_name: None,
         owner,
+        readiness,
         object: v.clone(),
     })
 }
@@ -498,6 +581,58 @@ this: [is not, valid
         assert_eq!(a.pods[0].name, b.pods[0].name);
         let c = parse(&QUICK.replace("\"8080\"]", "\"8081\"]"));
         assert_ne!(a.pods[0].name, c.pods[0].name);
+    }
+
+    #[test]
+    fn deployed_objects_merge_and_probes_resolve_named_ports() {
+        let mut user = parse(QUICK);
+        let deployed = parse(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: demo}
+spec: {gatewayClassName: istio-waypoint}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: waypoint, namespace: demo}
+spec:
+  template:
+    metadata: {labels: {istio.io/dataplane-mode: none}}
+    spec:
+      containers:
+      - command: [waypoint]
+        ports: [{name: status-port, containerPort: 15021}]
+        readinessProbe: {httpGet: {path: /healthz/ready, port: status-port}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: demo}
+spec: {selector: {app: other}}
+"#,
+        );
+        assert_eq!(
+            deployed.pods[0].readiness,
+            Some(HttpProbe {
+                path: "/healthz/ready".into(),
+                port: 15021
+            })
+        );
+        user.merge(deployed);
+        assert_eq!(user.pods.len(), 3);
+        assert_eq!(user.waypoint_gateways(), vec!["demo/waypoint"]);
+        // The user's Service and namespace labels win.
+        assert_eq!(user.services.len(), 1);
+        assert_eq!(user.services[0].selector["app"], "server");
+        assert!(
+            user.errors
+                .iter()
+                .any(|e| e.contains("service demo/server is defined twice"))
+        );
+        assert_eq!(
+            user.namespaces["demo"]["istio.io/dataplane-mode"],
+            "ambient"
+        );
     }
 
     #[test]

@@ -3,9 +3,7 @@
 //! whatever exits. On SIGTERM (from `ambit local down`) it stops everything and removes what it created.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -13,53 +11,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nix::sched::{CloneFlags, setns};
 use serde_yaml::Value;
 use tracing::{info, warn};
 
-use super::manifests::{self, Desired, EnvVar, PodSpec};
+use super::bins::Bins;
+use super::http::status_in as http_status_in;
+use super::kubelet::{self, MeshCredentials, Prober};
+use super::manifests::{self, Desired, PodSpec};
 use super::net::{self, GATEWAY, NET_NS, VipRule};
 use super::process::{Proc, stop_all};
 use super::{NodeState, PodState, ServiceState, State, UpArgs, pid_alive};
 
 const SERVICE_CIDR_BASE: [u8; 3] = [10, 96, 0];
-
-/// The binaries the mesh runs, found next to `ambit` or on `PATH`.
-struct Bins {
-    ambit: PathBuf,
-    controller: PathBuf,
-    ztunnel: PathBuf,
-    node_agent: PathBuf,
-}
-
-impl Bins {
-    fn find() -> Result<Bins> {
-        let ambit = std::env::current_exe()?;
-        let find = |name: &str| -> Result<PathBuf> {
-            let sibling = ambit.with_file_name(name);
-            if sibling.is_file() {
-                return Ok(sibling);
-            }
-            std::env::var_os("PATH")
-                .into_iter()
-                .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-                .with_context(|| {
-                    format!(
-                        "`{name}` is neither next to {} nor on PATH: build everything with `cargo build --release --workspace`",
-                        ambit.display()
-                    )
-                })
-        };
-        Ok(Bins {
-            controller: find("controller")?,
-            ztunnel: find("ztunnel")?,
-            node_agent: find("ambit-node-agent")?,
-            ambit,
-        })
-    }
-}
 
 struct Supervisor {
     dir: PathBuf,
@@ -71,6 +34,13 @@ struct Supervisor {
     manifests_hash: u64,
     dns: Arc<super::dns::Records>,
     vips: BTreeMap<String, Ipv4Addr>,
+    /// Where the controller writes the waypoints it deploys (read like the manifests); `None` when it cannot.
+    deploy_dir: Option<PathBuf>,
+    /// Readiness probes by pod key.
+    probes: HashMap<String, Prober>,
+    creds: MeshCredentials,
+    /// `<ns>/<name>` of the waypoint Gateways in the manifests, which `up` waits for.
+    waypoint_gateways: Vec<String>,
 }
 
 /// Runs the mesh until SIGTERM/SIGINT.
@@ -91,21 +61,49 @@ pub fn run(dir: &Path, up: &UpArgs) -> Result<()> {
     let manifests_dir = std::fs::canonicalize(&up.manifests)
         .with_context(|| format!("manifest directory {}", up.manifests.display()))?;
     // A previous run that crashed may have left namespaces and processes: start clean.
-    let swept = sweep(dir);
+    let swept = super::sweep(dir);
     if swept > 0 {
         info!(
             namespaces = swept,
             "removed the leftovers of a previous run"
         );
     }
-    for sub in ["cluster", "controller", "nodes", "logs"] {
+    for sub in [
+        "cluster",
+        "controller",
+        "nodes",
+        "logs",
+        "deployed",
+        "secrets",
+    ] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
+    let bins = Bins::find()?;
+    if bins.pods.waypoint.is_none()
+        && let Some(gw) = manifests::load(&manifests_dir)?.waypoint_gateways().first()
+    {
+        bail!(
+            "{}",
+            kubelet::missing_binary(
+                kubelet::WAYPOINT_COMMAND,
+                &bins.pods.ambit,
+                &format!("the waypoint Gateway {gw}")
+            )
+        );
+    }
+    let deploy_dir = if bins.controller_deploys_waypoints() {
+        Some(dir.join("deployed"))
+    } else {
+        warn!(
+            controller = %bins.controller.display(),
+            "this controller has no --deploy-dir: waypoint Gateways get no pods"
+        );
+        None
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let dns = Arc::new(super::dns::Records::default());
     let _dns_thread = super::dns::spawn(dns.clone(), stop.clone())?;
 
-    let bins = Bins::find()?;
     net::create_network().context("create the pod network")?;
     let mut state = State {
         manifests: manifests_dir,
@@ -133,6 +131,14 @@ pub fn run(dir: &Path, up: &UpArgs) -> Result<()> {
         manifests_hash: 0,
         dns,
         vips: BTreeMap::new(),
+        deploy_dir,
+        probes: HashMap::new(),
+        waypoint_gateways: Vec::new(),
+        creds: MeshCredentials {
+            root_cert: dir.join("controller/root-cert.pem"),
+            trust_domain: "cluster.local".to_owned(),
+            cluster_id: "Kubernetes".to_owned(),
+        },
     };
     let result = sup.serve(&stop);
     info!("stopping the local mesh");
@@ -147,15 +153,34 @@ impl Supervisor {
         self.state.save(&self.dir)?;
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(250));
-            let hash = manifests_hash(&self.state.manifests);
-            if hash != self.manifests_hash
-                && let Err(e) = self.reconcile()
-            {
-                warn!(error = %format!("{e:#}"), "applying the manifests failed");
-            }
+            let mut apply = self.manifests_hash() != self.manifests_hash;
             let mut changed = false;
-            for p in self.system.iter_mut().chain(self.pods.values_mut()) {
+            for p in self.system.iter_mut() {
                 changed |= p.supervise();
+            }
+            for (key, p) in self.pods.iter_mut() {
+                if p.supervise() {
+                    changed = true;
+                    // A restarted pod is not ready until its probe passes again.
+                    if let Some(probe) = self.probes.get_mut(key)
+                        && probe.ready
+                    {
+                        probe.reset();
+                        apply = true;
+                    }
+                }
+            }
+            for (key, probe) in self.probes.iter_mut() {
+                if let Some(s) = self.state.pods.get(key)
+                    && probe.tick(NET_NS, s.ip)
+                {
+                    info!(pod = %key, ready = probe.ready, "readiness changed");
+                    apply = true;
+                }
+            }
+            // Readiness is in the pods' status the controller reads: write it out with the manifests.
+            if apply && let Err(e) = self.reconcile() {
+                warn!(error = %format!("{e:#}"), "applying the manifests failed");
             }
             if changed {
                 self.sync_pids();
@@ -174,6 +199,10 @@ impl Supervisor {
             if let Some(s) = self.state.pods.get_mut(key) {
                 s.pid = p.pid();
                 s.restarts = p.restarts;
+                s.ready = self
+                    .probes
+                    .get(key)
+                    .map_or(p.child.is_some(), |probe| probe.ready);
             }
         }
         if let Err(e) = self.state.save(&self.dir) {
@@ -188,18 +217,31 @@ impl Supervisor {
     fn start_system(&mut self) -> Result<()> {
         let cdir = self.controller_dir();
         let s = |p: &Path| p.to_string_lossy().into_owned();
+        let address = format!("https://{GATEWAY}:15012");
+        let mut argv = vec![
+            s(&self.bins.controller),
+            "--manifests".into(),
+            s(&self.dir.join("cluster")),
+            "--state-dir".into(),
+            s(&cdir),
+            "--tls-san".into(),
+            GATEWAY.to_string(),
+        ];
+        if let Some(deploy) = &self.deploy_dir {
+            // The controller deploys waypoints into this directory, told where to find it as pods see it.
+            argv.extend([
+                "--deploy-dir".into(),
+                s(deploy),
+                "--waypoint-xds-address".into(),
+                address.clone(),
+                "--waypoint-ca-address".into(),
+                address.clone(),
+            ]);
+        }
         let mut controller = Proc::new(
             "controller",
             NET_NS,
-            vec![
-                s(&self.bins.controller),
-                "--manifests".into(),
-                s(&self.dir.join("cluster")),
-                "--state-dir".into(),
-                s(&cdir),
-                "--tls-san".into(),
-                GATEWAY.to_string(),
-            ],
+            argv,
             vec![("RUST_LOG".into(), "info".into())],
             self.dir.join("logs/controller.log"),
         );
@@ -216,7 +258,6 @@ impl Supervisor {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let address = format!("https://{GATEWAY}:15012");
         for node in self.state.nodes.clone() {
             let ndir = self.dir.join("nodes").join(&node.name);
             let token = net::run(
@@ -283,15 +324,62 @@ impl Supervisor {
         let ztunnels = self.state.nodes.iter().all(|n| {
             http_status_in(NET_NS, SocketAddr::from((n.ip, 15021)), "/healthz/ready") == Some(200)
         });
-        ztunnels && self.pods.values().all(|p| p.child.is_some())
+        ztunnels
+            && self.pods.values().all(|p| p.child.is_some())
+            && self.probes.values().all(|p| p.ready)
+            && self.waypoints_settled()
+    }
+
+    /// Every waypoint Gateway of the manifests is programmed (its pod ready and bound) or refused, as the
+    /// controller's status says; true when the controller cannot deploy waypoints or predates `/debug/status`.
+    fn waypoints_settled(&self) -> bool {
+        if self.deploy_dir.is_none() || self.waypoint_gateways.is_empty() {
+            return true;
+        }
+        let addr = SocketAddr::from((GATEWAY, 15014));
+        match super::http::get_in(NET_NS, addr, "/debug/status?kind=gateway") {
+            Some((200, body)) => serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.as_object()
+                        .map(|m| super::get::waypoints_settled(m, &self.waypoint_gateways))
+                })
+                .unwrap_or(false),
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// A hash of the user's manifests and of the controller's deployments.
+    fn manifests_hash(&self) -> u64 {
+        let mut h = manifests_hash(&self.state.manifests);
+        if let Some(d) = &self.deploy_dir {
+            h ^= manifests_hash(d).rotate_left(1);
+        }
+        h
     }
 
     /// Applies the manifests: pods to start and stop, VIPs, the controller's view, the node agents' pod lists,
     /// Service rules and DNS records.
     fn reconcile(&mut self) -> Result<()> {
-        self.manifests_hash = manifests_hash(&self.state.manifests);
-        let desired = manifests::load(&self.state.manifests)
+        self.manifests_hash = self.manifests_hash();
+        let mut desired = manifests::load(&self.state.manifests)
             .with_context(|| format!("read {}", self.state.manifests.display()))?;
+        self.waypoint_gateways = desired.waypoint_gateways();
+        // What the controller deployed applies as if the user had written it (and is never written back).
+        match &self.deploy_dir {
+            Some(d) => match manifests::load(d) {
+                Ok(deployed) => desired.merge(deployed),
+                Err(e) => desired.errors.push(format!("read {}: {e}", d.display())),
+            },
+            None => {
+                for gw in desired.waypoint_gateways() {
+                    desired.errors.push(format!(
+                        "waypoint Gateway {gw} gets no pods: this controller cannot deploy waypoints (no --deploy-dir)"
+                    ));
+                }
+            }
+        }
         for e in &desired.errors {
             warn!(error = %e, "manifest skipped");
         }
@@ -366,6 +454,8 @@ impl Supervisor {
                     .clone()
             }
         };
+        // What can fail without side effects first: the namespace is only created once the command is runnable.
+        kubelet::argv(pod, &self.bins.pods)?;
         let node_index = node.ip.octets()[3] - 10;
         let used: Vec<Ipv4Addr> = self.state.pods.values().map(|p| p.ip).collect();
         let ip = (2..=254u8)
@@ -392,43 +482,28 @@ impl Supervisor {
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0)
         );
-        let mut argv = pod.argv.clone();
-        if argv[0] == "ambit" {
-            argv[0] = self.bins.ambit.to_string_lossy().into_owned();
-        }
-        let mut env = vec![
-            ("POD_NAME".to_owned(), pod.name.clone()),
-            ("POD_NAMESPACE".to_owned(), pod.namespace.clone()),
-            ("POD_IP".to_owned(), ip.to_string()),
-            ("NODE_NAME".to_owned(), node.name.clone()),
-            ("HOSTNAME".to_owned(), pod.name.clone()),
-            ("HOME".to_owned(), "/root".to_owned()),
-        ];
-        for e in &pod.env {
-            match e {
-                EnvVar::Value(k, v) => env.push((k.clone(), v.clone())),
-                EnvVar::Field(k, f) => {
-                    let v = match f.as_str() {
-                        "metadata.name" => pod.name.clone(),
-                        "metadata.namespace" => pod.namespace.clone(),
-                        "metadata.uid" => uid.clone(),
-                        "status.podIP" => ip.to_string(),
-                        "spec.nodeName" => node.name.clone(),
-                        "spec.serviceAccountName" => pod.service_account.clone(),
-                        "status.hostIP" => node.ip.to_string(),
-                        _ => String::new(),
-                    };
-                    env.push((k.clone(), v));
-                }
-            }
-        }
+        let argv = kubelet::argv(pod, &self.bins.pods)?;
+        let token = if kubelet::is_waypoint(pod) {
+            Some(self.pod_token(pod)?)
+        } else {
+            None
+        };
+        let env = kubelet::env(
+            pod,
+            &uid,
+            ip,
+            &node,
+            token.as_deref().map(|t| (&self.creds, t)),
+        );
         let log = self
             .dir
             .join("logs")
             .join(format!("{}_{}.log", pod.namespace, pod.name));
-        let mut proc = Proc::new(&format!("pod/{key}"), &netns, argv, env, log.clone());
-        proc.start()?;
-        info!(pod = %key, %ip, node = %node.name, "pod started");
+        // Not started here: as in Kubernetes, the pod object (with its address) reaches the controller and the node
+        // agent first, and its process starts on the next supervision tick. A waypoint asks the CA for its
+        // identity right away, which the CA grants only to a pod it knows.
+        let proc = Proc::new(&format!("pod/{key}"), &netns, argv, env, log.clone());
+        info!(pod = %key, %ip, node = %node.name, "pod scheduled");
         self.state.pods.insert(
             key.clone(),
             PodState {
@@ -441,23 +516,49 @@ impl Supervisor {
                 veth,
                 owner: pod.owner.clone(),
                 captured: false,
+                ready: false,
                 pid: proc.pid(),
                 restarts: 0,
                 log,
                 spec_hash: spec_hash(pod),
             },
         );
+        if let Some(probe) = &pod.readiness {
+            self.probes.insert(key.clone(), Prober::new(probe.clone()));
+        }
         self.pods.insert(key, proc);
         Ok(())
     }
 
+    /// A token for the pod's own identity (Kubernetes would mount a projected service-account token), minted by
+    /// the controller's token authority.
+    fn pod_token(&self, pod: &PodSpec) -> Result<PathBuf> {
+        let dir = self
+            .dir
+            .join("secrets")
+            .join(format!("{}.{}", pod.namespace, pod.name));
+        std::fs::create_dir_all(&dir)?;
+        let token = net::run(
+            Command::new(&self.bins.controller)
+                .args(["token", "--pod", &pod.key(), "--state-dir"])
+                .arg(self.controller_dir()),
+        )
+        .with_context(|| format!("mint a token for pod {}", pod.key()))?;
+        let path = dir.join("token");
+        std::fs::write(&path, token.trim())?;
+        Ok(path)
+    }
+
     fn stop_pod(&mut self, key: &str) {
+        self.probes.remove(key);
         if let Some(mut p) = self.pods.remove(key) {
             p.stop(Duration::from_secs(3));
         }
         if let Some(s) = self.state.pods.remove(key) {
             let _ = net::ip(&["-n", NET_NS, "link", "del", &s.veth]);
             net::delete_ns(&s.netns);
+            let secrets = format!("{}.{}", s.namespace, s.name);
+            let _ = std::fs::remove_dir_all(self.dir.join("secrets").join(secrets));
             info!(pod = %key, "pod stopped");
         }
     }
@@ -559,9 +660,12 @@ impl Supervisor {
             let mut obj = pod.object.clone();
             set(&mut obj, &["metadata", "uid"], s.uid.clone().into());
             set(&mut obj, &["spec", "nodeName"], s.node.clone().into());
+            // Pods without a readiness probe are ready once started, as in Kubernetes.
+            let ready = self.probes.get(&pod.key()).is_none_or(|p| p.ready);
             let status: Value = serde_yaml::from_str(&format!(
-                "phase: Running\nhostIP: {node_ip}\npodIP: {ip}\npodIPs: [{{ip: {ip}}}]\nconditions: [{{type: Ready, status: \"True\"}}]\n",
-                ip = s.ip
+                "phase: Running\nhostIP: {node_ip}\npodIP: {ip}\npodIPs: [{{ip: {ip}}}]\nconditions: [{{type: Ready, status: \"{ready}\"}}]\n",
+                ip = s.ip,
+                ready = if ready { "True" } else { "False" },
             ))?;
             set(&mut obj, &["status"], status);
             docs.push(obj);
@@ -617,36 +721,8 @@ impl Supervisor {
         let mut pods: Vec<Proc> = self.pods.drain().map(|(_, p)| p).collect();
         stop_all(&mut pods, Duration::from_secs(3));
         stop_all(&mut self.system, Duration::from_secs(5));
-        sweep(&self.dir);
+        super::sweep(&self.dir);
     }
-}
-
-/// Removes every namespace of the local mesh (killing what runs in them) and the state directory's runtime files.
-/// Returns how many namespaces it removed.
-pub fn sweep(dir: &Path) -> usize {
-    let namespaces = net::namespaces().unwrap_or_default();
-    // Pods and nodes first, the pod network last.
-    let mut n = 0;
-    for ns in namespaces.iter().filter(|n| *n != NET_NS) {
-        net::delete_ns(ns);
-        n += 1;
-    }
-    if namespaces.iter().any(|n| n == NET_NS) {
-        net::delete_ns(NET_NS);
-        n += 1;
-    }
-    if let Ok(entries) = std::fs::read_dir("/etc/netns") {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(net::PREFIX) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-    for f in ["state.json", "cluster", "nodes", "controller"] {
-        let p = dir.join(f);
-        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
-    }
-    n
 }
 
 fn set(obj: &mut Value, path: &[&str], value: Value) {
@@ -686,23 +762,4 @@ fn manifests_hash(dir: &Path) -> u64 {
         bytes.extend(std::fs::read(&f).unwrap_or_default());
     }
     manifests::fnv1a(&bytes)
-}
-
-/// `GET path` from inside namespace `ns`; the status code, or `None` when it could not connect.
-pub fn http_status_in(ns: &str, addr: SocketAddr, path: &str) -> Option<u16> {
-    let netns = File::open(format!("/var/run/netns/{ns}")).ok()?;
-    let path = path.to_owned();
-    std::thread::spawn(move || -> Option<u16> {
-        setns(&netns, CloneFlags::CLONE_NEWNET).ok()?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-        let mut buf = Vec::new();
-        let _ = s.take(4096).read_to_end(&mut buf);
-        let text = String::from_utf8_lossy(&buf);
-        text.split_whitespace().nth(1)?.parse().ok()
-    })
-    .join()
-    .ok()
-    .flatten()
 }

@@ -1,0 +1,63 @@
+//! A minimal HTTP/1.0 `GET` made from inside a network namespace, for what the runtime asks of the components it
+//! runs: readiness (`/ready`, `/healthz/ready`, pods' readiness probes) and the controller's `/debug/status`.
+//! A thread enters the namespace, so the caller's stays untouched.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
+
+/// The most of a response body [`get_in`] reads.
+const MAX_BODY: u64 = 16 << 20;
+
+/// `GET path` on `addr` from inside namespace `ns`: the status code and the body, or `None` when it could not
+/// connect or the answer was not HTTP.
+pub fn get_in(ns: &str, addr: SocketAddr, path: &str) -> Option<(u16, Vec<u8>)> {
+    let netns = File::open(format!("/var/run/netns/{ns}")).ok()?;
+    let path = path.to_owned();
+    std::thread::spawn(move || -> Option<(u16, Vec<u8>)> {
+        setns(&netns, CloneFlags::CLONE_NEWNET).ok()?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+        let mut buf = Vec::new();
+        let _ = s.take(MAX_BODY).read_to_end(&mut buf);
+        parse_response(&buf)
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// The status code of `GET path`, or `None` when it could not connect.
+pub fn status_in(ns: &str, addr: SocketAddr, path: &str) -> Option<u16> {
+    get_in(ns, addr, path).map(|(code, _)| code)
+}
+
+/// Status code and body of a raw HTTP/1.x response (no chunked encoding: HTTP/1.0 requests are not answered
+/// chunked).
+fn parse_response(buf: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, buf[end + 4..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_and_body() {
+        let r =
+            parse_response(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\":1}");
+        assert_eq!(r, Some((200, b"{\"a\":1}".to_vec())));
+        assert_eq!(
+            parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n"),
+            Some((404, vec![]))
+        );
+        assert_eq!(parse_response(b"garbage"), None);
+    }
+}
