@@ -349,6 +349,18 @@ async fn synthetic_errors_and_metrics() {
         garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"),
         "{garbage}"
     );
+    // HTTP/2 protocol error (a HEADERS frame on stream 0 after the preface): the connection gets GOAWAY
+    // (frame type 7) with PROTOCOL_ERROR (1) and is closed.
+    let mut h2_bad = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    h2_bad.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
+    h2_bad.extend_from_slice(&[0, 0, 3, 1, 4, 0, 0, 0, 0, 0x82, 0x84, 0x86]); // HEADERS on stream 0
+    let answer = s
+        .raw_bytes("reviews-v1.demo.svc.cluster.local:9080", &h2_bad)
+        .await;
+    let goaway = answer
+        .windows(9)
+        .any(|f| f[3] == 7 && f[5..9] == [0, 0, 0, 0]);
+    assert!(goaway, "no GOAWAY in {answer:?}");
     assert_eq!(s.get(REVIEWS, "/", &[("end-user", "jason")]).await.0, 200);
 
     let metrics = reqwest_metrics(w.waypoint.addresses.stats).await;

@@ -109,12 +109,16 @@ impl Source {
 
     /// Raw bytes over a CONNECT stream; returns everything the waypoint answers until it closes or 2 s pass.
     pub async fn raw(&self, authority: &str, bytes: &[u8]) -> String {
+        String::from_utf8_lossy(&self.raw_bytes(authority, bytes).await).into_owned()
+    }
+
+    pub async fn raw_bytes(&self, authority: &str, bytes: &[u8]) -> Vec<u8> {
         let mut s = self.connect(authority).await.expect("CONNECT");
         s.write_all(bytes).await.unwrap();
         let mut out = Vec::new();
         let _ =
             tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
-        String::from_utf8_lossy(&out).into_owned()
+        out
     }
 }
 
