@@ -129,7 +129,11 @@ pub fn node_from_env(env: &HashMap<String, String>) -> Node {
         }
     }
     Node {
-        id: format!("ztunnel~{ip}~{pod}.{ns}~{ns}.svc.cluster.local"),
+        // Istio's node types: `ztunnel`, and `router` for gateways and waypoints (`NODE_TYPE`).
+        id: format!(
+            "{}~{ip}~{pod}.{ns}~{ns}.svc.cluster.local",
+            env.get("NODE_TYPE").map_or("ztunnel", String::as_str)
+        ),
         cluster: String::new(),
         metadata: Some(prost_types::Struct { fields }),
         build_version: String::new(),

@@ -94,7 +94,9 @@ impl Config {
         env.insert("POD_NAME".into(), self.pod_name.clone());
         env.insert("POD_NAMESPACE".into(), self.namespace.clone());
         env.insert("CLUSTER_ID".into(), self.cluster_id.clone());
-        env.insert("GATEWAY_NAME".into(), self.gateway_name.clone());
+        env.insert("NODE_TYPE".into(), "router".into());
+        // The controller scopes what it sends by the waypoint Gateway a connection declares.
+        env.insert("ISTIO_META_GATEWAY_NAME".into(), self.gateway_name.clone());
         if let Some(ip) = self.instance_ip {
             env.insert("INSTANCE_IP".into(), ip.to_string());
         }
