@@ -12,6 +12,7 @@ pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;
+pub mod runtime;
 pub mod signal;
 pub mod signer;
 pub mod tls;

@@ -19,25 +19,8 @@ fn main() -> anyhow::Result<()> {
 
     // One current-thread runtime per worker thread: each binds its own 15008 listener and keeps its own backend
     // connections, so a request never hops threads.
-    let mut handles = Vec::new();
-    let mut threads = Vec::new();
-    for i in 0..cfg.worker_threads {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("data-plane runtime")?;
-        handles.push(rt.handle().clone());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("waypoint-{i}"))
-            .spawn(move || {
-                rt.block_on(async {
-                    let _ = stopped.await;
-                })
-            })
-            .context("data-plane thread")?;
-        threads.push((stop, thread));
-    }
+    let (handles, threads) =
+        ambit_core::runtime::start(cfg.worker_threads, "waypoint").context("data-plane threads")?;
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -47,9 +30,6 @@ fn main() -> anyhow::Result<()> {
         running.wait().await;
         anyhow::Ok(())
     });
-    for (stop, thread) in threads {
-        let _ = stop.send(());
-        let _ = thread.join();
-    }
+    threads.stop();
     result
 }

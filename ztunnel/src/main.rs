@@ -20,26 +20,8 @@ fn main() -> anyhow::Result<()> {
 
     // Data plane: one current-thread runtime per worker thread. Each worker binds its own listeners (SO_REUSEPORT)
     // and keeps its own HBONE pool, so a connection never hops between threads (see app::start_on).
-    let workers = cfg.worker_threads.max(1);
-    let mut handles = Vec::with_capacity(workers);
-    let mut threads = Vec::with_capacity(workers);
-    for i in 0..workers {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("data-plane runtime")?;
-        handles.push(rt.handle().clone());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("ztunnel-proxy-{i}"))
-            .spawn(move || {
-                rt.block_on(async {
-                    let _ = stopped.await;
-                })
-            })
-            .context("data-plane thread")?;
-        threads.push((stop, thread));
-    }
+    let (handles, threads) = ambit_core::runtime::start(cfg.worker_threads, "ztunnel-proxy")
+        .context("data-plane threads")?;
 
     // Control side (xDS, certificate timers, admin, metrics, readiness) on this thread, apart from the data plane,
     // so a saturated data plane never delays a policy update or a health check.
@@ -52,9 +34,6 @@ fn main() -> anyhow::Result<()> {
         running.wait().await;
         anyhow::Ok(())
     });
-    for (stop, thread) in threads {
-        let _ = stop.send(());
-        let _ = thread.join();
-    }
+    threads.stop();
     result
 }

@@ -1,0 +1,66 @@
+//! Data-plane threads: one current-thread tokio runtime per thread, each kept alive until [`Threads::stop`].
+//! Both proxies run their listeners and connections on these (a connection never hops threads), and their
+//! control side on the main thread's own runtime.
+
+use std::thread::JoinHandle;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// The running data-plane threads.
+pub struct Threads {
+    threads: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
+}
+
+/// Starts `n` (at least one) threads named `<name>-<i>`, each running its own current-thread runtime; returns
+/// their handles (to spawn on) and the threads (to stop).
+pub fn start(n: usize, name: &str) -> std::io::Result<(Vec<Handle>, Threads)> {
+    let mut handles = Vec::with_capacity(n.max(1));
+    let mut threads = Vec::with_capacity(n.max(1));
+    for i in 0..n.max(1) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        handles.push(rt.handle().clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-{i}"))
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                })
+            })?;
+        threads.push((stop, thread));
+    }
+    Ok((handles, Threads { threads }))
+}
+
+impl Threads {
+    /// Stops every runtime (dropping what still runs on it) and joins the threads.
+    pub fn stop(self) {
+        for (stop, thread) in self.threads {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn threads_run_and_stop() {
+        let (handles, threads) = super::start(2, "t").expect("threads");
+        assert_eq!(handles.len(), 2);
+        let (tx, rx) = std::sync::mpsc::channel();
+        for h in &handles {
+            let tx = tx.clone();
+            h.spawn(async move {
+                let _ = tx.send(std::thread::current().name().map(str::to_owned));
+            });
+        }
+        let mut names: Vec<_> = (0..2).map(|_| rx.recv().ok().flatten()).collect();
+        names.sort();
+        assert_eq!(names, [Some("t-0".to_owned()), Some("t-1".to_owned())]);
+        threads.stop();
+    }
+}
