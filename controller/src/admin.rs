@@ -1,8 +1,8 @@
 //! The monitoring port (15014): `/ready` (200 once the first state was computed and pushed, else 503),
 //! `/metrics` (Prometheus text), `/debug/resources` (the computed resources as JSON), `/debug/connections`
-//! (the xDS clients, with per-connection counters), `/debug/status` (the `status` of Gateways, routes, Services
-//! and pods as Kubernetes would hold it, by `<kind>/<ns>/<name>`; filter with `?kind=&namespace=&name=`) and
-//! `/debug/config`.
+//! (the xDS clients, with per-connection counters and the waypoint a connection's routes are scoped to),
+//! `/debug/status` (the `status` of Gateways, routes, Services and pods as Kubernetes would hold it, by
+//! `<kind>/<ns>/<name>`; filter with `?kind=&namespace=&name=`) and `/debug/config`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

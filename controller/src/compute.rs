@@ -1,11 +1,12 @@
 //! Compute: a pure function from the object [`Index`] to the resources upstream ztunnel consumes
 //! (`istio.workload.Address` and `istio.security.Authorization`), named exactly as istiod names them:
 //! workloads `<cluster>//Pod/<ns>/<name>`, services `<ns>/<hostname>`, policies `<ns>/<name>`; the waypoint's
-//! `ambit.waypoint.Route` (`<ns>/<kind>/<name>/<rule>`); object status; and the waypoint deployments.
+//! `ambit.waypoint.Route` (`<ns>/<kind>/<name>/<rule>`) and which waypoint gets which; object status; and the waypoint deployments.
 
 pub mod authz;
 pub mod deployer;
 pub mod render;
+pub mod route_scopes;
 pub mod routes;
 pub mod service;
 pub mod status;
@@ -68,6 +69,8 @@ pub struct Resources {
     pub policy_status: BTreeMap<String, String>,
     /// Waypoint routes, one per route rule, by `<ns>/<kind>/<name>/<rule index>`.
     pub routes: BTreeMap<String, Route>,
+    /// Waypoint `(ns, gateway)` → the routes it gets ([`route_scopes`]).
+    pub route_scopes: route_scopes::RouteScopes,
     /// The `status` object Kubernetes would hold, by `<kind>/<ns>/<name>` (kind in lower case).
     pub status: BTreeMap<String, serde_json::Value>,
     /// Auto-deployed waypoint manifests, by `<ns>.<gateway>`.
@@ -112,6 +115,7 @@ pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
     out.policy_status = policies.status;
     let routes = routes::routes(index, cfg, &bindings.waypoints);
     out.routes = routes.routes;
+    out.route_scopes = route_scopes::route_scopes(&out.routes, &out.addresses, &bindings.waypoints);
     out.status = routes.status;
     out.status
         .extend(status::gateways(index, &bindings, &routes.attached));

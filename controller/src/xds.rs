@@ -1,7 +1,10 @@
 //! The delta ADS server (`envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources`) serving
 //! `istio.workload.Address` and `istio.security.Authorization` the way upstream ztunnel expects (spec 2.3), and
 //! `ambit.waypoint.Route` to waypoints. Only subscribed types are ever sent, so ztunnels (which subscribe to the
-//! first two) never see routes.
+//! first two) never see routes. A waypoint connection (node id `router~…` with `GATEWAY_NAME` and `NAMESPACE`
+//! metadata) gets, by wildcard, only the routes in its scope ([`crate::compute::route_scopes`]); names it
+//! subscribes to explicitly are served whatever the scope (an explicit request is the client's choice, and routes
+//! are no secret: unscoped clients get them all). Any other client subscribed to routes gets every route.
 //!
 //! The computed state is published as an immutable [`Snapshot`] through a `watch` channel (one writer: the
 //! controller loop, which also debounces bursts of changes). Each connection keeps, per type, the version of
@@ -29,6 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::ca::Authenticator;
 use crate::compute::Resources;
+use crate::compute::route_scopes::{self, RouteScopes};
 pub use metrics::XdsMetrics;
 
 /// One resource as served: its content hash as version, and the encoded `Any`.
@@ -45,6 +49,8 @@ pub struct Snapshot {
     pub types: BTreeMap<&'static str, BTreeMap<String, Versioned>>,
     /// `network/IP` → resource name, to answer on-demand lookups by address.
     pub aliases: BTreeMap<String, String>,
+    /// Waypoint `(ns, gateway)` → the route names it gets.
+    pub route_scopes: RouteScopes,
     /// The names (per type URL) added, changed or removed since the snapshot of generation `.0`, computed once
     /// here so that a connection already up to date with that snapshot looks at only those names.
     pub changes: Option<(u64, BTreeMap<&'static str, BTreeSet<String>>)>,
@@ -96,11 +102,14 @@ impl Snapshot {
                 (type_url::WAYPOINT_ROUTE, routes),
             ]),
             aliases: r.aliases.clone(),
+            route_scopes: r.route_scopes.clone(),
             changes: None,
         }
     }
 
-    /// As [`Snapshot::new`], with the changes since `prev`.
+    /// As [`Snapshot::new`], with the changes since `prev`. A route that became visible or invisible to some
+    /// waypoint counts as changed even when the resource itself did not change, so that a scoped connection on
+    /// the change-set path sends it or removes it.
     pub fn next(prev: &Snapshot, generation: u64, r: &Resources) -> Self {
         let mut s = Snapshot::new(generation, r);
         let empty = BTreeMap::new();
@@ -113,6 +122,12 @@ impl Snapshot {
                 .map(|(n, _)| n.clone())
                 .collect();
             names.extend(before.keys().filter(|n| !now.contains_key(*n)).cloned());
+            if *t == type_url::WAYPOINT_ROUTE {
+                names.extend(route_scopes::changed_visibility(
+                    &prev.route_scopes,
+                    &s.route_scopes,
+                ));
+            }
             changes.insert(*t, names);
         }
         s.changes = Some((prev.generation, changes));
@@ -136,6 +151,8 @@ pub struct ConnectionInfo {
     pub acks: u64,
     pub nacks: u64,
     pub last_nack: Option<String>,
+    /// The waypoint Gateway (`ns/name`) whose routes this connection is scoped to, if any.
+    pub waypoint: Option<String>,
     /// Per type: how many resources the client holds (as far as the server knows).
     pub resources: BTreeMap<String, usize>,
 }

@@ -466,3 +466,259 @@ async fn waypoint_routes_are_sent_per_rule_and_only_to_subscribers() {
         .unwrap();
     assert!(!zt_info.resources.contains_key(WAYPOINT_ROUTE));
 }
+
+/// Two waypoints in namespace `a` (`wa`, `wb`, each with a ready pod); service `x` is bound to `wa`, `y` to `wb`,
+/// `n` to none. Routes: `rx` on x, `ry` on y, `rg` on the Gateway `wb`, `rn` on n.
+const SCOPED: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wa, namespace: a}
+spec:
+  gatewayClassName: ambit-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wb, namespace: a}
+spec:
+  gatewayClassName: ambit-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: wa-pod, namespace: a, labels: {gateway.networking.k8s.io/gateway-name: wa}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: wb-pod, namespace: a, labels: {gateway.networking.k8s.io/gateway-name: wb}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.11}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: x, namespace: a, labels: {istio.io/use-waypoint: wa}}
+spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: y, namespace: a, labels: {istio.io/use-waypoint: wb}}
+spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: n, namespace: a}
+spec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: rx, namespace: a}
+spec:
+  parentRefs: [{group: "", kind: Service, name: x}]
+  rules: [{backendRefs: [{name: x, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ry, namespace: a}
+spec:
+  parentRefs: [{group: "", kind: Service, name: y}]
+  rules: [{backendRefs: [{name: y, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: rg, namespace: a}
+spec:
+  parentRefs: [{name: wb}]
+  rules: [{backendRefs: [{name: y, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: rn, namespace: a}
+spec:
+  parentRefs: [{group: "", kind: Service, name: n}]
+  rules: [{backendRefs: [{name: n, port: 80}]}]
+"#;
+
+const ALL_ROUTES: [&str; 4] = [
+    "a/httproute/rg/0",
+    "a/httproute/rn/0",
+    "a/httproute/rx/0",
+    "a/httproute/ry/0",
+];
+
+/// The node a waypoint of Gateway `a/<gateway>` sends (`NODE_TYPE=router`, `ISTIO_META_GATEWAY_NAME`).
+fn waypoint_node(gateway: &str) -> Option<Node> {
+    let string = |s: &str| prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(s.into())),
+    };
+    Some(Node {
+        id: format!("router~10.0.0.10~{gateway}-6d5f-abcde.a~a.svc.cluster.local"),
+        metadata: Some(prost_types::Struct {
+            fields: [
+                ("NAMESPACE".to_owned(), string("a")),
+                ("GATEWAY_NAME".to_owned(), string(gateway)),
+            ]
+            .into(),
+        }),
+        ..Default::default()
+    })
+}
+
+impl Client {
+    async fn subscribe_routes(
+        &mut self,
+        node: Option<Node>,
+        initial: HashMap<String, String>,
+    ) -> DeltaDiscoveryResponse {
+        self.send(DeltaDiscoveryRequest {
+            node,
+            type_url: WAYPOINT_ROUTE.into(),
+            initial_resource_versions: initial,
+            ..Default::default()
+        })
+        .await;
+        let r = self.recv().await;
+        assert_eq!(r.type_url, WAYPOINT_ROUTE);
+        self.ack(&r).await;
+        r
+    }
+}
+
+/// A waypoint gets only the routes of its services and of its own Gateway; re-binding a service moves its routes
+/// (a removal for the old waypoint, the route for the new one) although no route changed; unscoped clients get
+/// everything and see nothing of the move; ztunnels get no routes at all.
+#[tokio::test]
+async fn waypoints_get_only_the_routes_in_their_scope() {
+    let mut h = Harness::start(SCOPED, None).await;
+    let mut wa = h.connect(None).await.unwrap();
+    let r = wa
+        .subscribe_routes(waypoint_node("wa"), HashMap::new())
+        .await;
+    assert_eq!(names(&r), vec!["a/httproute/rx/0"]);
+    let mut wb = h.connect(None).await.unwrap();
+    let r = wb
+        .subscribe_routes(waypoint_node("wb"), HashMap::new())
+        .await;
+    assert_eq!(names(&r), vec!["a/httproute/rg/0", "a/httproute/ry/0"]);
+    // A router without GATEWAY_NAME (a debug tool, an upstream-compatible client) is unscoped.
+    let mut all = h.connect(None).await.unwrap();
+    let unscoped = Some(Node {
+        id: "router~10.0.0.99~tool.a~a.svc.cluster.local".into(),
+        ..Default::default()
+    });
+    let r = all.subscribe_routes(unscoped, HashMap::new()).await;
+    assert_eq!(names(&r), ALL_ROUTES);
+    let mut zt = h.connect(None).await.unwrap();
+    zt.subscribe(ADDRESS, HashMap::new()).await;
+    zt.subscribe(AUTHORIZATION, HashMap::new()).await;
+    for _ in 0..2 {
+        let r = zt.recv().await;
+        assert_ne!(r.type_url, WAYPOINT_ROUTE);
+        zt.ack(&r).await;
+    }
+    let conns = h.server.connections();
+    let mut scoped: Vec<Option<&str>> = conns.iter().map(|c| c.waypoint.as_deref()).collect();
+    scoped.sort();
+    assert_eq!(scoped, vec![None, None, Some("a/wa"), Some("a/wb")]);
+
+    // x moves from wa to wb: no route resource changes, only who sees rx.
+    let moved = SCOPED.replace(
+        "{name: x, namespace: a, labels: {istio.io/use-waypoint: wa}}",
+        "{name: x, namespace: a, labels: {istio.io/use-waypoint: wb}}",
+    );
+    h.update(&moved);
+    let d = wa.recv().await;
+    assert_eq!(d.type_url, WAYPOINT_ROUTE);
+    assert!(d.resources.is_empty());
+    assert_eq!(d.removed_resources, vec!["a/httproute/rx/0"]);
+    wa.ack(&d).await;
+    let d = wb.recv().await;
+    assert_eq!(d.type_url, WAYPOINT_ROUTE);
+    assert_eq!(names(&d), vec!["a/httproute/rx/0"]);
+    assert!(d.removed_resources.is_empty());
+    wb.ack(&d).await;
+    // The ztunnel is told about x's new waypoint, and nothing else.
+    let d = zt.recv().await;
+    assert_eq!(d.type_url, ADDRESS);
+    assert_eq!(names(&d), vec!["a/x.a.svc.cluster.local"]);
+    zt.ack(&d).await;
+
+    // The unscoped client got nothing from the move: its next message is the next route change.
+    let changed = moved.replace(
+        "rules: [{backendRefs: [{name: n, port: 80}]}]",
+        "rules: [{backendRefs: [{name: n, port: 8080}]}]",
+    );
+    h.update(&changed);
+    let d = all.recv().await;
+    assert_eq!(names(&d), vec!["a/httproute/rn/0"]);
+    assert!(d.removed_resources.is_empty());
+    all.ack(&d).await;
+    // rn is nobody's: the scoped waypoints hear nothing of it; the ztunnel never sees a route.
+    h.update(&format!("{changed}{P3}"));
+    let d = zt.recv().await;
+    assert_eq!(d.type_url, ADDRESS);
+    assert_eq!(names(&d), vec!["Kubernetes//Pod/a/p3"]);
+    // Moving x back: wa gets it again (the messages for rn above, had there been any, would come first).
+    h.update(&format!(
+        "{}{P3}",
+        changed.replace(
+            "use-waypoint: wb}}\nspec: {clusterIP: 10.96.0.1",
+            "use-waypoint: wa}}\nspec: {clusterIP: 10.96.0.1"
+        )
+    ));
+    let d = wa.recv().await;
+    assert_eq!(names(&d), vec!["a/httproute/rx/0"]);
+    let d = wb.recv().await;
+    assert_eq!(d.removed_resources, vec!["a/httproute/rx/0"]);
+
+    let conns = h.server.connections();
+    let zt_info = conns
+        .iter()
+        .find(|c| c.node_id.starts_with("ztunnel~"))
+        .unwrap();
+    assert!(!zt_info.resources.contains_key(WAYPOINT_ROUTE));
+}
+
+/// The full-difference paths filter by scope too: a waypoint reconnecting with routes it should not have gets
+/// them removed, and a snapshot without a change set still moves routes between waypoints.
+#[tokio::test]
+async fn scoped_full_difference_removes_what_is_out_of_scope() {
+    let mut h = Harness::start(SCOPED, None).await;
+    let mut all = h.connect(None).await.unwrap();
+    let everything = all.subscribe_routes(node(), HashMap::new()).await;
+    assert_eq!(names(&everything), ALL_ROUTES);
+    let mut wa = h.connect(None).await.unwrap();
+    let r = wa
+        .subscribe_routes(waypoint_node("wa"), versions(&everything))
+        .await;
+    assert!(
+        r.resources.is_empty(),
+        "it already holds rx at this version"
+    );
+    assert_eq!(
+        r.removed_resources,
+        vec!["a/httproute/rg/0", "a/httproute/rn/0", "a/httproute/ry/0"]
+    );
+    let moved = SCOPED.replace(
+        "{name: x, namespace: a, labels: {istio.io/use-waypoint: wa}}",
+        "{name: x, namespace: a, labels: {istio.io/use-waypoint: wb}}",
+    );
+    h.update_without_changes(&moved);
+    let d = wa.recv().await;
+    assert_eq!(d.removed_resources, vec!["a/httproute/rx/0"]);
+    wa.ack(&d).await;
+    // Named subscriptions are explicit and served whatever the scope.
+    wa.send(DeltaDiscoveryRequest {
+        type_url: WAYPOINT_ROUTE.into(),
+        resource_names_subscribe: vec!["a/httproute/rn/0".into()],
+        ..Default::default()
+    })
+    .await;
+    let d = wa.recv().await;
+    assert_eq!(names(&d), vec!["a/httproute/rn/0"]);
+}

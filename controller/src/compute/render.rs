@@ -35,6 +35,14 @@ pub fn resources(r: &Resources) -> Value {
             .collect();
         out.insert("routes".into(), Value::Object(routes));
     }
+    if !r.route_scopes.is_empty() {
+        let scopes: Map<String, Value> = r
+            .route_scopes
+            .iter()
+            .map(|((ns, gw), names)| (format!("{ns}/{gw}"), json!(names)))
+            .collect();
+        out.insert("routeScopes".into(), Value::Object(scopes));
+    }
     if !r.status.is_empty() {
         out.insert("status".into(), json!(r.status));
     }

@@ -5,11 +5,12 @@ use std::sync::{Arc, Mutex};
 
 use ambit_core::drain::DrainWatcher;
 use ambit_proto::type_url;
-use ambit_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use ambit_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Resource};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
 use super::{ConnectionInfo, Snapshot, XdsMetrics};
+use crate::index::Name;
 
 /// Per type URL.
 #[derive(Debug, Default)]
@@ -31,6 +32,23 @@ pub(super) struct Connection {
     info: ConnectionInfo,
     types: BTreeMap<String, TypeState>,
     nonce: u64,
+    /// The waypoint Gateway this connection declared itself to be: its wildcard routes are limited to that
+    /// waypoint's scope. `None`: every route.
+    scope: Option<Name>,
+}
+
+/// The waypoint Gateway `(namespace, name)` of a node: a `router~` id with non-empty `GATEWAY_NAME` and
+/// `NAMESPACE` metadata (what Ambit's waypoint sends). Anything else is unscoped.
+fn waypoint_scope(node: &Node) -> Option<Name> {
+    if !node.id.starts_with("router~") {
+        return None;
+    }
+    let fields = &node.metadata.as_ref()?.fields;
+    let string = |k: &str| match fields.get(k)?.kind.as_ref()? {
+        prost_types::value::Kind::StringValue(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    Some((string("NAMESPACE")?, string("GATEWAY_NAME")?))
 }
 
 type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
@@ -54,6 +72,7 @@ impl Connection {
             info,
             types: BTreeMap::new(),
             nonce: 0,
+            scope: None,
         }
     }
 
@@ -113,7 +132,16 @@ impl Connection {
             && self.info.node_id.is_empty()
         {
             self.info.node_id = node.id.clone();
-            tracing::info!(conn.id = self.id, node.id = %node.id, src.addr = %self.info.peer, "xds client connected");
+            self.scope = waypoint_scope(node);
+            self.info.waypoint = self.scope.as_ref().map(|(ns, gw)| format!("{ns}/{gw}"));
+            if self.scope.is_some() {
+                // Routes sent before the node was known were unscoped: the next push takes the full difference.
+                if let Some(state) = self.types.get_mut(type_url::WAYPOINT_ROUTE) {
+                    state.synced = 0;
+                }
+            }
+            tracing::info!(conn.id = self.id, node.id = %node.id, src.addr = %self.info.peer,
+                waypoint = self.info.waypoint.as_deref().unwrap_or(""), "xds client connected");
         }
         let label = XdsMetrics::label(&req.type_url);
         if !req.response_nonce.is_empty() {
@@ -194,6 +222,10 @@ impl Connection {
     /// Sends what the client lacks for `type_url` (and, for `requested` names that do not exist, a removal so an
     /// on-demand waiter is released). With `always`, sends even an empty response. With `only`, looks at just
     /// those names (the snapshot's change set); otherwise at everything wanted and everything sent.
+    ///
+    /// For a scoped connection, wildcard routes are only those in its waypoint's scope; the change set includes
+    /// every route whose visibility changed, so the change-set path both sends newly visible routes and removes
+    /// ones no longer visible.
     async fn respond(
         &mut self,
         snap: &Snapshot,
@@ -208,12 +240,23 @@ impl Connection {
         };
         let empty = BTreeMap::new();
         let all = snap.types.get(type_url).unwrap_or(&empty);
+        let no_routes = BTreeSet::new();
+        // `Some`: the only names this connection gets by wildcard.
+        let visible: Option<&BTreeSet<String>> = match &self.scope {
+            Some(key) if type_url == type_url::WAYPOINT_ROUTE => {
+                Some(snap.route_scopes.get(key).unwrap_or(&no_routes))
+            }
+            _ => None,
+        };
         let candidates: BTreeSet<&str> = match only {
             Some(names) => names.iter().map(String::as_str).collect(),
             None => {
                 let mut c: BTreeSet<&str> = state.names.iter().map(String::as_str).collect();
                 if state.wildcard {
-                    c.extend(all.keys().map(String::as_str));
+                    match visible {
+                        Some(v) => c.extend(v.iter().map(String::as_str)),
+                        None => c.extend(all.keys().map(String::as_str)),
+                    }
                 }
                 c
             }
@@ -235,7 +278,10 @@ impl Connection {
             removed.push(name);
         }
         for name in candidates {
-            let wanted = state.wildcard && all.contains_key(name) || state.names.contains(name);
+            let wanted = state.wildcard
+                && all.contains_key(name)
+                && visible.is_none_or(|v| v.contains(name))
+                || state.names.contains(name);
             match snap.lookup(type_url, name).filter(|_| wanted) {
                 Some(v) => {
                     if state.sent.get(name) != Some(&v.version) {
