@@ -110,6 +110,32 @@ impl LocalMesh {
             .with_context(|| format!("no VIP for {namespace}/{name}"))
     }
 
+    /// The process id the supervisor recorded for a pod (its command, run in the pod's namespace).
+    pub fn pod_pid(&self, namespace: &str, name: &str) -> Result<i32> {
+        let state = self.state()?;
+        let pid = state["pods"]
+            .as_object()
+            .context("no pods")?
+            .values()
+            .find(|p| p["namespace"] == namespace && p["name"] == name)
+            .and_then(|p| p["pid"].as_i64())
+            .with_context(|| format!("no pid for pod {namespace}/{name}"))?;
+        Ok(i32::try_from(pid)?)
+    }
+
+    /// The address of a node (where its ztunnel's metrics are, from the pod network).
+    pub fn node_ip(&self, node: &str) -> Result<String> {
+        let state = self.state()?;
+        state["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["name"] == node)
+            .and_then(|n| n["ip"].as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("no node {node}"))
+    }
+
     /// `ambit local exec -n <ns> <target> -- <argv…>`.
     pub fn exec(&self, namespace: &str, target: &str, argv: &[&str]) -> Result<Output> {
         self.ambit()
