@@ -7,6 +7,7 @@
 //! * [`process`]: long-running child processes killed on drop, output to files;
 //! * [`testdir`]: a per-test directory that is kept and printed (with log tails) when the test fails;
 //! * [`topology`]: the `TwoPods` topology (two pods, each optionally with a dedicated-mode ztunnel);
+//! * [`three_pods`]: the `ThreePods` topology of the L7 benchmark (client, waypoint, server on a bridge);
 //! * [`localconfig`]: ztunnel local-config YAML (upstream's format);
 //! * [`capture`] and [`pcap`]: tcpdump on a veth and a pcap reader with the "only HBONE on the wire" checks;
 //! * [`prom`]: a Prometheus text-format reader for asserting on metrics;
@@ -21,6 +22,7 @@ pub mod process;
 pub mod prom;
 pub mod runner;
 pub mod testdir;
+pub mod three_pods;
 pub mod tools;
 pub mod topology;
 

@@ -1,0 +1,763 @@
+//! `ambit-bench-l7`: L7 benchmark on the `ThreePods` topology (client, waypoint, server pods on a bridge): HTTP
+//! requests/s and latency direct, through the ztunnel pair (`l4`), through ztunnel → Ambit waypoint → ztunnel
+//! (`l7`), through ztunnel → waypoint → plain server (`waypoint-plain`), and through nginx or HAProxy in the
+//! waypoint's place (`nginx`, `haproxy`: plain HTTP, no mesh). Needs root and `wrk` (`perf` for the counts,
+//! `nginx`/`haproxy` for those modes); run it through `scripts/bench-l7.sh` (release build).
+//!
+//! ```text
+//! ambit-bench-l7 [--duration SECS] [--rounds N] [--connections 8,64] [--count-secs SECS] [--out DIR]
+//!                [--modes direct,l4,l7,waypoint-plain,nginx,haproxy] [--ztunnel PATH] [--waypoint PATH]
+//!                [--http PATH] [--proxy-workers N] [--ztunnel-env K=V]... [--waypoint-env K=V]...
+//! ```
+//! Each round measures every mode in turn with fresh pods, every connection count in turn. Requests/s and the
+//! CPU time of the proxies (from `/proc/<pid>/task/*/schedstat`) come from a wrk run with nothing attached; CPU,
+//! context switches and system calls per request also come from a separate `--count-secs` run under `perf stat`.
+//! The proxy's RSS is read before the first and after the last wrk run. Writes `l7-<unix time>.{json,md}` (and
+//! `l7-latest.*`) into the output directory.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ambit_e2e::runner::{E2eLock, check_tools};
+use ambit_e2e::three_pods::{L7Mode, ThreePods, ThreePodsOptions, WAYPOINT_STATS_PORT, rss_kib};
+use ambit_e2e::tools::{self, WrkResult};
+use ambit_e2e::topology::{HTTP_BIN_ENV, ZTUNNEL_BIN_ENV, sibling_binary};
+use ambit_e2e::{TestDir, is_root, prom};
+use anyhow::{Context, Result, bail, ensure};
+use serde::Serialize;
+
+const WAYPOINT_BIN_ENV: &str = "AMBIT_WAYPOINT_BIN";
+
+const USAGE: &str = "ambit-bench-l7 [--duration SECS] [--rounds N] [--connections 8,64] [--count-secs SECS] \
+[--out DIR] [--modes direct,l4,l7,waypoint-plain,nginx,haproxy] [--ztunnel PATH] [--waypoint PATH] [--http PATH] \
+[--proxy-workers N] [--ztunnel-env K=V]... [--waypoint-env K=V]...";
+
+struct Args {
+    duration: u64,
+    rounds: usize,
+    connections: Vec<u32>,
+    count_secs: u64,
+    out: PathBuf,
+    modes: Vec<L7Mode>,
+    ztunnel: Option<PathBuf>,
+    waypoint: Option<PathBuf>,
+    http: Option<PathBuf>,
+    proxy_workers: u32,
+    ztunnel_env: Vec<(String, String)>,
+    waypoint_env: Vec<(String, String)>,
+}
+
+fn key_value(kv: &str, flag: &str) -> Result<(String, String)> {
+    let (k, v) = kv
+        .split_once('=')
+        .with_context(|| format!("{flag} {kv:?}: expected KEY=VALUE"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        duration: 10,
+        rounds: 3,
+        connections: vec![8, 64],
+        count_secs: 5,
+        out: PathBuf::from("target/bench"),
+        modes: L7Mode::ALL.to_vec(),
+        ztunnel: None,
+        waypoint: None,
+        http: None,
+        proxy_workers: 2,
+        ztunnel_env: Vec::new(),
+        waypoint_env: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--duration" => args.duration = value()?.parse().context("--duration")?,
+            "--rounds" => args.rounds = value()?.parse().context("--rounds")?,
+            "--count-secs" => args.count_secs = value()?.parse().context("--count-secs")?,
+            "--proxy-workers" => {
+                args.proxy_workers = value()?.parse().context("--proxy-workers")?
+            }
+            "--connections" => {
+                args.connections = value()?
+                    .split(',')
+                    .map(|c| c.trim().parse().context("--connections"))
+                    .collect::<Result<_>>()?;
+            }
+            "--out" => args.out = PathBuf::from(value()?),
+            "--ztunnel" => args.ztunnel = Some(PathBuf::from(value()?)),
+            "--waypoint" => args.waypoint = Some(PathBuf::from(value()?)),
+            "--http" => args.http = Some(PathBuf::from(value()?)),
+            "--ztunnel-env" => args.ztunnel_env.push(key_value(&value()?, &flag)?),
+            "--waypoint-env" => args.waypoint_env.push(key_value(&value()?, &flag)?),
+            "--modes" => {
+                args.modes = value()?
+                    .split(',')
+                    .map(|m| {
+                        L7Mode::parse(m.trim()).with_context(|| {
+                            format!("unknown mode {m:?} (direct, l4, l7, waypoint-plain, nginx, haproxy)")
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (usage: {USAGE})"),
+        }
+    }
+    ensure!(args.duration > 0, "--duration must be positive");
+    ensure!(args.rounds > 0, "--rounds must be positive");
+    ensure!(args.proxy_workers > 0, "--proxy-workers must be positive");
+    ensure!(
+        !args.connections.is_empty() && args.connections.iter().all(|&c| c >= 2),
+        "--connections: each at least 2 (wrk runs 2 threads)"
+    );
+    Ok(args)
+}
+
+/// What one process group (the ztunnels, or the proxy in the waypoint pod) cost per completed request.
+#[derive(Clone, Copy, Debug, Serialize)]
+struct PerRequest {
+    cpu_us: f64,
+    /// `None` when only the CPU time was read (from schedstat, with nothing attached).
+    context_switches: Option<f64>,
+    syscalls: Option<f64>,
+}
+
+/// One wrk run at one connection count.
+#[derive(Debug, Serialize)]
+struct Run {
+    connections: u32,
+    wrk: WrkResult,
+    non_2xx: u64,
+    socket_errors: u64,
+    /// CPU per request from schedstat over the wrk run (nothing attached).
+    ztunnels_cpu_us: Option<f64>,
+    proxy_cpu_us: Option<f64>,
+    /// From the separate `perf stat` run.
+    ztunnels_perf: Option<PerRequest>,
+    proxy_perf: Option<PerRequest>,
+}
+
+#[derive(Debug, Serialize)]
+struct ModeResult {
+    mode: &'static str,
+    round: usize,
+    runs: Vec<Run>,
+    /// Sum of `VmRSS` of the waypoint pod's proxy processes, before any load and after the last wrk run.
+    proxy_rss_rest_kib: Option<u64>,
+    proxy_rss_after_kib: Option<u64>,
+    /// `istio_requests_total` summed over the waypoint's metrics after the runs (waypoint modes).
+    waypoint_requests_total: Option<f64>,
+    /// WARN/ERROR lines in the proxy's log.
+    proxy_log_problems: usize,
+    /// Size of the response body the client got (the smoke test's).
+    body_bytes: usize,
+    /// Configs, logs, wrk and perf outputs of this pod set.
+    dir: String,
+}
+
+/// One mode at one connection count: per-round ratios to direct and the medians.
+#[derive(Debug, Serialize)]
+struct Summary {
+    mode: &'static str,
+    connections: u32,
+    ratio_per_round: Vec<f64>,
+    ratio_median: f64,
+    requests_per_sec_median: f64,
+    p50_ms_median: f64,
+    p99_ms_median: f64,
+    non_2xx_total: u64,
+    socket_errors_total: u64,
+    proxy_cpu_us_median: Option<f64>,
+    proxy_perf_cpu_us_median: Option<f64>,
+    ztunnels_cpu_us_median: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    timestamp: u64,
+    kernel: String,
+    cpus: usize,
+    duration_secs: u64,
+    count_secs: u64,
+    rounds: usize,
+    connections: Vec<u32>,
+    skipped: Vec<String>,
+    waypoint_log_filter: String,
+    ztunnel_env: Vec<(String, String)>,
+    waypoint_env: Vec<(String, String)>,
+    proxy_workers: u32,
+    /// Response body size (bytes) e2e-http sent (`hello <client address>\\n`).
+    response_body_bytes: usize,
+    wrk_command: String,
+    results: Vec<ModeResult>,
+    summary: Vec<Summary>,
+}
+
+fn wrk(pods: &ThreePods, connections: u32, secs: u64) -> Result<(String, WrkResult)> {
+    let dur = format!("{secs}s");
+    let c = connections.to_string();
+    let url = pods.mode().url();
+    let out =
+        pods.client()
+            .ns()
+            .output(&["wrk", "-c", &c, "-t", "2", "-d", &dur, "--latency", &url])?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let result = tools::parse_wrk(&text)
+        .with_context(|| format!("wrk: {text}{}", String::from_utf8_lossy(&out.stderr).trim()))?;
+    Ok((text, result))
+}
+
+/// wrk's "Non-2xx or 3xx responses: N" and the sum of its "Socket errors" line.
+fn wrk_error_counts(text: &str) -> (u64, u64) {
+    let mut non_2xx = 0;
+    let mut socket = 0;
+    for line in text.lines().map(str::trim) {
+        if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            non_2xx += n.trim().parse::<u64>().unwrap_or(0);
+        } else if let Some(rest) = line.strip_prefix("Socket errors:") {
+            socket += rest
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    (non_2xx, socket)
+}
+
+/// CPU time (ns) the threads of `pids` have run so far: the first field of `/proc/<pid>/task/*/schedstat`.
+fn cpu_ns(pids: &[u32]) -> u64 {
+    let mut total = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            total += std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+fn rss_sum(pids: &[u32]) -> Option<u64> {
+    let v: Vec<u64> = pids.iter().filter_map(|&p| rss_kib(p)).collect();
+    (!v.is_empty()).then(|| v.iter().sum())
+}
+
+fn start_perf(pids: &[u32], out: &Path) -> Option<Child> {
+    if pids.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    Command::new("perf")
+        .args([
+            "stat",
+            "-x,",
+            "-e",
+            "task-clock,context-switches,raw_syscalls:sys_enter",
+            "-p",
+        ])
+        .arg(list.join(","))
+        .arg("-o")
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+fn stop_perf(perf: Option<Child>, out: &Path, requests: u64) -> Option<PerRequest> {
+    let mut perf = perf?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(perf.id()).ok()?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).ok()?;
+    perf.wait().ok()?;
+    let c = tools::parse_perf_stat(&std::fs::read_to_string(out).ok()?);
+    (c.task_clock_ms > 0.0 && requests > 0).then(|| {
+        let n = requests as f64;
+        PerRequest {
+            cpu_us: c.task_clock_ms * 1000.0 / n,
+            context_switches: Some(c.context_switches / n),
+            syscalls: Some(c.syscalls / n),
+        }
+    })
+}
+
+fn per_request_us(ns: u64, requests: u64) -> Option<f64> {
+    (ns > 0 && requests > 0).then(|| ns as f64 / 1000.0 / requests as f64)
+}
+
+/// Counts the log lines of the proxy that report a problem.
+fn log_problems(log: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.contains(" WARN ")
+                || l.contains(" ERROR ")
+                || l.contains("[error]")
+                || l.contains("[crit]")
+                || l.contains("[ALERT]")
+        })
+        .count()
+}
+
+fn measure(
+    dir: &TestDir,
+    mode: L7Mode,
+    round: usize,
+    args: &Args,
+    opts: &ThreePodsOptions,
+) -> Result<ModeResult> {
+    let name = mode.as_str();
+    let tag = format!("{name}-{round}");
+    eprintln!("== round {round}, {name}: starting the pods");
+    let opts = ThreePodsOptions {
+        mode,
+        ..opts.clone()
+    };
+    let pods = ThreePods::start(dir, &opts)?;
+    let url = mode.url();
+    let (status, body) = pods.client().curl(&url)?;
+    ensure!(
+        status == 200 && body.starts_with("hello"),
+        "{tag}: curl {url} from the client failed before measuring: status {status}, body {body:?}"
+    );
+    let proxy_pids = pods.proxy_pids();
+    let ztunnel_pids = pods.ztunnel_pids();
+    let proxy_rss_rest_kib = rss_sum(&proxy_pids);
+
+    let mut runs = Vec::new();
+    for &c in &args.connections {
+        eprintln!(
+            "== round {round}, {name}: wrk -c {c} -t 2 -d {}s --latency {url}",
+            args.duration
+        );
+        let (z0, p0) = (cpu_ns(&ztunnel_pids), cpu_ns(&proxy_pids));
+        let (text, w) = wrk(&pods, c, args.duration).with_context(|| tag.clone())?;
+        let (z1, p1) = (cpu_ns(&ztunnel_pids), cpu_ns(&proxy_pids));
+        std::fs::write(dir.join(&format!("wrk-{tag}-c{c}.txt")), &text)
+            .context("save wrk output")?;
+        let (non_2xx, socket_errors) = wrk_error_counts(&text);
+        if non_2xx > 0 || socket_errors > 0 {
+            eprintln!(
+                "warning: {tag} -c {c}: wrk reported {non_2xx} non-2xx/3xx responses and {socket_errors} socket errors"
+            );
+        }
+        runs.push(Run {
+            connections: c,
+            non_2xx,
+            socket_errors,
+            ztunnels_cpu_us: per_request_us(z1.saturating_sub(z0), w.requests),
+            proxy_cpu_us: per_request_us(p1.saturating_sub(p0), w.requests),
+            wrk: w,
+            ztunnels_perf: None,
+            proxy_perf: None,
+        });
+    }
+    if args.count_secs > 0 && mode != L7Mode::Direct {
+        for run in &mut runs {
+            let c = run.connections;
+            eprintln!(
+                "== round {round}, {name}: counting with perf stat, -c {c}, {}s",
+                args.count_secs
+            );
+            let z_out = dir.join(&format!("perf-{tag}-c{c}-ztunnels.csv"));
+            let p_out = dir.join(&format!("perf-{tag}-c{c}-proxy.csv"));
+            let zp = start_perf(&ztunnel_pids, &z_out);
+            let pp = start_perf(&proxy_pids, &p_out);
+            // perf needs a moment to attach to every thread.
+            std::thread::sleep(Duration::from_millis(200));
+            let counted = wrk(&pods, c, args.count_secs);
+            let requests = counted.as_ref().map_or(0, |(_, w)| w.requests);
+            run.ztunnels_perf = stop_perf(zp, &z_out, requests);
+            run.proxy_perf = stop_perf(pp, &p_out, requests);
+            if let Err(e) = counted {
+                eprintln!("warning: {tag} -c {c}: the counting run failed: {e:#}");
+            }
+        }
+    }
+    let proxy_rss_after_kib = rss_sum(&proxy_pids);
+    let waypoint_requests_total = mode
+        .waypoint()
+        .then(|| {
+            let text = pods
+                .waypoint()
+                .ns()
+                .run(&[
+                    "curl",
+                    "-sSf",
+                    "--max-time",
+                    "5",
+                    &format!("http://127.0.0.1:{WAYPOINT_STATS_PORT}/metrics"),
+                ])
+                .ok()?;
+            Some(prom::sum(&prom::parse(&text), "istio_requests_total", &[]))
+        })
+        .flatten();
+    let proxy_log_problems = pods.proxy().map_or(0, |p| log_problems(&p.output()));
+    if proxy_log_problems > 0 {
+        eprintln!(
+            "warning: {tag}: {proxy_log_problems} WARN/ERROR lines in the proxy's log (in {})",
+            dir.path().display()
+        );
+    }
+    Ok(ModeResult {
+        mode: name,
+        round,
+        runs,
+        proxy_rss_rest_kib,
+        proxy_rss_after_kib,
+        waypoint_requests_total,
+        proxy_log_problems,
+        body_bytes: body.len(),
+        dir: dir.path().display().to_string(),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn median_of(v: Vec<f64>) -> Option<f64> {
+    (!v.is_empty()).then(|| median(v))
+}
+
+fn summarize(results: &[ModeResult], modes: &[L7Mode], connections: &[u32]) -> Vec<Summary> {
+    // (mode, round, connections) → run
+    let mut runs: BTreeMap<(&str, usize, u32), &Run> = BTreeMap::new();
+    for m in results {
+        for r in &m.runs {
+            runs.insert((m.mode, m.round, r.connections), r);
+        }
+    }
+    let mut out = Vec::new();
+    for mode in modes {
+        let name = mode.as_str();
+        for &c in connections {
+            let mine: Vec<(usize, &Run)> = runs
+                .iter()
+                .filter(|((m, _, cc), _)| *m == name && *cc == c)
+                .map(|((_, round, _), r)| (*round, *r))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let ratio_per_round: Vec<f64> = mine
+                .iter()
+                .filter_map(|(round, r)| {
+                    let d = runs.get(&(L7Mode::Direct.as_str(), *round, c))?;
+                    Some(r.wrk.requests_per_sec / d.wrk.requests_per_sec)
+                })
+                .collect();
+            let col = |f: &dyn Fn(&Run) -> Option<f64>| -> Vec<f64> {
+                mine.iter().filter_map(|(_, r)| f(r)).collect()
+            };
+            out.push(Summary {
+                mode: name,
+                connections: c,
+                ratio_median: median(ratio_per_round.clone()),
+                ratio_per_round,
+                requests_per_sec_median: median(col(&|r| Some(r.wrk.requests_per_sec))),
+                p50_ms_median: median(col(&|r| Some(r.wrk.p50_ms))),
+                p99_ms_median: median(col(&|r| Some(r.wrk.p99_ms))),
+                non_2xx_total: mine.iter().map(|(_, r)| r.non_2xx).sum(),
+                socket_errors_total: mine.iter().map(|(_, r)| r.socket_errors).sum(),
+                proxy_cpu_us_median: median_of(col(&|r| r.proxy_cpu_us)),
+                proxy_perf_cpu_us_median: median_of(col(&|r| r.proxy_perf.map(|p| p.cpu_us))),
+                ztunnels_cpu_us_median: median_of(col(&|r| r.ztunnels_cpu_us)),
+            });
+        }
+    }
+    out
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(String::new, |v| format!("{v:.digits$}"))
+}
+
+fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# L7 benchmark: direct, ztunnel pair, ztunnel + waypoint, nginx, HAProxy\n"
+    );
+    let _ = writeln!(
+        s,
+        "Kernel {}, {} CPUs, {} round(s) of {} s per measurement (perf counts over {} s), modes alternating with \
+         fresh pods. `{}`, {} byte response body (`e2e-http`). Waypoint `RUST_LOG={}`; nginx/HAProxy {} workers/threads.{}\n",
+        r.kernel,
+        r.cpus,
+        r.rounds,
+        r.duration_secs,
+        r.count_secs,
+        r.wrk_command,
+        r.response_body_bytes,
+        r.waypoint_log_filter,
+        r.proxy_workers,
+        if r.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" **Skipped:** {}.", r.skipped.join("; "))
+        }
+    );
+    let _ = writeln!(
+        s,
+        "| mode | -c | req/s (median) | / direct (median) | / direct per round | p50 ms | p99 ms | non-2xx | socket errors | proxy µs CPU / req | (under perf) | ztunnels µs CPU / req |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for x in &r.summary {
+        let rounds: Vec<String> = x
+            .ratio_per_round
+            .iter()
+            .map(|v| format!("{v:.2}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | **{:.2}×** | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
+            x.mode,
+            x.connections,
+            x.requests_per_sec_median,
+            x.ratio_median,
+            rounds.join(", "),
+            x.p50_ms_median,
+            x.p99_ms_median,
+            x.non_2xx_total,
+            x.socket_errors_total,
+            opt(x.proxy_cpu_us_median, 1),
+            opt(x.proxy_perf_cpu_us_median, 1),
+            opt(x.ztunnels_cpu_us_median, 1),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nPer round (proxy = the process in the waypoint pod: Ambit's waypoint, nginx's master and workers, or \
+         HAProxy; RSS summed over its processes):\n"
+    );
+    let _ = writeln!(
+        s,
+        "| round | mode | -c | req/s | p50 ms | p99 ms | non-2xx | proxy µs / req | perf: proxy µs / cs / syscalls per req | perf: ztunnels µs / cs / syscalls per req | proxy RSS rest → after (MiB) |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|");
+    let triple = |p: Option<PerRequest>| {
+        p.map_or_else(String::new, |p| {
+            format!(
+                "{:.1} / {} / {}",
+                p.cpu_us,
+                opt(p.context_switches, 2),
+                opt(p.syscalls, 1)
+            )
+        })
+    };
+    for m in &r.results {
+        let rss = match (m.proxy_rss_rest_kib, m.proxy_rss_after_kib) {
+            (Some(a), Some(b)) => format!("{:.1} → {:.1}", a as f64 / 1024.0, b as f64 / 1024.0),
+            _ => String::new(),
+        };
+        for run in &m.runs {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
+                m.round,
+                m.mode,
+                run.connections,
+                run.wrk.requests_per_sec,
+                run.wrk.p50_ms,
+                run.wrk.p99_ms,
+                run.non_2xx,
+                opt(run.proxy_cpu_us, 1),
+                triple(run.proxy_perf),
+                triple(run.ztunnels_perf),
+                rss
+            );
+        }
+    }
+    let waypoint: Vec<&ModeResult> = r.results.iter().filter(|m| m.mode == "l7").collect();
+    if !waypoint.is_empty() {
+        let rest: Vec<f64> = waypoint
+            .iter()
+            .filter_map(|m| m.proxy_rss_rest_kib)
+            .map(|k| k as f64 / 1024.0)
+            .collect();
+        let after: Vec<f64> = waypoint
+            .iter()
+            .filter_map(|m| m.proxy_rss_after_kib)
+            .map(|k| k as f64 / 1024.0)
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nAmbit waypoint (`l7`): RSS at rest {} MiB, after load {} MiB (median of rounds; goal < 20 MB at \
+             rest). Goals: ≤ 50 µs CPU per request (Istio's Envoy waypoint: ~250 µs), requests/s ≥ nginx's in the \
+             same place.",
+            opt(median_of(rest), 1),
+            opt(median_of(after), 1)
+        );
+    }
+    for m in &r.results {
+        if let Some(n) = m.waypoint_requests_total {
+            let _ = writeln!(
+                s,
+                "\nround {} {}: the waypoint counted {n:.0} requests (`istio_requests_total`); {} WARN/ERROR log lines.",
+                m.round, m.mode, m.proxy_log_problems
+            );
+        }
+    }
+    s
+}
+
+fn binary(given: &Option<PathBuf>, env: &str, name: &str) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None => sibling_binary(env, name)
+            .with_context(|| format!("{name} not found next to ambit-bench-l7; pass its path")),
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = parse_args()?;
+    ensure!(
+        is_root(),
+        "ambit-bench-l7 needs root (network namespaces, iptables): sudo scripts/bench-l7.sh"
+    );
+    check_tools(&["ip", "iptables", "curl", "wrk", "ss"])?;
+    let mut skipped = Vec::new();
+    for (mode, tool, package) in [
+        (L7Mode::Nginx, "nginx", "nginx-light"),
+        (L7Mode::Haproxy, "haproxy", "haproxy"),
+    ] {
+        if args.modes.contains(&mode) && check_tools(&[tool]).is_err() {
+            let why = format!(
+                "{}: `{tool}` is not installed (apt-get install {package})",
+                mode.as_str()
+            );
+            eprintln!("SKIPPING mode {why}");
+            skipped.push(why);
+            args.modes.retain(|m| *m != mode);
+        }
+    }
+    if args.count_secs > 0 && check_tools(&["perf"]).is_err() {
+        eprintln!(
+            "no `perf`: the perf stat counts are skipped (CPU per request still comes from schedstat)"
+        );
+        args.count_secs = 0;
+    }
+    let needs_mesh = args
+        .modes
+        .iter()
+        .any(|m| *m != L7Mode::Direct && *m != L7Mode::Nginx && *m != L7Mode::Haproxy);
+    let ztunnel_bin = binary(&args.ztunnel, ZTUNNEL_BIN_ENV, "ztunnel");
+    let waypoint_bin = binary(&args.waypoint, WAYPOINT_BIN_ENV, "waypoint");
+    let opts = ThreePodsOptions {
+        mode: L7Mode::Direct,
+        ztunnel_bin: if needs_mesh {
+            ztunnel_bin?
+        } else {
+            PathBuf::new()
+        },
+        waypoint_bin: if args.modes.iter().any(|m| m.waypoint()) {
+            waypoint_bin?
+        } else {
+            PathBuf::new()
+        },
+        http_bin: binary(&args.http, HTTP_BIN_ENV, "e2e-http")?,
+        ztunnel_env: args.ztunnel_env.clone(),
+        waypoint_env: args.waypoint_env.clone(),
+        proxy_workers: args.proxy_workers,
+        ready_timeout: Duration::from_secs(30),
+    };
+    let _lock = E2eLock::acquire()?;
+
+    let mut results = Vec::new();
+    for round in 1..=args.rounds {
+        for &mode in &args.modes {
+            // A directory per pod set (kept), so every process's log survives.
+            let dir = TestDir::new(&format!("bench-l7-{}-{round}", mode.as_str()))?;
+            dir.keep();
+            results.push(measure(&dir, mode, round, &args, &opts).inspect_err(|_| dir.report())?);
+        }
+    }
+    let summary = summarize(&results, &args.modes, &args.connections);
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    let waypoint_log_filter = args
+        .waypoint_env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "RUST_LOG")
+        .map_or_else(|| "info,access=warn".to_owned(), |(_, v)| v.clone());
+    let report = Report {
+        timestamp,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        duration_secs: args.duration,
+        count_secs: args.count_secs,
+        rounds: args.rounds,
+        connections: args.connections.clone(),
+        skipped,
+        waypoint_log_filter,
+        ztunnel_env: args.ztunnel_env.clone(),
+        waypoint_env: args.waypoint_env.clone(),
+        proxy_workers: args.proxy_workers,
+        response_body_bytes: results.first().map_or(0, |m: &ModeResult| m.body_bytes),
+        wrk_command: format!(
+            "wrk -c {} -t 2 -d {}s --latency",
+            args.connections
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join("|"),
+            args.duration
+        ),
+        results,
+        summary,
+    };
+    let md = markdown(&report);
+    println!("\n{md}");
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    for stem in [format!("l7-{timestamp}"), "l7-latest".to_owned()] {
+        std::fs::write(args.out.join(format!("{stem}.json")), &json)?;
+        std::fs::write(args.out.join(format!("{stem}.md")), &md)?;
+    }
+    println!("results: {}/l7-{timestamp}.{{json,md}}", args.out.display());
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("ambit-bench-l7: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_errors() {
+        let text = "  Socket errors: connect 0, read 2, write 1, timeout 3\n  Non-2xx or 3xx responses: 4\n";
+        assert_eq!(wrk_error_counts(text), (4, 6));
+        assert_eq!(wrk_error_counts("Requests/sec: 1\n"), (0, 0));
+    }
+}
