@@ -27,7 +27,7 @@ use tracing::{debug, info};
 
 use crate::config::Config;
 use crate::filters::{self, Filter, HeaderModifier, Mirror};
-use crate::metrics::{Metrics, Report, RequestLabels};
+use crate::metrics::{Metrics, Report, RequestLabels, Series};
 use crate::route::{Match, RequestView, Rule, pick_weighted};
 use crate::state::{
     ActiveRequest, AppProtocol, Picked, Service, Snapshot, Store, Target, Workload,
@@ -54,6 +54,58 @@ pub struct Conn {
     /// The client's address as the source ztunnel reported it (`forwarded: for=`).
     pub source_addr: Option<SocketAddr>,
     pub source: Option<Arc<Workload>>,
+    /// The metric series this connection's requests were reported in (the source side of the labels is the
+    /// connection's, so only the rest is looked up), so a keep-alive connection builds each label set once.
+    pub series: std::sync::Mutex<Vec<(SeriesKey, Series)>>,
+}
+
+impl Conn {
+    pub fn new(
+        target: Target,
+        source_principal: Option<Identity>,
+        source_addr: Option<SocketAddr>,
+        source: Option<Arc<Workload>>,
+    ) -> Conn {
+        Conn {
+            target,
+            source_principal,
+            source_addr,
+            source,
+            series: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// Series kept per connection at most.
+const SERIES_PER_CONN: usize = 16;
+
+/// What, besides the connection, decides a request's labels. Workloads and services are compared by identity
+/// (the `Arc`s are held, so an address cannot be reused by another object while cached).
+pub struct SeriesKey {
+    destination: Option<Arc<Workload>>,
+    service: Option<Arc<Service>>,
+    protocol: &'static str,
+    code: u16,
+    flags: &'static str,
+    grpc_status: Option<String>,
+}
+
+impl SeriesKey {
+    fn same(&self, other: &SeriesKey) -> bool {
+        fn ptr<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        ptr(&self.destination, &other.destination)
+            && ptr(&self.service, &other.service)
+            && self.protocol == other.protocol
+            && self.code == other.code
+            && self.flags == other.flags
+            && self.grpc_status == other.grpc_status
+    }
 }
 
 /// Where a request goes after routing.
@@ -112,17 +164,31 @@ pub async fn handle(
         })
         .unwrap_or_default();
 
+    // The access log's own fields are only built when it is on.
+    let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
     let mut log = AccessLog {
         proxy: proxy.clone(),
         conn: conn.clone(),
         snap: snap.clone(),
         start,
-        method: parts.method.to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".into(), |p| p.to_string()),
-        authority: authority.clone(),
+        method: if logging {
+            parts.method.to_string()
+        } else {
+            String::new()
+        },
+        path: if logging {
+            parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".into(), |p| p.to_string())
+        } else {
+            String::new()
+        },
+        authority: if logging {
+            authority.clone()
+        } else {
+            String::new()
+        },
         request_id: parts
             .headers
             .get(X_REQUEST_ID)
@@ -548,22 +614,43 @@ impl Finish for Finished {
         let grpc_status = grpc_status.or_else(|| self.grpc_status.clone());
         let duration = l.start.elapsed();
         let req_bytes = l.request_bytes.load(Ordering::Relaxed);
-        let labels = RequestLabels::new(&Report {
-            source: l.conn.source.as_deref(),
-            source_principal: l.conn.source_principal.as_ref().map(ToString::to_string),
-            destination: l.destination.as_deref(),
-            service: l.service.as_deref(),
+        let key = SeriesKey {
+            destination: l.destination.clone(),
+            service: l.service.clone(),
             protocol: l.protocol,
             code: l.code,
-            grpc_status: grpc_status.clone(),
             flags,
-        });
-        l.proxy.metrics.record(
-            &labels,
-            duration.as_secs_f64() * 1000.0,
-            req_bytes,
-            response_bytes,
-        );
+            grpc_status: grpc_status.clone(),
+        };
+        let cached = l
+            .conn
+            .series
+            .lock()
+            .ok()
+            .and_then(|c| c.iter().find(|(k, _)| k.same(&key)).map(|(_, s)| s.clone()));
+        let series = match cached {
+            Some(s) => s,
+            None => {
+                let labels = RequestLabels::new(&Report {
+                    source: l.conn.source.as_deref(),
+                    source_principal: l.conn.source_principal.as_ref().map(ToString::to_string),
+                    destination: l.destination.as_deref(),
+                    service: l.service.as_deref(),
+                    protocol: l.protocol,
+                    code: l.code,
+                    grpc_status: grpc_status.clone(),
+                    flags,
+                });
+                let s = l.proxy.metrics.series(&labels);
+                if let Ok(mut c) = l.conn.series.lock()
+                    && c.len() < SERIES_PER_CONN
+                {
+                    c.push((key, s.clone()));
+                }
+                s
+            }
+        };
+        series.record(duration.as_secs_f64() * 1000.0, req_bytes, response_bytes);
         let _ = &l.snap;
         info!(target: "access", protocol = l.protocol,
             src.addr = ?l.conn.source_addr,

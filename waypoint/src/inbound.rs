@@ -138,12 +138,7 @@ async fn stream(
     let Ok(stream) = responder.accept(HeaderMap::new()) else {
         return;
     };
-    let conn = Arc::new(Conn {
-        target,
-        source_principal: peer_id,
-        source_addr,
-        source,
-    });
+    let conn = Arc::new(Conn::new(target, peer_id, source_addr, source));
     let (io, is_http) = if protocol.is_tcp() {
         (Prefixed::new(Bytes::new(), stream), false)
     } else if protocol == AppProtocol::Unknown {

@@ -246,21 +246,31 @@ impl Metrics {
         m
     }
 
-    /// Records one finished request.
-    pub fn record(
-        &self,
-        labels: &RequestLabels,
-        duration_ms: f64,
-        req_bytes: u64,
-        resp_bytes: u64,
-    ) {
-        self.requests.get_or_create(labels).inc();
-        self.duration.get_or_create(labels).observe(duration_ms);
-        self.request_bytes
-            .get_or_create(labels)
-            .observe(req_bytes as f64);
-        self.response_bytes
-            .get_or_create(labels)
-            .observe(resp_bytes as f64);
+    /// The four request series of one label set (looked up, and created if new, once).
+    pub fn series(&self, labels: &RequestLabels) -> Series {
+        Series {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        }
+    }
+}
+
+/// Handles on the series of one label set: recording a request through them builds no labels and hashes nothing.
+#[derive(Clone, Debug)]
+pub struct Series {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl Series {
+    pub fn record(&self, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
+        self.requests.inc();
+        self.duration.observe(duration_ms);
+        self.request_bytes.observe(req_bytes as f64);
+        self.response_bytes.observe(resp_bytes as f64);
     }
 }

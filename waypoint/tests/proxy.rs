@@ -570,3 +570,40 @@ async fn not_ready_without_a_certificate() {
     assert!(!running.readiness.is_ready());
     assert_eq!(running.readiness.pending(), ["certificate"]);
 }
+
+#[tokio::test]
+async fn metrics_on_one_keep_alive_connection() {
+    let w = world(77).await;
+    // Five requests on one connection, two outcomes: each counted in its own series (the connection caches them).
+    let stream = w
+        .source
+        .connect("empty.demo.svc.cluster.local:80")
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for path in ["/other", "/only", "/other", "/other", "/only"] {
+        let req = http::Request::builder()
+            .uri(path)
+            .header("host", "empty")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let _ = resp.into_body().collect().await.unwrap();
+    }
+    let metrics = reqwest_metrics(w.waypoint.addresses.stats).await;
+    let count = |code: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains("destination_service=\"empty.demo.svc.cluster.local\"")
+                    && l.contains(&format!("response_code=\"{code}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!((count("404"), count("500")), (3.0, 2.0), "{metrics}");
+}
