@@ -112,8 +112,19 @@ impl ProxyState {
                     w.uid = name.to_owned();
                 }
                 debug!(name, uid = %w.uid, "workload upserted");
+                // The policies that select a workload arrive with the workload, not with the policy: a change of
+                // the list must re-check live connections just as a policy change does (the two resources of one
+                // new policy can arrive in either order).
+                let policies_changed = store
+                    .workloads
+                    .get(&w.uid)
+                    .is_some_and(|old| old.authorization_policies != w.authorization_policies);
                 store.bind_name(name, store::Named::Workload(w.uid.clone()));
                 store.insert_workload(w);
+                if policies_changed {
+                    drop(store);
+                    self.bump_policies();
+                }
             }
             AddressResource::Service(s) => {
                 debug!(name, service = %s.key(), "service upserted");

@@ -573,6 +573,17 @@ fn policy_changes_are_signalled() {
     st.insert_address("w", addr_w(pb_workload("w", &[])))
         .unwrap();
     assert!(!rx.has_changed().unwrap(), "workload changes do not bump");
+    // ...unless the policies selecting the workload change (they travel with the workload).
+    let mut selected = pb_workload("w", &[]);
+    selected.authorization_policies = vec!["ns/p".into()];
+    st.insert_address("w", addr_w(selected.clone())).unwrap();
+    assert!(
+        rx.has_changed().unwrap(),
+        "a workload's policy list changed"
+    );
+    rx.mark_unchanged();
+    st.insert_address("w", addr_w(selected)).unwrap();
+    assert!(!rx.has_changed().unwrap(), "the same list again");
     st.remove("ns/p");
     assert!(rx.has_changed().unwrap());
     assert!(st.policy("ns/p").is_none());
