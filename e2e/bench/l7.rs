@@ -733,13 +733,8 @@ fn run() -> Result<()> {
     };
     let md = markdown(&report);
     println!("\n{md}");
-    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     let json = serde_json::to_string_pretty(&report)?;
-    for stem in [format!("l7-{timestamp}"), "l7-latest".to_owned()] {
-        std::fs::write(args.out.join(format!("{stem}.json")), &json)?;
-        std::fs::write(args.out.join(format!("{stem}.md")), &md)?;
-    }
-    println!("results: {}/l7-{timestamp}.{{json,md}}", args.out.display());
+    tools::write_report(&args.out, "l7", timestamp, &json, &md)?;
     Ok(())
 }
 

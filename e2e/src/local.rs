@@ -279,24 +279,30 @@ pub fn leftovers() -> Result<Vec<String>> {
             }
         }
     }
-    let ps = String::from_utf8_lossy(
-        &Command::new("ps")
-            .args(["-eo", "pid,args"])
-            .output()?
-            .stdout,
-    )
-    .into_owned();
-    for l in ps.lines() {
-        if l.contains("local --dir") && l.contains("--foreground")
-            || l.contains("ambit-node-agent")
-            || (l.contains("/ztunnel") && !l.contains("cargo"))
-            // A waypoint runs with no arguments (and this test's own executable is `deps/waypoint-<hash>`).
-            || l
-                .split_whitespace()
-                .nth(1)
-                .is_some_and(|exe| exe.ends_with("/waypoint"))
-        {
-            found.push(format!("process {}", l.trim()));
+    // Processes of a mesh: by the executable they run (so a compiler building `ztunnel` or a test binary named
+    // `waypoint-<hash>` is not one), plus the supervisor by its arguments.
+    const MESH_BINARIES: [&str; 4] = ["ztunnel", "waypoint", "ambit-node-agent", "controller"];
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let exe = std::fs::read_link(e.path().join("exe")).ok();
+        let exe_name = exe
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
+        let args = std::fs::read(e.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let supervisor =
+            exe_name == "ambit" && args.contains("local --dir") && args.contains("--foreground");
+        if MESH_BINARIES.contains(&exe_name) || supervisor {
+            found.push(format!("process {pid} {}", args.trim()));
         }
     }
     Ok(found)
@@ -304,3 +310,42 @@ pub fn leftovers() -> Result<Vec<String>> {
 
 /// Waits a little for something eventually true (configuration propagates asynchronously).
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// One response of `ambit echo` (as the local-mesh tests read it): the pod that answered, the address the
+/// request came from, and the request headers it received (names lower-case).
+#[derive(Debug)]
+pub struct Echo {
+    pub pod: String,
+    pub peer: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl Echo {
+    /// The IP of `peer` (IPv4 `ip:port`).
+    pub fn peer_ip(&self) -> &str {
+        self.peer.split(':').next().unwrap_or_default()
+    }
+
+    /// Splits the output of a `curl` of one or more URLs against `ambit echo` into its responses.
+    pub fn parse_all(body: &str) -> Vec<Echo> {
+        let mut out: Vec<Echo> = Vec::new();
+        for line in body.lines() {
+            if let Some(pod) = line.strip_prefix("pod=") {
+                out.push(Echo {
+                    pod: pod.to_owned(),
+                    peer: String::new(),
+                    headers: std::collections::BTreeMap::new(),
+                });
+            } else if let Some(last) = out.last_mut() {
+                if let Some(peer) = line.strip_prefix("peer=") {
+                    last.peer = peer.to_owned();
+                } else if let Some((k, v)) =
+                    line.strip_prefix("header ").and_then(|h| h.split_once('='))
+                {
+                    last.headers.insert(k.to_ascii_lowercase(), v.to_owned());
+                }
+            }
+        }
+        out
+    }
+}

@@ -422,28 +422,7 @@ fn start_ztunnel(
     ready?;
     // Upstream's dedicated-mode capture: the pod's own outgoing TCP (not loopback, not ztunnel's marked
     // sockets) goes to ztunnel's outbound listener.
-    let mark = format!("{PACKET_MARK:#x}/0xfff");
-    pod.ns.run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "!",
-        "-o",
-        "lo",
-        "-m",
-        "mark",
-        "!",
-        "--mark",
-        &mark,
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15001",
-    ])?;
+    crate::topology::redirect_outbound(&pod.ns)?;
     Ok(())
 }
 

@@ -178,3 +178,21 @@ mod perf_tests {
         assert_eq!(c.syscalls, 987654.0);
     }
 }
+
+/// Writes a benchmark's report as `<stem>-<timestamp>.{json,md}` and `<stem>-latest.{json,md}` in `out`.
+pub fn write_report(
+    out: &std::path::Path,
+    stem: &str,
+    timestamp: u64,
+    json: &str,
+    md: &str,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    for name in [format!("{stem}-{timestamp}"), format!("{stem}-latest")] {
+        std::fs::write(out.join(format!("{name}.json")), json)?;
+        std::fs::write(out.join(format!("{name}.md")), md)?;
+    }
+    println!("results: {}/{stem}-{timestamp}.{{json,md}}", out.display());
+    Ok(())
+}

@@ -294,6 +294,34 @@ impl Pod {
 }
 
 /// Waits until something listens on TCP `port` in `ns`.
+/// Upstream's dedicated-mode capture (scripts/ztunnel-redirect.sh): the namespace's own outgoing TCP, except
+/// loopback and ztunnel's marked sockets, goes to ztunnel's outbound listener (15001).
+pub fn redirect_outbound(ns: &Netns) -> Result<()> {
+    let mark = format!("{PACKET_MARK:#x}/0xfff");
+    ns.run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "!",
+        "-o",
+        "lo",
+        "-m",
+        "mark",
+        "!",
+        "--mark",
+        &mark,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ])?;
+    Ok(())
+}
+
 pub fn wait_listening(ns: &Netns, port: u16, timeout: Duration) -> Result<()> {
     let filter = format!("sport = :{port}");
     poll(
@@ -384,28 +412,7 @@ impl TwoPods {
             for pod in [&pods.a, &pods.b] {
                 // Upstream's dedicated-mode capture (scripts/ztunnel-redirect.sh): the pod's own outgoing TCP,
                 // except loopback and ztunnel's marked sockets, goes to ztunnel's outbound listener.
-                let mark = format!("{PACKET_MARK:#x}/0xfff");
-                pod.ns.run(&[
-                    "iptables",
-                    "-t",
-                    "nat",
-                    "-A",
-                    "OUTPUT",
-                    "-p",
-                    "tcp",
-                    "!",
-                    "-o",
-                    "lo",
-                    "-m",
-                    "mark",
-                    "!",
-                    "--mark",
-                    &mark,
-                    "-j",
-                    "REDIRECT",
-                    "--to-ports",
-                    "15001",
-                ])?;
+                redirect_outbound(&pod.ns)?;
             }
         }
 

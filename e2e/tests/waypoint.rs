@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_e2e::e2e_test;
-use ambit_e2e::local::{LocalMesh, PodInfo, WAIT, condition, leftovers};
+use ambit_e2e::local::{Echo, LocalMesh, PodInfo, WAIT, condition, leftovers};
 use ambit_e2e::prom;
 use ambit_e2e::topology::poll;
 use anyhow::{Context, Result, ensure};
@@ -34,35 +34,8 @@ fn manifests(dir: &Path) -> Result<PathBuf> {
     Ok(dst)
 }
 
-/// One response of `ambit echo`: the pod that answered and the request headers it received.
-#[derive(Debug)]
-struct Echo {
-    pod: String,
-    peer: String,
-    headers: BTreeMap<String, String>,
-}
-
-/// Splits the output of a `curl` of one or more URLs against `ambit echo` into its responses.
 fn echoes(body: &str) -> Vec<Echo> {
-    let mut out: Vec<Echo> = Vec::new();
-    for line in body.lines() {
-        if let Some(pod) = line.strip_prefix("pod=") {
-            out.push(Echo {
-                pod: pod.to_owned(),
-                peer: String::new(),
-                headers: BTreeMap::new(),
-            });
-        } else if let Some(last) = out.last_mut() {
-            if let Some(peer) = line.strip_prefix("peer=") {
-                last.peer = peer.to_owned();
-            } else if let Some((k, v)) =
-                line.strip_prefix("header ").and_then(|h| h.split_once('='))
-            {
-                last.headers.insert(k.to_owned(), v.to_owned());
-            }
-        }
-    }
-    out
+    Echo::parse_all(body)
 }
 
 /// `curl` of `count` requests to `url` in one invocation (one keep-alive connection), each of which must answer

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ambit_e2e::capture::Capture;
 use ambit_e2e::e2e_test;
-use ambit_e2e::local::{LocalMesh, NET_NS, PodInfo, WAIT, condition, leftovers};
+use ambit_e2e::local::{Echo, LocalMesh, NET_NS, PodInfo, WAIT, condition, leftovers};
 use ambit_e2e::pcap::{self, TcpSegment};
 use ambit_e2e::prom;
 use ambit_e2e::topology::poll;
@@ -200,19 +200,12 @@ fn write_manifests(dir: &Path) -> Result<std::path::PathBuf> {
     Ok(m)
 }
 
-/// One response of `ambit echo`: the pod that answered, where the request came from, the headers it had.
-#[derive(Debug)]
-struct Echo {
-    pod: String,
-    peer: String,
-    headers: BTreeMap<String, String>,
+trait Hops {
+    fn through(&self, wp: &PodInfo) -> bool;
+    fn direct_from(&self, client: &PodInfo) -> bool;
 }
 
-impl Echo {
-    fn peer_ip(&self) -> &str {
-        self.peer.split(':').next().unwrap_or_default()
-    }
-
+impl Hops for Echo {
     /// Through waypoint `wp`: L7 (an `x-request-id`) and the waypoint connected to the backend.
     fn through(&self, wp: &PodInfo) -> bool {
         self.headers.contains_key("x-request-id") && self.peer_ip() == wp.ip
@@ -225,25 +218,7 @@ impl Echo {
 }
 
 fn echoes(body: &str) -> Vec<Echo> {
-    let mut out: Vec<Echo> = Vec::new();
-    for line in body.lines() {
-        if let Some(pod) = line.strip_prefix("pod=") {
-            out.push(Echo {
-                pod: pod.to_owned(),
-                peer: String::new(),
-                headers: BTreeMap::new(),
-            });
-        } else if let Some(last) = out.last_mut() {
-            if let Some(peer) = line.strip_prefix("peer=") {
-                last.peer = peer.to_owned();
-            } else if let Some((k, v)) =
-                line.strip_prefix("header ").and_then(|h| h.split_once('='))
-            {
-                last.headers.insert(k.to_ascii_lowercase(), v.to_owned());
-            }
-        }
-    }
-    out
+    Echo::parse_all(body)
 }
 
 /// `count` requests from the client to `base` + the secret path, in one curl (one connection); all must be 200.
