@@ -303,6 +303,25 @@ fn scenario(mesh: &LocalMesh) -> Result<()> {
         all_after - all_before
     );
 
+    // (g) HTTP/2 (h2c, prior knowledge) from a real load client: 100 requests over 2 connections, every one
+    // answered 2xx and counted by the waypoint.
+    let before = waypoint_requests(mesh, &wp, &[])?;
+    let out = mesh.exec(NS, SLEEP, &["h2load", "-n", "100", "-c", "2", REVIEWS])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains("100 succeeded, 0 failed") && text.contains("status codes: 100 2xx"),
+        "h2load through the waypoint: {text}"
+    );
+    let after = poll("h2load's requests counted", WAIT, || {
+        let now = waypoint_requests(mesh, &wp, &[])?;
+        Ok((now >= before + 100.0).then_some(now))
+    })?;
+    ensure!(
+        after - before == 100.0,
+        "the waypoint counted {} of h2load's 100 requests",
+        after - before
+    );
+
     // (f) `istio.io/use-waypoint: none` on a Service opts it out of the namespace waypoint, applied live.
     let reviews = mesh.manifests.join("reviews.yaml");
     let text = std::fs::read_to_string(&reviews)?;
