@@ -28,6 +28,9 @@ pub enum Target {
 pub struct Endpoint {
     pub workload: Arc<Workload>,
     pub stats: Arc<EndpointStats>,
+    /// The workload's own (service port, target port) mapping for this service, resolved when the snapshot is
+    /// built so a request does not look it up per endpoint.
+    ports: Vec<(u16, u16)>,
 }
 
 /// A backend: one service port and its endpoints (the per-backend object that resilience settings hang on).
@@ -47,12 +50,10 @@ pub struct Picked {
 }
 
 impl Backend {
-    /// The target port of `w` for this backend's service port: the workload's own mapping, else the service's
-    /// target port, else the service port itself.
-    fn target_port(&self, w: &Workload) -> Option<u16> {
-        let key = self.service.key();
-        if let Some(ports) = w.services.get(&key)
-            && let Some((_, t)) = ports.iter().find(|(s, _)| *s == self.port)
+    /// The target port of endpoint `e` for this backend's service port: the workload's own mapping, else the
+    /// service's target port, else the service port itself.
+    fn target_port(&self, e: &Endpoint) -> Option<u16> {
+        if let Some((_, t)) = e.ports.iter().find(|(s, _)| *s == self.port)
             && *t != 0
         {
             return Some(*t);
@@ -74,7 +75,7 @@ impl Backend {
             .endpoints
             .iter()
             .filter(|e| e.workload.healthy && !e.workload.ips.is_empty())
-            .filter_map(|e| Some((e, self.target_port(&e.workload)?)))
+            .filter_map(|e| Some((e, self.target_port(e)?)))
             .collect();
         let chosen = match usable.len() {
             0 => return None,
@@ -150,11 +151,12 @@ impl Snapshot {
             for ip in &w.ips {
                 s.workloads_by_ip.insert(*ip, w.clone());
             }
-            for key in w.services.keys() {
+            for (key, ports) in &w.services {
                 if let Some(host) = key_to_host.get(key) {
                     by_service.entry(host.clone()).or_default().push(Endpoint {
                         workload: w.clone(),
                         stats: stats.clone(),
+                        ports: ports.clone(),
                     });
                 }
             }
