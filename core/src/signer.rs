@@ -36,3 +36,43 @@ pub trait CsrSigner: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<Vec<String>, SignError>;
 }
+
+/// Why no signer could be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerSetupError {
+    #[error("LOCAL_CA_DIR {0}: {1}")]
+    LocalCa(std::path::PathBuf, crate::ca::CaError),
+    #[error("FAKE_CA: {0}")]
+    FakeCa(crate::ca::CaError),
+    #[error("CA_ADDRESS: {0}")]
+    Ca(crate::grpc::GrpcError),
+    #[error("no certificate source: set CA_ADDRESS, FAKE_CA=true or LOCAL_CA_DIR")]
+    None,
+}
+
+/// The certificate source both proxies honour, in this order: a local CA directory (`LOCAL_CA_DIR`), an
+/// in-process CA with a fresh root (`FAKE_CA`), the Istio CA API (`CA_ADDRESS`; `impersonate` when one proxy asks
+/// for other workloads' identities, as a shared-mode ztunnel does).
+pub fn choose(
+    local_ca_dir: Option<&std::path::Path>,
+    fake_ca: bool,
+    trust_domain: &str,
+    ca: Option<(crate::grpc::ControlPlaneConfig, bool)>,
+) -> Result<std::sync::Arc<dyn CsrSigner>, SignerSetupError> {
+    use crate::ca::LocalCa;
+    if let Some(dir) = local_ca_dir {
+        let ca = LocalCa::load_or_create(dir, trust_domain)
+            .map_err(|e| SignerSetupError::LocalCa(dir.into(), e))?;
+        tracing::info!(dir = %dir.display(), "certificates from the local CA directory");
+        return Ok(std::sync::Arc::new(ca));
+    }
+    if fake_ca {
+        tracing::info!("FAKE_CA: certificates from an in-process CA with a fresh root");
+        return Ok(std::sync::Arc::new(
+            LocalCa::generate(trust_domain).map_err(SignerSetupError::FakeCa)?,
+        ));
+    }
+    let (cp, impersonate) = ca.ok_or(SignerSetupError::None)?;
+    let client = crate::grpc::IstioCaClient::new(cp, impersonate).map_err(SignerSetupError::Ca)?;
+    Ok(std::sync::Arc::new(client))
+}

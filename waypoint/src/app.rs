@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambit_core::admin::{AdminServer, ConfigDump};
-use ambit_core::ca::LocalCa;
 use ambit_core::cert::{CertManager, Priority};
 use ambit_core::drain::{self, DrainTrigger};
-use ambit_core::grpc::{ControlPlaneConfig, IstioCaClient, RootCa, TokenSource};
+use ambit_core::grpc::{ControlPlaneConfig, RootCa, TokenSource};
 use ambit_core::hbone::H2Config;
 use ambit_core::logging::LogHandle;
 use ambit_core::metrics as core_metrics;
@@ -273,21 +272,17 @@ fn control_plane(cfg: &Config, address: &str, root: &str) -> ControlPlaneConfig 
 }
 
 async fn signer(cfg: &Config) -> anyhow::Result<Arc<dyn CsrSigner>> {
-    if let Some(dir) = &cfg.local_ca_dir {
-        let ca = LocalCa::load_or_create(dir, &cfg.trust_domain)
-            .with_context(|| format!("LOCAL_CA_DIR {}", dir.display()))?;
-        return Ok(Arc::new(ca));
-    }
-    if cfg.fake_ca {
-        return Ok(Arc::new(LocalCa::generate(&cfg.trust_domain)?));
-    }
-    let Some(address) = &cfg.ca_address else {
-        anyhow::bail!("no certificate source: set CA_ADDRESS, FAKE_CA=true or LOCAL_CA_DIR");
-    };
-    Ok(Arc::new(IstioCaClient::new(
-        control_plane(cfg, address, &cfg.ca_root_ca),
-        false,
-    )?))
+    // The waypoint asks for its own identity only: no impersonation.
+    let ca = cfg
+        .ca_address
+        .as_ref()
+        .map(|address| (control_plane(cfg, address, &cfg.ca_root_ca), false));
+    Ok(ambit_core::signer::choose(
+        cfg.local_ca_dir.as_deref(),
+        cfg.fake_ca,
+        &cfg.trust_domain,
+        ca,
+    )?)
 }
 
 /// Applies WDS and route resources; a resource that does not decode or convert is NACKed by name with the

@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambit_core::admin::{AdminServer, ConfigDump};
-use ambit_core::ca::LocalCa;
 use ambit_core::cert::CertManager;
 use ambit_core::drain::{self, DrainTrigger, DrainWatcher};
-use ambit_core::grpc::{ControlPlaneConfig, IstioCaClient, RootCa, TokenSource};
+use ambit_core::grpc::{ControlPlaneConfig, RootCa, TokenSource};
 use ambit_core::hbone::{H2Config, HboneClient};
 use ambit_core::logging::LogHandle;
 use ambit_core::readiness::Readiness;
@@ -567,28 +566,22 @@ fn control_plane(
 
 /// Who signs our certificates: an in-process CA (FAKE_CA, LOCAL_CA_DIR) or the Istio CA API.
 async fn cert_signer(cfg: &Config) -> anyhow::Result<Arc<dyn CsrSigner>> {
-    if let Some(dir) = &cfg.local_ca_dir {
-        let ca = LocalCa::load_or_create(dir, &cfg.trust_domain)
-            .with_context(|| format!("LOCAL_CA_DIR {}", dir.display()))?;
-        info!(dir = %dir.display(), "certificates from the local CA directory");
-        return Ok(Arc::new(ca));
-    }
-    if cfg.fake_ca {
-        info!("FAKE_CA: certificates from an in-process CA with a fresh root");
-        return Ok(Arc::new(LocalCa::generate(&cfg.trust_domain)?));
-    }
-    let Some(address) = &cfg.ca_address else {
-        anyhow::bail!("no certificate source: set CA_ADDRESS, FAKE_CA=true or LOCAL_CA_DIR");
-    };
-    let cp = control_plane(
-        cfg,
-        address,
-        &cfg.ca_root_ca,
-        cfg.alt_ca_hostname.clone(),
-        &cfg.ca_headers,
-    );
-    let impersonate = cfg.proxy_mode == ProxyMode::Shared;
-    Ok(Arc::new(IstioCaClient::new(cp, impersonate)?))
+    let ca = cfg.ca_address.as_ref().map(|address| {
+        let cp = control_plane(
+            cfg,
+            address,
+            &cfg.ca_root_ca,
+            cfg.alt_ca_hostname.clone(),
+            &cfg.ca_headers,
+        );
+        (cp, cfg.proxy_mode == ProxyMode::Shared)
+    });
+    Ok(ambit_core::signer::choose(
+        cfg.local_ca_dir.as_deref(),
+        cfg.fake_ca,
+        &cfg.trust_domain,
+        ca,
+    )?)
 }
 
 /// Applies xDS resources to the proxy state; bad resources are rejected one by one (NACK), the rest apply.
