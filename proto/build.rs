@@ -27,6 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (".ambit.waypoint.PathMatch.type", "match_type"),
         (".ambit.waypoint.HeaderMatch.type", "match_type"),
         (".ambit.waypoint.PathModifier.kind", "path_modifier_kind"),
+        (".ambit.waypoint.Route.origin", "route_origin"),
+        (".ambit.waypoint.StringMatch.type", "match_type"),
+        (".ambit.waypoint.LoadBalancer.kind", "load_balancer_kind"),
+        (".ambit.waypoint.ConsistentHash.algorithm", "hash_algorithm"),
     ] {
         builder = builder.field_attribute(
             field,

@@ -76,6 +76,9 @@ pub mod serde_enum {
     by_name!(parent_kind, crate::waypoint::parent_ref::Kind);
     by_name!(match_type, crate::waypoint::MatchType);
     by_name!(path_modifier_kind, crate::waypoint::path_modifier::Kind);
+    by_name!(route_origin, crate::waypoint::RouteOrigin);
+    by_name!(load_balancer_kind, crate::waypoint::load_balancer::Kind);
+    by_name!(hash_algorithm, crate::waypoint::consistent_hash::Algorithm);
 }
 
 pub use ambit::waypoint;
@@ -86,11 +89,13 @@ pub use istio::v1::auth as ca;
 pub use istio::workload;
 pub use istio::workload::zds;
 
-/// xDS type URLs: ztunnel subscribes to the first two, waypoints to `ADDRESS` and `WAYPOINT_ROUTE`.
+/// xDS type URLs: ztunnel subscribes to the first two, waypoints to `ADDRESS`, `WAYPOINT_ROUTE` and
+/// `WAYPOINT_BACKEND_POLICY`.
 pub mod type_url {
     pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
     pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
     pub const WAYPOINT_ROUTE: &str = "type.googleapis.com/ambit.waypoint.Route";
+    pub const WAYPOINT_BACKEND_POLICY: &str = "type.googleapis.com/ambit.waypoint.BackendPolicy";
 }
 
 #[cfg(test)]

@@ -3,12 +3,14 @@
 //! HBONE to the chosen endpoint. See docs/ARCHITECTURE.md ("Waypoint").
 
 pub mod app;
+pub mod balance;
 pub mod config;
 pub mod filters;
 pub mod http;
 pub mod inbound;
 pub mod localconfig;
 pub mod metrics;
+pub mod resilience;
 pub mod route;
 pub mod state;
 pub mod upstream;
