@@ -231,6 +231,8 @@ pub async fn handle(
                         path: parts.uri.path(),
                         query: parts.uri.query(),
                         headers: &parts.headers,
+                        source_namespace: conn.source.as_deref().map(|w| w.namespace.as_str()),
+                        source_uid: conn.source.as_deref().map(|w| w.uid.as_str()),
                     };
                     match table.select(&view) {
                         None => Dest::Answer(

@@ -10,6 +10,7 @@ mod convert;
 mod tests;
 
 use std::cmp::Reverse;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ pub enum Parent {
 #[derive(Clone, Debug, serde::Serialize)]
 pub enum ValueMatch {
     Exact(String),
+    /// A string prefix (VirtualService `prefix`; Gateway API has none for headers).
+    Prefix(String),
     Regex(#[serde(serialize_with = "regex_str")] Regex),
 }
 
@@ -52,6 +55,7 @@ impl ValueMatch {
     pub fn matches(&self, v: &str) -> bool {
         match self {
             ValueMatch::Exact(e) => e == v,
+            ValueMatch::Prefix(p) => v.starts_with(p.as_str()),
             ValueMatch::Regex(r) => full_match(r, v),
         }
     }
@@ -60,7 +64,7 @@ impl ValueMatch {
     fn exact_len(&self) -> usize {
         match self {
             ValueMatch::Exact(e) => e.len(),
-            ValueMatch::Regex(_) => 0,
+            ValueMatch::Prefix(_) | ValueMatch::Regex(_) => 0,
         }
     }
 }
@@ -130,6 +134,15 @@ pub struct Match {
     #[serde(serialize_with = "method_str")]
     pub method: Option<Method>,
     pub grpc: Option<GrpcMatch>,
+    /// VirtualService `ignoreUriCase`: the path is compared without ASCII case.
+    pub ignore_path_case: bool,
+    /// VirtualService `withoutHeaders`: none may match.
+    pub without_headers: Vec<HeaderMatch>,
+    /// VirtualService `sourceNamespace`.
+    pub source_namespace: Option<String>,
+    /// VirtualService `sourceLabels`, as the uids of the client workloads they select.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_workloads: Option<HashSet<String>>,
 }
 
 fn method_str<S: serde::Serializer>(m: &Option<Method>, s: S) -> Result<S::Ok, S::Error> {
@@ -148,6 +161,10 @@ impl Match {
             query: vec![],
             method: None,
             grpc: None,
+            ignore_path_case: false,
+            without_headers: vec![],
+            source_namespace: None,
+            source_workloads: None,
         }
     }
 
@@ -169,16 +186,31 @@ impl Match {
             {
                 return false;
             }
+        } else if self.ignore_path_case {
+            if !self.path.matches(&req.path.to_ascii_lowercase()) {
+                return false;
+            }
         } else if !self.path.matches(req.path) {
             return false;
         }
-        let headers_ok = self.headers.iter().all(|h| {
+        if let Some(ns) = &self.source_namespace
+            && req.source_namespace != Some(ns.as_str())
+        {
+            return false;
+        }
+        if let Some(set) = &self.source_workloads
+            && !req.source_uid.is_some_and(|u| set.contains(u))
+        {
+            return false;
+        }
+        let header_ok = |h: &HeaderMatch| {
             req.headers
                 .get_all(&h.name)
                 .iter()
                 .any(|v| v.to_str().is_ok_and(|v| h.value.matches(v)))
-        });
-        headers_ok
+        };
+        self.headers.iter().all(header_ok)
+            && !self.without_headers.iter().any(header_ok)
             && self
                 .query
                 .iter()
@@ -223,6 +255,9 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// The client workload's namespace and uid, when the waypoint knows it.
+    pub source_namespace: Option<&'a str>,
+    pub source_uid: Option<&'a str>,
 }
 
 /// A backend a rule sends to, with its share of the traffic.
@@ -239,6 +274,8 @@ pub struct BackendRef {
 pub struct ServiceRef {
     pub hostname: String,
     pub port: u16,
+    /// A subset of the service's endpoints, defined by its BackendPolicy (VirtualService `destination.subset`).
+    pub subset: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -247,12 +284,22 @@ pub struct Timeouts {
     pub backend_request: Option<Duration>,
 }
 
+/// Where a rule came from, which decides how it is ordered among the rules of a service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Origin {
+    /// Gateway API precedence (most specific match first).
+    GatewayApi,
+    /// VirtualService order: oldest VirtualService first, then its `http` entries in order, first match wins.
+    VirtualService,
+}
+
 /// One rule of a route.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Rule {
     /// The xDS resource name (`<ns>/<kind>/<name>/<rule index>`).
     pub name: String,
     pub kind: RouteKind,
+    pub origin: Origin,
     pub namespace: String,
     pub route_name: String,
     pub rule_index: u32,
@@ -351,9 +398,18 @@ impl RouteTable {
             .iter()
             .flat_map(|r| (0..r.matches.len()).map(move |m| (r.clone(), m)))
             .collect();
-        entries.sort_by(|(a, am), (b, bm)| match (a.kind, b.kind) {
-            (RouteKind::Grpc, RouteKind::Grpc) => grpc_key(a, *am).cmp(&grpc_key(b, *bm)),
-            _ => http_key(a, *am).cmp(&http_key(b, *bm)),
+        // Gateway API rules before VirtualService rules (the controller sends one kind per service port; should
+        // both arrive, Gateway API wins, as the controller's rule says).
+        entries.sort_by(|(a, am), (b, bm)| {
+            a.origin
+                .cmp(&b.origin)
+                .then_with(|| match (a.origin, a.kind, b.kind) {
+                    (Origin::VirtualService, _, _) => tiebreak(a, *am).cmp(&tiebreak(b, *bm)),
+                    (_, RouteKind::Grpc, RouteKind::Grpc) => {
+                        grpc_key(a, *am).cmp(&grpc_key(b, *bm))
+                    }
+                    _ => http_key(a, *am).cmp(&http_key(b, *bm)),
+                })
         });
         RouteTable { entries }
     }

@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 
 use super::{
-    BackendRef, GrpcMatch, HeaderMatch, Match, Parent, PathMatch, QueryMatch, RouteKind, Rule,
+    BackendRef, GrpcMatch, HeaderMatch, Match, Origin, Parent, PathMatch, QueryMatch, RouteKind, Rule,
     ServiceRef, Timeouts, ValueMatch,
 };
 use crate::filters::{Filter, HeaderModifier, Mirror, PathModifier, Redirect, Rewrite};
@@ -50,8 +50,23 @@ fn value_match(field: &str, t: i32, v: &str) -> Result<ValueMatch, ConvertError>
     match pb::MatchType::try_from(t) {
         Ok(pb::MatchType::Exact) => Ok(ValueMatch::Exact(v.to_owned())),
         Ok(pb::MatchType::RegularExpression) => Ok(ValueMatch::Regex(regex(field, v)?)),
-        _ => Err(err(field, format!("match type {t} not allowed here"))),
+        // PATH_PREFIX on a header or query parameter: a string prefix (VirtualService `prefix`).
+        Ok(pb::MatchType::PathPrefix) => Ok(ValueMatch::Prefix(v.to_owned())),
+        Err(_) => Err(err(field, format!("unknown match type {t}"))),
     }
+}
+
+fn header_matches(f: &str, what: &str, hs: &[pb::HeaderMatch]) -> Result<Vec<HeaderMatch>, ConvertError> {
+    hs.iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let field = format!("{f}.{what}[{i}]");
+            Ok(HeaderMatch {
+                name: header_name(&field, &h.name)?,
+                value: value_match(&field, h.r#type, &h.value)?,
+            })
+        })
+        .collect()
 }
 
 fn path_match(field: &str, p: Option<&pb::PathMatch>) -> Result<PathMatch, ConvertError> {
@@ -78,18 +93,7 @@ fn header_name(field: &str, n: &str) -> Result<HeaderName, ConvertError> {
 }
 
 fn convert_match(kind: RouteKind, f: &str, m: &pb::RouteMatch) -> Result<Match, ConvertError> {
-    let headers = m
-        .headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let field = format!("{f}.headers[{i}]");
-            Ok(HeaderMatch {
-                name: header_name(&field, &h.name)?,
-                value: value_match(&field, h.r#type, &h.value)?,
-            })
-        })
-        .collect::<Result<_, ConvertError>>()?;
+    let headers = header_matches(f, "headers", &m.headers)?;
     let query = m
         .query_params
         .iter()
@@ -126,12 +130,30 @@ fn convert_match(kind: RouteKind, f: &str, m: &pb::RouteMatch) -> Result<Match, 
     } else {
         None
     };
+    let mut path = path_match(&format!("{f}.path"), m.path.as_ref())?;
+    if m.ignore_path_case {
+        path = match path {
+            PathMatch::Exact(p) => PathMatch::Exact(p.to_ascii_lowercase()),
+            PathMatch::Prefix(p) => PathMatch::Prefix(p.to_ascii_lowercase()),
+            PathMatch::Regex(r) => PathMatch::Regex(regex(
+                &format!("{f}.path"),
+                &format!("(?i){}", r.as_str()),
+            )?),
+        };
+    }
     Ok(Match {
-        path: path_match(&format!("{f}.path"), m.path.as_ref())?,
+        path,
         headers,
         query,
         method,
         grpc,
+        ignore_path_case: m.ignore_path_case,
+        without_headers: header_matches(f, "withoutHeaders", &m.without_headers)?,
+        source_namespace: (!m.source_namespace.is_empty()).then(|| m.source_namespace.clone()),
+        source_workloads: m
+            .source_workloads
+            .as_ref()
+            .map(|w| w.uids.iter().cloned().collect()),
     })
 }
 
@@ -189,6 +211,7 @@ fn backend_target(f: &str, b: &pb::BackendRef) -> Result<Result<ServiceRef, Stri
     Ok(Ok(ServiceRef {
         hostname: b.hostname.clone(),
         port,
+        subset: (!b.subset.is_empty()).then(|| b.subset.clone()),
     }))
 }
 
@@ -373,6 +396,11 @@ pub fn rule_from_proto(name: &str, r: &pb::Route) -> Result<Rule, ConvertError> 
             r.name.clone()
         },
         kind,
+        origin: match pb::RouteOrigin::try_from(r.origin) {
+            Ok(pb::RouteOrigin::VirtualService) => Origin::VirtualService,
+            Ok(pb::RouteOrigin::GatewayApi) => Origin::GatewayApi,
+            Err(_) => return Err(err("origin", format!("unknown origin {}", r.origin))),
+        },
         namespace: r.namespace.clone(),
         route_name: r.route_name.clone(),
         rule_index: r.rule_index,

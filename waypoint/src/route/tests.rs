@@ -83,6 +83,8 @@ fn pick(table: &RouteTable, method: &str, uri: &str, headers: &[(&str, &str)]) -
         path: uri.path(),
         query: uri.query(),
         headers: &h,
+        source_namespace: Some("demo"),
+        source_uid: Some("client-uid"),
     };
     table.select(&view).map(|(r, _)| r.route_name.clone())
 }
@@ -213,6 +215,8 @@ fn ties_oldest_then_name_then_rule_order() {
         path: "/x",
         query: None,
         headers: &HeaderMap::new(),
+        source_namespace: None,
+        source_uid: None,
     });
     assert_eq!(picked.map(|(r, _)| r.rule_index), Some(0));
 }
@@ -481,4 +485,82 @@ fn attachment() {
         g.attaches_to("any.ns.svc.cluster.local", 8080, ("ns", "other")),
         None
     );
+}
+
+/// A VirtualService rule: like [`rule`], with `origin` VIRTUAL_SERVICE.
+fn vs_rule(name: &str, created: i64, i: u32, matches: Vec<pb::RouteMatch>) -> Arc<Rule> {
+    let mut r = (*rule(name, created, i, matches)).clone();
+    r.origin = Origin::VirtualService;
+    Arc::new(r)
+}
+
+#[test]
+fn virtual_service_rules_keep_their_order() {
+    // Gateway API would put the exact match first; a VirtualService's first matching entry wins.
+    let table = RouteTable::new(&[
+        vs_rule("vs", 10, 1, vec![m(Some(exact("/x")))]),
+        vs_rule("vs", 10, 0, vec![m(Some(prefix("/")))]),
+    ]);
+    assert_eq!(
+        table.select(&RequestView {
+            method: &Method::GET,
+            path: "/x",
+            query: None,
+            headers: &HeaderMap::new(),
+            source_namespace: None,
+            source_uid: None,
+        })
+        .map(|(r, _)| r.rule_index),
+        Some(0)
+    );
+    // The older VirtualService first; Gateway API rules before either.
+    let table = RouteTable::new(&[
+        vs_rule("new", 20, 0, vec![]),
+        vs_rule("old", 10, 0, vec![]),
+        rule("gw", 30, 0, vec![m(Some(exact("/only")))]),
+    ]);
+    assert_eq!(pick(&table, "GET", "/x", &[]).as_deref(), Some("old"));
+    assert_eq!(pick(&table, "GET", "/only", &[]).as_deref(), Some("gw"));
+}
+
+#[test]
+fn virtual_service_match_fields() {
+    let prefix_header = pb::HeaderMatch {
+        r#type: pb::MatchType::PathPrefix as i32,
+        name: "end-user".into(),
+        value: "jas".into(),
+    };
+    let rm = pb::RouteMatch {
+        path: Some(exact("/Reviews")),
+        headers: vec![prefix_header],
+        without_headers: vec![header("x-canary", "no")],
+        ignore_path_case: true,
+        source_namespace: "demo".into(),
+        ..Default::default()
+    };
+    let table = RouteTable::new(&[vs_rule("vs", 1, 0, vec![rm])]);
+    let hit = |path: &str, h: &[(&str, &str)]| pick(&table, "GET", path, h).is_some();
+    assert!(hit("/reviews", &[("end-user", "jason")]));
+    assert!(hit("/REVIEWS", &[("end-user", "jasmine")]));
+    assert!(!hit("/reviews", &[("end-user", "bob")]));
+    assert!(!hit("/reviews", &[("end-user", "jason"), ("x-canary", "no")]));
+    assert!(hit("/reviews", &[("end-user", "jason"), ("x-canary", "yes")]));
+
+    // Source namespace and workloads (pick() sends namespace "demo", uid "client-uid").
+    let by_source = |ns: &str, uids: Option<Vec<&str>>| {
+        let rm = pb::RouteMatch {
+            source_namespace: ns.into(),
+            source_workloads: uids.map(|u| pb::WorkloadSet {
+                uids: u.into_iter().map(String::from).collect(),
+            }),
+            ..Default::default()
+        };
+        let t = RouteTable::new(&[vs_rule("vs", 1, 0, vec![rm])]);
+        pick(&t, "GET", "/", &[]).is_some()
+    };
+    assert!(by_source("demo", None));
+    assert!(!by_source("other", None));
+    assert!(by_source("", Some(vec!["client-uid"])));
+    assert!(!by_source("", Some(vec![])), "present and empty selects no client");
+    assert!(!by_source("", Some(vec!["someone-else"])));
 }
