@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::http::Proxy;
 use crate::metrics::Metrics;
 use crate::route::rule_from_proto;
-use crate::state::{Resource, SelfInfo, Store, address_from_proto};
+use crate::state::{BackendPolicy, Resource, SelfInfo, Store, address_from_proto};
 use crate::upstream::{Connector, Upstream};
 use crate::{inbound, localconfig};
 
@@ -98,6 +98,7 @@ pub async fn start_on(
             "{}.{}.svc.{}",
             cfg.gateway_name, cfg.namespace, cfg.cluster_domain
         ),
+        ip: cfg.instance_ip,
     };
     let store = Store::new(me);
 
@@ -120,6 +121,7 @@ pub async fn start_on(
             let types = vec![
                 ambit_proto::type_url::ADDRESS.to_owned(),
                 ambit_proto::type_url::WAYPOINT_ROUTE.to_owned(),
+                ambit_proto::type_url::WAYPOINT_BACKEND_POLICY.to_owned(),
             ];
             let client = XdsClient::new(
                 control_plane(&cfg, address, &cfg.xds_root_ca),
@@ -160,6 +162,7 @@ pub async fn start_on(
         });
     }
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let default_retry = cfg.default_retry()?;
     let registry = Arc::new(registry);
     let h2 = Arc::new(H2Config::default());
     let my_ip = cfg.instance_ip.unwrap_or(cfg.hbone_addr.ip());
@@ -179,6 +182,7 @@ pub async fn start_on(
             store: store.clone(),
             upstream: Upstream::new(h2.clone(), connector, cfg.identity(), my_ip),
             metrics: metrics.clone(),
+            default_retry: default_retry.clone(),
         });
         worker.spawn(inbound::serve(
             proxy,
@@ -309,6 +313,12 @@ impl XdsHandler for StoreHandler {
                                 .map_err(|e| format!("decode: {e}"))
                                 .and_then(|r| rule_from_proto(&name, &r).map_err(|e| e.to_string()))
                                 .map(Resource::Rule)
+                        }
+                        ambit_proto::type_url::WAYPOINT_BACKEND_POLICY => {
+                            ambit_proto::waypoint::BackendPolicy::decode(resource.value.as_slice())
+                                .map_err(|e| format!("decode: {e}"))
+                                .and_then(|p| BackendPolicy::from_proto(&name, &p))
+                                .map(Resource::Policy)
                         }
                         other => Err(format!("unexpected type {other}")),
                     };

@@ -76,12 +76,32 @@ pub struct Config {
     pub max_request_headers: usize,
     /// How long the first bytes of a connection of unknown protocol are awaited before it is treated as TCP.
     pub protocol_detect_timeout: Duration,
+    /// The retry policy of requests whose route sets none, and of services without routes (Istio's
+    /// `meshConfig.defaultHttpRetryPolicy`): `DEFAULT_HTTP_RETRY_ATTEMPTS` (2; 0 turns default retries off) on
+    /// `DEFAULT_HTTP_RETRY_ON` (Istio's list), retriable status codes `DEFAULT_HTTP_RETRY_CODES` (503).
+    pub default_retry_attempts: u32,
+    pub default_retry_on: String,
+    pub default_retry_codes: Vec<u32>,
+    /// Largest request body kept for replaying it on a retry (`RETRY_BUFFER_BYTES`, 64 KiB); a larger body is
+    /// sent once and not retried.
+    pub retry_buffer_bytes: usize,
 }
 
 impl Config {
     /// The SPIFFE identity the waypoint presents.
     pub fn identity(&self) -> Identity {
         Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
+    }
+
+    /// The retry policy of routes that set none, from `DEFAULT_HTTP_RETRY_*`.
+    pub fn default_retry(&self) -> Result<crate::resilience::RetryPolicy, ConfigError> {
+        crate::resilience::RetryPolicy::from_proto(&ambit_proto::waypoint::RetryPolicy {
+            attempts: self.default_retry_attempts,
+            retry_on: vec![self.default_retry_on.clone()],
+            codes: self.default_retry_codes.clone(),
+            ..Default::default()
+        })
+        .map_err(|e| invalid("DEFAULT_HTTP_RETRY_ON", &self.default_retry_on, &e))
     }
 
     /// The xDS node metadata (`ISTIO_META_*` plus what identifies this waypoint to the controller).
@@ -204,6 +224,26 @@ impl Config {
                 "PROTOCOL_DETECT_TIMEOUT",
                 Duration::from_millis(500),
             )?,
+            default_retry_attempts: u32::try_from(number("DEFAULT_HTTP_RETRY_ATTEMPTS", 2)?)
+                .map_err(|_| invalid("DEFAULT_HTTP_RETRY_ATTEMPTS", "", "too large"))?,
+            default_retry_on: get("DEFAULT_HTTP_RETRY_ON").unwrap_or_else(|| {
+                "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".into()
+            }),
+            default_retry_codes: match get("DEFAULT_HTTP_RETRY_CODES") {
+                None => vec![503],
+                Some(v) => v
+                    .split(',')
+                    .map(|c| c.trim().parse::<u32>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| {
+                        invalid(
+                            "DEFAULT_HTTP_RETRY_CODES",
+                            &v,
+                            "expected status codes like 503,504",
+                        )
+                    })?,
+            },
+            retry_buffer_bytes: number("RETRY_BUFFER_BYTES", 64 * 1024)?,
         };
         Ok(cfg)
     }

@@ -7,6 +7,7 @@
 //! resilience and L7 policy plug into.
 
 pub mod body;
+pub mod forward;
 pub mod headers;
 
 use std::convert::Infallible;
@@ -25,14 +26,16 @@ use hyper_util::rt::TokioIo;
 use rand::Rng;
 use tracing::{debug, info};
 
+use crate::balance::limits::RequestGuard;
 use crate::config::Config;
 use crate::filters::{self, Filter, HeaderModifier, Mirror};
 use crate::metrics::{Metrics, Report, RequestLabels, Series};
+use crate::resilience::{Abort, RetryPolicy, deadlines, parse_grpc_timeout};
 use crate::route::{Match, RequestView, Rule, pick_weighted};
 use crate::state::{
-    ActiveRequest, AppProtocol, Picked, Service, Snapshot, Store, Target, Workload,
+    ActiveRequest, AppProtocol, Backend, Picked, Service, Snapshot, Store, Target, Workload,
 };
-use crate::upstream::{ReqBody, Upstream, UpstreamError};
+use crate::upstream::{ReqBody, Upstream};
 use body::{Counted, Finish, RespBody};
 use headers::{
     TRACEPARENT, X_REQUEST_ID, error_response, is_grpc, next_traceparent, strip_hop_by_hop,
@@ -45,6 +48,8 @@ pub struct Proxy {
     pub store: Store,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    /// For routes without a retry policy, and services without routes.
+    pub default_retry: RetryPolicy,
 }
 
 /// One downstream connection (one HBONE CONNECT stream): what it was addressed to and who sent it.
@@ -60,6 +65,14 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The client's namespace: its identity's, else its workload's.
+    pub fn source_namespace(&self) -> Option<&str> {
+        self.source_principal
+            .as_ref()
+            .map(|i| i.namespace.as_str())
+            .or_else(|| self.source.as_deref().map(|w| w.namespace.as_str()))
+    }
+
     pub fn new(
         target: Target,
         source_principal: Option<Identity>,
@@ -110,10 +123,14 @@ impl SeriesKey {
 
 /// Where a request goes after routing.
 enum Dest {
-    Endpoint(Picked),
+    Backend(Arc<Backend>),
+    Workload(Picked),
     /// A synthetic answer: status, response flag, message.
     Answer(StatusCode, &'static str, String),
     Redirect(StatusCode, String),
+    Direct(StatusCode, String),
+    /// A CORS preflight answered here (200 with these headers).
+    Preflight(http::HeaderMap),
 }
 
 /// Envoy's response flags, as Istio users read them in logs and metrics.
@@ -125,6 +142,9 @@ pub mod flags {
     pub const UPSTREAM_TERMINATION: &str = "UC";
     pub const UPSTREAM_TIMEOUT: &str = "UT";
     pub const DOWNSTREAM_TERMINATION: &str = "DC";
+    pub const UPSTREAM_OVERFLOW: &str = "UO";
+    pub const FAULT_INJECTED: &str = "FI";
+    pub const DELAY_INJECTED: &str = "DI";
 }
 
 /// Serves one request.
@@ -204,12 +224,13 @@ pub async fn handle(
         flags: flags::NONE,
         request_bytes: Arc::new(AtomicU64::new(0)),
         _active: None,
+        _guard: None,
     };
 
-    // Routing and the rule's filters.
+    // Routing, then the rule's own answers (CORS preflight, direct response), filters and faults.
     let mut response_mods: Vec<&HeaderModifier> = Vec::new();
     let mut mirrors: Vec<&Mirror> = Vec::new();
-    let mut rule_for_timeouts: Option<&Arc<Rule>> = None;
+    let mut rule_chosen: Option<&Arc<Rule>> = None;
     let (dest, service_port) = match &conn.target {
         Target::Workload { workload, ip, port } => {
             log.destination = Some(workload.clone());
@@ -219,19 +240,19 @@ pub async fn handle(
                 addr: SocketAddr::new(*ip, *port),
                 stats,
             };
-            (Dest::Endpoint(picked), None)
+            (Dest::Workload(picked), None)
         }
         Target::Service { service, port } => {
             log.service = Some(service.clone());
             let dest = match snap.http_routes(&service.hostname, *port) {
-                None => to_backend(&snap, &service.hostname, *port),
+                None => to_backend(&snap, &service.hostname, *port, None),
                 Some(table) => {
                     let view = RequestView {
                         method: &parts.method,
                         path: parts.uri.path(),
                         query: parts.uri.query(),
                         headers: &parts.headers,
-                        source_namespace: conn.source.as_deref().map(|w| w.namespace.as_str()),
+                        source_namespace: conn.source_namespace(),
                         source_uid: conn.source.as_deref().map(|w| w.uid.as_str()),
                     };
                     match table.select(&view) {
@@ -242,24 +263,34 @@ pub async fn handle(
                         ),
                         Some((rule, m)) => {
                             log.route = Some(rule.name.clone());
-                            rule_for_timeouts = Some(rule);
-                            let pq = parts
-                                .uri
-                                .path_and_query()
-                                .cloned()
-                                .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                            match apply_filters(
-                                &rule.filters,
-                                &mut parts,
-                                &mut authority,
-                                &pq,
-                                m,
-                                *port,
-                                &mut response_mods,
-                                &mut mirrors,
-                            ) {
-                                Some(redirect) => redirect,
-                                None => choose_backend(&snap, rule, &mut parts, &mut response_mods),
+                            rule_chosen = Some(rule);
+                            match rule_answer(rule, &parts) {
+                                Some(d) => d,
+                                None => {
+                                    let pq = parts
+                                        .uri
+                                        .path_and_query()
+                                        .cloned()
+                                        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                                    match apply_filters(
+                                        &rule.filters,
+                                        &mut parts,
+                                        &mut authority,
+                                        &pq,
+                                        m,
+                                        *port,
+                                        &mut response_mods,
+                                        &mut mirrors,
+                                    ) {
+                                        Some(redirect) => redirect,
+                                        None => choose_backend(
+                                            &snap,
+                                            rule,
+                                            &mut parts,
+                                            &mut response_mods,
+                                        ),
+                                    }
+                                }
                             }
                         }
                     }
@@ -268,8 +299,9 @@ pub async fn handle(
             (dest, Some((service.clone(), *port)))
         }
     };
-    let picked = match dest {
-        Dest::Endpoint(p) => p,
+    let dest = match dest {
+        Dest::Backend(b) => forward::Destination::Backend(b),
+        Dest::Workload(p) => forward::Destination::Workload(p, snap.passthrough().clone()),
         Dest::Answer(status, flag, msg) => {
             log.code = status.as_u16();
             log.flags = flag;
@@ -283,10 +315,35 @@ pub async fn handle(
             }
             return Ok(finish_synthetic(r, log));
         }
+        Dest::Direct(status, body) => {
+            log.code = status.as_u16();
+            let mut r = Response::new(RespBody::new(RespBody::full(body.into_bytes()), None, None));
+            *r.status_mut() = status;
+            return Ok(finish_synthetic(r, log));
+        }
+        Dest::Preflight(headers) => {
+            log.code = 200;
+            let mut r = Response::new(RespBody::new(RespBody::full(Vec::<u8>::new()), None, None));
+            *r.headers_mut() = headers;
+            return Ok(finish_synthetic(r, log));
+        }
     };
-    log.destination = Some(picked.workload.clone());
-    log.upstream = Some(picked.addr);
-    log._active = Some(picked.stats.start());
+
+    // Fault injection (Envoy's order: the delay, then the abort, both before any upstream request).
+    let mut fault_flag = flags::NONE;
+    if let Some(fault) = rule_chosen.and_then(|r| r.fault.as_ref()) {
+        let decision = fault.decide(&mut rand::rng());
+        if let Some(d) = decision.delay {
+            tokio::time::sleep(d).await;
+            fault_flag = flags::DELAY_INJECTED;
+        }
+        if let Some(abort) = decision.abort {
+            log.flags = flags::FAULT_INJECTED;
+            let resp = fault_abort(abort, grpc);
+            log.code = resp.status().as_u16();
+            return Ok(finish_synthetic(resp, log));
+        }
+    }
 
     for m in mirrors {
         mirror(&proxy, &snap, m, &parts);
@@ -301,6 +358,26 @@ pub async fn handle(
         AppProtocol::Http1 => false,
         AppProtocol::Unknown => downstream_version == Version::HTTP_2 || grpc,
         other => other.is_h2(),
+    };
+    let cors_origin = rule_chosen
+        .and_then(|r| r.cors.as_ref())
+        .and_then(|_| parts.headers.get(header::ORIGIN).cloned());
+    let grpc_timeout = if grpc {
+        parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+    } else {
+        None
+    };
+    let hash = match &dest {
+        forward::Destination::Backend(b) => b.hash_key(
+            &parts.headers,
+            parts.uri.query(),
+            conn.source_addr.map(|a| a.ip()),
+        ),
+        forward::Destination::Workload(..) => None,
     };
     strip_hop_by_hop(&mut parts.headers, upgrading);
     let pq = parts
@@ -335,53 +412,42 @@ pub async fn handle(
     }
 
     let body = Counted::boxed(body, log.request_bytes.clone());
-    let upstream_req = Request::from_parts(parts, body);
-    let timeout = rule_for_timeouts.and_then(|r| r.timeouts.backend_request.or(r.timeouts.request));
-    let send = async {
-        if upgrading {
-            proxy
-                .upstream
-                .send_upgrade(&picked.workload, picked.addr, upstream_req)
-                .await
-                .map(|r| (r, None))
-        } else {
-            proxy
-                .upstream
-                .send(&picked.workload, picked.addr, h2_up, upstream_req)
-                .await
-        }
+    let timeouts = rule_chosen.map(|r| r.timeouts).unwrap_or_default();
+    let plan = forward::Plan {
+        retry: rule_chosen
+            .and_then(|r| r.retry.as_ref())
+            .unwrap_or(&proxy.default_retry),
+        deadlines: deadlines(timeouts.request, timeouts.backend_request, grpc_timeout),
+        h2: h2_up,
+        upgrade: upgrading,
+        hash,
     };
-    let result = match timeout {
-        Some(t) => match tokio::time::timeout(t, send).await {
-            Ok(r) => r,
-            Err(_) => {
-                log.code = 504;
-                log.flags = flags::UPSTREAM_TIMEOUT;
-                return Ok(finish_synthetic(
-                    error_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        grpc,
-                        "upstream request timeout",
-                    ),
-                    log,
-                ));
+    let sent = match forward::forward(&proxy, &dest, plan, parts, body).await {
+        Ok(sent) => sent,
+        Err(failed) => {
+            if let Some(p) = failed.picked {
+                log.destination = Some(p.workload.clone());
+                log.upstream = Some(p.addr);
             }
-        },
-        None => send.await,
-    };
-    let (mut resp, release) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let (flag, msg) = upstream_failure(&e);
-            debug!(error = %e, "upstream failed");
-            log.code = 503;
-            log.flags = flag;
+            log.code = failed.status.as_u16();
+            log.flags = failed.flags;
             return Ok(finish_synthetic(
-                error_response(StatusCode::SERVICE_UNAVAILABLE, grpc, msg),
+                error_response(failed.status, grpc, failed.message),
                 log,
             ));
         }
     };
+    log.destination = Some(sent.picked.workload.clone());
+    log.upstream = Some(sent.picked.addr);
+    log._active = Some(sent.picked.stats.start());
+    log._guard = sent.guard;
+    log.flags = if sent.flags != flags::NONE {
+        sent.flags
+    } else {
+        fault_flag
+    };
+    let mut resp = sent.response;
+    let release = sent.release;
     if let Some(client_side) = on_upgrade
         && resp.status() == StatusCode::SWITCHING_PROTOCOLS
     {
@@ -401,6 +467,11 @@ pub async fn handle(
     for m in response_mods {
         m.apply(&mut rparts.headers);
     }
+    if let (Some(cors), Some(origin)) = (rule_chosen.and_then(|r| r.cors.as_ref()), cors_origin) {
+        let mut req_headers = http::HeaderMap::new();
+        req_headers.insert(header::ORIGIN, origin);
+        cors.response_headers(&req_headers, &mut rparts.headers);
+    }
     rparts.version = downstream_version;
     log.code = rparts.status.as_u16();
     let grpc_status = rparts
@@ -413,20 +484,44 @@ pub async fn handle(
     Ok(Response::from_parts(rparts, body))
 }
 
-fn to_backend(snap: &Snapshot, hostname: &str, port: u16) -> Dest {
-    let Some(backend) = snap.backend(hostname, port) else {
-        return Dest::Answer(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            flags::NONE,
-            format!("backend {hostname} not found"),
-        );
-    };
-    match backend.pick() {
-        Some(p) => Dest::Endpoint(p),
-        None => Dest::Answer(
+/// A rule that answers by itself: a CORS preflight it allows, or its direct response.
+fn rule_answer(rule: &Rule, parts: &http::request::Parts) -> Option<Dest> {
+    if let Some(cors) = &rule.cors
+        && let Some(headers) = cors.preflight(&parts.method, &parts.headers)
+    {
+        return Some(Dest::Preflight(headers));
+    }
+    let d = rule.direct_response.as_ref()?;
+    let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK);
+    Some(Dest::Direct(status, d.body.clone()))
+}
+
+/// The answer of an injected abort: the HTTP status, or a trailers-only gRPC status for gRPC requests when the
+/// fault names one.
+fn fault_abort(abort: Abort, grpc: bool) -> Response<RespBody> {
+    const MESSAGE: &str = "fault filter abort";
+    match (grpc, abort.grpc_status) {
+        (true, Some(code)) => headers::grpc_response(code, MESSAGE),
+        _ => error_response(
+            StatusCode::from_u16(abort.http_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            grpc,
+            MESSAGE,
+        ),
+    }
+}
+
+fn to_backend(snap: &Snapshot, hostname: &str, port: u16, subset: Option<&str>) -> Dest {
+    match snap.backend(hostname, port, subset) {
+        Some(b) => Dest::Backend(b),
+        None if subset.is_some() && snap.service(hostname).is_some() => Dest::Answer(
             StatusCode::SERVICE_UNAVAILABLE,
             flags::NO_HEALTHY_UPSTREAM,
             "no healthy upstream".into(),
+        ),
+        None => Dest::Answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            flags::NONE,
+            format!("backend {hostname} not found"),
         ),
     }
 }
@@ -506,7 +601,12 @@ fn choose_backend<'a>(
             _ => {}
         }
     }
-    to_backend(snap, &target.hostname, target.port)
+    to_backend(
+        snap,
+        &target.hostname,
+        target.port,
+        target.subset.as_deref(),
+    )
 }
 
 /// Sends a copy of a request without a body to the mirror backend and forgets it (requests with a body are not
@@ -524,8 +624,8 @@ fn mirror(proxy: &Arc<Proxy>, snap: &Snapshot, m: &Mirror, parts: &http::request
         return;
     }
     let Some(picked) = snap
-        .backend(&target.hostname, target.port)
-        .and_then(|b| b.pick())
+        .backend(&target.hostname, target.port, target.subset.as_deref())
+        .and_then(|b| b.pick(None, &[]).map(|(_, p)| p))
     else {
         return;
     };
@@ -543,7 +643,7 @@ fn mirror(proxy: &Arc<Proxy>, snap: &Snapshot, m: &Mirror, parts: &http::request
     tokio::spawn(async move {
         if let Ok((resp, release)) = proxy
             .upstream
-            .send(&picked.workload, picked.addr, false, req)
+            .send(&picked.workload, picked.addr, false, req, None)
             .await
         {
             let _ = resp.into_body().collect().await;
@@ -552,20 +652,6 @@ fn mirror(proxy: &Arc<Proxy>, snap: &Snapshot, m: &Mirror, parts: &http::request
             }
         }
     });
-}
-
-fn upstream_failure(e: &UpstreamError) -> (&'static str, &'static str) {
-    if e.is_connect() {
-        (
-            flags::UPSTREAM_CONNECT_FAILURE,
-            "upstream connect error or disconnect/reset before headers",
-        )
-    } else {
-        (
-            flags::UPSTREAM_TERMINATION,
-            "upstream connect error or disconnect/reset before headers",
-        )
-    }
 }
 
 fn finish_synthetic(mut resp: Response<RespBody>, log: AccessLog) -> Response<RespBody> {
@@ -598,6 +684,8 @@ struct AccessLog {
     flags: &'static str,
     request_bytes: Arc<AtomicU64>,
     _active: Option<ActiveRequest>,
+    /// The backend's circuit-breaker slot, held until the response ends.
+    _guard: Option<RequestGuard>,
 }
 
 struct Finished {

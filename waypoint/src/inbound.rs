@@ -289,7 +289,8 @@ async fn tcp(proxy: Arc<Proxy>, conn: Arc<Conn>, mut io: Prefixed<H2Stream>) {
             };
             (
                 Some(service.clone()),
-                snap.backend(&host, p).and_then(|b| b.pick()),
+                snap.backend(&host, p, None)
+                    .and_then(|b| b.pick(None, &[]).map(|(_, p)| p)),
             )
         }
     };

@@ -14,6 +14,9 @@
 //! routes:
 //! - {name: demo/httproute/reviews/0, kind: HTTP, parents: [{kind: SERVICE, name: reviews.demo.svc.cluster.local}],
 //!    backends: [{hostname: reviews-v1.demo.svc.cluster.local, port: 9080, weight: 80}, ...]}
+//! backendPolicies:
+//! - {hostname: reviews.demo.svc.cluster.local, policy: {outlierDetection: {consecutive5xxErrors: 5}},
+//!    subsets: [{name: v1, labels: {version: v1}, workloads: {uids: [reviews-v1]}}]}
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,9 +28,11 @@ use ambit_core::drain::DrainWatcher;
 use serde::Deserialize;
 use tracing::{info, warn};
 
+use crate::balance::locality::Locality;
 use crate::route::rule_from_proto;
 use crate::state::{
-    AppProtocol, Resource, Service, ServicePort, Store, Tunnel, WaypointRef, Workload,
+    AppProtocol, BackendPolicy, Resource, Service, ServicePort, Store, Tunnel, WaypointRef,
+    Workload,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +43,8 @@ pub enum LocalConfigError {
     Parse(PathBuf, serde_yaml::Error),
     #[error("{0}: route {1}: {2}")]
     Route(PathBuf, String, crate::route::ConvertError),
+    #[error("{0}: backend policy {1}: {2}")]
+    Policy(PathBuf, String, String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +53,7 @@ struct File {
     services: Vec<ServiceYaml>,
     workloads: Vec<WorkloadYaml>,
     routes: Vec<ambit_proto::waypoint::Route>,
+    backend_policies: Vec<ambit_proto::waypoint::BackendPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +116,16 @@ struct WorkloadYaml {
     services: BTreeMap<String, BTreeMap<u16, u16>>,
     #[serde(default = "yes")]
     healthy: bool,
+    #[serde(default)]
+    locality: Option<LocalityYaml>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct LocalityYaml {
+    region: String,
+    zone: String,
+    subzone: String,
 }
 
 fn default_sa() -> String {
@@ -180,6 +198,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<(String, Resource)>, LocalCo
                     .collect::<HashMap<_, _>>(),
                 healthy: w.healthy,
                 waypoint: None,
+                locality: w
+                    .locality
+                    .map(|l| Locality {
+                        region: l.region,
+                        zone: l.zone,
+                        subzone: l.subzone,
+                    })
+                    .unwrap_or_default(),
             }),
         ));
     }
@@ -187,6 +213,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<(String, Resource)>, LocalCo
         let rule = rule_from_proto(&r.name, &r)
             .map_err(|e| LocalConfigError::Route(path.into(), r.name.clone(), e))?;
         out.push((rule.name.clone(), Resource::Rule(rule)));
+    }
+    for p in file.backend_policies {
+        let policy = BackendPolicy::from_proto(&p.hostname, &p)
+            .map_err(|e| LocalConfigError::Policy(path.into(), p.hostname.clone(), e))?;
+        out.push((policy.hostname.clone(), Resource::Policy(policy)));
     }
     Ok(out)
 }

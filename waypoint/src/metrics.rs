@@ -188,6 +188,15 @@ pub struct Metrics {
     pub tcp_closed: Family<TcpLabels, Counter>,
     pub tcp_sent: Family<TcpLabels, Counter>,
     pub tcp_received: Family<TcpLabels, Counter>,
+    /// Retries sent, and retries the policy asked for but that were not sent (why: `budget`, `overflow`,
+    /// `not_replayable`).
+    pub retries: Counter,
+    pub retries_skipped: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 impl Metrics {
@@ -201,7 +210,16 @@ impl Metrics {
             tcp_closed: Family::default(),
             tcp_sent: Family::default(),
             tcp_received: Family::default(),
+            retries: Counter::default(),
+            retries_skipped: Family::default(),
         };
+        let ambit = registry.sub_registry_with_prefix("ambit_waypoint");
+        ambit.register("retries", "Retries sent to backends", m.retries.clone());
+        ambit.register(
+            "retries_skipped",
+            "Retries the route's policy asked for that were not sent, by reason",
+            m.retries_skipped.clone(),
+        );
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register(
             "requests",
@@ -244,6 +262,16 @@ impl Metrics {
             m.tcp_received.clone(),
         );
         m
+    }
+
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    pub fn retry_skipped(&self, reason: &'static str) {
+        self.retries_skipped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// The four request series of one label set (looked up, and created if new, once).

@@ -18,6 +18,7 @@ use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 
 use crate::filters::Filter;
+use crate::resilience::{Cors, Fault, RetryPolicy};
 
 pub use convert::{ConvertError, rule_from_proto};
 
@@ -311,6 +312,18 @@ pub struct Rule {
     pub filters: Vec<Filter>,
     pub backends: Vec<BackendRef>,
     pub timeouts: Timeouts,
+    /// `None`: the waypoint's default policy.
+    pub retry: Option<RetryPolicy>,
+    pub fault: Option<Fault>,
+    pub cors: Option<Cors>,
+    pub direct_response: Option<DirectResponse>,
+}
+
+/// An answer given without a backend (VirtualService `directResponse`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: String,
 }
 
 impl Rule {

@@ -6,7 +6,9 @@
 //! IP, endpoints per service, a sorted route table per service port). Requests load the current snapshot without
 //! locking (`ArcSwap`) and never see a half-applied update.
 
+mod backend;
 mod convert;
+mod policy;
 mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,8 +21,13 @@ use arc_swap::ArcSwap;
 
 use crate::route::Rule;
 
+pub use backend::{Backend, BackendShared, Picked};
 pub use convert::address_from_proto;
-pub use snapshot::{Backend, Picked, Snapshot, Target};
+pub use policy::{BackendPolicy, Resolved};
+pub use snapshot::{Snapshot, Target};
+
+use crate::balance::locality::Locality;
+use crate::balance::outlier::EndpointHealth;
 
 /// How a service port speaks, from the Service's `appProtocol` or port name as Istio reads them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -110,6 +117,7 @@ pub struct Workload {
     pub services: HashMap<String, Vec<(u16, u16)>>,
     pub healthy: bool,
     pub waypoint: Option<WaypointRef>,
+    pub locality: Locality,
 }
 
 impl Workload {
@@ -118,10 +126,12 @@ impl Workload {
     }
 }
 
-/// Per-endpoint counters that live across snapshots (for least-request balancing).
+/// Per-endpoint counters that live across snapshots: requests in flight (least-request balancing) and outlier
+/// detection's state (one per workload, whichever backend it is reached through).
 #[derive(Debug, Default)]
 pub struct EndpointStats {
     active: AtomicU32,
+    pub health: EndpointHealth,
 }
 
 impl EndpointStats {
@@ -151,6 +161,8 @@ pub struct SelfInfo {
     pub gateway: (String, String),
     /// The waypoint's Service hostname (`<gateway>.<ns>.svc.<domain>`).
     pub service_hostname: String,
+    /// The waypoint pod's own address (`INSTANCE_IP`): its workload's locality is "close".
+    pub ip: Option<IpAddr>,
 }
 
 #[derive(Default)]
@@ -158,6 +170,7 @@ struct Raw {
     services: BTreeMap<String, Arc<Service>>,
     workloads: BTreeMap<String, Arc<Workload>>,
     rules: BTreeMap<String, Arc<Rule>>,
+    policies: BTreeMap<String, Arc<BackendPolicy>>,
 }
 
 /// A resource to add or replace, by name.
@@ -165,6 +178,7 @@ pub enum Resource {
     Service(Service),
     Workload(Workload),
     Rule(Rule),
+    Policy(BackendPolicy),
 }
 
 /// The one writer's handle and every reader's source of snapshots.
@@ -182,6 +196,7 @@ impl Store {
             raw: Arc::new(Mutex::new(Raw::default())),
             current: Arc::new(ArcSwap::from_pointee(Snapshot::build(
                 &me,
+                std::iter::empty(),
                 std::iter::empty(),
                 std::iter::empty(),
                 std::iter::empty(),
@@ -209,6 +224,7 @@ impl Store {
             raw.services.remove(&name);
             raw.workloads.remove(&name);
             raw.rules.remove(&name);
+            raw.policies.remove(&name);
         }
         for (name, r) in upserts {
             match r {
@@ -220,6 +236,9 @@ impl Store {
                 }
                 Resource::Rule(r) => {
                     raw.rules.insert(name, Arc::new(r));
+                }
+                Resource::Policy(p) => {
+                    raw.policies.insert(name, Arc::new(p));
                 }
             }
         }
@@ -243,6 +262,7 @@ impl Store {
             raw.services.values().cloned(),
             raw.workloads.values().cloned(),
             raw.rules.values().cloned(),
+            raw.policies.values().cloned(),
             Some(&previous),
         );
         self.current.store(Arc::new(next));

@@ -13,7 +13,7 @@ use std::time::Duration;
 use ambit_core::Identity;
 use ambit_core::ca::LocalCa;
 use ambit_core::hbone::{H2Config, HboneClient};
-use ambit_proto::type_url::{ADDRESS, WAYPOINT_ROUTE};
+use ambit_proto::type_url::{ADDRESS, WAYPOINT_BACKEND_POLICY, WAYPOINT_ROUTE};
 use ambit_proto::waypoint as wp;
 use ambit_proto::workload as wl;
 use ambit_proto::xds::aggregated_discovery_service_server::{
@@ -246,9 +246,9 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
         .await
         .expect("no xDS stream")
         .unwrap();
-    // One subscription per type: WDS and routes.
+    // One subscription per type: WDS, routes and backend policies.
     let mut types = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         types.push(
             tokio::time::timeout(WAIT, rx.recv())
                 .await
@@ -258,7 +258,11 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
         );
     }
     types.sort();
-    let mut want = vec![ADDRESS.to_owned(), WAYPOINT_ROUTE.to_owned()];
+    let mut want = vec![
+        ADDRESS.to_owned(),
+        WAYPOINT_ROUTE.to_owned(),
+        WAYPOINT_BACKEND_POLICY.to_owned(),
+    ];
     want.sort();
     assert_eq!(types, want);
     assert!(
@@ -295,6 +299,44 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
             .await
             .error_detail
             .is_none()
+    );
+    // A DestinationRule's policy applies; one with a bad field is NACKed by name and reason.
+    let policy = |outlier: u32| wp::BackendPolicy {
+        hostname: REVIEWS.into(),
+        source: "demo/reviews".into(),
+        policy: Some(wp::TrafficPolicy {
+            outlier_detection: Some(wp::OutlierDetection {
+                consecutive_5xx_errors: 5,
+                max_ejection_percent: outlier,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    respond(
+        &tx,
+        WAYPOINT_BACKEND_POLICY,
+        "p1",
+        vec![any(WAYPOINT_BACKEND_POLICY, REVIEWS, &policy(50))],
+    );
+    assert!(
+        reply_to(&mut rx, WAYPOINT_BACKEND_POLICY, "p1")
+            .await
+            .error_detail
+            .is_none()
+    );
+    respond(
+        &tx,
+        WAYPOINT_BACKEND_POLICY,
+        "p2",
+        vec![any(WAYPOINT_BACKEND_POLICY, REVIEWS, &policy(500))],
+    );
+    let nack = reply_to(&mut rx, WAYPOINT_BACKEND_POLICY, "p2").await;
+    let detail = nack.error_detail.expect("NACK").message;
+    assert!(
+        detail.contains(REVIEWS) && detail.contains("outlierDetection"),
+        "{detail}"
     );
 
     let source = Source {

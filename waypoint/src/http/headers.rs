@@ -108,37 +108,37 @@ pub fn grpc_status_for(status: StatusCode) -> u8 {
     }
 }
 
+/// A trailers-only gRPC answer: 200 with `grpc-status: code`.
+pub fn grpc_response(code: u32, message: &str) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::new(RespBody::full(Vec::<u8>::new()), None, None));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(message) {
+        h.insert("grpc-message", v);
+    }
+    h.insert("server", HeaderValue::from_static("ambit-waypoint"));
+    r
+}
+
 /// A synthetic response: `status` with a short text body, or for gRPC a trailers-only 200 with `grpc-status`.
 pub fn error_response(status: StatusCode, grpc: bool, message: &str) -> Response<RespBody> {
-    let mut resp = if grpc {
-        let mut r = Response::new(RespBody::new(RespBody::full(Vec::<u8>::new()), None, None));
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        h.insert(
-            "grpc-status",
-            HeaderValue::from(u16::from(grpc_status_for(status))),
-        );
-        if let Ok(v) = HeaderValue::from_str(message) {
-            h.insert("grpc-message", v);
-        }
-        r
-    } else {
-        let mut r = Response::new(RespBody::new(
-            RespBody::full(message.to_owned()),
-            None,
-            None,
-        ));
-        *r.status_mut() = status;
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        r
-    };
-    resp.headers_mut()
-        .insert("server", HeaderValue::from_static("ambit-waypoint"));
-    resp
+    if grpc {
+        return grpc_response(u32::from(grpc_status_for(status)), message);
+    }
+    let mut r = Response::new(RespBody::new(
+        RespBody::full(message.to_owned()),
+        None,
+        None,
+    ));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert("server", HeaderValue::from_static("ambit-waypoint"));
+    r
 }
 
 #[cfg(test)]

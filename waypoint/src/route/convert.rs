@@ -8,10 +8,11 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 
 use super::{
-    BackendRef, GrpcMatch, HeaderMatch, Match, Origin, Parent, PathMatch, QueryMatch, RouteKind, Rule,
-    ServiceRef, Timeouts, ValueMatch,
+    BackendRef, DirectResponse, GrpcMatch, HeaderMatch, Match, Origin, Parent, PathMatch,
+    QueryMatch, RouteKind, Rule, ServiceRef, Timeouts, ValueMatch,
 };
 use crate::filters::{Filter, HeaderModifier, Mirror, PathModifier, Redirect, Rewrite};
+use crate::resilience::{Cors, Fault, RetryPolicy};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{field}: {reason}")]
@@ -56,7 +57,11 @@ fn value_match(field: &str, t: i32, v: &str) -> Result<ValueMatch, ConvertError>
     }
 }
 
-fn header_matches(f: &str, what: &str, hs: &[pb::HeaderMatch]) -> Result<Vec<HeaderMatch>, ConvertError> {
+fn header_matches(
+    f: &str,
+    what: &str,
+    hs: &[pb::HeaderMatch],
+) -> Result<Vec<HeaderMatch>, ConvertError> {
     hs.iter()
         .enumerate()
         .map(|(i, h)| {
@@ -135,10 +140,9 @@ fn convert_match(kind: RouteKind, f: &str, m: &pb::RouteMatch) -> Result<Match, 
         path = match path {
             PathMatch::Exact(p) => PathMatch::Exact(p.to_ascii_lowercase()),
             PathMatch::Prefix(p) => PathMatch::Prefix(p.to_ascii_lowercase()),
-            PathMatch::Regex(r) => PathMatch::Regex(regex(
-                &format!("{f}.path"),
-                &format!("(?i){}", r.as_str()),
-            )?),
+            PathMatch::Regex(r) => {
+                PathMatch::Regex(regex(&format!("{f}.path"), &format!("(?i){}", r.as_str()))?)
+            }
         };
     }
     Ok(Match {
@@ -411,5 +415,41 @@ pub fn rule_from_proto(name: &str, r: &pb::Route) -> Result<Rule, ConvertError> 
         filters: filters("filters", &r.filters)?,
         backends,
         timeouts,
+        retry: r
+            .retry
+            .as_ref()
+            .map(RetryPolicy::from_proto)
+            .transpose()
+            .map_err(|e| err("retry", e))?,
+        fault: r
+            .fault
+            .as_ref()
+            .map(Fault::from_proto)
+            .transpose()
+            .map_err(|e| err("fault", e))?
+            .filter(|f| !f.is_empty()),
+        cors: r
+            .cors
+            .as_ref()
+            .map(Cors::from_proto)
+            .transpose()
+            .map_err(|e| err("cors", e))?,
+        direct_response: r
+            .direct_response
+            .as_ref()
+            .map(|d| {
+                if (200..=599).contains(&d.status) {
+                    Ok(DirectResponse {
+                        status: d.status as u16,
+                        body: d.body.clone(),
+                    })
+                } else {
+                    Err(err(
+                        "directResponse.status",
+                        format!("{} is not an HTTP status", d.status),
+                    ))
+                }
+            })
+            .transpose()?,
     })
 }

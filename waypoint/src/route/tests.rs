@@ -502,15 +502,16 @@ fn virtual_service_rules_keep_their_order() {
         vs_rule("vs", 10, 0, vec![m(Some(prefix("/")))]),
     ]);
     assert_eq!(
-        table.select(&RequestView {
-            method: &Method::GET,
-            path: "/x",
-            query: None,
-            headers: &HeaderMap::new(),
-            source_namespace: None,
-            source_uid: None,
-        })
-        .map(|(r, _)| r.rule_index),
+        table
+            .select(&RequestView {
+                method: &Method::GET,
+                path: "/x",
+                query: None,
+                headers: &HeaderMap::new(),
+                source_namespace: None,
+                source_uid: None,
+            })
+            .map(|(r, _)| r.rule_index),
         Some(0)
     );
     // The older VirtualService first; Gateway API rules before either.
@@ -543,8 +544,14 @@ fn virtual_service_match_fields() {
     assert!(hit("/reviews", &[("end-user", "jason")]));
     assert!(hit("/REVIEWS", &[("end-user", "jasmine")]));
     assert!(!hit("/reviews", &[("end-user", "bob")]));
-    assert!(!hit("/reviews", &[("end-user", "jason"), ("x-canary", "no")]));
-    assert!(hit("/reviews", &[("end-user", "jason"), ("x-canary", "yes")]));
+    assert!(!hit(
+        "/reviews",
+        &[("end-user", "jason"), ("x-canary", "no")]
+    ));
+    assert!(hit(
+        "/reviews",
+        &[("end-user", "jason"), ("x-canary", "yes")]
+    ));
 
     // Source namespace and workloads (pick() sends namespace "demo", uid "client-uid").
     let by_source = |ns: &str, uids: Option<Vec<&str>>| {
@@ -561,6 +568,9 @@ fn virtual_service_match_fields() {
     assert!(by_source("demo", None));
     assert!(!by_source("other", None));
     assert!(by_source("", Some(vec!["client-uid"])));
-    assert!(!by_source("", Some(vec![])), "present and empty selects no client");
+    assert!(
+        !by_source("", Some(vec![])),
+        "present and empty selects no client"
+    );
     assert!(!by_source("", Some(vec!["someone-else"])));
 }

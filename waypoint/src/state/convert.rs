@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use ambit_proto::workload as pb;
 
+use crate::balance::locality::Locality;
+
 use super::{AppProtocol, Resource, Service, ServicePort, Tunnel, WaypointRef, Workload};
 
 fn ip(b: &[u8]) -> Result<IpAddr, String> {
@@ -129,6 +131,7 @@ fn workload(w: &pb::Workload) -> Result<Workload, String> {
         services,
         healthy: w.status == pb::WorkloadStatus::Healthy as i32,
         waypoint: waypoint(w.waypoint.as_ref())?,
+        locality: w.locality.as_ref().map(Locality::from).unwrap_or_default(),
     })
 }
 

@@ -1,14 +1,22 @@
 //! An immutable view of the state with the indexes one request needs.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ambit_core::hbone::Authority;
-use rand::Rng;
 
+use super::backend::{Backend, BackendShared, Endpoint};
+use super::policy::{BackendPolicy, Resolved};
 use super::{EndpointStats, SelfInfo, Service, Tunnel, WaypointRef, Workload};
+use crate::balance::locality::{Locality, Tiers};
 use crate::route::{RouteKind, RouteTable, Rule};
+
+/// The backends of one service: per port, the whole service and each subset its policy defines.
+#[derive(Default)]
+struct ServiceBackends {
+    ports: Vec<(u16, Arc<Backend>, Vec<Arc<Backend>>)>,
+}
 
 /// What one HBONE CONNECT asked for.
 #[derive(Clone, Debug)]
@@ -21,87 +29,6 @@ pub enum Target {
         ip: IpAddr,
         port: u16,
     },
-}
-
-/// One endpoint of a backend service, with its counters.
-#[derive(Clone, Debug)]
-pub struct Endpoint {
-    pub workload: Arc<Workload>,
-    pub stats: Arc<EndpointStats>,
-    /// The workload's own (service port, target port) mapping for this service, resolved when the snapshot is
-    /// built so a request does not look it up per endpoint.
-    ports: Vec<(u16, u16)>,
-}
-
-/// A backend: one service port and its endpoints (the per-backend object that resilience settings hang on).
-#[derive(Clone, Debug)]
-pub struct Backend {
-    pub service: Arc<Service>,
-    pub port: u16,
-    endpoints: Arc<Vec<Endpoint>>,
-}
-
-/// The endpoint picked for one request: where to connect and as whom.
-#[derive(Clone, Debug)]
-pub struct Picked {
-    pub workload: Arc<Workload>,
-    pub addr: SocketAddr,
-    pub stats: Arc<EndpointStats>,
-}
-
-impl Backend {
-    /// The target port of endpoint `e` for this backend's service port: the workload's own mapping, else the
-    /// service's target port, else the service port itself.
-    fn target_port(&self, e: &Endpoint) -> Option<u16> {
-        if let Some((_, t)) = e.ports.iter().find(|(s, _)| *s == self.port)
-            && *t != 0
-        {
-            return Some(*t);
-        }
-        match self.service.port(self.port) {
-            Some(p) if p.target_port != 0 => Some(p.target_port),
-            Some(_) => None,
-            None => Some(self.port),
-        }
-    }
-
-    pub fn endpoints(&self) -> usize {
-        self.endpoints.len()
-    }
-
-    /// Power of two choices, least requests in flight (healthy endpoints with an address and a target port).
-    pub fn pick(&self) -> Option<Picked> {
-        let usable: Vec<(&Endpoint, u16)> = self
-            .endpoints
-            .iter()
-            .filter(|e| e.workload.healthy && !e.workload.ips.is_empty())
-            .filter_map(|e| Some((e, self.target_port(e)?)))
-            .collect();
-        let chosen = match usable.len() {
-            0 => return None,
-            1 => &usable[0],
-            n => {
-                let mut rng = rand::rng();
-                let a = rng.random_range(0..n);
-                let mut b = rng.random_range(0..n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (x, y) = (&usable[a], &usable[b]);
-                if y.0.stats.active() < x.0.stats.active() {
-                    y
-                } else {
-                    x
-                }
-            }
-        };
-        let (e, port) = chosen;
-        Some(Picked {
-            workload: e.workload.clone(),
-            addr: SocketAddr::new(e.workload.ips[0], *port),
-            stats: e.stats.clone(),
-        })
-    }
 }
 
 #[derive(Default)]
@@ -118,6 +45,11 @@ pub struct Snapshot {
     /// (service hostname, port) → the TCP rule that applies (the oldest).
     tcp: HashMap<(String, u16), Arc<Rule>>,
     rules: BTreeMap<String, Arc<Rule>>,
+    policies: BTreeMap<String, Arc<BackendPolicy>>,
+    /// By service hostname.
+    backends: HashMap<String, ServiceBackends>,
+    /// What workload-addressed requests share (their retry budget).
+    passthrough: Arc<BackendShared>,
     workload_count: usize,
 }
 
@@ -127,6 +59,7 @@ impl Snapshot {
         services: impl Iterator<Item = Arc<Service>>,
         workloads: impl Iterator<Item = Arc<Workload>>,
         rules: impl Iterator<Item = Arc<Rule>>,
+        policies: impl Iterator<Item = Arc<BackendPolicy>>,
         previous: Option<&Snapshot>,
     ) -> Snapshot {
         let mut s = Snapshot::default();
@@ -166,8 +99,71 @@ impl Snapshot {
             .map(|(k, v)| (k, Arc::new(v)))
             .collect();
         s.rules = rules.map(|r| (r.name.clone(), r)).collect();
+        s.policies = policies.map(|p| (p.hostname.clone(), p)).collect();
+        s.passthrough = previous.map(|p| p.passthrough.clone()).unwrap_or_default();
         s.index_routes(me);
+        s.build_backends(me, previous);
         s
+    }
+
+    /// A backend per service port, and per subset of it that the service's policy defines, keeping each one's
+    /// shared state (and, when its inputs did not change, its balancer) from the previous snapshot.
+    fn build_backends(&mut self, me: &SelfInfo, previous: Option<&Snapshot>) {
+        let my_locality = me
+            .ip
+            .and_then(|ip| self.workloads_by_ip.get(&ip))
+            .map(|w| w.locality.clone());
+        let mut backends = HashMap::with_capacity(self.services.len());
+        for svc in self.services.values() {
+            let endpoints = self
+                .endpoints
+                .get(&svc.hostname)
+                .cloned()
+                .unwrap_or_default();
+            let policy = self.policies.get(&svc.hostname);
+            let before = previous.and_then(|p| p.backends.get(&svc.hostname));
+            let mut sb = ServiceBackends::default();
+            for p in &svc.ports {
+                let prev_of = |subset: Option<&str>| before.and_then(|b| b.find(p.port, subset));
+                let resolved =
+                    policy.map_or_else(Resolved::default, |pol| pol.resolve(p.port, None));
+                let all = Arc::new(new_backend(
+                    svc,
+                    p.port,
+                    None,
+                    endpoints.clone(),
+                    resolved,
+                    my_locality.as_ref(),
+                    prev_of(None),
+                ));
+                let subsets = policy
+                    .map(|pol| {
+                        pol.subsets
+                            .iter()
+                            .map(|sub| {
+                                let eps: Vec<Endpoint> = endpoints
+                                    .iter()
+                                    .filter(|e| sub.workloads.contains(&e.workload.uid))
+                                    .cloned()
+                                    .collect();
+                                Arc::new(new_backend(
+                                    svc,
+                                    p.port,
+                                    Some(sub.name.clone()),
+                                    Arc::new(eps),
+                                    pol.resolve(p.port, Some(sub)),
+                                    my_locality.as_ref(),
+                                    prev_of(Some(&sub.name)),
+                                ))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                sb.ports.push((p.port, all, subsets));
+            }
+            backends.insert(svc.hostname.clone(), sb);
+        }
+        self.backends = backends;
     }
 
     /// Sorted route tables per service port: rules attached to the Service itself win over rules attached to the
@@ -269,15 +265,38 @@ impl Snapshot {
         self.workloads_by_ip.get(&ip)
     }
 
-    /// The backend for `hostname:port`, if the service is known.
-    pub fn backend(&self, hostname: &str, port: u16) -> Option<Backend> {
-        let service = self.services.get(hostname)?.clone();
+    /// The backend for `hostname:port` (a subset of it when `subset` is set), if the service is known — and,
+    /// for a subset, defined by the service's policy. A port the service does not list gets a backend of its own
+    /// with the service's policy and fresh state.
+    pub fn backend(&self, hostname: &str, port: u16, subset: Option<&str>) -> Option<Arc<Backend>> {
+        if let Some(b) = self
+            .backends
+            .get(hostname)
+            .and_then(|b| b.find(port, subset))
+        {
+            return Some(b.clone());
+        }
+        if subset.is_some() {
+            return None;
+        }
+        let service = self.services.get(hostname)?;
         let endpoints = self.endpoints.get(hostname).cloned().unwrap_or_default();
-        Some(Backend {
-            service,
-            port,
-            endpoints,
-        })
+        let resolved = self
+            .policies
+            .get(hostname)
+            .map_or_else(Resolved::default, |p| p.resolve(port, None));
+        Some(Arc::new(new_backend(
+            service, port, None, endpoints, resolved, None, None,
+        )))
+    }
+
+    /// What requests addressed to a workload share.
+    pub fn passthrough(&self) -> &Arc<BackendShared> {
+        &self.passthrough
+    }
+
+    pub fn policy(&self, hostname: &str) -> Option<&Arc<BackendPolicy>> {
+        self.policies.get(hostname)
     }
 
     /// The HTTP/gRPC rules of a service port (`None`: no route attached; traffic goes to the service itself).
@@ -334,6 +353,43 @@ impl Snapshot {
             "tcpRoutes": self.tcp.iter().map(|((h, p), r)| format!("{h}:{p} -> {}", r.name)).collect::<Vec<_>>(),
         })
     }
+}
+
+impl ServiceBackends {
+    fn find(&self, port: u16, subset: Option<&str>) -> Option<&Arc<Backend>> {
+        let (_, all, subsets) = self.ports.iter().find(|(p, _, _)| *p == port)?;
+        match subset {
+            None => Some(all),
+            Some(name) => subsets.iter().find(|b| b.subset.as_deref() == Some(name)),
+        }
+    }
+}
+
+fn new_backend(
+    svc: &Arc<Service>,
+    port: u16,
+    subset: Option<String>,
+    endpoints: Arc<Vec<Endpoint>>,
+    policy: Resolved,
+    me: Option<&Locality>,
+    previous: Option<&Arc<Backend>>,
+) -> Backend {
+    let tiers = match (policy.prefer_close, me) {
+        (true, Some(me)) => Some(Tiers::new(
+            me,
+            endpoints.iter().map(|e| &e.workload.locality),
+        )),
+        _ => None,
+    };
+    Backend::new(
+        svc.clone(),
+        port,
+        subset,
+        endpoints,
+        policy,
+        tiers,
+        previous.map(|b| &**b),
+    )
 }
 
 impl Target {

@@ -22,6 +22,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod faulty;
+
 pub fn certs(ca_dir: &Path) -> Arc<CertManager> {
     let ca = LocalCa::load_or_create(ca_dir, "cluster.local").unwrap();
     CertManager::new(Arc::new(ca), std::time::Duration::from_secs(3600))
