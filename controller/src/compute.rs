@@ -1,15 +1,20 @@
 //! Compute: a pure function from the object [`Index`] to the resources upstream ztunnel consumes
 //! (`istio.workload.Address` and `istio.security.Authorization`), named exactly as istiod names them:
 //! workloads `<cluster>//Pod/<ns>/<name>`, services `<ns>/<hostname>`, policies `<ns>/<name>`; the waypoint's
-//! `ambit.waypoint.Route` (`<ns>/<kind>/<name>/<rule>`) and which waypoint gets which; object status; and the waypoint deployments.
+//! `ambit.waypoint.Route` (`<ns>/<kind>/<name>/<rule>`, from Gateway API routes and VirtualServices) and
+//! `ambit.waypoint.BackendPolicy` (by service hostname, from DestinationRules) and which waypoint gets which; object
+//! status; and the waypoint deployments.
 
 pub mod authz;
 pub mod deployer;
+pub mod destination_rule;
+pub mod istio_hosts;
 pub mod render;
 pub mod route_scopes;
 pub mod routes;
 pub mod service;
 pub mod status;
+pub mod virtual_service;
 pub mod waypoint;
 pub mod workload;
 
@@ -17,7 +22,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ambit_proto::security::Authorization;
-use ambit_proto::waypoint::Route;
+use ambit_proto::waypoint::{BackendPolicy, Route};
 use ambit_proto::workload::{Address, address};
 
 use crate::index::Index;
@@ -71,6 +76,10 @@ pub struct Resources {
     pub routes: BTreeMap<String, Route>,
     /// Waypoint `(ns, gateway)` → the routes it gets ([`route_scopes`]).
     pub route_scopes: route_scopes::RouteScopes,
+    /// Waypoint backend policies (DestinationRules), by service hostname.
+    pub backend_policies: BTreeMap<String, BackendPolicy>,
+    /// Waypoint `(ns, gateway)` → the backend policies it gets ([`route_scopes::backend_policy_scopes`]).
+    pub backend_policy_scopes: route_scopes::RouteScopes,
     /// The `status` object Kubernetes would hold, by `<kind>/<ns>/<name>` (kind in lower case).
     pub status: BTreeMap<String, serde_json::Value>,
     /// Auto-deployed waypoint manifests, by `<ns>.<gateway>`.
@@ -114,9 +123,42 @@ pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
     out.authorizations = policies.resources;
     out.policy_status = policies.status;
     let routes = routes::routes(index, cfg, &bindings.waypoints);
+    let rules = destination_rule::convert_all(index, cfg);
+    let vs = virtual_service::virtual_services(
+        index,
+        cfg,
+        &bindings,
+        &routes.routes,
+        &destination_rule::subset_names(&rules),
+    );
     out.routes = routes.routes;
+    out.routes.extend(vs.routes);
     out.route_scopes = route_scopes::route_scopes(&out.routes, &out.addresses, &bindings.waypoints);
+    let candidates = rules
+        .values()
+        .flat_map(|r| r.policies.iter().map(|p| p.hostname.clone()))
+        .collect();
+    out.backend_policy_scopes = route_scopes::backend_policy_scopes(
+        &out.routes,
+        &out.route_scopes,
+        &out.addresses,
+        &bindings.waypoints,
+        &candidates,
+    );
+    let mut waypoints_of: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for ((ns, gw), names) in &out.backend_policy_scopes {
+        for n in names {
+            waypoints_of
+                .entry(n.clone())
+                .or_default()
+                .insert(format!("{ns}/{gw}"));
+        }
+    }
+    let (policies, dr_status) = destination_rule::finish(rules, &waypoints_of);
+    out.backend_policies = policies;
     out.status = routes.status;
+    out.status.extend(vs.status);
+    out.status.extend(dr_status);
     out.status
         .extend(status::gateways(index, &bindings, &routes.attached));
     out.status.extend(status::waypoint_bound(&bindings));

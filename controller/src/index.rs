@@ -9,6 +9,7 @@ use crate::sources::{
     AuthorizationPolicy, Event, Gateway, GrpcRoute, HttpRoute, Kind, Object, ObjectKey,
     PeerAuthentication, TcpRoute,
 };
+use crate::sources::{DestinationRule, VirtualService};
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped objects.
 pub type Name = (String, String);
@@ -25,6 +26,8 @@ pub struct Index {
     pub tcp_routes: BTreeMap<Name, TcpRoute>,
     pub authorization_policies: BTreeMap<Name, AuthorizationPolicy>,
     pub peer_authentications: BTreeMap<Name, PeerAuthentication>,
+    pub virtual_services: BTreeMap<Name, VirtualService>,
+    pub destination_rules: BTreeMap<Name, DestinationRule>,
     /// Whether every source finished its initial listing.
     pub synced: bool,
 }
@@ -56,6 +59,8 @@ impl Index {
             Object::TcpRoute(o) => replace(&mut self.tcp_routes, key, *o),
             Object::AuthorizationPolicy(o) => replace(&mut self.authorization_policies, key, *o),
             Object::PeerAuthentication(o) => replace(&mut self.peer_authentications, key, *o),
+            Object::VirtualService(o) => replace(&mut self.virtual_services, key, *o),
+            Object::DestinationRule(o) => replace(&mut self.destination_rules, key, *o),
         }
     }
 
@@ -72,6 +77,8 @@ impl Index {
             Kind::TcpRoute => self.tcp_routes.remove(&k).is_some(),
             Kind::AuthorizationPolicy => self.authorization_policies.remove(&k).is_some(),
             Kind::PeerAuthentication => self.peer_authentications.remove(&k).is_some(),
+            Kind::VirtualService => self.virtual_services.remove(&k).is_some(),
+            Kind::DestinationRule => self.destination_rules.remove(&k).is_some(),
         }
     }
 

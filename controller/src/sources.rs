@@ -1,6 +1,7 @@
 //! Where objects come from. A [`Source`] emits [`Event`]s modelled on kube-rs watcher events (`Apply`, `Delete`,
 //! `InitDone`), so a Kubernetes watcher can replace the manifest directory without touching the rest.
 
+pub mod istio;
 pub mod manifest;
 pub mod routes;
 pub mod types;
@@ -13,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+pub use istio::{DestinationRule, VirtualService};
 pub use routes::{GrpcRoute, HttpRoute, TcpRoute};
 pub use types::{AuthorizationPolicy, Gateway, PeerAuthentication};
 
@@ -29,6 +31,8 @@ pub enum Kind {
     TcpRoute,
     AuthorizationPolicy,
     PeerAuthentication,
+    VirtualService,
+    DestinationRule,
 }
 
 impl Kind {
@@ -50,6 +54,12 @@ impl Kind {
             }
             ("security.istio.io", "v1" | "v1beta1", "PeerAuthentication") => {
                 Some(Kind::PeerAuthentication)
+            }
+            ("networking.istio.io", "v1" | "v1beta1" | "v1alpha3", "VirtualService") => {
+                Some(Kind::VirtualService)
+            }
+            ("networking.istio.io", "v1" | "v1beta1" | "v1alpha3", "DestinationRule") => {
+                Some(Kind::DestinationRule)
             }
             _ => None,
         }
@@ -91,6 +101,8 @@ pub enum Object {
     TcpRoute(Box<TcpRoute>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     PeerAuthentication(Box<PeerAuthentication>),
+    VirtualService(Box<VirtualService>),
+    DestinationRule(Box<DestinationRule>),
 }
 
 impl Object {
@@ -106,6 +118,8 @@ impl Object {
             Object::TcpRoute(_) => Kind::TcpRoute,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Object::VirtualService(_) => Kind::VirtualService,
+            Object::DestinationRule(_) => Kind::DestinationRule,
         }
     }
 
@@ -121,6 +135,8 @@ impl Object {
             Object::TcpRoute(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::VirtualService(o) => &o.metadata,
+            Object::DestinationRule(o) => &o.metadata,
         }
     }
 
@@ -233,6 +249,12 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentErro
         Kind::PeerAuthentication => {
             Object::PeerAuthentication(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
         }
+        Kind::VirtualService => {
+            Object::VirtualService(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
+        Kind::DestinationRule => {
+            Object::DestinationRule(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
     };
     if obj
         .metadata()
@@ -254,6 +276,8 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentErro
         Object::TcpRoute(o) => &mut o.metadata,
         Object::AuthorizationPolicy(o) => &mut o.metadata,
         Object::PeerAuthentication(o) => &mut o.metadata,
+        Object::VirtualService(o) => &mut o.metadata,
+        Object::DestinationRule(o) => &mut o.metadata,
     };
     if kind.namespaced() {
         if meta.namespace.as_deref().unwrap_or_default().is_empty() {
@@ -319,6 +343,18 @@ mod tests {
     fn accepts_v1beta1_security_and_ignores_unknown() {
         let d = doc("apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: x}\nspec: {mtls: {mode: STRICT}}\n").unwrap();
         assert!(matches!(d, Document::Object(Object::PeerAuthentication(_))));
+        for v in ["v1", "v1beta1", "v1alpha3"] {
+            let d = doc(&format!("apiVersion: networking.istio.io/{v}\nkind: VirtualService\nmetadata: {{name: r}}\nspec: {{hosts: [r]}}\n")).unwrap();
+            assert!(
+                matches!(d, Document::Object(Object::VirtualService(_))),
+                "{v}"
+            );
+            let d = doc(&format!("apiVersion: networking.istio.io/{v}\nkind: DestinationRule\nmetadata: {{name: r}}\nspec: {{host: r}}\n")).unwrap();
+            assert!(
+                matches!(d, Document::Object(Object::DestinationRule(_))),
+                "{v}"
+            );
+        }
         let d = doc("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n").unwrap();
         assert!(matches!(d, Document::Unknown(_, k) if k == "Deployment"));
         // A Pod from the wrong group is not a Pod.

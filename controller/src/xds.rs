@@ -5,6 +5,9 @@
 //! metadata) gets, by wildcard, only the routes in its scope ([`crate::compute::route_scopes`]); names it
 //! subscribes to explicitly are served whatever the scope (an explicit request is the client's choice, and routes
 //! are no secret: unscoped clients get them all). Any other client subscribed to routes gets every route.
+//! `ambit.waypoint.BackendPolicy` (DestinationRules, by service hostname) is scoped the same way: a waypoint gets
+//! the policies of the services it serves and of every backend its routes send to
+//! ([`crate::compute::route_scopes::backend_policy_scopes`]).
 //!
 //! The computed state is published as an immutable [`Snapshot`] through a `watch` channel (one writer: the
 //! controller loop, which also debounces bursts of changes). Each connection keeps, per type, the version of
@@ -51,6 +54,8 @@ pub struct Snapshot {
     pub aliases: BTreeMap<String, String>,
     /// Waypoint `(ns, gateway)` → the route names it gets.
     pub route_scopes: RouteScopes,
+    /// Waypoint `(ns, gateway)` → the backend policy names (service hostnames) it gets.
+    pub backend_policy_scopes: RouteScopes,
     /// The names (per type URL) added, changed or removed since the snapshot of generation `.0`, computed once
     /// here so that a connection already up to date with that snapshot looks at only those names.
     pub changes: Option<(u64, BTreeMap<&'static str, BTreeSet<String>>)>,
@@ -94,21 +99,28 @@ impl Snapshot {
             .iter()
             .map(|(k, v)| (k.clone(), versioned(type_url::WAYPOINT_ROUTE, v)))
             .collect();
+        let policies = r
+            .backend_policies
+            .iter()
+            .map(|(k, v)| (k.clone(), versioned(type_url::WAYPOINT_BACKEND_POLICY, v)))
+            .collect();
         Snapshot {
             generation,
             types: BTreeMap::from([
                 (type_url::ADDRESS, addresses),
                 (type_url::AUTHORIZATION, authz),
                 (type_url::WAYPOINT_ROUTE, routes),
+                (type_url::WAYPOINT_BACKEND_POLICY, policies),
             ]),
             aliases: r.aliases.clone(),
             route_scopes: r.route_scopes.clone(),
+            backend_policy_scopes: r.backend_policy_scopes.clone(),
             changes: None,
         }
     }
 
-    /// As [`Snapshot::new`], with the changes since `prev`. A route that became visible or invisible to some
-    /// waypoint counts as changed even when the resource itself did not change, so that a scoped connection on
+    /// As [`Snapshot::new`], with the changes since `prev`. A route (or backend policy) that became visible or
+    /// invisible to some waypoint counts as changed even when the resource itself did not change, so that a scoped connection on
     /// the change-set path sends it or removes it.
     pub fn next(prev: &Snapshot, generation: u64, r: &Resources) -> Self {
         let mut s = Snapshot::new(generation, r);
@@ -126,6 +138,12 @@ impl Snapshot {
                 names.extend(route_scopes::changed_visibility(
                     &prev.route_scopes,
                     &s.route_scopes,
+                ));
+            }
+            if *t == type_url::WAYPOINT_BACKEND_POLICY {
+                names.extend(route_scopes::changed_visibility(
+                    &prev.backend_policy_scopes,
+                    &s.backend_policy_scopes,
                 ));
             }
             changes.insert(*t, names);
@@ -151,7 +169,7 @@ pub struct ConnectionInfo {
     pub acks: u64,
     pub nacks: u64,
     pub last_nack: Option<String>,
-    /// The waypoint Gateway (`ns/name`) whose routes this connection is scoped to, if any.
+    /// The waypoint Gateway (`ns/name`) whose routes and backend policies this connection is scoped to, if any.
     pub waypoint: Option<String>,
     /// Per type: how many resources the client holds (as far as the server knows).
     pub resources: BTreeMap<String, usize>,

@@ -43,6 +43,22 @@ pub fn resources(r: &Resources) -> Value {
             .collect();
         out.insert("routeScopes".into(), Value::Object(scopes));
     }
+    if !r.backend_policies.is_empty() {
+        let policies: Map<String, Value> = r
+            .backend_policies
+            .iter()
+            .map(|(k, v)| (k.clone(), waypoint_message(v)))
+            .collect();
+        out.insert("backendPolicies".into(), Value::Object(policies));
+    }
+    if !r.backend_policy_scopes.is_empty() {
+        let scopes: Map<String, Value> = r
+            .backend_policy_scopes
+            .iter()
+            .map(|((ns, gw), names)| (format!("{ns}/{gw}"), json!(names)))
+            .collect();
+        out.insert("backendPolicyScopes".into(), Value::Object(scopes));
+    }
     if !r.status.is_empty() {
         out.insert("status".into(), json!(r.status));
     }
@@ -54,6 +70,11 @@ pub fn resources(r: &Resources) -> Value {
 
 /// A waypoint route in the schema's own JSON form (camelCase, enums by name), empty fields left out.
 pub fn route(r: &ambit_proto::waypoint::Route) -> Value {
+    waypoint_message(r)
+}
+
+/// Any message of the waypoint schema in its own JSON form, empty fields left out.
+pub fn waypoint_message<M: serde::Serialize>(r: &M) -> Value {
     fn prune(v: Value) -> Option<Value> {
         match v {
             Value::Null | Value::Bool(false) => None,

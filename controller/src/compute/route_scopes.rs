@@ -10,6 +10,10 @@
 //! Waypoints are recognised in WDS by their address (hostname or IP, exactly as [`super::waypoint`] computes it),
 //! so the scopes follow what ztunnels are actually told: a Service bound to a waypoint that is not ready has no
 //! waypoint in WDS and its routes are visible to nobody scoped.
+//!
+//! VirtualService routes have `SERVICE` parents like any other and go through the same scoping. Backend policies
+//! (DestinationRules) are scoped by [`backend_policy_scopes`]: the services a waypoint serves plus every backend
+//! its visible routes send to.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,12 +45,11 @@ fn address_key(a: &GatewayAddress) -> Option<AddressKey> {
     }
 }
 
-/// Computes the scopes from the computed routes and WDS addresses, and the waypoints (for their addresses).
-pub fn route_scopes(
-    routes: &BTreeMap<String, Route>,
-    addresses: &BTreeMap<String, Address>,
-    waypoints: &BTreeMap<Name, Waypoint>,
-) -> RouteScopes {
+/// Service `(namespace, hostname)` → the waypoints that serve it (per WDS).
+fn serving<'a>(
+    addresses: &'a BTreeMap<String, Address>,
+    waypoints: &'a BTreeMap<Name, Waypoint>,
+) -> BTreeMap<(&'a str, &'a str), BTreeSet<&'a Name>> {
     let mut by_address: BTreeMap<AddressKey, Vec<&Name>> = BTreeMap::new();
     for (key, w) in waypoints {
         if let Some(a) = address_key(&w.address) {
@@ -73,6 +76,16 @@ pub fn route_scopes(
             }
         }
     }
+    serving
+}
+
+/// Computes the scopes from the computed routes and WDS addresses, and the waypoints (for their addresses).
+pub fn route_scopes(
+    routes: &BTreeMap<String, Route>,
+    addresses: &BTreeMap<String, Address>,
+    waypoints: &BTreeMap<Name, Waypoint>,
+) -> RouteScopes {
+    let serving = serving(addresses, waypoints);
     let mut out = RouteScopes::new();
     for (name, r) in routes {
         for p in &r.parents {
@@ -92,6 +105,43 @@ pub fn route_scopes(
                     }
                 }
                 Err(_) => {}
+            }
+        }
+    }
+    out
+}
+
+/// Which `ambit.waypoint.BackendPolicy` (by service hostname) each waypoint needs: the policy of every service
+/// it serves (WDS `waypoint`/`weighted_waypoints`) and of every backend (and mirror target) of the routes in its
+/// scope, since a waypoint sends straight to a backend's endpoints. Only hostnames in `policies` are listed.
+pub fn backend_policy_scopes(
+    routes: &BTreeMap<String, Route>,
+    scopes: &RouteScopes,
+    addresses: &BTreeMap<String, Address>,
+    waypoints: &BTreeMap<Name, Waypoint>,
+    policies: &BTreeSet<String>,
+) -> RouteScopes {
+    let mut out = RouteScopes::new();
+    for ((_, hostname), ws) in serving(addresses, waypoints) {
+        if policies.contains(hostname) {
+            for w in ws {
+                out.entry(w.clone())
+                    .or_default()
+                    .insert(hostname.to_owned());
+            }
+        }
+    }
+    for (w, names) in scopes {
+        for r in names.iter().filter_map(|n| routes.get(n)) {
+            let mirrors = r
+                .filters
+                .iter()
+                .chain(r.backends.iter().flat_map(|b| b.filters.iter()))
+                .filter_map(|f| f.request_mirror.as_ref()?.backend.as_ref());
+            for b in r.backends.iter().chain(mirrors) {
+                if policies.contains(&b.hostname) {
+                    out.entry(w.clone()).or_default().insert(b.hostname.clone());
+                }
             }
         }
     }

@@ -579,6 +579,7 @@ pub fn routes(
                     filters,
                     backends,
                     timeouts: timeouts(rule.timeouts),
+                    ..Default::default()
                 },
             );
         }

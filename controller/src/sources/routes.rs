@@ -363,6 +363,61 @@ pub fn parse_duration(s: &str) -> Option<u64> {
     Some(total)
 }
 
+/// Parses an Istio duration (a protobuf `Duration` as Istio's YAML writes it, and Go's `time.ParseDuration`):
+/// one or more `<number><unit>` pairs where the number may have a fraction and the unit is `h`, `m`, `s`, `ms`,
+/// `us`/`µs` or `ns` (`2s`, `1.5s`, `500ms`, `1m`, `1h30m`), into milliseconds. A non-zero duration shorter than
+/// a millisecond rounds up to 1 ms (so it never means "none"). No sign, not empty.
+pub fn parse_istio_duration(s: &str) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut total_ns: u128 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let (int_part, after) = rest.split_at(int_len);
+        let (frac_part, after) = match after.strip_prefix('.') {
+            Some(f) => {
+                let n = f.bytes().take_while(u8::is_ascii_digit).count();
+                f.split_at(n)
+            }
+            None => ("", after),
+        };
+        if (int_part.is_empty() && frac_part.is_empty()) || int_part.len() > 12 {
+            return None;
+        }
+        let unit_len = after
+            .char_indices()
+            .find(|(_, c)| c.is_ascii_digit() || *c == '.')
+            .map_or(after.len(), |(i, _)| i);
+        let unit_ns: u128 = match &after[..unit_len] {
+            "h" => 3_600_000_000_000,
+            "m" => 60_000_000_000,
+            "s" => 1_000_000_000,
+            "ms" => 1_000_000,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ns" => 1,
+            _ => return None,
+        };
+        let int: u128 = if int_part.is_empty() {
+            0
+        } else {
+            int_part.parse().ok()?
+        };
+        let mut ns = int.checked_mul(unit_ns)?;
+        // The fraction, digit by digit (at most nanosecond precision matters).
+        let mut scale = unit_ns;
+        for d in frac_part.bytes().take(18) {
+            scale /= 10;
+            ns += u128::from(d - b'0') * scale;
+        }
+        total_ns = total_ns.checked_add(ns)?;
+        rest = &after[unit_len..];
+    }
+    let ms = total_ns.div_ceil(1_000_000);
+    u64::try_from(ms).ok()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -378,6 +433,27 @@ mod tests {
         assert_eq!(parse_duration("1m1s1ms"), Some(61_001));
         for bad in ["", "10", "-1s", "1d", "1.5s", "s", "1h ", "123456s"] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn istio_durations() {
+        for (s, ms) in [
+            ("2s", 2_000),
+            ("500ms", 500),
+            ("1.5s", 1_500),
+            ("1m", 60_000),
+            ("1h30m", 5_400_000),
+            ("0s", 0),
+            ("0.25s", 250),
+            ("100us", 1),
+            ("7s", 7_000),
+            (".5s", 500),
+        ] {
+            assert_eq!(parse_istio_duration(s), Some(ms), "{s:?}");
+        }
+        for bad in ["", "10", "-1s", "1d", "s", "1.s.", "1 s", "1.2.3s"] {
+            assert_eq!(parse_istio_duration(bad), None, "{bad:?}");
         }
     }
 

@@ -32,8 +32,8 @@ pub(super) struct Connection {
     info: ConnectionInfo,
     types: BTreeMap<String, TypeState>,
     nonce: u64,
-    /// The waypoint Gateway this connection declared itself to be: its wildcard routes are limited to that
-    /// waypoint's scope. `None`: every route.
+    /// The waypoint Gateway this connection declared itself to be: its wildcard routes and backend policies are
+    /// limited to that waypoint's scope. `None`: every one.
     scope: Option<Name>,
 }
 
@@ -135,9 +135,12 @@ impl Connection {
             self.scope = waypoint_scope(node);
             self.info.waypoint = self.scope.as_ref().map(|(ns, gw)| format!("{ns}/{gw}"));
             if self.scope.is_some() {
-                // Routes sent before the node was known were unscoped: the next push takes the full difference.
-                if let Some(state) = self.types.get_mut(type_url::WAYPOINT_ROUTE) {
-                    state.synced = 0;
+                // Routes and policies sent before the node was known were unscoped: the next push takes the full
+                // difference.
+                for t in [type_url::WAYPOINT_ROUTE, type_url::WAYPOINT_BACKEND_POLICY] {
+                    if let Some(state) = self.types.get_mut(t) {
+                        state.synced = 0;
+                    }
                 }
             }
             tracing::info!(conn.id = self.id, node.id = %node.id, src.addr = %self.info.peer,
@@ -187,6 +190,7 @@ impl Connection {
             type_url::ADDRESS,
             type_url::AUTHORIZATION,
             type_url::WAYPOINT_ROUTE,
+            type_url::WAYPOINT_BACKEND_POLICY,
         ]
         .contains(&req.type_url.as_str());
         if !known {
@@ -223,8 +227,8 @@ impl Connection {
     /// on-demand waiter is released). With `always`, sends even an empty response. With `only`, looks at just
     /// those names (the snapshot's change set); otherwise at everything wanted and everything sent.
     ///
-    /// For a scoped connection, wildcard routes are only those in its waypoint's scope; the change set includes
-    /// every route whose visibility changed, so the change-set path both sends newly visible routes and removes
+    /// For a scoped connection, wildcard routes (and backend policies) are only those in its waypoint's scope; the
+    /// change set includes every one whose visibility changed, so the change-set path both sends newly visible routes and removes
     /// ones no longer visible.
     async fn respond(
         &mut self,
@@ -245,6 +249,9 @@ impl Connection {
         let visible: Option<&BTreeSet<String>> = match &self.scope {
             Some(key) if type_url == type_url::WAYPOINT_ROUTE => {
                 Some(snap.route_scopes.get(key).unwrap_or(&no_routes))
+            }
+            Some(key) if type_url == type_url::WAYPOINT_BACKEND_POLICY => {
+                Some(snap.backend_policy_scopes.get(key).unwrap_or(&no_routes))
             }
             _ => None,
         };
