@@ -252,6 +252,7 @@ pub async fn handle(
                         path: parts.uri.path(),
                         query: parts.uri.query(),
                         headers: &parts.headers,
+                        authority: &authority,
                         source_namespace: conn.source_namespace(),
                         source_uid: conn.source.as_deref().map(|w| w.uid.as_str()),
                     };

@@ -205,10 +205,11 @@ impl Match {
             return false;
         }
         let header_ok = |h: &HeaderMatch| {
-            req.headers
-                .get_all(&h.name)
-                .iter()
-                .any(|v| v.to_str().is_ok_and(|v| h.value.matches(v)))
+            let mut values = req.headers.get_all(&h.name).iter().peekable();
+            if h.name == http::header::HOST && values.peek().is_none() {
+                return h.value.matches(req.authority);
+            }
+            values.any(|v| v.to_str().is_ok_and(|v| h.value.matches(v)))
         };
         self.headers.iter().all(header_ok)
             && !self.without_headers.iter().any(header_ok)
@@ -256,6 +257,9 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// The request's authority (HTTP/2 `:authority`, HTTP/1.1 `Host`): a match on the `host` header compares it
+    /// when the request has no `Host` header.
+    pub authority: &'a str,
     /// The client workload's namespace and uid, when the waypoint knows it.
     pub source_namespace: Option<&'a str>,
     pub source_uid: Option<&'a str>,

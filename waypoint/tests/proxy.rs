@@ -529,18 +529,7 @@ async fn drain_lets_in_flight_requests_finish() {
 
 /// GET /metrics from the waypoint's stats port.
 async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .uri("/metrics")
-        .header("host", "x")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+    support::get_text(addr, "/metrics").await
 }
 
 #[tokio::test]

@@ -332,6 +332,11 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
         "p2",
         vec![any(WAYPOINT_BACKEND_POLICY, REVIEWS, &policy(500))],
     );
+    let dump = support::get_text(running.addresses.admin, "/config_dump").await;
+    assert!(
+        dump.contains("\"backendPolicies\"") && dump.contains("demo/reviews"),
+        "{dump}"
+    );
     let nack = reply_to(&mut rx, WAYPOINT_BACKEND_POLICY, "p2").await;
     let detail = nack.error_detail.expect("NACK").message;
     assert!(

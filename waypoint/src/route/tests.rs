@@ -83,6 +83,7 @@ fn pick(table: &RouteTable, method: &str, uri: &str, headers: &[(&str, &str)]) -
         path: uri.path(),
         query: uri.query(),
         headers: &h,
+        authority: "svc.ns.svc.cluster.local:80",
         source_namespace: Some("demo"),
         source_uid: Some("client-uid"),
     };
@@ -215,6 +216,7 @@ fn ties_oldest_then_name_then_rule_order() {
         path: "/x",
         query: None,
         headers: &HeaderMap::new(),
+        authority: "",
         source_namespace: None,
         source_uid: None,
     });
@@ -508,6 +510,7 @@ fn virtual_service_rules_keep_their_order() {
                 path: "/x",
                 query: None,
                 headers: &HeaderMap::new(),
+                authority: "",
                 source_namespace: None,
                 source_uid: None,
             })
@@ -573,4 +576,20 @@ fn virtual_service_match_fields() {
         "present and empty selects no client"
     );
     assert!(!by_source("", Some(vec!["someone-else"])));
+}
+
+#[test]
+fn a_host_match_reads_the_authority_of_an_http2_request() {
+    let rm = pb::RouteMatch {
+        headers: vec![pb::HeaderMatch {
+            r#type: pb::MatchType::RegularExpression as i32,
+            name: "host".into(),
+            value: "svc\\.ns\\..*".into(),
+        }],
+        ..Default::default()
+    };
+    let table = RouteTable::new(&[vs_rule("vs", 1, 0, vec![rm])]);
+    // pick() has no Host header and the authority "svc.ns.svc.cluster.local:80".
+    assert!(pick(&table, "GET", "/", &[]).is_some());
+    assert!(pick(&table, "GET", "/", &[("host", "other")]).is_none());
 }

@@ -351,6 +351,24 @@ impl Snapshot {
             "rules": self.rules.values().map(|r| &**r).collect::<Vec<&Rule>>(),
             "routeTables": routes,
             "tcpRoutes": self.tcp.iter().map(|((h, p), r)| format!("{h}:{p} -> {}", r.name)).collect::<Vec<_>>(),
+            "backendPolicies": self.policies.values().map(|p| {
+                let backends = self.backends.get(&p.hostname);
+                serde_json::json!({
+                    "hostname": p.hostname,
+                    "source": p.source,
+                    "subsets": p.subsets.iter().map(|s| serde_json::json!({
+                        "name": s.name, "labels": s.labels, "workloads": s.workloads.len(),
+                    })).collect::<Vec<_>>(),
+                    "backends": backends.map(|b| b.ports.iter().flat_map(|(port, all, subsets)| {
+                        std::iter::once(all).chain(subsets).map(move |b| serde_json::json!({
+                            "port": port,
+                            "subset": b.subset,
+                            "endpoints": b.endpoints(),
+                            "policy": format!("{:?}", b.policy()),
+                        }))
+                    }).collect::<Vec<_>>()),
+                })
+            }).collect::<Vec<_>>(),
         })
     }
 }

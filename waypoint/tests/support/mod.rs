@@ -263,3 +263,19 @@ pub async fn fake_ztunnel(
     });
     seen
 }
+
+/// `GET path` on a plain HTTP/1.1 port (the waypoint's admin or stats port); the body as text.
+pub async fn get_text(addr: SocketAddr, path: &str) -> String {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(path)
+        .header("host", "x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}
