@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ca.proto",
         "zds.proto",
         "waypoint.proto",
+        "policy.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed=proto/{f}");
@@ -31,6 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (".ambit.waypoint.StringMatch.type", "match_type"),
         (".ambit.waypoint.LoadBalancer.kind", "load_balancer_kind"),
         (".ambit.waypoint.ConsistentHash.algorithm", "hash_algorithm"),
+        (".ambit.waypoint.PolicyTarget.kind", "policy_target_kind"),
+        (".ambit.waypoint.AuthorizationPolicy.action", "authz_action"),
+        (".ambit.waypoint.RateLimit.key", "rate_limit_key"),
     ] {
         builder = builder.field_attribute(
             field,

@@ -79,6 +79,9 @@ pub mod serde_enum {
     by_name!(route_origin, crate::waypoint::RouteOrigin);
     by_name!(load_balancer_kind, crate::waypoint::load_balancer::Kind);
     by_name!(hash_algorithm, crate::waypoint::consistent_hash::Algorithm);
+    by_name!(policy_target_kind, crate::waypoint::policy_target::Kind);
+    by_name!(authz_action, crate::waypoint::authorization_policy::Action);
+    by_name!(rate_limit_key, crate::waypoint::rate_limit::Key);
 }
 
 pub use ambit::waypoint;
@@ -89,13 +92,17 @@ pub use istio::v1::auth as ca;
 pub use istio::workload;
 pub use istio::workload::zds;
 
-/// xDS type URLs: ztunnel subscribes to the first two, waypoints to `ADDRESS`, `WAYPOINT_ROUTE` and
-/// `WAYPOINT_BACKEND_POLICY`.
+/// xDS type URLs: ztunnel subscribes to the first two, waypoints to `ADDRESS` and the `WAYPOINT_*` types.
 pub mod type_url {
     pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
     pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
     pub const WAYPOINT_ROUTE: &str = "type.googleapis.com/ambit.waypoint.Route";
     pub const WAYPOINT_BACKEND_POLICY: &str = "type.googleapis.com/ambit.waypoint.BackendPolicy";
+    pub const WAYPOINT_AUTHORIZATION: &str =
+        "type.googleapis.com/ambit.waypoint.AuthorizationPolicy";
+    pub const WAYPOINT_REQUEST_AUTHENTICATION: &str =
+        "type.googleapis.com/ambit.waypoint.RequestAuthentication";
+    pub const WAYPOINT_RATE_LIMIT: &str = "type.googleapis.com/ambit.waypoint.RateLimitPolicy";
 }
 
 #[cfg(test)]
@@ -127,6 +134,31 @@ mod tests {
         let bad =
             serde_json::from_value::<waypoint::PathMatch>(serde_json::json!({"type": "Glob"}));
         assert!(bad.unwrap_err().to_string().contains("unknown value"));
+    }
+
+    #[test]
+    fn policies_from_yaml_by_name() {
+        let p: waypoint::BackendPolicy = serde_json::from_value(serde_json::json!({
+            "hostname": "r.demo.svc.cluster.local",
+            "policy": {"loadBalancer": {"kind": "ConsistentHash", "consistentHash": {"headerName": "x-user", "algorithm": "MAGLEV"}}},
+            "subsets": [{"name": "v1", "labels": {"version": "v1"}, "workloads": {"uids": ["a"]}}],
+        }))
+        .unwrap();
+        let lb = p.policy.unwrap().load_balancer.unwrap();
+        assert_eq!(lb.kind, waypoint::load_balancer::Kind::ConsistentHash as i32);
+        assert_eq!(
+            lb.consistent_hash.unwrap().algorithm,
+            waypoint::consistent_hash::Algorithm::Maglev as i32
+        );
+        let a: waypoint::AuthorizationPolicy = serde_json::from_value(serde_json::json!({
+            "name": "demo/deny-post",
+            "action": "DENY",
+            "targets": [{"kind": "Service", "name": "r.demo.svc.cluster.local"}],
+            "rules": [{"to": [{"methods": ["POST"]}]}],
+        }))
+        .unwrap();
+        assert_eq!(a.action, waypoint::authorization_policy::Action::Deny as i32);
+        assert_eq!(a.targets[0].kind, waypoint::policy_target::Kind::Service as i32);
     }
 
     #[test]
