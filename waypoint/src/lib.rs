@@ -10,6 +10,7 @@ pub mod http;
 pub mod inbound;
 pub mod localconfig;
 pub mod metrics;
+pub mod ratelimit;
 pub mod resilience;
 pub mod route;
 pub mod state;

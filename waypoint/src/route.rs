@@ -20,7 +20,7 @@ use regex::Regex;
 use crate::filters::Filter;
 use crate::resilience::{Cors, Fault, RetryPolicy};
 
-pub use convert::{ConvertError, rule_from_proto};
+pub use convert::{ConvertError, convert_match, rule_from_proto};
 
 /// Which kind of route a rule came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -97,7 +97,7 @@ fn header_name(field: &str, n: &str) -> Result<HeaderName, ConvertError> {
         .map_err(|_| err(field, format!("invalid header name {n:?}")))
 }
 
-fn convert_match(kind: RouteKind, f: &str, m: &pb::RouteMatch) -> Result<Match, ConvertError> {
+pub fn convert_match(kind: RouteKind, f: &str, m: &pb::RouteMatch) -> Result<Match, ConvertError> {
     let headers = header_matches(f, "headers", &m.headers)?;
     let query = m
         .query_params
