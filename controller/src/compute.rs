@@ -8,6 +8,7 @@
 pub mod authz;
 pub mod deployer;
 pub mod destination_rule;
+pub mod fault_injection;
 pub mod istio_hosts;
 pub mod render;
 pub mod route_scopes;

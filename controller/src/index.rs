@@ -9,7 +9,7 @@ use crate::sources::{
     AuthorizationPolicy, Event, Gateway, GrpcRoute, HttpRoute, Kind, Object, ObjectKey,
     PeerAuthentication, TcpRoute,
 };
-use crate::sources::{DestinationRule, VirtualService};
+use crate::sources::{DestinationRule, FaultInjection, VirtualService};
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped objects.
 pub type Name = (String, String);
@@ -28,6 +28,7 @@ pub struct Index {
     pub peer_authentications: BTreeMap<Name, PeerAuthentication>,
     pub virtual_services: BTreeMap<Name, VirtualService>,
     pub destination_rules: BTreeMap<Name, DestinationRule>,
+    pub fault_injections: BTreeMap<Name, FaultInjection>,
     /// Whether every source finished its initial listing.
     pub synced: bool,
 }
@@ -61,6 +62,7 @@ impl Index {
             Object::PeerAuthentication(o) => replace(&mut self.peer_authentications, key, *o),
             Object::VirtualService(o) => replace(&mut self.virtual_services, key, *o),
             Object::DestinationRule(o) => replace(&mut self.destination_rules, key, *o),
+            Object::FaultInjection(o) => replace(&mut self.fault_injections, key, *o),
         }
     }
 
@@ -79,6 +81,7 @@ impl Index {
             Kind::PeerAuthentication => self.peer_authentications.remove(&k).is_some(),
             Kind::VirtualService => self.virtual_services.remove(&k).is_some(),
             Kind::DestinationRule => self.destination_rules.remove(&k).is_some(),
+            Kind::FaultInjection => self.fault_injections.remove(&k).is_some(),
         }
     }
 

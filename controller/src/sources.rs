@@ -1,6 +1,7 @@
 //! Where objects come from. A [`Source`] emits [`Event`]s modelled on kube-rs watcher events (`Apply`, `Delete`,
 //! `InitDone`), so a Kubernetes watcher can replace the manifest directory without touching the rest.
 
+pub mod ambit;
 pub mod istio;
 pub mod manifest;
 pub mod routes;
@@ -14,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+pub use ambit::FaultInjection;
 pub use istio::{DestinationRule, VirtualService};
 pub use routes::{GrpcRoute, HttpRoute, TcpRoute};
 pub use types::{AuthorizationPolicy, Gateway, PeerAuthentication};
@@ -33,6 +35,7 @@ pub enum Kind {
     PeerAuthentication,
     VirtualService,
     DestinationRule,
+    FaultInjection,
 }
 
 impl Kind {
@@ -61,6 +64,7 @@ impl Kind {
             ("networking.istio.io", "v1" | "v1beta1" | "v1alpha3", "DestinationRule") => {
                 Some(Kind::DestinationRule)
             }
+            ("ambit.dev", "v1alpha1", "FaultInjection") => Some(Kind::FaultInjection),
             _ => None,
         }
     }
@@ -103,6 +107,7 @@ pub enum Object {
     PeerAuthentication(Box<PeerAuthentication>),
     VirtualService(Box<VirtualService>),
     DestinationRule(Box<DestinationRule>),
+    FaultInjection(Box<FaultInjection>),
 }
 
 impl Object {
@@ -120,6 +125,7 @@ impl Object {
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
+            Object::FaultInjection(_) => Kind::FaultInjection,
         }
     }
 
@@ -137,6 +143,7 @@ impl Object {
             Object::PeerAuthentication(o) => &o.metadata,
             Object::VirtualService(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
+            Object::FaultInjection(o) => &o.metadata,
         }
     }
 
@@ -255,6 +262,9 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentErro
         Kind::DestinationRule => {
             Object::DestinationRule(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
         }
+        Kind::FaultInjection => {
+            Object::FaultInjection(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
     };
     if obj
         .metadata()
@@ -278,6 +288,7 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentErro
         Object::PeerAuthentication(o) => &mut o.metadata,
         Object::VirtualService(o) => &mut o.metadata,
         Object::DestinationRule(o) => &mut o.metadata,
+        Object::FaultInjection(o) => &mut o.metadata,
     };
     if kind.namespaced() {
         if meta.namespace.as_deref().unwrap_or_default().is_empty() {
@@ -355,6 +366,10 @@ mod tests {
                 "{v}"
             );
         }
+        let d = doc("apiVersion: ambit.dev/v1alpha1\nkind: FaultInjection\nmetadata: {name: f}\nspec: {abort: {httpStatus: 503}}\n").unwrap();
+        assert!(
+            matches!(&d, Document::Object(o @ Object::FaultInjection(_)) if o.key().namespace == "default")
+        );
         let d = doc("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n").unwrap();
         assert!(matches!(d, Document::Unknown(_, k) if k == "Deployment"));
         // A Pod from the wrong group is not a Pod.

@@ -10,8 +10,24 @@
 //! Backends: a `Service` in the route's namespace with a port → hostname and port; anything else is kept with
 //! `invalid` set (the waypoint answers 500 for requests that pick it) and `ResolvedRefs=False` in status.
 //! Cross-namespace backends need a ReferenceGrant, which is not supported: they are `RefNotPermitted`.
+//!
+//! Policies: `timeouts` (invalid durations, which the CRD refuses, count as unset), HTTPRoute `retry`
+//! ([`retry`]) and fault injection through Ambit's `FaultInjection` extension filter ([`super::fault_injection`]:
+//! an unresolvable one makes the rule answer 500, as Gateway API asks of custom filters). Other filter types the
+//! waypoint does not implement (CORS, other ExtensionRefs) are skipped.
+//!
+//! Invalid values in a rule (a retry code out of range, two FaultInjection filters, ...) drop that rule, Gateway
+//! API's "Drop Rule" approach: the other rules apply, each parent's status gets `PartiallyInvalid=True`
+//! (reason `UnsupportedValue`, message `Dropped Rule(s): <field>: <problem>; ...`), and when no rule is left the
+//! parent is `Accepted=False UnsupportedValue` (and does not count toward a listener's `attachedRoutes`). With
+//! Kubernetes the CRD's validation would refuse most of these; the manifest source has no such validation.
 
 use std::collections::BTreeMap;
+
+mod retry;
+mod rule;
+#[cfg(test)]
+mod tests;
 
 use ambit_proto::waypoint::{
     BackendRef, Filter, Header, HeaderMatch, HeaderModifier, MatchType, ParentRef, PathMatch,
@@ -20,13 +36,14 @@ use ambit_proto::waypoint::{
 };
 use serde_json::{Value, json};
 
+use super::fault_injection;
 use super::status::condition;
 use super::waypoint::{GatewayCheck, HBONE_PORT, Waypoint, check_gateway};
 use super::{ComputeConfig, service_hostname};
 use crate::index::{Index, Name};
 use crate::sources::routes::{
-    BackendObjectReference, HeaderFilter, HttpBackendRef, HttpRouteFilter, HttpRouteTimeouts,
-    ParentReference, PathModifierSpec, ValueMatch, parse_duration,
+    BackendObjectReference, HeaderFilter, HttpBackendRef, HttpRouteFilter, HttpRouteRetry,
+    HttpRouteTimeouts, ParentReference, PathModifierSpec, ValueMatch, parse_duration,
 };
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -49,6 +66,7 @@ struct RuleIn<'a> {
     filters: &'a [HttpRouteFilter],
     backends: &'a [HttpBackendRef],
     timeouts: Option<&'a HttpRouteTimeouts>,
+    retry: Option<&'a HttpRouteRetry>,
 }
 
 /// One route object, kind-independent.
@@ -130,6 +148,7 @@ fn inputs(index: &Index) -> Vec<RouteIn<'_>> {
                 filters: &rule.filters,
                 backends: &rule.backend_refs,
                 timeouts: rule.timeouts.as_ref(),
+                retry: rule.retry.as_ref(),
             })
             .collect();
         out.push(RouteIn {
@@ -174,6 +193,7 @@ fn inputs(index: &Index) -> Vec<RouteIn<'_>> {
                 filters: &rule.filters,
                 backends: &rule.backend_refs,
                 timeouts: None,
+                retry: None,
             })
             .collect();
         out.push(RouteIn {
@@ -197,6 +217,7 @@ fn inputs(index: &Index) -> Vec<RouteIn<'_>> {
                 filters: &[],
                 backends: &rule.backend_refs,
                 timeouts: None,
+                retry: None,
             })
             .collect();
         out.push(RouteIn {
@@ -499,6 +520,8 @@ pub fn routes(
     waypoints: &BTreeMap<Name, Waypoint>,
 ) -> RouteOutput {
     let mut out = RouteOutput::default();
+    let faults = fault_injection::convert_all(index);
+    out.status.extend(fault_injection::status(&faults));
     for route in inputs(index) {
         let mut parents = Vec::new();
         let mut parent_status = Vec::new();
@@ -509,18 +532,16 @@ pub fn routes(
             problem: None,
         };
         let mut rules = Vec::new();
+        // Messages of the rules dropped as invalid.
+        let mut dropped: Vec<String> = Vec::new();
         for (i, rule) in route.rules.iter().enumerate() {
-            let filters = resolver.filters(rule.filters);
-            let backends = rule
-                .backends
-                .iter()
-                .map(|b| {
-                    let f = resolver.filters(&b.filters);
-                    resolver.backend(&b.backend, b.weight.unwrap_or(1), f)
-                })
-                .collect();
-            rules.push((i, rule, filters, backends));
+            let Some(parts) = rule::rule_parts(&mut resolver, &faults, i, rule, &mut dropped)
+            else {
+                continue;
+            };
+            rules.push((i, rule, parts));
         }
+        let nothing_valid = !route.rules.is_empty() && rules.is_empty();
         let resolved = match &resolver.problem {
             None => condition(
                 "ResolvedRefs",
@@ -533,6 +554,12 @@ pub fn routes(
         for p in route.parents {
             let accepted = match resolve_parent(&route, p, index, waypoints, cfg) {
                 ParentOutcome::Ignored => continue,
+                ParentOutcome::Attached(_) if nothing_valid => condition(
+                    "Accepted",
+                    false,
+                    "UnsupportedValue",
+                    &format!("All rules are invalid: {}", dropped.join("; ")),
+                ),
                 ParentOutcome::Attached(parent) => {
                     if parent.kind == parent_ref::Kind::Gateway as i32 {
                         *out.attached
@@ -546,10 +573,19 @@ pub fn routes(
                     condition("Accepted", false, reason, &message)
                 }
             };
+            let mut conditions = vec![accepted, resolved.clone()];
+            if !dropped.is_empty() && !nothing_valid {
+                conditions.push(condition(
+                    "PartiallyInvalid",
+                    true,
+                    "UnsupportedValue",
+                    &format!("Dropped Rule(s): {}", dropped.join("; ")),
+                ));
+            }
             parent_status.push(json!({
                 "parentRef": parent_ref_json(p, "Gateway"),
                 "controllerName": CONTROLLER_NAME,
-                "conditions": [accepted, resolved.clone()],
+                "conditions": conditions,
             }));
         }
         if !parent_status.is_empty() {
@@ -561,7 +597,7 @@ pub fn routes(
         if parents.is_empty() {
             continue;
         }
-        for (i, rule, filters, backends) in rules {
+        for (i, rule, parts) in rules {
             let name = format!("{}/{}/{}/{i}", route.ns, route.kind_name(), route.name);
             out.routes.insert(
                 name.clone(),
@@ -576,9 +612,12 @@ pub fn routes(
                     parents: parents.clone(),
                     hostnames: route.hostnames.to_vec(),
                     matches: rule.matches.clone(),
-                    filters,
-                    backends,
+                    filters: parts.filters,
+                    backends: parts.backends,
                     timeouts: timeouts(rule.timeouts),
+                    retry: parts.retry,
+                    fault: parts.fault,
+                    direct_response: parts.direct_response,
                     ..Default::default()
                 },
             );

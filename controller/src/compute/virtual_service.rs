@@ -44,6 +44,7 @@ use super::waypoint::Bindings;
 use crate::index::Index;
 use crate::sources::VirtualService;
 use convert::{Converter, RuleParts};
+pub(super) use policy::fault as convert_fault;
 pub use policy::{DEFAULT_RETRY_ON, RETRY_ON};
 
 /// The computed VirtualService routes and their objects' status (`virtualservice/<ns>/<name>`).

@@ -60,6 +60,23 @@ pub struct HttpRouteRule {
     pub backend_refs: Vec<HttpBackendRef>,
     #[serde(default)]
     pub timeouts: Option<HttpRouteTimeouts>,
+    #[serde(default)]
+    pub retry: Option<HttpRouteRetry>,
+}
+
+/// `rules[].retry` (GEP-1731, Standard since Gateway API v1.7). Values are kept as written (an `i64`, any
+/// string) so that compute can report the ones out of range by field.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HttpRouteRetry {
+    /// Retries after the first attempt; unset: the implementation's default; 0: no retries.
+    #[serde(default)]
+    pub attempts: Option<i64>,
+    /// HTTP statuses (400-599) to retry.
+    #[serde(default)]
+    pub codes: Vec<i64>,
+    /// A Gateway API duration: the base interval of the backoff.
+    #[serde(default)]
+    pub backoff: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -95,8 +112,8 @@ pub struct ValueMatch {
     pub value: String,
 }
 
-/// One filter; `type` says which of the other fields applies. Types the controller does not know (CORS,
-/// ExtensionRef) are skipped.
+/// One filter; `type` says which of the other fields applies. Types the controller does not know (CORS, an
+/// ExtensionRef to anything but an `ambit.dev` `FaultInjection`) are skipped.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteFilter {
@@ -112,6 +129,19 @@ pub struct HttpRouteFilter {
     pub url_rewrite: Option<RewriteFilter>,
     #[serde(default)]
     pub request_mirror: Option<MirrorFilter>,
+    #[serde(default)]
+    pub extension_ref: Option<LocalObjectReference>,
+}
+
+/// `extensionRef`: an object in the route's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LocalObjectReference {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -471,6 +501,8 @@ spec:
     filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}, fraction: {numerator: 1}}}]
     backendRefs: [{name: b, port: 8080, weight: 3, filters: [{type: URLRewrite, urlRewrite: {hostname: h}}]}]
     timeouts: {request: 10s}
+    retry: {attempts: 3, codes: [503, 504], backoff: 100ms}
+  - filters: [{type: ExtensionRef, extensionRef: {group: ambit.dev, kind: FaultInjection, name: f}}]
 "#,
         )
         .unwrap();
@@ -489,6 +521,19 @@ spec:
         assert_eq!(
             rule.timeouts.as_ref().unwrap().request.as_deref(),
             Some("10s")
+        );
+        assert_eq!(
+            rule.retry,
+            Some(HttpRouteRetry {
+                attempts: Some(3),
+                codes: vec![503, 504],
+                backoff: Some("100ms".into())
+            })
+        );
+        let ext = r.spec.rules[1].filters[0].extension_ref.as_ref().unwrap();
+        assert_eq!(
+            (ext.group.as_str(), ext.kind.as_str(), ext.name.as_str()),
+            ("ambit.dev", "FaultInjection", "f")
         );
     }
 }

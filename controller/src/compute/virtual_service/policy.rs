@@ -145,7 +145,7 @@ fn yaml_text(v: &serde_yaml::Value) -> String {
         .unwrap_or_default()
 }
 
-pub(super) fn fault(m: &mut Messages, f: &str, x: &VsFault) -> FaultInjection {
+pub(in crate::compute) fn fault(m: &mut Messages, f: &str, x: &VsFault) -> FaultInjection {
     let delay = x.delay.as_ref().map(|d| {
         let fd = format!("{f}.delay");
         m.unsupported_strict(&fd, &d.unknown, &[]);
