@@ -29,8 +29,11 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::http::Proxy;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimitPolicy;
 use crate::route::rule_from_proto;
-use crate::state::{BackendPolicy, Resource, SelfInfo, Store, address_from_proto};
+use crate::state::{
+    BackendPolicy, Resource, SelfInfo, Store, Targeted, address_from_proto, targets_from_proto,
+};
 use crate::upstream::{Connector, Upstream};
 use crate::{inbound, localconfig};
 
@@ -122,6 +125,7 @@ pub async fn start_on(
                 ambit_proto::type_url::ADDRESS.to_owned(),
                 ambit_proto::type_url::WAYPOINT_ROUTE.to_owned(),
                 ambit_proto::type_url::WAYPOINT_BACKEND_POLICY.to_owned(),
+                ambit_proto::type_url::WAYPOINT_RATE_LIMIT.to_owned(),
             ];
             let client = XdsClient::new(
                 control_plane(&cfg, address, &cfg.xds_root_ca),
@@ -300,7 +304,7 @@ impl XdsHandler for StoreHandler {
         let mut removes = Vec::new();
         for u in updates {
             match u {
-                XdsUpdate::Remove { name } => removes.push(name),
+                XdsUpdate::Remove { name } => removes.push(store_key(type_url, &name)),
                 XdsUpdate::Upsert { name, resource, .. } => {
                     let converted = match type_url {
                         ambit_proto::type_url::ADDRESS => {
@@ -320,10 +324,18 @@ impl XdsHandler for StoreHandler {
                                 .and_then(|p| BackendPolicy::from_proto(&name, &p))
                                 .map(Resource::Policy)
                         }
+                        ambit_proto::type_url::WAYPOINT_RATE_LIMIT => {
+                            ambit_proto::waypoint::RateLimitPolicy::decode(
+                                resource.value.as_slice(),
+                            )
+                            .map_err(|e| format!("decode: {e}"))
+                            .and_then(|p| rate_limit_from_proto(&p))
+                            .map(Resource::RateLimit)
+                        }
                         other => Err(format!("unexpected type {other}")),
                     };
                     match converted {
-                        Ok(r) => upserts.push((name, r)),
+                        Ok(r) => upserts.push((store_key(type_url, &name), r)),
                         Err(reason) => {
                             warn!(resource = %name, %reason, "rejected");
                             rejected.push(Rejection { name, reason });
@@ -335,6 +347,27 @@ impl XdsHandler for StoreHandler {
         self.0.update(upserts, removes);
         rejected
     }
+}
+
+/// The store's name of an xDS resource: the L7 policy types share `<ns>/<name>` names, so each gets its own
+/// prefix (WDS, route and backend policy names cannot collide with each other).
+pub fn store_key(type_url: &str, name: &str) -> String {
+    match type_url {
+        ambit_proto::type_url::WAYPOINT_RATE_LIMIT => format!("ratelimit/{name}"),
+        ambit_proto::type_url::WAYPOINT_AUTHORIZATION => format!("authz/{name}"),
+        ambit_proto::type_url::WAYPOINT_REQUEST_AUTHENTICATION => format!("requestauthn/{name}"),
+        _ => name.to_owned(),
+    }
+}
+
+/// A RateLimitPolicy resource with its targets.
+pub fn rate_limit_from_proto(
+    p: &ambit_proto::waypoint::RateLimitPolicy,
+) -> Result<Targeted<RateLimitPolicy>, String> {
+    Ok(Targeted {
+        targets: targets_from_proto(&p.targets)?,
+        policy: RateLimitPolicy::from_proto(p)?,
+    })
 }
 
 /// `/config_dump`: the configuration, services with their routes, and certificates.

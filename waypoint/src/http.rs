@@ -30,6 +30,7 @@ use crate::balance::limits::RequestGuard;
 use crate::config::Config;
 use crate::filters::{self, Filter, HeaderModifier, Mirror};
 use crate::metrics::{Metrics, Report, RequestLabels, Series};
+use crate::ratelimit;
 use crate::resilience::{Abort, RetryPolicy, deadlines, parse_grpc_timeout};
 use crate::route::{Match, RequestView, Rule, pick_weighted};
 use crate::state::{
@@ -145,6 +146,7 @@ pub mod flags {
     pub const UPSTREAM_OVERFLOW: &str = "UO";
     pub const FAULT_INJECTED: &str = "FI";
     pub const DELAY_INJECTED: &str = "DI";
+    pub const RATE_LIMITED: &str = "RL";
 }
 
 /// Serves one request.
@@ -330,6 +332,53 @@ pub async fn handle(
         }
     };
 
+    // Local rate limits of the service, the waypoint and the matched rule.
+    let mut quota = None;
+    if !snap.rate_limits().is_empty() {
+        let service_key = service_port
+            .as_ref()
+            .map(|(s, p)| (s.hostname.as_str(), *p));
+        let mut seen: Vec<*const ratelimit::RateLimitPolicy> = Vec::new();
+        let policies = snap
+            .rate_limits()
+            .for_request(service_key, rule_chosen.map(|r| r.name.as_str()))
+            .map(|t| &t.policy)
+            .filter(|p| {
+                let ptr: *const ratelimit::RateLimitPolicy = *p;
+                let new = !seen.contains(&ptr);
+                seen.push(ptr);
+                new
+            });
+        let identity = conn.source_principal.as_ref().map(ToString::to_string);
+        let view = RequestView {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            authority: &authority,
+            source_namespace: conn.source_namespace(),
+            source_uid: conn.source.as_deref().map(|w| w.uid.as_str()),
+        };
+        let key = ratelimit::KeyInput {
+            identity: identity.as_deref(),
+            source_ip: conn.source_addr.map(|a| a.ip()),
+            headers: &parts.headers,
+            path: parts.uri.path(),
+        };
+        match ratelimit::check(policies, &view, &key, tokio::time::Instant::now()) {
+            ratelimit::Verdict::Limited(q) => {
+                log.code = 429;
+                log.flags = flags::RATE_LIMITED;
+                proxy.metrics.rate_limited();
+                let mut r =
+                    error_response(StatusCode::TOO_MANY_REQUESTS, grpc, "local_rate_limited");
+                ratelimit::headers(&q, true, r.headers_mut());
+                return Ok(finish_synthetic(r, log));
+            }
+            ratelimit::Verdict::Allowed(q) => quota = q,
+        }
+    }
+
     // Fault injection (Envoy's order: the delay, then the abort, both before any upstream request).
     let mut fault_flag = flags::NONE;
     if let Some(fault) = rule_chosen.and_then(|r| r.fault.as_ref()) {
@@ -472,6 +521,9 @@ pub async fn handle(
         let mut req_headers = http::HeaderMap::new();
         req_headers.insert(header::ORIGIN, origin);
         cors.response_headers(&req_headers, &mut rparts.headers);
+    }
+    if let Some(q) = &quota {
+        ratelimit::headers(q, false, &mut rparts.headers);
     }
     rparts.version = downstream_version;
     log.code = rparts.status.as_u16();

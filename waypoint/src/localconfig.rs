@@ -43,7 +43,7 @@ pub enum LocalConfigError {
     Parse(PathBuf, serde_yaml::Error),
     #[error("{0}: route {1}: {2}")]
     Route(PathBuf, String, crate::route::ConvertError),
-    #[error("{0}: backend policy {1}: {2}")]
+    #[error("{0}: policy {1}: {2}")]
     Policy(PathBuf, String, String),
 }
 
@@ -54,6 +54,7 @@ struct File {
     workloads: Vec<WorkloadYaml>,
     routes: Vec<ambit_proto::waypoint::Route>,
     backend_policies: Vec<ambit_proto::waypoint::BackendPolicy>,
+    rate_limits: Vec<ambit_proto::waypoint::RateLimitPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +219,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<(String, Resource)>, LocalCo
         let policy = BackendPolicy::from_proto(&p.hostname, &p)
             .map_err(|e| LocalConfigError::Policy(path.into(), p.hostname.clone(), e))?;
         out.push((policy.hostname.clone(), Resource::Policy(policy)));
+    }
+    for p in file.rate_limits {
+        let policy = crate::app::rate_limit_from_proto(&p)
+            .map_err(|e| LocalConfigError::Policy(path.into(), p.name.clone(), e))?;
+        out.push((
+            crate::app::store_key(ambit_proto::type_url::WAYPOINT_RATE_LIMIT, &p.name),
+            Resource::RateLimit(policy),
+        ));
     }
     Ok(out)
 }

@@ -192,6 +192,8 @@ pub struct Metrics {
     /// `not_replayable`).
     pub retries: Counter,
     pub retries_skipped: Family<ReasonLabel, Counter>,
+    /// Requests answered 429 by a local rate limit.
+    pub rate_limited: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -212,6 +214,7 @@ impl Metrics {
             tcp_received: Family::default(),
             retries: Counter::default(),
             retries_skipped: Family::default(),
+            rate_limited: Counter::default(),
         };
         let ambit = registry.sub_registry_with_prefix("ambit_waypoint");
         ambit.register("retries", "Retries sent to backends", m.retries.clone());
@@ -219,6 +222,11 @@ impl Metrics {
             "retries_skipped",
             "Retries the route's policy asked for that were not sent, by reason",
             m.retries_skipped.clone(),
+        );
+        ambit.register(
+            "rate_limited",
+            "Requests answered 429 by a local rate limit (per replica)",
+            m.rate_limited.clone(),
         );
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register(
@@ -266,6 +274,10 @@ impl Metrics {
 
     pub fn retry(&self) {
         self.retries.inc();
+    }
+
+    pub fn rate_limited(&self) {
+        self.rate_limited.inc();
     }
 
     pub fn retry_skipped(&self, reason: &'static str) {

@@ -10,6 +10,7 @@ mod backend;
 mod convert;
 mod policy;
 mod snapshot;
+mod targets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -19,12 +20,14 @@ use std::sync::{Arc, Mutex};
 use ambit_core::Identity;
 use arc_swap::ArcSwap;
 
+use crate::ratelimit::RateLimitPolicy;
 use crate::route::Rule;
 
 pub use backend::{Backend, BackendShared, Picked};
 pub use convert::address_from_proto;
 pub use policy::{BackendPolicy, Resolved};
 pub use snapshot::{Snapshot, Target};
+pub use targets::{TargetIndex, TargetRef, targets_from_proto};
 
 use crate::balance::locality::Locality;
 use crate::balance::outlier::EndpointHealth;
@@ -171,6 +174,14 @@ struct Raw {
     workloads: BTreeMap<String, Arc<Workload>>,
     rules: BTreeMap<String, Arc<Rule>>,
     policies: BTreeMap<String, Arc<BackendPolicy>>,
+    rate_limits: BTreeMap<String, Arc<Targeted<RateLimitPolicy>>>,
+}
+
+/// An L7 policy with what it applies to.
+#[derive(Debug)]
+pub struct Targeted<T> {
+    pub targets: Vec<TargetRef>,
+    pub policy: T,
 }
 
 /// A resource to add or replace, by name.
@@ -179,6 +190,7 @@ pub enum Resource {
     Workload(Workload),
     Rule(Rule),
     Policy(BackendPolicy),
+    RateLimit(Targeted<RateLimitPolicy>),
 }
 
 /// The one writer's handle and every reader's source of snapshots.
@@ -200,6 +212,7 @@ impl Store {
                 std::iter::empty(),
                 std::iter::empty(),
                 std::iter::empty(),
+                TargetIndex::default(),
                 None,
             ))),
             me,
@@ -225,6 +238,7 @@ impl Store {
             raw.workloads.remove(&name);
             raw.rules.remove(&name);
             raw.policies.remove(&name);
+            raw.rate_limits.remove(&name);
         }
         for (name, r) in upserts {
             match r {
@@ -239,6 +253,9 @@ impl Store {
                 }
                 Resource::Policy(p) => {
                     raw.policies.insert(name, Arc::new(p));
+                }
+                Resource::RateLimit(p) => {
+                    raw.rate_limits.insert(name, Arc::new(p));
                 }
             }
         }
@@ -263,6 +280,11 @@ impl Store {
             raw.workloads.values().cloned(),
             raw.rules.values().cloned(),
             raw.policies.values().cloned(),
+            TargetIndex::new(
+                raw.rate_limits
+                    .values()
+                    .map(|p| (p.targets.as_slice(), p.clone())),
+            ),
             Some(&previous),
         );
         self.current.store(Arc::new(next));

@@ -13,7 +13,9 @@ use std::time::Duration;
 use ambit_core::Identity;
 use ambit_core::ca::LocalCa;
 use ambit_core::hbone::{H2Config, HboneClient};
-use ambit_proto::type_url::{ADDRESS, WAYPOINT_BACKEND_POLICY, WAYPOINT_ROUTE};
+use ambit_proto::type_url::{
+    ADDRESS, WAYPOINT_BACKEND_POLICY, WAYPOINT_RATE_LIMIT, WAYPOINT_ROUTE,
+};
 use ambit_proto::waypoint as wp;
 use ambit_proto::workload as wl;
 use ambit_proto::xds::aggregated_discovery_service_server::{
@@ -246,9 +248,9 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
         .await
         .expect("no xDS stream")
         .unwrap();
-    // One subscription per type: WDS, routes and backend policies.
+    // One subscription per type: WDS, routes, backend policies and rate limits.
     let mut types = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         types.push(
             tokio::time::timeout(WAIT, rx.recv())
                 .await
@@ -262,6 +264,7 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
         ADDRESS.to_owned(),
         WAYPOINT_ROUTE.to_owned(),
         WAYPOINT_BACKEND_POLICY.to_owned(),
+        WAYPOINT_RATE_LIMIT.to_owned(),
     ];
     want.sort();
     assert_eq!(types, want);
@@ -322,6 +325,13 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
     );
     assert!(
         reply_to(&mut rx, WAYPOINT_BACKEND_POLICY, "p1")
+            .await
+            .error_detail
+            .is_none()
+    );
+    respond(&tx, WAYPOINT_RATE_LIMIT, "l1", vec![]);
+    assert!(
+        reply_to(&mut rx, WAYPOINT_RATE_LIMIT, "l1")
             .await
             .error_detail
             .is_none()

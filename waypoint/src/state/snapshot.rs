@@ -8,8 +8,11 @@ use ambit_core::hbone::Authority;
 
 use super::backend::{Backend, BackendShared, Endpoint};
 use super::policy::{BackendPolicy, Resolved};
-use super::{EndpointStats, SelfInfo, Service, Tunnel, WaypointRef, Workload};
+use super::{
+    EndpointStats, SelfInfo, Service, TargetIndex, Targeted, Tunnel, WaypointRef, Workload,
+};
 use crate::balance::locality::{Locality, Tiers};
+use crate::ratelimit::RateLimitPolicy;
 use crate::route::{RouteKind, RouteTable, Rule};
 
 /// The backends of one service: per port, the whole service and each subset its policy defines.
@@ -50,6 +53,7 @@ pub struct Snapshot {
     backends: HashMap<String, ServiceBackends>,
     /// What workload-addressed requests share (their retry budget).
     passthrough: Arc<BackendShared>,
+    rate_limits: TargetIndex<Targeted<RateLimitPolicy>>,
     workload_count: usize,
 }
 
@@ -60,6 +64,7 @@ impl Snapshot {
         workloads: impl Iterator<Item = Arc<Workload>>,
         rules: impl Iterator<Item = Arc<Rule>>,
         policies: impl Iterator<Item = Arc<BackendPolicy>>,
+        rate_limits: TargetIndex<Targeted<RateLimitPolicy>>,
         previous: Option<&Snapshot>,
     ) -> Snapshot {
         let mut s = Snapshot::default();
@@ -100,6 +105,7 @@ impl Snapshot {
             .collect();
         s.rules = rules.map(|r| (r.name.clone(), r)).collect();
         s.policies = policies.map(|p| (p.hostname.clone(), p)).collect();
+        s.rate_limits = rate_limits;
         s.passthrough = previous.map(|p| p.passthrough.clone()).unwrap_or_default();
         s.index_routes(me);
         s.build_backends(me, previous);
@@ -288,6 +294,11 @@ impl Snapshot {
         Some(Arc::new(new_backend(
             service, port, None, endpoints, resolved, None, None,
         )))
+    }
+
+    /// The rate limits of a request for `service:port` matched by `rule`.
+    pub fn rate_limits(&self) -> &TargetIndex<Targeted<RateLimitPolicy>> {
+        &self.rate_limits
     }
 
     /// What requests addressed to a workload share.

@@ -222,6 +222,8 @@ pub struct Mesh {
     workloads: Vec<String>,
     routes: Vec<String>,
     policies: Vec<String>,
+    /// Other top-level lists of the file (`rateLimits`, …), by key.
+    extra: Vec<(String, Vec<String>)>,
     rule_index: HashMap<String, usize>,
 }
 
@@ -244,6 +246,7 @@ impl Mesh {
             )],
             routes: Vec::new(),
             policies: Vec::new(),
+            extra: Vec::new(),
             rule_index: HashMap::new(),
         }
     }
@@ -308,14 +311,25 @@ impl Mesh {
         self
     }
 
+    /// An item (a YAML flow mapping) of another top-level list of the file, e.g. `rateLimits`.
+    pub fn item(&mut self, key: &str, item: &str) -> &mut Mesh {
+        match self.extra.iter_mut().find(|(k, _)| k == key) {
+            Some((_, items)) => items.push(format!("- {item}")),
+            None => self.extra.push((key.to_owned(), vec![format!("- {item}")])),
+        }
+        self
+    }
+
     pub fn yaml(&self) -> String {
         let mut out = String::new();
-        for (key, items) in [
+        let lists = [
             ("services", &self.services),
             ("workloads", &self.workloads),
             ("routes", &self.routes),
             ("backendPolicies", &self.policies),
-        ] {
+        ];
+        let extra = self.extra.iter().map(|(k, v)| (k.as_str(), v));
+        for (key, items) in lists.into_iter().chain(extra) {
             if items.is_empty() {
                 continue;
             }
