@@ -14,7 +14,8 @@ use super::net::{GATEWAY, NET_NS};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct GetArgs {
-    /// gateway, httproute, grpcroute, tcproute, service or pod (plurals and kubectl's short names work too).
+    /// gateway, httproute, grpcroute, tcproute, virtualservice, destinationrule, faultinjection, service or pod
+    /// (plurals and kubectl's short names work too).
     pub kind: String,
     /// One object; all of the kind when omitted.
     pub name: Option<String>,
@@ -41,7 +42,7 @@ pub struct Kind {
     pub key: &'static str,
 }
 
-const KINDS: [(Kind, &[&str]); 6] = [
+const KINDS: [(Kind, &[&str]); 9] = [
     (
         Kind {
             kind: "Gateway",
@@ -69,6 +70,27 @@ const KINDS: [(Kind, &[&str]); 6] = [
             key: "tcproute",
         },
         &["tcproute", "tcproutes"],
+    ),
+    (
+        Kind {
+            kind: "VirtualService",
+            key: "virtualservice",
+        },
+        &["virtualservice", "virtualservices", "vs"],
+    ),
+    (
+        Kind {
+            kind: "DestinationRule",
+            key: "destinationrule",
+        },
+        &["destinationrule", "destinationrules", "dr"],
+    ),
+    (
+        Kind {
+            kind: "FaultInjection",
+            key: "faultinjection",
+        },
+        &["faultinjection", "faultinjections"],
     ),
     (
         Kind {
@@ -373,6 +395,11 @@ metadata: {name: other}
     fn kinds_by_any_name() {
         assert_eq!(kind("svc").unwrap().kind, "Service");
         assert_eq!(kind("HTTPRoutes").unwrap().key, "httproute");
+        assert_eq!(kind("vs").unwrap().kind, "VirtualService");
+        assert_eq!(
+            kind("destinationrules.networking.istio.io").unwrap().key,
+            "destinationrule"
+        );
         assert_eq!(
             kind("gateways.gateway.networking.k8s.io").unwrap().kind,
             "Gateway"
