@@ -100,11 +100,11 @@ impl<T> TargetIndex<T> {
 
     /// The policies that apply to a request for `service:port` that `rule` matched (a policy targeting it twice
     /// comes twice: callers that care dedupe by identity).
-    pub fn for_request<'a>(
+    pub fn for_request<'a, 'b>(
         &'a self,
-        service: Option<(&'a str, u16)>,
-        rule: Option<&'a str>,
-    ) -> impl Iterator<Item = &'a Arc<T>> + 'a {
+        service: Option<(&'b str, u16)>,
+        rule: Option<&'b str>,
+    ) -> impl Iterator<Item = &'a Arc<T>> + use<'a, 'b, T> {
         let by_service = service
             .and_then(|(h, p)| self.by_service.get(h).map(move |v| (v, p)))
             .into_iter()
