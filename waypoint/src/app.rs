@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::http::Proxy;
+use crate::jwt::{Authenticator, JwksCache, JwtRule, rules_from_proto};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimitPolicy;
 use crate::route::rule_from_proto;
@@ -103,7 +104,8 @@ pub async fn start_on(
         ),
         ip: cfg.instance_ip,
     };
-    let store = Store::new(me);
+    let jwks = JwksCache::new(Arc::new(crate::jwks_fetch::HttpFetcher));
+    let store = Store::new(me).with_jwks(jwks.clone(), tokio::runtime::Handle::current());
 
     let mut registry = Registry::default();
     core_metrics::register_build_info(&mut registry, "waypoint");
@@ -126,6 +128,7 @@ pub async fn start_on(
                 ambit_proto::type_url::WAYPOINT_ROUTE.to_owned(),
                 ambit_proto::type_url::WAYPOINT_BACKEND_POLICY.to_owned(),
                 ambit_proto::type_url::WAYPOINT_RATE_LIMIT.to_owned(),
+                ambit_proto::type_url::WAYPOINT_REQUEST_AUTHENTICATION.to_owned(),
             ];
             let client = XdsClient::new(
                 control_plane(&cfg, address, &cfg.xds_root_ca),
@@ -187,6 +190,7 @@ pub async fn start_on(
             upstream: Upstream::new(h2.clone(), connector, cfg.identity(), my_ip),
             metrics: metrics.clone(),
             default_retry: default_retry.clone(),
+            authenticator: Authenticator::new(jwks.clone()),
         });
         worker.spawn(inbound::serve(
             proxy,
@@ -358,6 +362,16 @@ pub fn store_key(type_url: &str, name: &str) -> String {
         ambit_proto::type_url::WAYPOINT_REQUEST_AUTHENTICATION => format!("requestauthn/{name}"),
         _ => name.to_owned(),
     }
+}
+
+/// A RequestAuthentication resource with its targets.
+pub fn request_authn_from_proto(
+    p: &ambit_proto::waypoint::RequestAuthentication,
+) -> Result<Targeted<Vec<JwtRule>>, String> {
+    Ok(Targeted {
+        targets: targets_from_proto(&p.targets)?,
+        policy: rules_from_proto(p).map_err(|e| e.to_string())?,
+    })
 }
 
 /// A RateLimitPolicy resource with its targets.

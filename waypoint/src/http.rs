@@ -29,6 +29,9 @@ use tracing::{debug, info};
 use crate::balance::limits::RequestGuard;
 use crate::config::Config;
 use crate::filters::{self, Filter, HeaderModifier, Mirror};
+use crate::jwt::{
+    Authenticator, JwtRule, Outcome as JwtOutcome, VerifiedJwt, apply_edits, www_authenticate,
+};
 use crate::metrics::{Metrics, Report, RequestLabels, Series};
 use crate::ratelimit;
 use crate::resilience::{Abort, RetryPolicy, deadlines, parse_grpc_timeout};
@@ -51,6 +54,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// For routes without a retry policy, and services without routes.
     pub default_retry: RetryPolicy,
+    /// Verifies JWTs against the RequestAuthentications' rules (keys from the shared JWKS cache).
+    pub authenticator: Authenticator,
 }
 
 /// One downstream connection (one HBONE CONNECT stream): what it was addressed to and who sent it.
@@ -228,6 +233,47 @@ pub async fn handle(
         _active: None,
         _guard: None,
     };
+
+    // Request authentication (RequestAuthentication targeting this waypoint or the service): an invalid token is
+    // refused here; a valid one gives the request its principal and claims; no token is not an error.
+    let mut _jwt: Option<VerifiedJwt> = None;
+    if !snap.request_authns().is_empty() {
+        let service_key = match &conn.target {
+            Target::Service { service, port } => Some((service.hostname.as_str(), *port)),
+            Target::Workload { .. } => None,
+        };
+        let mut rules: Vec<&JwtRule> = Vec::new();
+        for t in snap.request_authns().for_request(service_key, None) {
+            for r in &t.policy {
+                if !rules.iter().any(|x| std::ptr::eq(*x, r)) {
+                    rules.push(r);
+                }
+            }
+        }
+        if !rules.is_empty() {
+            match proxy.authenticator.authenticate(
+                &rules,
+                &parts.headers,
+                parts.uri.query(),
+                std::time::SystemTime::now(),
+            ) {
+                JwtOutcome::NoToken => {}
+                JwtOutcome::Authenticated(a) => {
+                    apply_edits(&a.edits, &mut parts.headers);
+                    _jwt = Some(a.jwt);
+                }
+                JwtOutcome::Rejected(e) => {
+                    let status = e.status();
+                    log.code = status.as_u16();
+                    let mut r = error_response(status, grpc, &e.to_string());
+                    if let Ok(v) = HeaderValue::from_str(&www_authenticate(&authority)) {
+                        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                    }
+                    return Ok(finish_synthetic(r, log));
+                }
+            }
+        }
+    }
 
     // Routing, then the rule's own answers (CORS preflight, direct response), filters and faults.
     let mut response_mods: Vec<&HeaderModifier> = Vec::new();

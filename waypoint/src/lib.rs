@@ -8,6 +8,7 @@ pub mod config;
 pub mod filters;
 pub mod http;
 pub mod inbound;
+pub mod jwks_fetch;
 pub mod jwt;
 pub mod localconfig;
 pub mod metrics;

@@ -55,6 +55,7 @@ struct File {
     routes: Vec<ambit_proto::waypoint::Route>,
     backend_policies: Vec<ambit_proto::waypoint::BackendPolicy>,
     rate_limits: Vec<ambit_proto::waypoint::RateLimitPolicy>,
+    request_authentications: Vec<ambit_proto::waypoint::RequestAuthentication>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,6 +227,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<(String, Resource)>, LocalCo
         out.push((
             crate::app::store_key(ambit_proto::type_url::WAYPOINT_RATE_LIMIT, &p.name),
             Resource::RateLimit(policy),
+        ));
+    }
+    for p in file.request_authentications {
+        let policy = crate::app::request_authn_from_proto(&p)
+            .map_err(|e| LocalConfigError::Policy(path.into(), p.name.clone(), e))?;
+        out.push((
+            crate::app::store_key(
+                ambit_proto::type_url::WAYPOINT_REQUEST_AUTHENTICATION,
+                &p.name,
+            ),
+            Resource::RequestAuthn(policy),
         ));
     }
     Ok(out)

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use ambit_core::Identity;
 use arc_swap::ArcSwap;
 
+use crate::jwt::{JwksCache, JwtRule};
 use crate::ratelimit::RateLimitPolicy;
 use crate::route::Rule;
 
@@ -175,6 +176,7 @@ struct Raw {
     rules: BTreeMap<String, Arc<Rule>>,
     policies: BTreeMap<String, Arc<BackendPolicy>>,
     rate_limits: BTreeMap<String, Arc<Targeted<RateLimitPolicy>>>,
+    request_authns: BTreeMap<String, Arc<Targeted<Vec<JwtRule>>>>,
 }
 
 /// An L7 policy with what it applies to.
@@ -191,6 +193,8 @@ pub enum Resource {
     Rule(Rule),
     Policy(BackendPolicy),
     RateLimit(Targeted<RateLimitPolicy>),
+    /// A RequestAuthentication's JWT rules.
+    RequestAuthn(Targeted<Vec<JwtRule>>),
 }
 
 /// The one writer's handle and every reader's source of snapshots.
@@ -199,6 +203,8 @@ pub struct Store {
     raw: Arc<Mutex<Raw>>,
     current: Arc<ArcSwap<Snapshot>>,
     me: Arc<SelfInfo>,
+    /// The JWKS cache to keep in step with the RequestAuthentications, and the runtime its fetches run on.
+    jwks: Option<Arc<(JwksCache, tokio::runtime::Handle)>>,
 }
 
 impl Store {
@@ -213,8 +219,10 @@ impl Store {
                 std::iter::empty(),
                 std::iter::empty(),
                 TargetIndex::default(),
+                TargetIndex::default(),
                 None,
             ))),
+            jwks: None,
             me,
         }
     }
@@ -228,6 +236,12 @@ impl Store {
         &self.me
     }
 
+    /// Keeps `cache` in step with the RequestAuthentications this store receives (fetches on `runtime`).
+    pub fn with_jwks(mut self, cache: JwksCache, runtime: tokio::runtime::Handle) -> Store {
+        self.jwks = Some(Arc::new((cache, runtime)));
+        self
+    }
+
     /// Adds/replaces `upserts` and removes `removes` (names of any kind), then publishes one new snapshot.
     pub fn update(&self, upserts: Vec<(String, Resource)>, removes: Vec<String>) {
         let Ok(mut raw) = self.raw.lock() else {
@@ -239,6 +253,7 @@ impl Store {
             raw.rules.remove(&name);
             raw.policies.remove(&name);
             raw.rate_limits.remove(&name);
+            raw.request_authns.remove(&name);
         }
         for (name, r) in upserts {
             match r {
@@ -256,6 +271,9 @@ impl Store {
                 }
                 Resource::RateLimit(p) => {
                     raw.rate_limits.insert(name, Arc::new(p));
+                }
+                Resource::RequestAuthn(p) => {
+                    raw.request_authns.insert(name, Arc::new(p));
                 }
             }
         }
@@ -285,8 +303,20 @@ impl Store {
                     .values()
                     .map(|p| (p.targets.as_slice(), p.clone())),
             ),
+            TargetIndex::new(
+                raw.request_authns
+                    .values()
+                    .map(|p| (p.targets.as_slice(), p.clone())),
+            ),
             Some(&previous),
         );
+        // Keys named by URI are fetched (and refreshed) for the rules there are now, and no longer for others.
+        if let Some(j) = &self.jwks {
+            j.0.sync(
+                raw.request_authns.values().flat_map(|p| p.policy.iter()),
+                &j.1,
+            );
+        }
         self.current.store(Arc::new(next));
     }
 }

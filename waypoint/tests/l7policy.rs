@@ -67,3 +67,87 @@ async fn rate_limits_answer_429_past_the_bucket_and_count_it() {
         "{metrics}"
     );
 }
+
+/// An Ed25519 key, its JWKS, and tokens signed with it.
+struct Issuer {
+    key: aws_lc_rs::signature::Ed25519KeyPair,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Issuer {
+    fn new() -> Issuer {
+        Issuer {
+            key: aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap(),
+        }
+    }
+
+    fn jwks(&self) -> String {
+        use aws_lc_rs::signature::KeyPair;
+        serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "alg": "EdDSA",
+            "x": b64(self.key.public_key().as_ref())}]})
+        .to_string()
+    }
+
+    fn token(&self, sub: &str, exp_from_now: i64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let header = b64(br#"{"alg":"EdDSA","kid":"k1","typ":"JWT"}"#);
+        let payload = b64(
+            serde_json::json!({"iss": "https://issuer.example", "sub": sub,
+            "aud": "api", "exp": now + exp_from_now, "group": "admins"})
+            .to_string()
+            .as_bytes(),
+        );
+        let signed = format!("{header}.{payload}");
+        let sig = self.key.sign(signed.as_bytes());
+        format!("{signed}.{}", b64(sig.as_ref()))
+    }
+}
+
+#[tokio::test]
+async fn request_authentication_refuses_bad_tokens_and_lets_none_through() {
+    let mut m = Mesh::new(81);
+    let api = m.service("api").endpoint("api", 10, "api");
+    m.route("api", "");
+    let issuer = Issuer::new();
+    let jwks = serde_json::to_string(&issuer.jwks()).unwrap();
+    m.item(
+        "requestAuthentications",
+        &format!(
+            "{{name: demo/jwt, targets: [{{kind: SERVICE, name: api.demo.svc.cluster.local}}], \
+             jwtRules: [{{issuer: \"https://issuer.example\", audiences: [api], jwks: {jwks}}}]}}"
+        ),
+    );
+    let api = faulty::ok(api, "api").await;
+    let w = m.start().await;
+
+    let good = format!("Bearer {}", issuer.token("alice", 3600));
+    let a = w.get("api", "/", &[("authorization", &good)]).await;
+    assert_eq!((a.status, a.served_by()), (200, "api"), "{a:?}");
+
+    // No token is not an error by itself (an AuthorizationPolicy with requestPrincipals would refuse it).
+    assert_eq!(w.get("api", "/", &[]).await.status, 200);
+
+    let expired = format!("Bearer {}", issuer.token("alice", -3600));
+    let a = w.get("api", "/", &[("authorization", &expired)]).await;
+    assert_eq!(a.status, 401, "{a:?}");
+    assert!(a.body.contains("Jwt is expired"), "{a:?}");
+    assert!(a.header("www-authenticate").unwrap().starts_with("Bearer"));
+
+    let other = Issuer::new();
+    let forged = format!("Bearer {}", other.token("mallory", 3600));
+    let a = w.get("api", "/", &[("authorization", &forged)]).await;
+    assert_eq!(a.status, 401, "{a:?}");
+    assert!(a.body.contains("Jwt verification fails"), "{a:?}");
+    assert_eq!(
+        api.attempts(),
+        2,
+        "refused requests never reach the backend"
+    );
+}

@@ -14,7 +14,8 @@ use ambit_core::Identity;
 use ambit_core::ca::LocalCa;
 use ambit_core::hbone::{H2Config, HboneClient};
 use ambit_proto::type_url::{
-    ADDRESS, WAYPOINT_BACKEND_POLICY, WAYPOINT_RATE_LIMIT, WAYPOINT_ROUTE,
+    ADDRESS, WAYPOINT_BACKEND_POLICY, WAYPOINT_RATE_LIMIT, WAYPOINT_REQUEST_AUTHENTICATION,
+    WAYPOINT_ROUTE,
 };
 use ambit_proto::waypoint as wp;
 use ambit_proto::workload as wl;
@@ -248,9 +249,9 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
         .await
         .expect("no xDS stream")
         .unwrap();
-    // One subscription per type: WDS, routes, backend policies and rate limits.
+    // One subscription per type: WDS, routes, backend policies, rate limits, request authentication.
     let mut types = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         types.push(
             tokio::time::timeout(WAIT, rx.recv())
                 .await
@@ -265,6 +266,7 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
         WAYPOINT_ROUTE.to_owned(),
         WAYPOINT_BACKEND_POLICY.to_owned(),
         WAYPOINT_RATE_LIMIT.to_owned(),
+        WAYPOINT_REQUEST_AUTHENTICATION.to_owned(),
     ];
     want.sort();
     assert_eq!(types, want);
@@ -325,6 +327,13 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
     );
     assert!(
         reply_to(&mut rx, WAYPOINT_BACKEND_POLICY, "p1")
+            .await
+            .error_detail
+            .is_none()
+    );
+    respond(&tx, WAYPOINT_REQUEST_AUTHENTICATION, "j1", vec![]);
+    assert!(
+        reply_to(&mut rx, WAYPOINT_REQUEST_AUTHENTICATION, "j1")
             .await
             .error_detail
             .is_none()

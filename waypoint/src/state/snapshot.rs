@@ -12,6 +12,7 @@ use super::{
     EndpointStats, SelfInfo, Service, TargetIndex, Targeted, Tunnel, WaypointRef, Workload,
 };
 use crate::balance::locality::{Locality, Tiers};
+use crate::jwt::JwtRule;
 use crate::ratelimit::RateLimitPolicy;
 use crate::route::{RouteKind, RouteTable, Rule};
 
@@ -54,6 +55,7 @@ pub struct Snapshot {
     /// What workload-addressed requests share (their retry budget).
     passthrough: Arc<BackendShared>,
     rate_limits: TargetIndex<Targeted<RateLimitPolicy>>,
+    request_authns: TargetIndex<Targeted<Vec<JwtRule>>>,
     workload_count: usize,
 }
 
@@ -65,6 +67,7 @@ impl Snapshot {
         rules: impl Iterator<Item = Arc<Rule>>,
         policies: impl Iterator<Item = Arc<BackendPolicy>>,
         rate_limits: TargetIndex<Targeted<RateLimitPolicy>>,
+        request_authns: TargetIndex<Targeted<Vec<JwtRule>>>,
         previous: Option<&Snapshot>,
     ) -> Snapshot {
         let mut s = Snapshot::default();
@@ -106,6 +109,7 @@ impl Snapshot {
         s.rules = rules.map(|r| (r.name.clone(), r)).collect();
         s.policies = policies.map(|p| (p.hostname.clone(), p)).collect();
         s.rate_limits = rate_limits;
+        s.request_authns = request_authns;
         s.passthrough = previous.map(|p| p.passthrough.clone()).unwrap_or_default();
         s.index_routes(me);
         s.build_backends(me, previous);
@@ -299,6 +303,11 @@ impl Snapshot {
     /// The rate limits of a request for `service:port` matched by `rule`.
     pub fn rate_limits(&self) -> &TargetIndex<Targeted<RateLimitPolicy>> {
         &self.rate_limits
+    }
+
+    /// The RequestAuthentications' JWT rules by target.
+    pub fn request_authns(&self) -> &TargetIndex<Targeted<Vec<JwtRule>>> {
+        &self.request_authns
     }
 
     /// What requests addressed to a workload share.
