@@ -26,6 +26,7 @@ use prost::Message;
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
+use crate::authz::Policy;
 use crate::config::Config;
 use crate::http::Proxy;
 use crate::jwt::{Authenticator, JwksCache, JwtRule, rules_from_proto};
@@ -129,6 +130,7 @@ pub async fn start_on(
                 ambit_proto::type_url::WAYPOINT_BACKEND_POLICY.to_owned(),
                 ambit_proto::type_url::WAYPOINT_RATE_LIMIT.to_owned(),
                 ambit_proto::type_url::WAYPOINT_REQUEST_AUTHENTICATION.to_owned(),
+                ambit_proto::type_url::WAYPOINT_AUTHORIZATION.to_owned(),
             ];
             let client = XdsClient::new(
                 control_plane(&cfg, address, &cfg.xds_root_ca),
@@ -310,34 +312,7 @@ impl XdsHandler for StoreHandler {
             match u {
                 XdsUpdate::Remove { name } => removes.push(store_key(type_url, &name)),
                 XdsUpdate::Upsert { name, resource, .. } => {
-                    let converted = match type_url {
-                        ambit_proto::type_url::ADDRESS => {
-                            ambit_proto::workload::Address::decode(resource.value.as_slice())
-                                .map_err(|e| format!("decode: {e}"))
-                                .and_then(|a| address_from_proto(&a))
-                        }
-                        ambit_proto::type_url::WAYPOINT_ROUTE => {
-                            ambit_proto::waypoint::Route::decode(resource.value.as_slice())
-                                .map_err(|e| format!("decode: {e}"))
-                                .and_then(|r| rule_from_proto(&name, &r).map_err(|e| e.to_string()))
-                                .map(Resource::Rule)
-                        }
-                        ambit_proto::type_url::WAYPOINT_BACKEND_POLICY => {
-                            ambit_proto::waypoint::BackendPolicy::decode(resource.value.as_slice())
-                                .map_err(|e| format!("decode: {e}"))
-                                .and_then(|p| BackendPolicy::from_proto(&name, &p))
-                                .map(Resource::Policy)
-                        }
-                        ambit_proto::type_url::WAYPOINT_RATE_LIMIT => {
-                            ambit_proto::waypoint::RateLimitPolicy::decode(
-                                resource.value.as_slice(),
-                            )
-                            .map_err(|e| format!("decode: {e}"))
-                            .and_then(|p| rate_limit_from_proto(&p))
-                            .map(Resource::RateLimit)
-                        }
-                        other => Err(format!("unexpected type {other}")),
-                    };
+                    let converted = decode_resource(type_url, &name, &resource.value);
                     match converted {
                         Ok(r) => upserts.push((store_key(type_url, &name), r)),
                         Err(reason) => {
@@ -350,6 +325,32 @@ impl XdsHandler for StoreHandler {
         }
         self.0.update(upserts, removes);
         rejected
+    }
+}
+
+/// One xDS resource of a type the waypoint subscribes to, decoded and converted (an error is its NACK reason).
+fn decode_resource(type_url: &str, name: &str, bytes: &[u8]) -> Result<Resource, String> {
+    use ambit_proto::type_url as t;
+    use ambit_proto::waypoint as pb;
+    fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, String> {
+        M::decode(bytes).map_err(|e| format!("decode: {e}"))
+    }
+    match type_url {
+        t::ADDRESS => address_from_proto(&decode(bytes)?),
+        t::WAYPOINT_ROUTE => rule_from_proto(name, &decode::<pb::Route>(bytes)?)
+            .map(Resource::Rule)
+            .map_err(|e| e.to_string()),
+        t::WAYPOINT_BACKEND_POLICY => {
+            BackendPolicy::from_proto(name, &decode(bytes)?).map(Resource::Policy)
+        }
+        t::WAYPOINT_RATE_LIMIT => rate_limit_from_proto(&decode(bytes)?).map(Resource::RateLimit),
+        t::WAYPOINT_REQUEST_AUTHENTICATION => {
+            request_authn_from_proto(&decode(bytes)?).map(Resource::RequestAuthn)
+        }
+        t::WAYPOINT_AUTHORIZATION => Policy::from_proto(&decode(bytes)?)
+            .map(Resource::Authz)
+            .map_err(|e| e.to_string()),
+        other => Err(format!("unexpected type {other}")),
     }
 }
 

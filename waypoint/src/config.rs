@@ -40,6 +40,9 @@ fn invalid(var: &str, value: &str, reason: impl Into<String>) -> ConfigError {
 pub struct Config {
     /// The waypoint Gateway this process serves (`GATEWAY_NAME`, default: the service account).
     pub gateway_name: String,
+    /// Its GatewayClass (`GATEWAY_CLASS`, default `istio-waypoint`): AuthorizationPolicies in the root namespace
+    /// that target the class apply here.
+    pub gateway_class: String,
     pub namespace: String,
     pub pod_name: String,
     pub service_account: String,
@@ -191,6 +194,7 @@ impl Config {
             .collect();
         let cfg = Config {
             gateway_name: get("GATEWAY_NAME").unwrap_or_else(|| service_account.clone()),
+            gateway_class: get("GATEWAY_CLASS").unwrap_or_else(|| "istio-waypoint".into()),
             pod_name: get("POD_NAME").unwrap_or_else(|| "waypoint".into()),
             namespace,
             service_account,

@@ -26,8 +26,10 @@ use hyper_util::rt::TokioIo;
 use rand::Rng;
 use tracing::{debug, info};
 
+use crate::authz::{Decision, Request as AuthzRequest, RequestAuth};
 use crate::balance::limits::RequestGuard;
 use crate::config::Config;
+use crate::extauthz;
 use crate::filters::{self, Filter, HeaderModifier, Mirror};
 use crate::jwt::{
     Authenticator, JwtRule, Outcome as JwtOutcome, VerifiedJwt, apply_edits, www_authenticate,
@@ -65,6 +67,8 @@ pub struct Conn {
     /// The client's address as the source ztunnel reported it (`forwarded: for=`).
     pub source_addr: Option<SocketAddr>,
     pub source: Option<Arc<Workload>>,
+    /// The source identity as text (`spiffe://…`), built once per connection for policy checks.
+    pub principal: Option<String>,
     /// The metric series this connection's requests were reported in (the source side of the labels is the
     /// connection's, so only the rest is looked up), so a keep-alive connection builds each label set once.
     pub series: std::sync::Mutex<Vec<(SeriesKey, Series)>>,
@@ -86,6 +90,7 @@ impl Conn {
         source: Option<Arc<Workload>>,
     ) -> Conn {
         Conn {
+            principal: source_principal.as_ref().map(ToString::to_string),
             target,
             source_principal,
             source_addr,
@@ -234,9 +239,15 @@ pub async fn handle(
         _guard: None,
     };
 
+    // Who the request is for, for metrics and logs of answers given before routing too.
+    match &conn.target {
+        Target::Service { service, .. } => log.service = Some(service.clone()),
+        Target::Workload { workload, .. } => log.destination = Some(workload.clone()),
+    }
+
     // Request authentication (RequestAuthentication targeting this waypoint or the service): an invalid token is
     // refused here; a valid one gives the request its principal and claims; no token is not an error.
-    let mut _jwt: Option<VerifiedJwt> = None;
+    let mut jwt: Option<VerifiedJwt> = None;
     if !snap.request_authns().is_empty() {
         let service_key = match &conn.target {
             Target::Service { service, port } => Some((service.hostname.as_str(), *port)),
@@ -260,7 +271,7 @@ pub async fn handle(
                 JwtOutcome::NoToken => {}
                 JwtOutcome::Authenticated(a) => {
                     apply_edits(&a.edits, &mut parts.headers);
-                    _jwt = Some(a.jwt);
+                    jwt = Some(a.jwt);
                 }
                 JwtOutcome::Rejected(e) => {
                     let status = e.status();
@@ -271,6 +282,21 @@ pub async fn handle(
                     }
                     return Ok(finish_synthetic(r, log));
                 }
+            }
+        }
+    }
+
+    // Authorization (AuthorizationPolicies targeting this waypoint, its class or the service): CUSTOM asks the
+    // provider first, then DENY, then ALLOW, as Istio evaluates them.
+    if !snap.authz().is_empty() {
+        match authorize(&proxy, &snap, &conn, &mut parts, &authority, jwt.as_ref()).await {
+            Ok(()) => {}
+            Err(mut denied) => {
+                if grpc && denied.status() == StatusCode::FORBIDDEN {
+                    denied = error_response(StatusCode::FORBIDDEN, true, Decision::DENIED_BODY);
+                }
+                log.code = denied.status().as_u16();
+                return Ok(finish_synthetic(denied, log));
             }
         }
     }
@@ -581,6 +607,86 @@ pub async fn handle(
     let mut body = RespBody::new(rbody.map_err(Into::into).boxed_unsync(), release, None);
     body.set_finish(Box::new(Finished { log, grpc_status }));
     Ok(Response::from_parts(rparts, body))
+}
+
+/// The authorization step: `Err` is the answer for a denied request.
+async fn authorize(
+    proxy: &Arc<Proxy>,
+    snap: &Snapshot,
+    conn: &Conn,
+    parts: &mut http::request::Parts,
+    authority: &str,
+    jwt: Option<&VerifiedJwt>,
+) -> Result<(), Response<RespBody>> {
+    let (service, destination) = match &conn.target {
+        Target::Service { service, port } => (
+            Some(service.hostname.as_str()),
+            (service.vips.first().copied(), *port),
+        ),
+        Target::Workload { ip, port, .. } => (None, (Some(*ip), *port)),
+    };
+    let unspecified = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    let source_ip = conn.source_addr.map_or(unspecified, |a| a.ip());
+    let remote_ip = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(source_ip);
+    let me = proxy.store.me();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let req = AuthzRequest {
+        gateway: (me.gateway.0.as_str(), me.gateway.1.as_str()),
+        gateway_class: &proxy.cfg.gateway_class,
+        service,
+        source_principal: conn.principal.as_deref(),
+        source_namespace: conn.source_namespace(),
+        source_ip,
+        remote_ip,
+        destination_ip: destination.0.unwrap_or(unspecified),
+        destination_port: destination.1,
+        host: authority,
+        method: parts.method.as_str(),
+        path,
+        headers: &parts.headers,
+        sni: None,
+        auth: jwt.and_then(|j| {
+            Some(RequestAuth {
+                principal: j.principal.as_deref()?,
+                claims: &j.claims,
+            })
+        }),
+    };
+    let decision = snap.authz().evaluate(&req);
+    for a in &decision.audited {
+        info!(target: "access", policy = a.name, "authorization audit");
+    }
+    if decision.dry_run_would_deny {
+        info!(policy = ?decision.dry_run_by.as_ref().map(|p| p.name), "dry-run policy would deny");
+    }
+    if !decision.allowed {
+        debug!(policy = ?decision.by.as_ref().map(|p| p.name), "authorization denied");
+        return Err(error_response(
+            StatusCode::FORBIDDEN,
+            false,
+            Decision::DENIED_BODY,
+        ));
+    }
+    if let Some(custom) = decision.custom {
+        let provider = custom.provider.clone();
+        let method = parts.method.clone();
+        let path = path.to_owned();
+        match extauthz::check(proxy, snap, &provider, &method, &path, &parts.headers).await {
+            extauthz::Verdict::Allow(headers) => {
+                for (n, v) in headers {
+                    parts.headers.insert(n, v);
+                }
+            }
+            extauthz::Verdict::Deny(resp) => return Err(*resp),
+        }
+    }
+    Ok(())
 }
 
 /// A rule that answers by itself: a CORS preflight it allows, or its direct response.

@@ -3,8 +3,10 @@
 //! HBONE to the chosen endpoint. See docs/ARCHITECTURE.md ("Waypoint").
 
 pub mod app;
+pub mod authz;
 pub mod balance;
 pub mod config;
+pub mod extauthz;
 pub mod filters;
 pub mod http;
 pub mod inbound;

@@ -56,6 +56,7 @@ struct File {
     backend_policies: Vec<ambit_proto::waypoint::BackendPolicy>,
     rate_limits: Vec<ambit_proto::waypoint::RateLimitPolicy>,
     request_authentications: Vec<ambit_proto::waypoint::RequestAuthentication>,
+    authorization_policies: Vec<ambit_proto::waypoint::AuthorizationPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +239,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<(String, Resource)>, LocalCo
                 &p.name,
             ),
             Resource::RequestAuthn(policy),
+        ));
+    }
+    for p in file.authorization_policies {
+        let policy = crate::authz::Policy::from_proto(&p)
+            .map_err(|e| LocalConfigError::Policy(path.into(), p.name.clone(), e.to_string()))?;
+        out.push((
+            crate::app::store_key(ambit_proto::type_url::WAYPOINT_AUTHORIZATION, &p.name),
+            Resource::Authz(policy),
         ));
     }
     Ok(out)

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use ambit_core::Identity;
 use arc_swap::ArcSwap;
 
+use crate::authz::{Policy, PolicySet};
 use crate::jwt::{JwksCache, JwtRule};
 use crate::ratelimit::RateLimitPolicy;
 use crate::route::Rule;
@@ -27,7 +28,7 @@ use crate::route::Rule;
 pub use backend::{Backend, BackendShared, Picked};
 pub use convert::address_from_proto;
 pub use policy::{BackendPolicy, Resolved};
-pub use snapshot::{Snapshot, Target};
+pub use snapshot::{L7Policies, Snapshot, Target};
 pub use targets::{TargetIndex, TargetRef, targets_from_proto};
 
 use crate::balance::locality::Locality;
@@ -177,6 +178,7 @@ struct Raw {
     policies: BTreeMap<String, Arc<BackendPolicy>>,
     rate_limits: BTreeMap<String, Arc<Targeted<RateLimitPolicy>>>,
     request_authns: BTreeMap<String, Arc<Targeted<Vec<JwtRule>>>>,
+    authz: BTreeMap<String, Policy>,
 }
 
 /// An L7 policy with what it applies to.
@@ -195,6 +197,7 @@ pub enum Resource {
     RateLimit(Targeted<RateLimitPolicy>),
     /// A RequestAuthentication's JWT rules.
     RequestAuthn(Targeted<Vec<JwtRule>>),
+    Authz(Policy),
 }
 
 /// The one writer's handle and every reader's source of snapshots.
@@ -218,8 +221,7 @@ impl Store {
                 std::iter::empty(),
                 std::iter::empty(),
                 std::iter::empty(),
-                TargetIndex::default(),
-                TargetIndex::default(),
+                L7Policies::default(),
                 None,
             ))),
             jwks: None,
@@ -254,6 +256,7 @@ impl Store {
             raw.policies.remove(&name);
             raw.rate_limits.remove(&name);
             raw.request_authns.remove(&name);
+            raw.authz.remove(&name);
         }
         for (name, r) in upserts {
             match r {
@@ -274,6 +277,9 @@ impl Store {
                 }
                 Resource::RequestAuthn(p) => {
                     raw.request_authns.insert(name, Arc::new(p));
+                }
+                Resource::Authz(p) => {
+                    raw.authz.insert(name, p);
                 }
             }
         }
@@ -298,16 +304,19 @@ impl Store {
             raw.workloads.values().cloned(),
             raw.rules.values().cloned(),
             raw.policies.values().cloned(),
-            TargetIndex::new(
-                raw.rate_limits
-                    .values()
-                    .map(|p| (p.targets.as_slice(), p.clone())),
-            ),
-            TargetIndex::new(
-                raw.request_authns
-                    .values()
-                    .map(|p| (p.targets.as_slice(), p.clone())),
-            ),
+            L7Policies {
+                rate_limits: TargetIndex::new(
+                    raw.rate_limits
+                        .values()
+                        .map(|p| (p.targets.as_slice(), p.clone())),
+                ),
+                request_authns: TargetIndex::new(
+                    raw.request_authns
+                        .values()
+                        .map(|p| (p.targets.as_slice(), p.clone())),
+                ),
+                authz: PolicySet::new(raw.authz.values().cloned().collect()),
+            },
             Some(&previous),
         );
         // Keys named by URI are fetched (and refreshed) for the rules there are now, and no longer for others.

@@ -151,3 +151,160 @@ async fn request_authentication_refuses_bad_tokens_and_lets_none_through() {
         "refused requests never reach the backend"
     );
 }
+
+#[tokio::test]
+async fn authorization_policies_allow_deny_and_need_request_principals() {
+    let mut m = Mesh::new(82);
+    let api = m.service("api").endpoint("api", 10, "api");
+    let admin = m.service("admin").endpoint("admin", 11, "admin");
+    m.route("api", "").route("admin", "");
+    // api: GET only, for the client's identity; POST denied for everyone by a DENY policy with a header
+    // condition, to check the evaluation order (DENY before ALLOW).
+    m.item(
+        "authorizationPolicies",
+        "{name: demo/api-get, action: ALLOW, targets: [{kind: SERVICE, name: api.demo.svc.cluster.local}], \
+         rules: [{from: [{principals: [cluster.local/ns/demo/sa/client]}], to: [{methods: [GET, POST]}]}]}",
+    );
+    m.item(
+        "authorizationPolicies",
+        "{name: demo/api-no-post, action: DENY, targets: [{kind: SERVICE, name: api.demo.svc.cluster.local}], \
+         rules: [{to: [{methods: [POST]}], when: [{key: \"request.headers[x-env]\", values: [prod]}]}]}",
+    );
+    // admin: only tokens of alice (RequestAuthentication + requestPrincipals).
+    let issuer = Issuer::new();
+    let jwks = serde_json::to_string(&issuer.jwks()).unwrap();
+    m.item(
+        "requestAuthentications",
+        &format!(
+            "{{name: demo/jwt, targets: [{{kind: SERVICE, name: admin.demo.svc.cluster.local}}], \
+             jwtRules: [{{issuer: \"https://issuer.example\", jwks: {jwks}}}]}}"
+        ),
+    );
+    m.item(
+        "authorizationPolicies",
+        "{name: demo/admin-alice, action: ALLOW, targets: [{kind: SERVICE, name: admin.demo.svc.cluster.local}], \
+         rules: [{from: [{requestPrincipals: [\"https://issuer.example/alice\"]}], \
+                  when: [{key: \"request.auth.claims[group]\", values: [admins]}]}]}",
+    );
+    let api = faulty::ok(api, "api").await;
+    let admin = faulty::ok(admin, "admin").await;
+    let w = m.start().await;
+
+    assert_eq!(w.get("api", "/", &[]).await.status, 200);
+    let post = |h: &'static [(&'static str, &'static str)]| {
+        w.send("api", "POST", "/", h, bytes::Bytes::from_static(b"x"))
+    };
+    assert_eq!(post(&[]).await.status, 200, "ALLOW lets POST through");
+    let a = post(&[("x-env", "prod")]).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (403, "RBAC: access denied"),
+        "DENY wins"
+    );
+    assert_eq!(w.get("api", "/", &[("x-env", "prod")]).await.status, 200);
+    let a = w.send("api", "DELETE", "/", &[], bytes::Bytes::new()).await;
+    assert_eq!(a.status, 403, "an ALLOW policy that matches nothing denies");
+    assert_eq!(api.attempts(), 3);
+
+    // No token: no request principal, so the ALLOW matches nothing (403, not 401).
+    assert_eq!(w.get("admin", "/", &[]).await.status, 403);
+    let alice = format!("Bearer {}", issuer.token("alice", 3600));
+    let a = w.get("admin", "/", &[("authorization", &alice)]).await;
+    assert_eq!((a.status, a.served_by()), (200, "admin"), "{a:?}");
+    let bob = format!("Bearer {}", issuer.token("bob", 3600));
+    assert_eq!(
+        w.get("admin", "/", &[("authorization", &bob)]).await.status,
+        403
+    );
+    let bad = format!("Bearer {}", Issuer::new().token("alice", 3600));
+    assert_eq!(
+        w.get("admin", "/", &[("authorization", &bad)]).await.status,
+        401
+    );
+    assert_eq!(admin.attempts(), 1);
+    assert_eq!(w.requests("api", Some(403), None).await, 2.0);
+}
+
+#[tokio::test]
+async fn a_gateway_class_default_deny_and_an_ext_authz_provider() {
+    let mut m = Mesh::new(83);
+    let api = m.service("api").endpoint("api", 10, "api");
+    let ext = m.service("ext").endpoint("ext", 11, "ext");
+    m.route("api", "");
+    // The provider allows requests that carry `x-allow: yes` (and says who it is in `x-checked-by`), and
+    // denies others with 401 and a header for the client.
+    m.item(
+        "authorizationPolicies",
+        "{name: demo/ext, action: CUSTOM, targets: [{kind: SERVICE, name: api.demo.svc.cluster.local}], \
+         rules: [{to: [{paths: [\"/private/*\"]}]}], \
+         provider: {name: ext, service: ext.demo.svc.cluster.local, port: 80, timeoutMs: 2000, \
+                    headersToUpstreamOnAllow: [x-checked-by], headersToDownstreamOnDeny: [x-why]}}",
+    );
+    let api = faulty::ok(api, "api").await;
+    ext_authz_server(ext).await;
+    let w = m.start().await;
+
+    assert_eq!(
+        w.get("api", "/public", &[]).await.status,
+        200,
+        "CUSTOM rule does not match"
+    );
+    let a = w.get("api", "/private/x", &[]).await;
+    assert_eq!(
+        (a.status, a.header("x-why")),
+        (401, Some("no x-allow")),
+        "{a:?}"
+    );
+    let a = w.get("api", "/private/x", &[("x-allow", "yes")]).await;
+    assert_eq!((a.status, a.served_by()), (200, "api"), "{a:?}");
+    assert_eq!(api.attempts(), 2);
+
+    // A mesh-wide default deny on the waypoint's class: everything is refused.
+    let mut m = Mesh::new(84);
+    let api = m.service("api").endpoint("api", 10, "api");
+    m.route("api", "");
+    m.item(
+        "authorizationPolicies",
+        "{name: istio-system/deny-all, action: DENY, targets: [{kind: GATEWAY_CLASS, name: istio-waypoint}], \
+         rules: [{}]}",
+    );
+    let api = faulty::ok(api, "api").await;
+    let w = m.start().await;
+    assert_eq!(w.get("api", "/", &[]).await.status, 403);
+    assert_eq!(api.attempts(), 0);
+}
+
+/// An HTTP ext_authz provider: 200 with `x-checked-by: ext` when the request has `x-allow: yes`, else 401 with
+/// `x-why`.
+async fn ext_authz_server(addr: std::net::SocketAddr) {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let allowed = req.headers().get("x-allow").is_some_and(|v| v == "yes");
+                    let resp = if allowed {
+                        http::Response::builder()
+                            .status(200)
+                            .header("x-checked-by", "ext")
+                            .body(Full::new(bytes::Bytes::new()))
+                    } else {
+                        http::Response::builder()
+                            .status(401)
+                            .header("x-why", "no x-allow")
+                            .body(Full::new(bytes::Bytes::from_static(b"denied by ext")))
+                    };
+                    Ok::<_, std::convert::Infallible>(resp.unwrap())
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+}

@@ -14,8 +14,8 @@ use ambit_core::Identity;
 use ambit_core::ca::LocalCa;
 use ambit_core::hbone::{H2Config, HboneClient};
 use ambit_proto::type_url::{
-    ADDRESS, WAYPOINT_BACKEND_POLICY, WAYPOINT_RATE_LIMIT, WAYPOINT_REQUEST_AUTHENTICATION,
-    WAYPOINT_ROUTE,
+    ADDRESS, WAYPOINT_AUTHORIZATION, WAYPOINT_BACKEND_POLICY, WAYPOINT_RATE_LIMIT,
+    WAYPOINT_REQUEST_AUTHENTICATION, WAYPOINT_ROUTE,
 };
 use ambit_proto::waypoint as wp;
 use ambit_proto::workload as wl;
@@ -249,9 +249,10 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
         .await
         .expect("no xDS stream")
         .unwrap();
-    // One subscription per type: WDS, routes, backend policies, rate limits, request authentication.
+    // One subscription per type: WDS, routes, backend policies, rate limits, request authentication and
+    // authorization.
     let mut types = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..6 {
         types.push(
             tokio::time::timeout(WAIT, rx.recv())
                 .await
@@ -267,6 +268,7 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
         WAYPOINT_BACKEND_POLICY.to_owned(),
         WAYPOINT_RATE_LIMIT.to_owned(),
         WAYPOINT_REQUEST_AUTHENTICATION.to_owned(),
+        WAYPOINT_AUTHORIZATION.to_owned(),
     ];
     want.sort();
     assert_eq!(types, want);
@@ -331,13 +333,77 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
             .error_detail
             .is_none()
     );
-    respond(&tx, WAYPOINT_REQUEST_AUTHENTICATION, "j1", vec![]);
-    assert!(
-        reply_to(&mut rx, WAYPOINT_REQUEST_AUTHENTICATION, "j1")
-            .await
-            .error_detail
-            .is_none()
+    // L7 policy resources decode and apply (a bad one is NACKed by name).
+    let target = |name: &str| wp::PolicyTarget {
+        kind: wp::policy_target::Kind::Service as i32,
+        name: name.into(),
+        namespace: "demo".into(),
+        port: 0,
+    };
+    let authn = wp::RequestAuthentication {
+        name: "demo/jwt".into(),
+        namespace: "demo".into(),
+        targets: vec![target(REVIEWS)],
+        jwt_rules: vec![wp::JwtRule {
+            issuer: "https://issuer.example".into(),
+            // RFC 8037's example Ed25519 public key.
+            jwks: r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k",
+                "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#
+                .into(),
+            ..Default::default()
+        }],
+    };
+    respond(
+        &tx,
+        WAYPOINT_REQUEST_AUTHENTICATION,
+        "j1",
+        vec![any(WAYPOINT_REQUEST_AUTHENTICATION, "demo/jwt", &authn)],
     );
+    let ack = reply_to(&mut rx, WAYPOINT_REQUEST_AUTHENTICATION, "j1").await;
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    let allow = wp::AuthorizationPolicy {
+        name: "demo/allow-all".into(),
+        namespace: "demo".into(),
+        targets: vec![target(REVIEWS)],
+        rules: vec![wp::AuthzRule::default()],
+        ..Default::default()
+    };
+    let bad = wp::AuthorizationPolicy {
+        name: "demo/bad".into(),
+        targets: vec![target(REVIEWS)],
+        rules: vec![wp::AuthzRule {
+            when: vec![wp::Condition {
+                key: "experimental.envoy.filters.x".into(),
+                values: vec!["1".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    respond(
+        &tx,
+        WAYPOINT_AUTHORIZATION,
+        "z1",
+        vec![
+            any(WAYPOINT_AUTHORIZATION, "demo/allow-all", &allow),
+            any(WAYPOINT_AUTHORIZATION, "demo/bad", &bad),
+        ],
+    );
+    let nack = reply_to(&mut rx, WAYPOINT_AUTHORIZATION, "z1").await;
+    let detail = nack.error_detail.expect("NACK of demo/bad").message;
+    assert!(
+        detail.contains("demo/bad") && !detail.contains("demo/allow-all"),
+        "{detail}"
+    );
+    respond(
+        &tx,
+        WAYPOINT_AUTHORIZATION,
+        "z2",
+        vec![any(WAYPOINT_AUTHORIZATION, "demo/allow-all", &allow)],
+    );
+    let ack = reply_to(&mut rx, WAYPOINT_AUTHORIZATION, "z2").await;
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
     respond(&tx, WAYPOINT_RATE_LIMIT, "l1", vec![]);
     assert!(
         reply_to(&mut rx, WAYPOINT_RATE_LIMIT, "l1")

@@ -11,6 +11,7 @@ use super::policy::{BackendPolicy, Resolved};
 use super::{
     EndpointStats, SelfInfo, Service, TargetIndex, Targeted, Tunnel, WaypointRef, Workload,
 };
+use crate::authz::PolicySet;
 use crate::balance::locality::{Locality, Tiers};
 use crate::jwt::JwtRule;
 use crate::ratelimit::RateLimitPolicy;
@@ -56,7 +57,16 @@ pub struct Snapshot {
     passthrough: Arc<BackendShared>,
     rate_limits: TargetIndex<Targeted<RateLimitPolicy>>,
     request_authns: TargetIndex<Targeted<Vec<JwtRule>>>,
+    authz: PolicySet,
     workload_count: usize,
+}
+
+/// The L7 policies of a snapshot, indexed by what they target.
+#[derive(Default)]
+pub struct L7Policies {
+    pub rate_limits: TargetIndex<Targeted<RateLimitPolicy>>,
+    pub request_authns: TargetIndex<Targeted<Vec<JwtRule>>>,
+    pub authz: PolicySet,
 }
 
 impl Snapshot {
@@ -66,8 +76,7 @@ impl Snapshot {
         workloads: impl Iterator<Item = Arc<Workload>>,
         rules: impl Iterator<Item = Arc<Rule>>,
         policies: impl Iterator<Item = Arc<BackendPolicy>>,
-        rate_limits: TargetIndex<Targeted<RateLimitPolicy>>,
-        request_authns: TargetIndex<Targeted<Vec<JwtRule>>>,
+        l7: L7Policies,
         previous: Option<&Snapshot>,
     ) -> Snapshot {
         let mut s = Snapshot::default();
@@ -108,8 +117,9 @@ impl Snapshot {
             .collect();
         s.rules = rules.map(|r| (r.name.clone(), r)).collect();
         s.policies = policies.map(|p| (p.hostname.clone(), p)).collect();
-        s.rate_limits = rate_limits;
-        s.request_authns = request_authns;
+        s.rate_limits = l7.rate_limits;
+        s.request_authns = l7.request_authns;
+        s.authz = l7.authz;
         s.passthrough = previous.map(|p| p.passthrough.clone()).unwrap_or_default();
         s.index_routes(me);
         s.build_backends(me, previous);
@@ -303,6 +313,11 @@ impl Snapshot {
     /// The rate limits of a request for `service:port` matched by `rule`.
     pub fn rate_limits(&self) -> &TargetIndex<Targeted<RateLimitPolicy>> {
         &self.rate_limits
+    }
+
+    /// The AuthorizationPolicies that target this waypoint, its class or its services.
+    pub fn authz(&self) -> &PolicySet {
+        &self.authz
     }
 
     /// The RequestAuthentications' JWT rules by target.

@@ -53,11 +53,14 @@ pub fn targets_from_proto(ts: &[pb::PolicyTarget]) -> Result<Vec<TargetRef>, Str
         .collect()
 }
 
+/// The policies targeting one service, each with the port it is limited to.
+type ByPort<T> = Vec<(Option<u16>, Arc<T>)>;
+
 /// Policies of one kind by what they target.
 #[derive(Debug)]
 pub struct TargetIndex<T> {
     all: Vec<Arc<T>>,
-    by_service: HashMap<String, Vec<(Option<u16>, Arc<T>)>>,
+    by_service: HashMap<String, ByPort<T>>,
     by_route: Vec<(String, Arc<T>)>,
 }
 
