@@ -2,8 +2,9 @@
 //! (`istio.workload.Address` and `istio.security.Authorization`), named exactly as istiod names them:
 //! workloads `<cluster>//Pod/<ns>/<name>`, services `<ns>/<hostname>`, policies `<ns>/<name>`; the waypoint's
 //! `ambit.waypoint.Route` (`<ns>/<kind>/<name>/<rule>`, from Gateway API routes and VirtualServices) and
-//! `ambit.waypoint.BackendPolicy` (by service hostname, from DestinationRules) and which waypoint gets which; object
-//! status; and the waypoint deployments.
+//! `ambit.waypoint.BackendPolicy` (by service hostname, from DestinationRules), the waypoint's L7 policies
+//! (`ambit.waypoint.AuthorizationPolicy`, `RequestAuthentication`, `RateLimitPolicy`, `<ns>/<name>`, from
+//! [`waypoint_policy`]) and which waypoint gets which; object status; and the waypoint deployments.
 
 pub mod authz;
 pub mod deployer;
@@ -17,13 +18,16 @@ pub mod service;
 pub mod status;
 pub mod virtual_service;
 pub mod waypoint;
+pub mod waypoint_policy;
 pub mod workload;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ambit_proto::security::Authorization;
-use ambit_proto::waypoint::{BackendPolicy, Route};
+use ambit_proto::waypoint::{
+    AuthorizationPolicy, BackendPolicy, RateLimitPolicy, RequestAuthentication, Route,
+};
 use ambit_proto::workload::{Address, address};
 
 use crate::index::Index;
@@ -81,6 +85,15 @@ pub struct Resources {
     pub backend_policies: BTreeMap<String, BackendPolicy>,
     /// Waypoint `(ns, gateway)` → the backend policies it gets ([`route_scopes::backend_policy_scopes`]).
     pub backend_policy_scopes: route_scopes::RouteScopes,
+    /// Waypoint authorization policies (AuthorizationPolicy with targetRefs), by `<ns>/<name>`.
+    pub waypoint_authorizations: BTreeMap<String, AuthorizationPolicy>,
+    pub waypoint_authorization_scopes: route_scopes::RouteScopes,
+    /// Waypoint JWT rules (RequestAuthentication with targetRefs), by `<ns>/<name>`.
+    pub request_authentications: BTreeMap<String, RequestAuthentication>,
+    pub request_authentication_scopes: route_scopes::RouteScopes,
+    /// Waypoint local rate limits (Ambit's RateLimitPolicy), by `<ns>/<name>`.
+    pub rate_limits: BTreeMap<String, RateLimitPolicy>,
+    pub rate_limit_scopes: route_scopes::RouteScopes,
     /// The `status` object Kubernetes would hold, by `<kind>/<ns>/<name>` (kind in lower case).
     pub status: BTreeMap<String, serde_json::Value>,
     /// Auto-deployed waypoint manifests, by `<ns>.<gateway>`.
@@ -121,6 +134,8 @@ pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
             },
         );
     }
+    let ztunnel_status =
+        waypoint_policy::ztunnel_status(index, &policies.status, &policies.resources);
     out.authorizations = policies.resources;
     out.policy_status = policies.status;
     let routes = routes::routes(index, cfg, &bindings.waypoints);
@@ -163,6 +178,25 @@ pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
     out.status
         .extend(status::gateways(index, &bindings, &routes.attached));
     out.status.extend(status::waypoint_bound(&bindings));
+    let route_names = out.routes.keys().cloned().collect();
+    let l7 = waypoint_policy::compute_all(
+        &waypoint_policy::Ctx {
+            index,
+            cfg,
+            bindings: &bindings,
+            route_scopes: &out.route_scopes,
+            routes: &route_names,
+        },
+        &out.addresses,
+    );
+    out.waypoint_authorizations = l7.authorizations;
+    out.waypoint_authorization_scopes = l7.authorization_scopes;
+    out.request_authentications = l7.request_authentications;
+    out.request_authentication_scopes = l7.request_authentication_scopes;
+    out.rate_limits = l7.rate_limits;
+    out.rate_limit_scopes = l7.rate_limit_scopes;
+    out.status.extend(ztunnel_status);
+    out.status.extend(l7.status);
     out.deployments = deployer::deployments(index, &cfg.deployer);
     out
 }

@@ -9,7 +9,9 @@ use crate::sources::{
     AuthorizationPolicy, Event, Gateway, GrpcRoute, HttpRoute, Kind, Object, ObjectKey,
     PeerAuthentication, TcpRoute,
 };
-use crate::sources::{DestinationRule, FaultInjection, VirtualService};
+use crate::sources::{
+    DestinationRule, FaultInjection, RateLimitPolicy, RequestAuthentication, VirtualService,
+};
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped objects.
 pub type Name = (String, String);
@@ -29,6 +31,10 @@ pub struct Index {
     pub virtual_services: BTreeMap<Name, VirtualService>,
     pub destination_rules: BTreeMap<Name, DestinationRule>,
     pub fault_injections: BTreeMap<Name, FaultInjection>,
+    /// Only the mesh config (`istio` in the root namespace) is read; other ConfigMaps are kept but unused.
+    pub config_maps: BTreeMap<Name, core::ConfigMap>,
+    pub request_authentications: BTreeMap<Name, RequestAuthentication>,
+    pub rate_limit_policies: BTreeMap<Name, RateLimitPolicy>,
     /// Whether every source finished its initial listing.
     pub synced: bool,
 }
@@ -63,6 +69,9 @@ impl Index {
             Object::VirtualService(o) => replace(&mut self.virtual_services, key, *o),
             Object::DestinationRule(o) => replace(&mut self.destination_rules, key, *o),
             Object::FaultInjection(o) => replace(&mut self.fault_injections, key, *o),
+            Object::ConfigMap(o) => replace(&mut self.config_maps, key, *o),
+            Object::RequestAuthentication(o) => replace(&mut self.request_authentications, key, *o),
+            Object::RateLimitPolicy(o) => replace(&mut self.rate_limit_policies, key, *o),
         }
     }
 
@@ -82,6 +91,9 @@ impl Index {
             Kind::VirtualService => self.virtual_services.remove(&k).is_some(),
             Kind::DestinationRule => self.destination_rules.remove(&k).is_some(),
             Kind::FaultInjection => self.fault_injections.remove(&k).is_some(),
+            Kind::ConfigMap => self.config_maps.remove(&k).is_some(),
+            Kind::RequestAuthentication => self.request_authentications.remove(&k).is_some(),
+            Kind::RateLimitPolicy => self.rate_limit_policies.remove(&k).is_some(),
         }
     }
 

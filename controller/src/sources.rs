@@ -15,10 +15,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-pub use ambit::FaultInjection;
+pub use ambit::{FaultInjection, RateLimitPolicy};
 pub use istio::{DestinationRule, VirtualService};
 pub use routes::{GrpcRoute, HttpRoute, TcpRoute};
-pub use types::{AuthorizationPolicy, Gateway, PeerAuthentication};
+pub use types::{AuthorizationPolicy, Gateway, PeerAuthentication, RequestAuthentication};
 
 /// The kinds of object the controller understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -36,6 +36,9 @@ pub enum Kind {
     VirtualService,
     DestinationRule,
     FaultInjection,
+    ConfigMap,
+    RequestAuthentication,
+    RateLimitPolicy,
 }
 
 impl Kind {
@@ -65,6 +68,11 @@ impl Kind {
                 Some(Kind::DestinationRule)
             }
             ("ambit.dev", "v1alpha1", "FaultInjection") => Some(Kind::FaultInjection),
+            ("ambit.dev", "v1alpha1", "RateLimitPolicy") => Some(Kind::RateLimitPolicy),
+            ("", "v1", "ConfigMap") => Some(Kind::ConfigMap),
+            ("security.istio.io", "v1" | "v1beta1", "RequestAuthentication") => {
+                Some(Kind::RequestAuthentication)
+            }
             _ => None,
         }
     }
@@ -108,6 +116,9 @@ pub enum Object {
     VirtualService(Box<VirtualService>),
     DestinationRule(Box<DestinationRule>),
     FaultInjection(Box<FaultInjection>),
+    ConfigMap(Box<core::ConfigMap>),
+    RequestAuthentication(Box<RequestAuthentication>),
+    RateLimitPolicy(Box<RateLimitPolicy>),
 }
 
 impl Object {
@@ -126,6 +137,9 @@ impl Object {
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::FaultInjection(_) => Kind::FaultInjection,
+            Object::ConfigMap(_) => Kind::ConfigMap,
+            Object::RequestAuthentication(_) => Kind::RequestAuthentication,
+            Object::RateLimitPolicy(_) => Kind::RateLimitPolicy,
         }
     }
 
@@ -144,6 +158,9 @@ impl Object {
             Object::VirtualService(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
             Object::FaultInjection(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
+            Object::RequestAuthentication(o) => &o.metadata,
+            Object::RateLimitPolicy(o) => &o.metadata,
         }
     }
 
@@ -265,6 +282,15 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentErro
         Kind::FaultInjection => {
             Object::FaultInjection(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
         }
+        Kind::ConfigMap => {
+            Object::ConfigMap(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
+        Kind::RequestAuthentication => {
+            Object::RequestAuthentication(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
+        Kind::RateLimitPolicy => {
+            Object::RateLimitPolicy(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
     };
     if obj
         .metadata()
@@ -289,6 +315,9 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentErro
         Object::VirtualService(o) => &mut o.metadata,
         Object::DestinationRule(o) => &mut o.metadata,
         Object::FaultInjection(o) => &mut o.metadata,
+        Object::ConfigMap(o) => &mut o.metadata,
+        Object::RequestAuthentication(o) => &mut o.metadata,
+        Object::RateLimitPolicy(o) => &mut o.metadata,
     };
     if kind.namespaced() {
         if meta.namespace.as_deref().unwrap_or_default().is_empty() {
@@ -370,6 +399,21 @@ mod tests {
         assert!(
             matches!(&d, Document::Object(o @ Object::FaultInjection(_)) if o.key().namespace == "default")
         );
+        for (api, kind) in [
+            ("security.istio.io/v1", "RequestAuthentication"),
+            ("security.istio.io/v1beta1", "RequestAuthentication"),
+            ("ambit.dev/v1alpha1", "RateLimitPolicy"),
+            ("v1", "ConfigMap"),
+        ] {
+            let d = doc(&format!(
+                "apiVersion: {api}\nkind: {kind}\nmetadata: {{name: x}}\n"
+            ))
+            .unwrap();
+            assert!(
+                matches!(&d, Document::Object(o) if format!("{:?}", o.kind()) == kind),
+                "{api} {kind}"
+            );
+        }
         let d = doc("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n").unwrap();
         assert!(matches!(d, Document::Unknown(_, k) if k == "Deployment"));
         // A Pod from the wrong group is not a Pod.

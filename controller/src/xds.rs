@@ -7,7 +7,10 @@
 //! are no secret: unscoped clients get them all). Any other client subscribed to routes gets every route.
 //! `ambit.waypoint.BackendPolicy` (DestinationRules, by service hostname) is scoped the same way: a waypoint gets
 //! the policies of the services it serves and of every backend its routes send to
-//! ([`crate::compute::route_scopes::backend_policy_scopes`]).
+//! ([`crate::compute::route_scopes::backend_policy_scopes`]). The waypoint's L7 policies
+//! (`ambit.waypoint.AuthorizationPolicy`, `RequestAuthentication`, `RateLimitPolicy`, by `<ns>/<name>`) are scoped
+//! too: a waypoint gets those targeting its Gateway, its GatewayClass, the Services it serves and the route rules
+//! it gets ([`crate::compute::waypoint_policy`]).
 //!
 //! The computed state is published as an immutable [`Snapshot`] through a `watch` channel (one writer: the
 //! controller loop, which also debounces bursts of changes). Each connection keeps, per type, the version of
@@ -52,10 +55,9 @@ pub struct Snapshot {
     pub types: BTreeMap<&'static str, BTreeMap<String, Versioned>>,
     /// `network/IP` → resource name, to answer on-demand lookups by address.
     pub aliases: BTreeMap<String, String>,
-    /// Waypoint `(ns, gateway)` → the route names it gets.
-    pub route_scopes: RouteScopes,
-    /// Waypoint `(ns, gateway)` → the backend policy names (service hostnames) it gets.
-    pub backend_policy_scopes: RouteScopes,
+    /// Per scoped type URL (routes, backend policies, the L7 policies): waypoint `(ns, gateway)` → the names it
+    /// gets by wildcard. Types not listed are sent whole to everyone.
+    pub scopes: BTreeMap<&'static str, RouteScopes>,
     /// The names (per type URL) added, changed or removed since the snapshot of generation `.0`, computed once
     /// here so that a connection already up to date with that snapshot looks at only those names.
     pub changes: Option<(u64, BTreeMap<&'static str, BTreeSet<String>>)>,
@@ -104,6 +106,14 @@ impl Snapshot {
             .iter()
             .map(|(k, v)| (k.clone(), versioned(type_url::WAYPOINT_BACKEND_POLICY, v)))
             .collect();
+        fn encode<M: Message>(
+            type_url: &'static str,
+            m: &BTreeMap<String, M>,
+        ) -> BTreeMap<String, Versioned> {
+            m.iter()
+                .map(|(k, v)| (k.clone(), versioned(type_url, v)))
+                .collect()
+        }
         Snapshot {
             generation,
             types: BTreeMap::from([
@@ -111,15 +121,44 @@ impl Snapshot {
                 (type_url::AUTHORIZATION, authz),
                 (type_url::WAYPOINT_ROUTE, routes),
                 (type_url::WAYPOINT_BACKEND_POLICY, policies),
+                (
+                    type_url::WAYPOINT_AUTHORIZATION,
+                    encode(type_url::WAYPOINT_AUTHORIZATION, &r.waypoint_authorizations),
+                ),
+                (
+                    type_url::WAYPOINT_REQUEST_AUTHENTICATION,
+                    encode(
+                        type_url::WAYPOINT_REQUEST_AUTHENTICATION,
+                        &r.request_authentications,
+                    ),
+                ),
+                (
+                    type_url::WAYPOINT_RATE_LIMIT,
+                    encode(type_url::WAYPOINT_RATE_LIMIT, &r.rate_limits),
+                ),
             ]),
             aliases: r.aliases.clone(),
-            route_scopes: r.route_scopes.clone(),
-            backend_policy_scopes: r.backend_policy_scopes.clone(),
+            scopes: BTreeMap::from([
+                (type_url::WAYPOINT_ROUTE, r.route_scopes.clone()),
+                (
+                    type_url::WAYPOINT_BACKEND_POLICY,
+                    r.backend_policy_scopes.clone(),
+                ),
+                (
+                    type_url::WAYPOINT_AUTHORIZATION,
+                    r.waypoint_authorization_scopes.clone(),
+                ),
+                (
+                    type_url::WAYPOINT_REQUEST_AUTHENTICATION,
+                    r.request_authentication_scopes.clone(),
+                ),
+                (type_url::WAYPOINT_RATE_LIMIT, r.rate_limit_scopes.clone()),
+            ]),
             changes: None,
         }
     }
 
-    /// As [`Snapshot::new`], with the changes since `prev`. A route (or backend policy) that became visible or
+    /// As [`Snapshot::new`], with the changes since `prev`. A scoped resource (route, backend policy, L7 policy) that became visible or
     /// invisible to some waypoint counts as changed even when the resource itself did not change, so that a scoped connection on
     /// the change-set path sends it or removes it.
     pub fn next(prev: &Snapshot, generation: u64, r: &Resources) -> Self {
@@ -134,17 +173,10 @@ impl Snapshot {
                 .map(|(n, _)| n.clone())
                 .collect();
             names.extend(before.keys().filter(|n| !now.contains_key(*n)).cloned());
-            if *t == type_url::WAYPOINT_ROUTE {
-                names.extend(route_scopes::changed_visibility(
-                    &prev.route_scopes,
-                    &s.route_scopes,
-                ));
-            }
-            if *t == type_url::WAYPOINT_BACKEND_POLICY {
-                names.extend(route_scopes::changed_visibility(
-                    &prev.backend_policy_scopes,
-                    &s.backend_policy_scopes,
-                ));
+            if let Some(now_scopes) = s.scopes.get(t) {
+                let none = RouteScopes::new();
+                let before_scopes = prev.scopes.get(t).unwrap_or(&none);
+                names.extend(route_scopes::changed_visibility(before_scopes, now_scopes));
             }
             changes.insert(*t, names);
         }
@@ -169,7 +201,7 @@ pub struct ConnectionInfo {
     pub acks: u64,
     pub nacks: u64,
     pub last_nack: Option<String>,
-    /// The waypoint Gateway (`ns/name`) whose routes and backend policies this connection is scoped to, if any.
+    /// The waypoint Gateway (`ns/name`) whose routes and policies this connection is scoped to, if any.
     pub waypoint: Option<String>,
     /// Per type: how many resources the client holds (as far as the server knows).
     pub resources: BTreeMap<String, usize>,

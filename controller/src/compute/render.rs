@@ -59,6 +59,51 @@ pub fn resources(r: &Resources) -> Value {
             .collect();
         out.insert("backendPolicyScopes".into(), Value::Object(scopes));
     }
+    let scoped =
+        |out: &mut Map<String, Value>, key: &str, scopes: &super::route_scopes::RouteScopes| {
+            if !scopes.is_empty() {
+                let scopes: Map<String, Value> = scopes
+                    .iter()
+                    .map(|((ns, gw), names)| (format!("{ns}/{gw}"), json!(names)))
+                    .collect();
+                out.insert(key.into(), Value::Object(scopes));
+            }
+        };
+    if !r.waypoint_authorizations.is_empty() {
+        let m: Map<String, Value> = r
+            .waypoint_authorizations
+            .iter()
+            .map(|(k, v)| (k.clone(), waypoint_message(v)))
+            .collect();
+        out.insert("waypointAuthorizations".into(), Value::Object(m));
+    }
+    scoped(
+        &mut out,
+        "waypointAuthorizationScopes",
+        &r.waypoint_authorization_scopes,
+    );
+    if !r.request_authentications.is_empty() {
+        let m: Map<String, Value> = r
+            .request_authentications
+            .iter()
+            .map(|(k, v)| (k.clone(), waypoint_message(v)))
+            .collect();
+        out.insert("requestAuthentications".into(), Value::Object(m));
+    }
+    scoped(
+        &mut out,
+        "requestAuthenticationScopes",
+        &r.request_authentication_scopes,
+    );
+    if !r.rate_limits.is_empty() {
+        let m: Map<String, Value> = r
+            .rate_limits
+            .iter()
+            .map(|(k, v)| (k.clone(), waypoint_message(v)))
+            .collect();
+        out.insert("rateLimits".into(), Value::Object(m));
+    }
+    scoped(&mut out, "rateLimitScopes", &r.rate_limit_scopes);
     if !r.status.is_empty() {
         out.insert("status".into(), json!(r.status));
     }
@@ -80,7 +125,16 @@ pub fn waypoint_message<M: serde::Serialize>(r: &M) -> Value {
             Value::Null | Value::Bool(false) => None,
             Value::String(s) if s.is_empty() => None,
             Value::Array(a) if a.is_empty() => None,
-            Value::Array(a) => Some(Value::Array(a.into_iter().filter_map(prune).collect())),
+            // An empty object in a list stays (`rules: [{}]` matches everything; `[]` nothing).
+            Value::Array(a) => Some(Value::Array(
+                a.into_iter()
+                    .map(|v| match v {
+                        Value::Object(_) => prune(v).unwrap_or_else(|| Value::Object(Map::new())),
+                        other => prune(other).unwrap_or(Value::Null),
+                    })
+                    .filter(|v| !v.is_null())
+                    .collect(),
+            )),
             Value::Object(o) => {
                 let o: Map<String, Value> = o
                     .into_iter()

@@ -79,6 +79,23 @@ fn serving<'a>(
     serving
 }
 
+/// Service `(namespace, hostname)` → the waypoints that serve it per WDS (`waypoint` or any of
+/// `weighted_waypoints`); what scopes Service-targeted waypoint policies ([`super::waypoint_policy`]).
+pub fn service_waypoints(
+    addresses: &BTreeMap<String, Address>,
+    waypoints: &BTreeMap<Name, Waypoint>,
+) -> BTreeMap<(String, String), BTreeSet<Name>> {
+    serving(addresses, waypoints)
+        .into_iter()
+        .map(|((ns, h), ws)| {
+            (
+                (ns.to_owned(), h.to_owned()),
+                ws.into_iter().cloned().collect(),
+            )
+        })
+        .collect()
+}
+
 /// Computes the scopes from the computed routes and WDS addresses, and the waypoints (for their addresses).
 pub fn route_scopes(
     routes: &BTreeMap<String, Route>,

@@ -42,8 +42,9 @@ use super::waypoint::{GatewayCheck, HBONE_PORT, Waypoint, check_gateway};
 use super::{ComputeConfig, service_hostname};
 use crate::index::{Index, Name};
 use crate::sources::routes::{
-    BackendObjectReference, HeaderFilter, HttpBackendRef, HttpRouteFilter, HttpRouteRetry,
-    HttpRouteTimeouts, ParentReference, PathModifierSpec, ValueMatch, parse_duration,
+    BackendObjectReference, HeaderFilter, HttpBackendRef, HttpRouteFilter, HttpRouteMatch,
+    HttpRouteRetry, HttpRouteTimeouts, ParentReference, PathModifierSpec, ValueMatch,
+    parse_duration,
 };
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -115,6 +116,27 @@ fn value_matches(v: &[ValueMatch]) -> Vec<HeaderMatch> {
         .collect()
 }
 
+/// An HTTPRoute match with Gateway API's defaults (path `PathPrefix /`, value match `Exact`).
+pub fn http_route_match(m: &HttpRouteMatch) -> RouteMatch {
+    RouteMatch {
+        path: Some(PathMatch {
+            r#type: match_type(
+                m.path.as_ref().and_then(|p| p.kind.as_deref()),
+                MatchType::PathPrefix,
+            ),
+            value: m
+                .path
+                .as_ref()
+                .and_then(|p| p.value.clone())
+                .unwrap_or_else(|| "/".to_owned()),
+        }),
+        headers: value_matches(&m.headers),
+        query_params: value_matches(&m.query_params),
+        method: m.method.clone().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
 fn inputs(index: &Index) -> Vec<RouteIn<'_>> {
     let mut out = Vec::new();
     for ((ns, name), r) in &index.http_routes {
@@ -124,27 +146,7 @@ fn inputs(index: &Index) -> Vec<RouteIn<'_>> {
             .iter()
             .map(|rule| RuleIn {
                 name: rule.name.as_deref(),
-                matches: rule
-                    .matches
-                    .iter()
-                    .map(|m| RouteMatch {
-                        path: Some(PathMatch {
-                            r#type: match_type(
-                                m.path.as_ref().and_then(|p| p.kind.as_deref()),
-                                MatchType::PathPrefix,
-                            ),
-                            value: m
-                                .path
-                                .as_ref()
-                                .and_then(|p| p.value.clone())
-                                .unwrap_or_else(|| "/".to_owned()),
-                        }),
-                        headers: value_matches(&m.headers),
-                        query_params: value_matches(&m.query_params),
-                        method: m.method.clone().unwrap_or_default(),
-                        ..Default::default()
-                    })
-                    .collect(),
+                matches: rule.matches.iter().map(http_route_match).collect(),
                 filters: &rule.filters,
                 backends: &rule.backend_refs,
                 timeouts: rule.timeouts.as_ref(),

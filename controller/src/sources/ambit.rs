@@ -1,12 +1,18 @@
-//! Serde types for Ambit's own kinds (`ambit.dev/v1alpha1`): `FaultInjection`, the object an HTTPRoute or
-//! GRPCRoute `ExtensionRef` filter names to inject faults (schema, defaults and an example in
-//! `compute::fault_injection`). Its `spec` has the shape of a VirtualService `fault`, and fields the types do not
-//! model land in `unknown` so that compute reports them rather than silently ignoring them.
+//! Serde types for Ambit's own kinds (`ambit.dev/v1alpha1`):
+//!
+//! * `FaultInjection`, the object an HTTPRoute or GRPCRoute `ExtensionRef` filter names to inject faults (schema,
+//!   defaults and an example in `compute::fault_injection`). Its `spec` has the shape of a VirtualService `fault`.
+//! * `RateLimitPolicy`, local token buckets at the waypoint (schema, defaults and an example in
+//!   `compute::waypoint_policy::rate_limit`).
+//!
+//! Fields the types do not model land in `unknown` so that compute reports them rather than silently ignoring
+//! them.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 use super::istio::Unknown;
+use super::routes::HttpRouteMatch;
 
 /// `ambit.dev/v1alpha1` `FaultInjection`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -67,6 +73,72 @@ impl FaultPercent {
             FaultPercent::Number(v) | FaultPercent::Istio { value: v } => v,
         }
     }
+}
+
+/// `ambit.dev/v1alpha1` `RateLimitPolicy`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateLimitPolicy {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: RateLimitPolicySpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitPolicySpec {
+    #[serde(default)]
+    pub target_refs: Vec<RateLimitTargetRef>,
+    #[serde(default)]
+    pub limits: Vec<RateLimitSpec>,
+    #[serde(default, flatten)]
+    pub unknown: Unknown,
+}
+
+/// Gateway API's `LocalPolicyTargetReferenceWithSectionName`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitTargetRef {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub section_name: Option<String>,
+    #[serde(default, flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateLimitSpec {
+    #[serde(default)]
+    pub key: Option<RateLimitKeySpec>,
+    /// Required, at least 1.
+    #[serde(default)]
+    pub requests: Option<i64>,
+    /// A Gateway API duration; default `1s`.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Default: `requests`.
+    #[serde(default)]
+    pub burst: Option<i64>,
+    #[serde(default)]
+    pub matches: Vec<HttpRouteMatch>,
+    #[serde(default, flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateLimitKeySpec {
+    /// `None` (default), `ClientIdentity`, `SourceIP`, `Header` or `Path`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default, flatten)]
+    pub unknown: Unknown,
 }
 
 #[cfg(test)]

@@ -194,6 +194,73 @@ pub struct AuthzCondition {
     pub not_values: Vec<String>,
 }
 
+/// `security.istio.io/v1` (or `v1beta1`) `RequestAuthentication`. Fields the types do not model land in `unknown`
+/// so that compute can say they are ignored.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestAuthentication {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: RequestAuthenticationSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestAuthenticationSpec {
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub target_ref: Option<PolicyTargetReference>,
+    #[serde(default)]
+    pub target_refs: Vec<PolicyTargetReference>,
+    #[serde(default)]
+    pub jwt_rules: Vec<JwtRuleSpec>,
+}
+
+/// One `jwtRules` entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtRuleSpec {
+    #[serde(default)]
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub jwks_uri: String,
+    #[serde(default)]
+    pub jwks: String,
+    #[serde(default)]
+    pub from_headers: Vec<JwtHeaderSpec>,
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    #[serde(default)]
+    pub output_payload_to_header: String,
+    #[serde(default)]
+    pub output_claim_to_headers: Vec<ClaimToHeaderSpec>,
+    #[serde(default)]
+    pub forward_original_token: bool,
+    #[serde(default, flatten)]
+    pub unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JwtHeaderSpec {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub prefix: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClaimToHeaderSpec {
+    #[serde(default)]
+    pub header: String,
+    #[serde(default)]
+    pub claim: String,
+}
+
 /// `security.istio.io/v1` (or `v1beta1`) `PeerAuthentication`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PeerAuthentication {

@@ -32,8 +32,8 @@ pub(super) struct Connection {
     info: ConnectionInfo,
     types: BTreeMap<String, TypeState>,
     nonce: u64,
-    /// The waypoint Gateway this connection declared itself to be: its wildcard routes and backend policies are
-    /// limited to that waypoint's scope. `None`: every one.
+    /// The waypoint Gateway this connection declared itself to be: its wildcard routes and policies (every type
+    /// in [`Snapshot::scopes`]) are limited to that waypoint's scope. `None`: every one.
     scope: Option<Name>,
 }
 
@@ -137,8 +137,9 @@ impl Connection {
             if self.scope.is_some() {
                 // Routes and policies sent before the node was known were unscoped: the next push takes the full
                 // difference.
-                for t in [type_url::WAYPOINT_ROUTE, type_url::WAYPOINT_BACKEND_POLICY] {
-                    if let Some(state) = self.types.get_mut(t) {
+                let snap = self.snapshots.borrow().clone();
+                for t in snap.scopes.keys() {
+                    if let Some(state) = self.types.get_mut(*t) {
                         state.synced = 0;
                     }
                 }
@@ -191,6 +192,9 @@ impl Connection {
             type_url::AUTHORIZATION,
             type_url::WAYPOINT_ROUTE,
             type_url::WAYPOINT_BACKEND_POLICY,
+            type_url::WAYPOINT_AUTHORIZATION,
+            type_url::WAYPOINT_REQUEST_AUTHENTICATION,
+            type_url::WAYPOINT_RATE_LIMIT,
         ]
         .contains(&req.type_url.as_str());
         if !known {
@@ -246,13 +250,8 @@ impl Connection {
         let all = snap.types.get(type_url).unwrap_or(&empty);
         let no_routes = BTreeSet::new();
         // `Some`: the only names this connection gets by wildcard.
-        let visible: Option<&BTreeSet<String>> = match &self.scope {
-            Some(key) if type_url == type_url::WAYPOINT_ROUTE => {
-                Some(snap.route_scopes.get(key).unwrap_or(&no_routes))
-            }
-            Some(key) if type_url == type_url::WAYPOINT_BACKEND_POLICY => {
-                Some(snap.backend_policy_scopes.get(key).unwrap_or(&no_routes))
-            }
+        let visible: Option<&BTreeSet<String>> = match (&self.scope, snap.scopes.get(type_url)) {
+            (Some(key), Some(scopes)) => Some(scopes.get(key).unwrap_or(&no_routes)),
             _ => None,
         };
         let candidates: BTreeSet<&str> = match only {

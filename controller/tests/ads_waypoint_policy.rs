@@ -1,0 +1,297 @@
+//! The waypoint's L7 policies over delta ADS: each waypoint gets the AuthorizationPolicies, RequestAuthentications
+//! and RateLimitPolicies that target its Gateway, its GatewayClass (root-namespace defaults), the Services it
+//! serves and the route rules it gets — and not the others'; a client that is no waypoint gets them all; when a
+//! Service moves to another waypoint, its policies move with it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use ambit_controller::compute::{self, ComputeConfig, Resources};
+use ambit_controller::index::Index;
+use ambit_controller::sources::manifest::ManifestState;
+use ambit_controller::xds::{Snapshot, XdsMetrics, XdsServer};
+use ambit_proto::type_url::{
+    WAYPOINT_AUTHORIZATION, WAYPOINT_RATE_LIMIT, WAYPOINT_REQUEST_AUTHENTICATION,
+};
+use ambit_proto::waypoint::{
+    AuthorizationPolicy, RateLimitPolicy, authorization_policy, policy_target,
+};
+use ambit_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use ambit_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
+use prometheus_client::registry::Registry;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+
+/// Waypoints `wa` (serves `reviews`, which has an HTTPRoute) and `wb` (serves `ratings`), and one policy of each
+/// kind aimed at each.
+const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wa, namespace: a}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wb, namespace: a}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: wa-0, namespace: a, labels: {gateway.networking.k8s.io/gateway-name: wa}}
+status: {podIP: 10.0.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: wb-0, namespace: a, labels: {gateway.networking.k8s.io/gateway-name: wb}}
+status: {podIP: 10.0.0.11}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: a, labels: {istio.io/use-waypoint: wa}}
+spec: {clusterIP: 10.96.0.1, selector: {app: reviews}, ports: [{port: 9080, name: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: a, labels: {istio.io/use-waypoint: wb}}
+spec: {clusterIP: 10.96.0.2, selector: {app: ratings}, ports: [{port: 9080, name: http}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: a}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - {name: writes, matches: [{method: POST}], backendRefs: [{name: reviews, port: 9080}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-get-only, namespace: a}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: wb-deny-admin, namespace: a}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wb}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: default-deny, namespace: istio-system}
+spec:
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: ratings-jwt, namespace: a}
+spec:
+  targetRefs: [{kind: Service, group: "", name: ratings}]
+  jwtRules: [{issuer: https://issuer.example, jwksUri: https://issuer.example/keys}]
+---
+apiVersion: ambit.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: reviews-writes, namespace: a}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: reviews, sectionName: writes}]
+  limits: [{key: {type: ClientIdentity}, requests: 5, interval: 1m}]
+"#;
+
+fn resources(yaml: &str) -> Resources {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
+    let mut idx = Index::default();
+    let mut state = ManifestState::default();
+    for ev in state.rescan(&[dir.path().to_path_buf()]) {
+        idx.apply(ev);
+    }
+    assert!(state.errors().is_empty(), "{:?}", state.errors());
+    compute::compute(&idx, &ComputeConfig::default())
+}
+
+fn waypoint_node(gateway: &str) -> Option<Node> {
+    let string = |s: &str| prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(s.into())),
+    };
+    Some(Node {
+        id: format!("router~10.0.0.10~{gateway}-6d5f-abcde.a~a.svc.cluster.local"),
+        metadata: Some(prost_types::Struct {
+            fields: [
+                ("NAMESPACE".to_owned(), string("a")),
+                ("GATEWAY_NAME".to_owned(), string(gateway)),
+            ]
+            .into(),
+        }),
+        ..Default::default()
+    })
+}
+
+struct Client {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    stream: tonic::Streaming<DeltaDiscoveryResponse>,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr) -> Client {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let stream = client
+            .delta_aggregated_resources(tonic::Request::new(ReceiverStream::new(rx)))
+            .await
+            .unwrap()
+            .into_inner();
+        Client { tx, stream }
+    }
+
+    /// Subscribes by wildcard and returns the (acked) first response.
+    async fn subscribe(&mut self, node: Option<Node>, type_url: &str) -> DeltaDiscoveryResponse {
+        self.tx
+            .send(DeltaDiscoveryRequest {
+                node,
+                type_url: type_url.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let r = self.recv().await;
+        assert_eq!(r.type_url, type_url);
+        r
+    }
+
+    async fn recv(&mut self) -> DeltaDiscoveryResponse {
+        let r = self.stream.message().await.unwrap().expect("stream open");
+        self.tx
+            .send(DeltaDiscoveryRequest {
+                type_url: r.type_url.clone(),
+                response_nonce: r.nonce.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        r
+    }
+
+    /// Subscribes to the three policy types; their resource names, per type.
+    async fn policies(&mut self, node: Option<Node>) -> [Vec<String>; 3] {
+        let authz = names(&self.subscribe(node, WAYPOINT_AUTHORIZATION).await);
+        let jwt = names(&self.subscribe(None, WAYPOINT_REQUEST_AUTHENTICATION).await);
+        let rl = names(&self.subscribe(None, WAYPOINT_RATE_LIMIT).await);
+        [authz, jwt, rl]
+    }
+}
+
+fn names(r: &DeltaDiscoveryResponse) -> Vec<String> {
+    let mut n: Vec<String> = r.resources.iter().map(|r| r.name.clone()).collect();
+    n.sort();
+    n
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn each_waypoint_gets_the_policies_that_target_it() {
+    let (publish, rx) = watch::channel(Arc::new(Snapshot::new(1, &resources(MESH))));
+    let mut registry = Registry::default();
+    let metrics = Arc::new(XdsMetrics::new(&mut registry));
+    let (_trigger, drain) = ambit_core::drain::new();
+    let server = XdsServer::new(rx, metrics, None, drain);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(server.into_service())
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+
+    let mut wa = Client::connect(addr).await;
+    let r = wa
+        .subscribe(waypoint_node("wa"), WAYPOINT_AUTHORIZATION)
+        .await;
+    assert_eq!(
+        names(&r),
+        strings(&["a/reviews-get-only", "istio-system/default-deny"])
+    );
+    let get_only = r
+        .resources
+        .iter()
+        .find(|x| x.name == "a/reviews-get-only")
+        .and_then(|x| x.resource.as_ref())
+        .unwrap();
+    assert_eq!(get_only.type_url, WAYPOINT_AUTHORIZATION);
+    let p = AuthorizationPolicy::decode(get_only.value.as_slice()).unwrap();
+    assert_eq!(p.action, authorization_policy::Action::Allow as i32);
+    assert_eq!(p.targets[0].kind, policy_target::Kind::Service as i32);
+    assert_eq!(p.targets[0].name, "reviews.a.svc.cluster.local");
+    assert_eq!(p.rules[0].to[0].methods, vec!["GET"]);
+    let r = wa.subscribe(None, WAYPOINT_REQUEST_AUTHENTICATION).await;
+    assert!(r.resources.is_empty(), "{:?}", names(&r));
+    let r = wa.subscribe(None, WAYPOINT_RATE_LIMIT).await;
+    assert_eq!(names(&r), strings(&["a/reviews-writes"]));
+    let rl = RateLimitPolicy::decode(r.resources[0].resource.as_ref().unwrap().value.as_slice())
+        .unwrap();
+    assert_eq!(rl.targets[0].name, "a/httproute/reviews/0");
+    assert_eq!(
+        (rl.limits[0].requests, rl.limits[0].interval_ms),
+        (5, 60_000)
+    );
+
+    let mut wb = Client::connect(addr).await;
+    assert_eq!(
+        wb.policies(waypoint_node("wb")).await,
+        [
+            strings(&["a/wb-deny-admin", "istio-system/default-deny"]),
+            strings(&["a/ratings-jwt"]),
+            vec![],
+        ]
+    );
+
+    // A client that is no waypoint gets everything.
+    let mut other = Client::connect(addr).await;
+    assert_eq!(
+        other.policies(None).await,
+        [
+            strings(&[
+                "a/reviews-get-only",
+                "a/wb-deny-admin",
+                "istio-system/default-deny"
+            ]),
+            strings(&["a/ratings-jwt"]),
+            strings(&["a/reviews-writes"]),
+        ]
+    );
+
+    // reviews moves to wb: its AuthorizationPolicy leaves wa and reaches wb. (Its route goes with it, and so does
+    // the rate limit on the route's rule.)
+    let moved = MESH.replace("istio.io/use-waypoint: wa", "istio.io/use-waypoint: wb");
+    let prev = publish.borrow().clone();
+    publish.send_replace(Arc::new(Snapshot::next(&prev, 2, &resources(&moved))));
+    let mut removed = Vec::new();
+    for _ in 0..2 {
+        let d = wa.recv().await;
+        removed.extend(d.removed_resources.clone());
+    }
+    removed.sort();
+    assert_eq!(
+        removed,
+        strings(&["a/reviews-get-only", "a/reviews-writes"])
+    );
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let d = wb.recv().await;
+        got.extend(names(&d));
+    }
+    got.sort();
+    assert_eq!(got, strings(&["a/reviews-get-only", "a/reviews-writes"]));
+}
