@@ -43,6 +43,9 @@ pub struct Config {
     /// Its GatewayClass (`GATEWAY_CLASS`, default `istio-waypoint`): AuthorizationPolicies in the root namespace
     /// that target the class apply here.
     pub gateway_class: String,
+    /// `XFCC_INCLUDE_CLIENT_IDENTITY` (from the Gateway's `ambient.istio.io/xfcc-include-client-identity`): tell
+    /// backends the client's identity in `x-forwarded-client-cert`.
+    pub xfcc_include_client_identity: bool,
     pub namespace: String,
     pub pod_name: String,
     pub service_account: String,
@@ -195,6 +198,7 @@ impl Config {
         let cfg = Config {
             gateway_name: get("GATEWAY_NAME").unwrap_or_else(|| service_account.clone()),
             gateway_class: get("GATEWAY_CLASS").unwrap_or_else(|| "istio-waypoint".into()),
+            xfcc_include_client_identity: flag("XFCC_INCLUDE_CLIENT_IDENTITY", false)?,
             pod_name: get("POD_NAME").unwrap_or_else(|| "waypoint".into()),
             namespace,
             service_account,

@@ -179,6 +179,7 @@ pub async fn handle(
     {
         parts.headers.insert(X_REQUEST_ID, v);
     }
+    client_identity_headers(&proxy, &conn, &mut parts.headers);
     let tp = next_traceparent(parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
     if let Ok(v) = HeaderValue::from_str(&tp) {
         parts.headers.insert(TRACEPARENT, v);
@@ -607,6 +608,32 @@ pub async fn handle(
     let mut body = RespBody::new(rbody.map_err(Into::into).boxed_unsync(), release, None);
     body.set_finish(Box::new(Finished { log, grpc_status }));
     Ok(Response::from_parts(rparts, body))
+}
+
+/// What the backend learns about the client, as Istio's waypoint writes it: `x-forwarded-for` gets the client's
+/// address appended; `x-forwarded-client-cert` is never taken from the client (it could claim any identity) and,
+/// when the Gateway asks for it, is set to `By=<waypoint>;URI=<client identity>` (Envoy's `SANITIZE_SET` with the
+/// URI; no `Hash`: the client's certificate is the source ztunnel's HBONE certificate, not one the client showed).
+fn client_identity_headers(proxy: &Proxy, conn: &Conn, headers: &mut http::HeaderMap) {
+    const XFF: &str = "x-forwarded-for";
+    const XFCC: &str = "x-forwarded-client-cert";
+    if let Some(addr) = conn.source_addr {
+        let ip = addr.ip().to_string();
+        let value = match headers.get(XFF).and_then(|v| v.to_str().ok()) {
+            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+            _ => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(XFF, v);
+        }
+    }
+    headers.remove(XFCC);
+    if proxy.cfg.xfcc_include_client_identity
+        && let Some(client) = &conn.principal
+        && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={client}", proxy.cfg.identity()))
+    {
+        headers.insert(XFCC, v);
+    }
 }
 
 /// The authorization step: `Err` is the answer for a denied request.

@@ -308,3 +308,51 @@ async fn ext_authz_server(addr: std::net::SocketAddr) {
         }
     });
 }
+
+#[tokio::test]
+async fn the_backend_learns_the_client_address_and_identity() {
+    let mut m = Mesh::new(85);
+    let api = m.service("api").endpoint("api", 10, "api");
+    m.route("api", "");
+    m.env("XFCC_INCLUDE_CLIENT_IDENTITY", "true");
+    support::http_backend(api, "api").await;
+    let w = m.start().await;
+    // The client's own claims are replaced (XFCC) or extended (XFF).
+    let a = w
+        .get(
+            "api",
+            "/",
+            &[
+                (
+                    "x-forwarded-client-cert",
+                    "URI=spiffe://cluster.local/ns/demo/sa/admin",
+                ),
+                ("x-forwarded-for", "203.0.113.7"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(
+        a.header("x-echo-xfcc"),
+        Some(
+            "By=spiffe://cluster.local/ns/demo/sa/waypoint;URI=spiffe://cluster.local/ns/demo/sa/client"
+        )
+    );
+    assert_eq!(a.header("x-echo-xff"), Some("203.0.113.7, 127.0.85.2"));
+
+    // Without the Gateway's annotation no XFCC reaches the backend, whatever the client sent.
+    let mut m = Mesh::new(86);
+    let api = m.service("api").endpoint("api", 10, "api");
+    m.route("api", "");
+    support::http_backend(api, "api").await;
+    let w = m.start().await;
+    let a = w
+        .get(
+            "api",
+            "/",
+            &[("x-forwarded-client-cert", "URI=spiffe://evil")],
+        )
+        .await;
+    assert_eq!(a.header("x-echo-xfcc"), Some(""));
+    assert_eq!(a.header("x-echo-xff"), Some("127.0.86.2"));
+}

@@ -15,6 +15,8 @@ pub const SERVICE_ACCOUNT_ANNOTATION: &str = "gateway.istio.io/service-account";
 /// Gateway annotation choosing the Service type (default `ClusterIP`).
 pub const SERVICE_TYPE_ANNOTATION: &str = "networking.istio.io/service-type";
 pub const MANAGED_BY: &str = "istio.io-mesh-controller";
+/// Istio's Gateway annotation: the waypoint tells backends who the client is (`x-forwarded-client-cert`).
+pub const XFCC_ANNOTATION: &str = "ambient.istio.io/xfcc-include-client-identity";
 pub const STATUS_PORT: u32 = 15021;
 pub const METRICS_PORT: u32 = 15020;
 
@@ -132,6 +134,15 @@ pub fn deployments(index: &Index, cfg: &DeployerConfig) -> BTreeMap<String, Vec<
                                 field("INSTANCE_IP", "status.podIP"),
                                 value("SERVICE_ACCOUNT", &sa),
                                 value("GATEWAY_NAME", name),
+                                value("GATEWAY_CLASS", &gw.spec.gateway_class_name),
+                                value(
+                                    "XFCC_INCLUDE_CLIENT_IDENTITY",
+                                    if annotations.get(XFCC_ANNOTATION).is_some_and(|v| v == "true") {
+                                        "true"
+                                    } else {
+                                        "false"
+                                    },
+                                ),
                                 value("XDS_ADDRESS", &cfg.xds_address),
                                 value("CA_ADDRESS", &cfg.ca_address),
                             ],

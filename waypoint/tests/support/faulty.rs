@@ -224,6 +224,8 @@ pub struct Mesh {
     policies: Vec<String>,
     /// Other top-level lists of the file (`rateLimits`, …), by key.
     extra: Vec<(String, Vec<String>)>,
+    /// More environment for the waypoint.
+    env: Vec<(String, String)>,
     rule_index: HashMap<String, usize>,
 }
 
@@ -247,6 +249,7 @@ impl Mesh {
             routes: Vec::new(),
             policies: Vec::new(),
             extra: Vec::new(),
+            env: Vec::new(),
             rule_index: HashMap::new(),
         }
     }
@@ -311,6 +314,12 @@ impl Mesh {
         self
     }
 
+    /// An environment variable for the waypoint.
+    pub fn env(&mut self, k: &str, v: &str) -> &mut Mesh {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
     /// An item (a YAML flow mapping) of another top-level list of the file, e.g. `rateLimits`.
     pub fn item(&mut self, key: &str, item: &str) -> &mut Mesh {
         match self.extra.iter_mut().find(|(k, _)| k == key) {
@@ -350,7 +359,7 @@ impl Mesh {
         let file = dir.path().join("waypoint.yaml");
         let yaml = self.yaml();
         std::fs::write(&file, &yaml).unwrap();
-        let env: HashMap<String, String> = [
+        let mut env: HashMap<String, String> = [
             ("LOCAL_CA_DIR", ca.to_str().unwrap()),
             ("LOCAL_XDS_PATH", file.to_str().unwrap()),
             ("POD_NAMESPACE", "demo"),
@@ -364,6 +373,7 @@ impl Mesh {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+        env.extend(self.env.iter().cloned());
         let cfg = Config::from_env(&env).unwrap();
         let waypoint_id = cfg.identity();
         let waypoint = match app::start(cfg, ambit_core::logging::LogHandle::noop()).await {

@@ -183,6 +183,8 @@ where
             .header("x-echo-traceparent", seen("traceparent"))
             .header("x-echo-host", seen("host"))
             .header("x-echo-added", seen("x-added"))
+            .header("x-echo-xff", seen("x-forwarded-for"))
+            .header("x-echo-xfcc", seen("x-forwarded-client-cert"))
             .header("x-echo-body", body.to_string())
             .body(Full::new(Bytes::from(format!("{name}\n"))))
             .unwrap();
