@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
+use tokio::time::Instant;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rand::SeedableRng;
@@ -122,19 +123,17 @@ pub async fn forward(
     parts: http::request::Parts,
     body: ReqBody,
 ) -> Result<Sent, Failed> {
-    let run = attempts(proxy, dest, &plan, parts, body);
-    match plan.deadlines.overall {
-        Some(limit) => match tokio::time::timeout(limit, run).await {
-            Ok(r) => r,
-            Err(_) => Err(Failed {
-                status: StatusCode::GATEWAY_TIMEOUT,
-                flags: flags::UPSTREAM_TIMEOUT,
-                message: "upstream request timeout",
-                picked: None,
-                retries: 0,
-            }),
-        },
-        None => run.await,
+    attempts(proxy, dest, &plan, parts, body).await
+}
+
+/// The request ran out of its overall time.
+fn overall_timeout(retries: u32) -> Failed {
+    Failed {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        flags: flags::UPSTREAM_TIMEOUT,
+        message: "upstream request timeout",
+        picked: None,
+        retries,
     }
 }
 
@@ -155,7 +154,9 @@ async fn attempts(
         plan.retry
     };
     shared.budget.deposit();
-    // With retries possible the body goes through a bounded replay buffer; otherwise it is sent as it is.
+    // One timer per attempt, at the nearer of the per-try and the overall deadline (nesting the two cost a second
+    // timer registration per request).
+    let overall = plan.deadlines.overall.map(|d| Instant::now() + d);
     // With retries possible the body goes through a bounded replay buffer (the first attempt reads the client's
     // body; `replay` is the handle later attempts are cloned from); otherwise it is sent as it is.
     let (replay, mut once) = if retry.attempts > 0 {
@@ -204,7 +205,15 @@ async fn attempts(
             }),
             Destination::Workload(..) => None,
         };
-        let sent = send_one(proxy, &picked, plan, req, pool).await;
+        let deadline = match (plan.deadlines.per_try, overall) {
+            (Some(p), Some(o)) => Some((Instant::now() + p).min(o)),
+            (Some(p), None) => Some(Instant::now() + p),
+            (None, o) => o,
+        };
+        let sent = send_one(proxy, &picked, plan, req, pool, deadline).await;
+        if matches!(sent, Err(None)) && overall.is_some_and(|o| Instant::now() >= o) {
+            return Err(overall_timeout(retries));
+        }
         if let Err(Some(e)) = &sent
             && e.is_overflow()
         {
@@ -287,17 +296,22 @@ async fn attempts(
         proxy.metrics.retry();
         tried.push(index);
         let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
-        tokio::time::sleep(retry.backoff.delay(retries, &mut rng)).await;
+        let wake = Instant::now() + retry.backoff.delay(retries, &mut rng);
+        if overall.is_some_and(|o| wake >= o) {
+            return Err(overall_timeout(retries));
+        }
+        tokio::time::sleep_until(wake).await;
     }
 }
 
-/// One attempt: `Err(None)` is the per-try timeout.
+/// One attempt: `Err(None)` is the attempt's deadline passing.
 async fn send_one(
     proxy: &Arc<Proxy>,
     picked: &Picked,
     plan: &Plan<'_>,
     req: Request<ReqBody>,
     pool: Option<Pool<'_>>,
+    deadline: Option<Instant>,
 ) -> Result<(Response<Incoming>, Option<Release>), Option<UpstreamError>> {
     let send = async {
         if plan.upgrade {
@@ -313,8 +327,8 @@ async fn send_one(
                 .await
         }
     };
-    match plan.deadlines.per_try {
-        Some(t) => match tokio::time::timeout(t, send).await {
+    match deadline {
+        Some(t) => match tokio::time::timeout_at(t, send).await {
             Ok(r) => r.map_err(Some),
             Err(_) => Err(None),
         },
