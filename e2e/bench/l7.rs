@@ -1,19 +1,21 @@
 //! `ambit-bench-l7`: L7 benchmark on the `ThreePods` topology (client, waypoint, server pods on a bridge): HTTP
 //! requests/s and latency direct, through the ztunnel pair (`l4`), through ztunnel → Ambit waypoint → ztunnel
-//! (`l7`), through ztunnel → waypoint → plain server (`waypoint-plain`), and through nginx or HAProxy in the
-//! waypoint's place (`nginx`, `haproxy`: plain HTTP, no mesh). Needs root and `wrk` (`perf` for the counts,
-//! `nginx`/`haproxy` for those modes); run it through `scripts/bench-l7.sh` (release build).
+//! (`l7`; `l7-bare` with a route that turns retries off, `l7-policies` with retries, timeouts, outlier detection
+//! and a connection pool configured), through ztunnel → waypoint → plain server (`waypoint-plain`), and through
+//! nginx or HAProxy in the waypoint's place (`nginx`, `haproxy`: plain HTTP, no mesh). Needs root and `wrk` (`perf`
+//! for the counts, `nginx`/`haproxy` for those modes); run it through `scripts/bench-l7.sh` (release build).
 //!
 //! ```text
 //! ambit-bench-l7 [--duration SECS] [--rounds N] [--connections 8,64] [--count-secs SECS] [--out DIR]
-//!                [--modes direct,l4,l7,waypoint-plain,nginx,haproxy] [--ztunnel PATH] [--waypoint PATH]
+//!                [--modes direct,l4,l7,l7-bare,l7-policies,waypoint-plain,nginx,haproxy] [--ztunnel PATH] [--waypoint PATH]
 //!                [--http PATH] [--proxy-workers N] [--ztunnel-env K=V]... [--waypoint-env K=V]...
 //! ```
 //! Each round measures every mode in turn with fresh pods, every connection count in turn. Requests/s and the
 //! CPU time of the proxies (from `/proc/<pid>/task/*/schedstat`) come from a wrk run with nothing attached; CPU,
 //! context switches and system calls per request also come from a separate `--count-secs` run under `perf stat`.
-//! The proxy's RSS is read before the first and after the last wrk run. Writes `l7-<unix time>.{json,md}` (and
-//! `l7-latest.*`) into the output directory.
+//! The proxy's RSS is read before the first and after the last wrk run. When `l7-bare` ran, the report also
+//! compares the waypoint's CPU per request in `l7` and `l7-policies` with it, round by round (the policies' cost on
+//! the success path). Writes `l7-<unix time>.{json,md}` (and `l7-latest.*`) into the output directory.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,7 +24,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ambit_e2e::runner::{E2eLock, check_tools};
-use ambit_e2e::three_pods::{L7Mode, ThreePods, ThreePodsOptions, WAYPOINT_STATS_PORT, rss_kib};
+use ambit_e2e::three_pods::{
+    ECHO_HOST, L7Mode, ThreePods, ThreePodsOptions, WAYPOINT_ADMIN_PORT, WAYPOINT_STATS_PORT,
+    rss_kib,
+};
 use ambit_e2e::tools::{self, WrkResult};
 use ambit_e2e::topology::{HTTP_BIN_ENV, ZTUNNEL_BIN_ENV, sibling_binary};
 use ambit_e2e::{TestDir, is_root, prom};
@@ -32,7 +37,7 @@ use serde::Serialize;
 const WAYPOINT_BIN_ENV: &str = "AMBIT_WAYPOINT_BIN";
 
 const USAGE: &str = "ambit-bench-l7 [--duration SECS] [--rounds N] [--connections 8,64] [--count-secs SECS] \
-[--out DIR] [--modes direct,l4,l7,waypoint-plain,nginx,haproxy] [--ztunnel PATH] [--waypoint PATH] [--http PATH] \
+[--out DIR] [--modes direct,l4,l7,l7-bare,l7-policies,waypoint-plain,nginx,haproxy] [--ztunnel PATH] [--waypoint PATH] [--http PATH] \
 [--proxy-workers N] [--ztunnel-env K=V]... [--waypoint-env K=V]...";
 
 struct Args {
@@ -99,7 +104,8 @@ fn parse_args() -> Result<Args> {
                     .split(',')
                     .map(|m| {
                         L7Mode::parse(m.trim()).with_context(|| {
-                            format!("unknown mode {m:?} (direct, l4, l7, waypoint-plain, nginx, haproxy)")
+                            let all: Vec<&str> = L7Mode::ALL.iter().map(|m| m.as_str()).collect();
+                            format!("unknown mode {m:?} ({})", all.join(", "))
                         })
                     })
                     .collect::<Result<_>>()?;
@@ -180,6 +186,22 @@ struct Summary {
     ztunnels_cpu_us_median: Option<f64>,
 }
 
+/// What the route policies cost the waypoint: `mode`'s waypoint CPU per request against `l7-bare`'s, at one
+/// connection count. Ratios are taken within each round (the two pod sets ran minutes apart at most), then the
+/// median over rounds.
+#[derive(Debug, Serialize)]
+struct PolicyCost {
+    mode: &'static str,
+    connections: u32,
+    /// schedstat CPU µs per request, `mode` / `l7-bare`, per round and their median.
+    cpu_ratio_per_round: Vec<f64>,
+    cpu_ratio_median: f64,
+    /// The same from the `perf stat` runs.
+    perf_cpu_ratio_median: Option<f64>,
+    /// Requests/s, `mode` / `l7-bare`, median over rounds.
+    rps_ratio_median: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     timestamp: u64,
@@ -199,6 +221,8 @@ struct Report {
     wrk_command: String,
     results: Vec<ModeResult>,
     summary: Vec<Summary>,
+    /// `l7` and `l7-policies` against `l7-bare` (empty unless `l7-bare` and one of them ran).
+    policy_cost: Vec<PolicyCost>,
 }
 
 fn wrk(pods: &ThreePods, connections: u32, secs: u64) -> Result<(String, WrkResult)> {
@@ -330,6 +354,9 @@ fn measure(
         status == 200 && body.starts_with("hello"),
         "{tag}: curl {url} from the client failed before measuring: status {status}, body {body:?}"
     );
+    if mode.waypoint() {
+        check_waypoint_routes(&pods, dir, &tag)?;
+    }
     let proxy_pids = pods.proxy_pids();
     let ztunnel_pids = pods.ztunnel_pids();
     let proxy_rss_rest_kib = rss_sum(&proxy_pids);
@@ -422,6 +449,40 @@ fn measure(
     })
 }
 
+/// Saves the waypoint's `/config_dump` with the pod set and checks that `echo` has a route table exactly in the
+/// modes that configure one (otherwise `l7-bare`/`l7-policies` would silently measure `l7`).
+fn check_waypoint_routes(pods: &ThreePods, dir: &TestDir, tag: &str) -> Result<()> {
+    let text = pods
+        .waypoint()
+        .ns()
+        .run(&[
+            "curl",
+            "-sSf",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{WAYPOINT_ADMIN_PORT}/config_dump"),
+        ])
+        .with_context(|| format!("{tag}: the waypoint's /config_dump"))?;
+    std::fs::write(dir.join(&format!("config-dump-{tag}.json")), &text)
+        .context("save the config dump")?;
+    let dump: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{tag}: /config_dump is not JSON"))?;
+    let echo_routes = dump["routeTables"].as_array().map_or(0, |tables| {
+        tables
+            .iter()
+            .filter(|t| t["service"].as_str() == Some(ECHO_HOST))
+            .map(|t| t["rules"].as_array().map_or(0, Vec::len))
+            .sum::<usize>()
+    });
+    let want = usize::from(pods.mode().has_route());
+    ensure!(
+        echo_routes == want,
+        "{tag}: the waypoint has {echo_routes} rule(s) for {ECHO_HOST}, expected {want} (see {})",
+        dir.path().display()
+    );
+    Ok(())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -484,6 +545,51 @@ fn summarize(results: &[ModeResult], modes: &[L7Mode], connections: &[u32]) -> V
     out
 }
 
+/// `l7` and `l7-policies` against `l7-bare`, per connection count, from the runs of the same rounds.
+fn policy_costs(results: &[ModeResult], connections: &[u32]) -> Vec<PolicyCost> {
+    let find = |mode: L7Mode, round: usize, c: u32| {
+        results
+            .iter()
+            .find(|m| m.mode == mode.as_str() && m.round == round)?
+            .runs
+            .iter()
+            .find(|r| r.connections == c)
+    };
+    let rounds: Vec<usize> = {
+        let mut v: Vec<usize> = results.iter().map(|m| m.round).collect();
+        v.dedup();
+        v
+    };
+    let mut out = Vec::new();
+    for mode in [L7Mode::L7, L7Mode::L7Policies] {
+        for &c in connections {
+            let pairs: Vec<(&Run, &Run)> = rounds
+                .iter()
+                .filter_map(|&round| Some((find(mode, round, c)?, find(L7Mode::L7Bare, round, c)?)))
+                .collect();
+            let ratio = |f: &dyn Fn(&Run) -> Option<f64>| -> Vec<f64> {
+                pairs
+                    .iter()
+                    .filter_map(|(m, b)| Some(f(m)? / f(b)?))
+                    .collect()
+            };
+            let cpu = ratio(&|r| r.proxy_cpu_us);
+            if cpu.is_empty() {
+                continue;
+            }
+            out.push(PolicyCost {
+                mode: mode.as_str(),
+                connections: c,
+                cpu_ratio_median: median(cpu.clone()),
+                cpu_ratio_per_round: cpu,
+                perf_cpu_ratio_median: median_of(ratio(&|r| r.proxy_perf.map(|p| p.cpu_us))),
+                rps_ratio_median: median(ratio(&|r| Some(r.wrk.requests_per_sec))),
+            });
+        }
+    }
+    out
+}
+
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(String::new, |v| format!("{v:.digits$}"))
 }
@@ -529,11 +635,15 @@ fn markdown(r: &Report) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | **{:.2}×** | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
             x.mode,
             x.connections,
             x.requests_per_sec_median,
-            x.ratio_median,
+            if x.ratio_median.is_nan() {
+                String::new()
+            } else {
+                format!("**{:.2}×**", x.ratio_median)
+            },
             rounds.join(", "),
             x.p50_ms_median,
             x.p99_ms_median,
@@ -543,6 +653,47 @@ fn markdown(r: &Report) -> String {
             opt(x.proxy_perf_cpu_us_median, 1),
             opt(x.ztunnels_cpu_us_median, 1),
         );
+    }
+    if !r.policy_cost.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nWhat the route policies cost the waypoint on the success path: its CPU µs per request (schedstat, \
+             median over rounds) against `l7-bare` (a route with `retry: {{attempts: 0}}`, no BackendPolicy), the \
+             ratio taken within each round. `l7`: no route, Istio's default retry policy; `l7-policies`: `{}` and \
+             a BackendPolicy `{}`. Goal: `l7-policies` / `l7-bare` < 1.10.\n",
+            ambit_e2e::three_pods::POLICIES_ROUTE_FIELDS,
+            ambit_e2e::three_pods::POLICIES_BACKEND_POLICY
+        );
+        let _ = writeln!(
+            s,
+            "| mode | -c | waypoint µs / req | l7-bare µs / req | CPU / l7-bare (median) | per round | under perf | req/s / l7-bare |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---|---:|---:|");
+        let cpu_of = |mode: &str, c: u32| {
+            r.summary
+                .iter()
+                .find(|x| x.mode == mode && x.connections == c)
+                .and_then(|x| x.proxy_cpu_us_median)
+        };
+        for p in &r.policy_cost {
+            let rounds: Vec<String> = p
+                .cpu_ratio_per_round
+                .iter()
+                .map(|v| format!("{v:.3}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | **{:.3}** | {} | {} | {:.3} |",
+                p.mode,
+                p.connections,
+                opt(cpu_of(p.mode, p.connections), 1),
+                opt(cpu_of(L7Mode::L7Bare.as_str(), p.connections), 1),
+                p.cpu_ratio_median,
+                rounds.join(", "),
+                opt(p.perf_cpu_ratio_median, 3),
+                p.rps_ratio_median,
+            );
+        }
     }
     let _ = writeln!(
         s,
@@ -692,6 +843,7 @@ fn run() -> Result<()> {
         }
     }
     let summary = summarize(&results, &args.modes, &args.connections);
+    let policy_cost = policy_costs(&results, &args.connections);
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
@@ -730,6 +882,7 @@ fn run() -> Result<()> {
         ),
         results,
         summary,
+        policy_cost,
     };
     let md = markdown(&report);
     println!("\n{md}");
@@ -754,5 +907,57 @@ mod tests {
         let text = "  Socket errors: connect 0, read 2, write 1, timeout 3\n  Non-2xx or 3xx responses: 4\n";
         assert_eq!(wrk_error_counts(text), (4, 6));
         assert_eq!(wrk_error_counts("Requests/sec: 1\n"), (0, 0));
+    }
+
+    fn result(mode: L7Mode, round: usize, cpu_us: f64, rps: f64) -> ModeResult {
+        ModeResult {
+            mode: mode.as_str(),
+            round,
+            runs: vec![Run {
+                connections: 64,
+                wrk: WrkResult {
+                    requests_per_sec: rps,
+                    ..WrkResult::default()
+                },
+                non_2xx: 0,
+                socket_errors: 0,
+                ztunnels_cpu_us: None,
+                proxy_cpu_us: Some(cpu_us),
+                ztunnels_perf: None,
+                proxy_perf: None,
+            }],
+            proxy_rss_rest_kib: None,
+            proxy_rss_after_kib: None,
+            waypoint_requests_total: None,
+            proxy_log_problems: 0,
+            body_bytes: 0,
+            dir: String::new(),
+        }
+    }
+
+    #[test]
+    fn policy_cost_pairs_each_round_with_its_own_bare_run() {
+        let results = [
+            result(L7Mode::L7Bare, 1, 40.0, 1000.0),
+            result(L7Mode::L7Policies, 1, 44.0, 900.0),
+            result(L7Mode::L7Bare, 2, 20.0, 2000.0),
+            result(L7Mode::L7Policies, 2, 21.0, 2000.0),
+            result(L7Mode::L7Bare, 3, 30.0, 1500.0),
+            result(L7Mode::L7Policies, 3, 36.0, 1500.0),
+        ];
+        let costs = policy_costs(&results, &[8, 64]);
+        assert_eq!(
+            costs.len(),
+            1,
+            "no l7 runs, no 8-connection runs: {costs:?}"
+        );
+        let c = &costs[0];
+        assert_eq!((c.mode, c.connections), ("l7-policies", 64));
+        assert_eq!(c.cpu_ratio_per_round, vec![1.1, 1.05, 1.2]);
+        assert_eq!(c.cpu_ratio_median, 1.1);
+        assert_eq!(c.rps_ratio_median, 1.0);
+        assert_eq!(c.perf_cpu_ratio_median, None);
+        // Without l7-bare there is nothing to compare with.
+        assert!(policy_costs(&results[1..2], &[64]).is_empty());
     }
 }

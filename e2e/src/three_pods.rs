@@ -7,9 +7,10 @@
 //!        \__________________________ br0 (ambit-e2e-l7br) ___________________/
 //! ```
 //!
-//! The `echo` Service (VIP 10.96.78.10, port 80 → 8080) has the server as its endpoint; in [`L7Mode::L7`] and
-//! [`L7Mode::WaypointPlain`] it names the `waypoint` Service (VIP 10.96.78.50, port 15008) as its waypoint, whose
-//! one workload is the waypoint pod (native HBONE, not captured).
+//! The `echo` Service (VIP 10.96.78.10, port 80 → 8080) has the server as its endpoint; in the waypoint modes
+//! ([`L7Mode::L7`], [`L7Mode::L7Bare`], [`L7Mode::L7Policies`], [`L7Mode::WaypointPlain`]) it names the `waypoint`
+//! Service (VIP 10.96.78.50, port 15008) as its waypoint, whose one workload is the waypoint pod (native HBONE, not
+//! captured).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -35,7 +36,9 @@ pub const HTTP_PORT: u16 = 8080;
 pub const HBONE_PORT: u16 = 15008;
 /// The waypoint's metrics port.
 pub const WAYPOINT_STATS_PORT: u16 = 15020;
-const ECHO_HOST: &str = "echo.default.svc.cluster.local";
+/// The waypoint's admin port (`/config_dump`, localhost only).
+pub const WAYPOINT_ADMIN_PORT: u16 = 15000;
+pub const ECHO_HOST: &str = "echo.default.svc.cluster.local";
 const WAYPOINT_HOST: &str = "waypoint.default.svc.cluster.local";
 
 /// What carries the client's requests to the server.
@@ -45,8 +48,15 @@ pub enum L7Mode {
     Direct,
     /// client → ztunnel → HBONE → ztunnel → server (the Service has no waypoint).
     L4,
-    /// client → ztunnel → HBONE → waypoint → HBONE → ztunnel → server.
+    /// client → ztunnel → HBONE → waypoint → HBONE → ztunnel → server; no route, so the waypoint's default retry
+    /// policy (Istio's) applies.
     L7,
+    /// As [`L7Mode::L7`] with a route to `echo` that turns retries off (`retry: {attempts: 0}`) and no
+    /// BackendPolicy: the baseline the policies' cost is measured against.
+    L7Bare,
+    /// As [`L7Mode::L7Bare`] with retries, timeouts, outlier detection and a connection pool configured
+    /// ([`POLICIES_ROUTE_FIELDS`], [`POLICIES_BACKEND_POLICY`]); on the success path none of them fires.
+    L7Policies,
     /// client → ztunnel → HBONE → waypoint → plain TCP → server (no ztunnel in the server pod, `tunnel: NONE`).
     WaypointPlain,
     /// client → nginx in the waypoint pod → server, plain HTTP/1.1 both ways, no mesh.
@@ -56,10 +66,12 @@ pub enum L7Mode {
 }
 
 impl L7Mode {
-    pub const ALL: [L7Mode; 6] = [
+    pub const ALL: [L7Mode; 8] = [
         L7Mode::Direct,
         L7Mode::L4,
         L7Mode::L7,
+        L7Mode::L7Bare,
+        L7Mode::L7Policies,
         L7Mode::WaypointPlain,
         L7Mode::Nginx,
         L7Mode::Haproxy,
@@ -70,6 +82,8 @@ impl L7Mode {
             L7Mode::Direct => "direct",
             L7Mode::L4 => "l4",
             L7Mode::L7 => "l7",
+            L7Mode::L7Bare => "l7-bare",
+            L7Mode::L7Policies => "l7-policies",
             L7Mode::WaypointPlain => "waypoint-plain",
             L7Mode::Nginx => "nginx",
             L7Mode::Haproxy => "haproxy",
@@ -81,25 +95,38 @@ impl L7Mode {
     }
 
     fn client_ztunnel(self) -> bool {
-        matches!(self, L7Mode::L4 | L7Mode::L7 | L7Mode::WaypointPlain)
+        self == L7Mode::L4 || self.waypoint()
     }
 
     fn server_ztunnel(self) -> bool {
-        matches!(self, L7Mode::L4 | L7Mode::L7)
+        matches!(
+            self,
+            L7Mode::L4 | L7Mode::L7 | L7Mode::L7Bare | L7Mode::L7Policies
+        )
     }
 
     /// Whether the Ambit waypoint runs in the waypoint pod.
     pub fn waypoint(self) -> bool {
-        matches!(self, L7Mode::L7 | L7Mode::WaypointPlain)
+        matches!(
+            self,
+            L7Mode::L7 | L7Mode::L7Bare | L7Mode::L7Policies | L7Mode::WaypointPlain
+        )
+    }
+
+    /// Whether the waypoint's config has a route for `echo` (and, for [`L7Mode::L7Policies`], a BackendPolicy).
+    pub fn has_route(self) -> bool {
+        matches!(self, L7Mode::L7Bare | L7Mode::L7Policies)
     }
 
     /// The URL the client asks for.
     pub fn url(self) -> String {
         match self {
             L7Mode::Direct => format!("http://{SERVER_IP}:{HTTP_PORT}/"),
-            L7Mode::L4 | L7Mode::L7 | L7Mode::WaypointPlain => {
-                format!("http://{ECHO_VIP}:{ECHO_PORT}/")
-            }
+            L7Mode::L4
+            | L7Mode::L7
+            | L7Mode::L7Bare
+            | L7Mode::L7Policies
+            | L7Mode::WaypointPlain => format!("http://{ECHO_VIP}:{ECHO_PORT}/"),
             L7Mode::Nginx | L7Mode::Haproxy => format!("http://{WAYPOINT_IP}:{HTTP_PORT}/"),
         }
     }
@@ -237,7 +264,7 @@ impl ThreePods {
             )?;
         }
         match mode {
-            L7Mode::L7 | L7Mode::WaypointPlain => {
+            L7Mode::L7 | L7Mode::L7Bare | L7Mode::L7Policies | L7Mode::WaypointPlain => {
                 pods.proxy = Some(start_waypoint(dir, opts, &pods.waypoint, &ca_dir)?);
             }
             L7Mode::Nginx => pods.proxy = Some(start_nginx(dir, opts, &pods.waypoint)?),
@@ -353,13 +380,39 @@ fn ztunnel_config_yaml(mode: L7Mode) -> String {
     )
 }
 
+/// [`L7Mode::L7Policies`]'s route policies (`ambit.waypoint.Route` fields): retries on 5xx and connect failures,
+/// a request and a per-attempt timeout.
+pub const POLICIES_ROUTE_FIELDS: &str = "retry: {attempts: 2, retryOn: [5xx, connect-failure]}, \
+timeouts: {requestMs: 5000, backendRequestMs: 2000}";
+
+/// [`L7Mode::L7Policies`]'s `ambit.waypoint.BackendPolicy` body for `echo`: outlier detection and a connection pool.
+pub const POLICIES_BACKEND_POLICY: &str = "policy: {outlierDetection: {consecutive5xxErrors: 5, intervalMs: 10000, \
+baseEjectionTimeMs: 30000}, connectionPool: {maxConnections: 1000, http2MaxRequests: 10000}}";
+
 /// The waypoint's local config (`waypoint/src/localconfig.rs`): the `echo` Service with this waypoint, the
-/// server as its endpoint (`HBONE` behind its ztunnel, or `NONE`), the client for source attribution.
+/// server as its endpoint (`HBONE` behind its ztunnel, or `NONE`), the client for source attribution; in
+/// [`L7Mode::L7Bare`] and [`L7Mode::L7Policies`] also a route for `echo` (and the latter's BackendPolicy).
 fn waypoint_config_yaml(mode: L7Mode) -> String {
     let tunnel = if mode.server_ztunnel() {
         "HBONE"
     } else {
         "NONE"
+    };
+    let route = |fields: &str| {
+        format!(
+            "routes:\n\
+             - {{name: default/httproute/echo/0, namespace: default, routeName: echo, ruleIndex: 0,\n   \
+             parents: [{{kind: SERVICE, name: {ECHO_HOST}, port: {ECHO_PORT}}}],\n   \
+             backends: [{{hostname: {ECHO_HOST}, port: {ECHO_PORT}, weight: 1}}],\n   {fields}}}\n"
+        )
+    };
+    let extra = match mode {
+        L7Mode::L7Bare => route("retry: {attempts: 0}"),
+        L7Mode::L7Policies => format!(
+            "{}backendPolicies:\n- {{hostname: {ECHO_HOST}, source: default/echo, {POLICIES_BACKEND_POLICY}}}\n",
+            route(POLICIES_ROUTE_FIELDS)
+        ),
+        _ => String::new(),
     };
     format!(
         "services:\n\
@@ -369,7 +422,8 @@ fn waypoint_config_yaml(mode: L7Mode) -> String {
          workloads:\n\
          - {{uid: client, name: client, namespace: default, serviceAccount: client, ips: [{CLIENT_IP}], workloadName: client}}\n\
          - {{uid: server, name: server, namespace: default, serviceAccount: server, ips: [{SERVER_IP}], tunnel: {tunnel},\n   \
-         workloadName: server, services: {{default/{ECHO_HOST}: {{{ECHO_PORT}: {HTTP_PORT}}}}}}}\n"
+         workloadName: server, services: {{default/{ECHO_HOST}: {{{ECHO_PORT}: {HTTP_PORT}}}}}}}\n\
+         {extra}"
     )
 }
 
@@ -582,5 +636,47 @@ mod tests {
             v["services"][0]["ports"][0]["protocol"].as_str(),
             Some("http1")
         );
+        assert!(v.get("routes").is_none() && v.get("backendPolicies").is_none());
+    }
+
+    #[test]
+    fn route_modes_add_a_route_and_the_policies_mode_a_backend_policy() {
+        let yaml = |mode| -> serde_yaml::Value {
+            serde_yaml::from_str(&waypoint_config_yaml(mode)).unwrap()
+        };
+        let l7 = yaml(L7Mode::L7);
+        assert!(
+            l7.get("routes").is_none(),
+            "l7 keeps the default retry policy"
+        );
+
+        let bare = yaml(L7Mode::L7Bare);
+        let route = &bare["routes"][0];
+        assert_eq!(route["parents"][0]["name"].as_str(), Some(ECHO_HOST));
+        assert_eq!(route["parents"][0]["port"].as_u64(), Some(80));
+        assert_eq!(route["backends"][0]["hostname"].as_str(), Some(ECHO_HOST));
+        assert_eq!(route["retry"]["attempts"].as_u64(), Some(0));
+        assert!(route.get("timeouts").is_none());
+        assert!(bare.get("backendPolicies").is_none());
+        assert_eq!(bare["workloads"][1]["tunnel"].as_str(), Some("HBONE"));
+
+        let p = yaml(L7Mode::L7Policies);
+        let route = &p["routes"][0];
+        assert_eq!(route["retry"]["attempts"].as_u64(), Some(2));
+        assert_eq!(
+            route["retry"]["retryOn"][1].as_str(),
+            Some("connect-failure")
+        );
+        assert_eq!(route["timeouts"]["requestMs"].as_u64(), Some(5000));
+        assert_eq!(route["timeouts"]["backendRequestMs"].as_u64(), Some(2000));
+        let policy = &p["backendPolicies"][0];
+        assert_eq!(policy["hostname"].as_str(), Some(ECHO_HOST));
+        let od = &policy["policy"]["outlierDetection"];
+        assert_eq!(od["consecutive5xxErrors"].as_u64(), Some(5));
+        assert_eq!(od["intervalMs"].as_u64(), Some(10000));
+        assert_eq!(od["baseEjectionTimeMs"].as_u64(), Some(30000));
+        let pool = &policy["policy"]["connectionPool"];
+        assert_eq!(pool["maxConnections"].as_u64(), Some(1000));
+        assert_eq!(pool["http2MaxRequests"].as_u64(), Some(10000));
     }
 }
