@@ -561,7 +561,12 @@ fn policy_costs(results: &[ModeResult], connections: &[u32]) -> Vec<PolicyCost> 
         v
     };
     let mut out = Vec::new();
-    for mode in [L7Mode::L7, L7Mode::L7Policies] {
+    for mode in [
+        L7Mode::L7,
+        L7Mode::L7Policies,
+        L7Mode::L7Authz10,
+        L7Mode::L7Authz1000,
+    ] {
         for &c in connections {
             let pairs: Vec<(&Run, &Run)> = rounds
                 .iter()

@@ -57,6 +57,11 @@ pub enum L7Mode {
     /// As [`L7Mode::L7Bare`] with retries, timeouts, outlier detection and a connection pool configured
     /// ([`POLICIES_ROUTE_FIELDS`], [`POLICIES_BACKEND_POLICY`]); on the success path none of them fires.
     L7Policies,
+    /// As [`L7Mode::L7Bare`] with AuthorizationPolicies on the waypoint: one ALLOW on `echo` that every benchmark
+    /// request matches, plus 9 (`L7Authz10`) or 999 (`L7Authz1000`) ALLOW policies on other services — what
+    /// L7 authorization costs, and whether it grows with policies that do not target the request.
+    L7Authz10,
+    L7Authz1000,
     /// client → ztunnel → HBONE → waypoint → plain TCP → server (no ztunnel in the server pod, `tunnel: NONE`).
     WaypointPlain,
     /// client → nginx in the waypoint pod → server, plain HTTP/1.1 both ways, no mesh.
@@ -77,8 +82,13 @@ impl L7Mode {
         L7Mode::Haproxy,
     ];
 
+    /// Modes measured only when asked for (`--modes`).
+    pub const OPT_IN: [L7Mode; 2] = [L7Mode::L7Authz10, L7Mode::L7Authz1000];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            L7Mode::L7Authz10 => "l7-authz-10",
+            L7Mode::L7Authz1000 => "l7-authz-1000",
             L7Mode::Direct => "direct",
             L7Mode::L4 => "l4",
             L7Mode::L7 => "l7",
@@ -91,7 +101,10 @@ impl L7Mode {
     }
 
     pub fn parse(s: &str) -> Option<L7Mode> {
-        L7Mode::ALL.into_iter().find(|m| m.as_str() == s)
+        L7Mode::ALL
+            .into_iter()
+            .chain(L7Mode::OPT_IN)
+            .find(|m| m.as_str() == s)
     }
 
     fn client_ztunnel(self) -> bool {
@@ -101,7 +114,12 @@ impl L7Mode {
     fn server_ztunnel(self) -> bool {
         matches!(
             self,
-            L7Mode::L4 | L7Mode::L7 | L7Mode::L7Bare | L7Mode::L7Policies
+            L7Mode::L4
+                | L7Mode::L7
+                | L7Mode::L7Bare
+                | L7Mode::L7Policies
+                | L7Mode::L7Authz10
+                | L7Mode::L7Authz1000
         )
     }
 
@@ -109,13 +127,21 @@ impl L7Mode {
     pub fn waypoint(self) -> bool {
         matches!(
             self,
-            L7Mode::L7 | L7Mode::L7Bare | L7Mode::L7Policies | L7Mode::WaypointPlain
+            L7Mode::L7
+                | L7Mode::L7Bare
+                | L7Mode::L7Policies
+                | L7Mode::L7Authz10
+                | L7Mode::L7Authz1000
+                | L7Mode::WaypointPlain
         )
     }
 
     /// Whether the waypoint's config has a route for `echo` (and, for [`L7Mode::L7Policies`], a BackendPolicy).
     pub fn has_route(self) -> bool {
-        matches!(self, L7Mode::L7Bare | L7Mode::L7Policies)
+        matches!(
+            self,
+            L7Mode::L7Bare | L7Mode::L7Policies | L7Mode::L7Authz10 | L7Mode::L7Authz1000
+        )
     }
 
     /// The URL the client asks for.
@@ -126,6 +152,8 @@ impl L7Mode {
             | L7Mode::L7
             | L7Mode::L7Bare
             | L7Mode::L7Policies
+            | L7Mode::L7Authz10
+            | L7Mode::L7Authz1000
             | L7Mode::WaypointPlain => format!("http://{ECHO_VIP}:{ECHO_PORT}/"),
             L7Mode::Nginx | L7Mode::Haproxy => format!("http://{WAYPOINT_IP}:{HTTP_PORT}/"),
         }
@@ -264,12 +292,12 @@ impl ThreePods {
             )?;
         }
         match mode {
-            L7Mode::L7 | L7Mode::L7Bare | L7Mode::L7Policies | L7Mode::WaypointPlain => {
+            m if m.waypoint() => {
                 pods.proxy = Some(start_waypoint(dir, opts, &pods.waypoint, &ca_dir)?);
             }
             L7Mode::Nginx => pods.proxy = Some(start_nginx(dir, opts, &pods.waypoint)?),
             L7Mode::Haproxy => pods.proxy = Some(start_haproxy(dir, opts, &pods.waypoint)?),
-            L7Mode::Direct | L7Mode::L4 => {}
+            _ => {}
         }
         Ok(pods)
     }
@@ -391,6 +419,24 @@ baseEjectionTimeMs: 30000}, connectionPool: {maxConnections: 1000, http2MaxReque
 
 /// The waypoint's local config (`waypoint/src/localconfig.rs`): the `echo` Service with this waypoint, the
 /// server as its endpoint (`HBONE` behind its ztunnel, or `NONE`), the client for source attribution; in
+/// `n` ALLOW AuthorizationPolicies: one on `echo` every benchmark request matches (a client identity, GET, a
+/// path prefix and a header condition that holds), the others on services no request goes to.
+fn authz_policies(n: usize) -> String {
+    let mut out = format!(
+        "authorizationPolicies:\n\
+         - {{name: default/echo-get, action: ALLOW, targets: [{{kind: SERVICE, name: {ECHO_HOST}}}],\n   \
+         rules: [{{from: [{{principals: [\"*\"]}}], to: [{{methods: [GET], paths: [\"/*\"]}}],\n   \
+         when: [{{key: \"request.headers[user-agent]\", notValues: [blocked]}}]}}]}}\n"
+    );
+    for i in 1..n {
+        out.push_str(&format!(
+            "- {{name: default/other-{i}, action: ALLOW, targets: [{{kind: SERVICE, name: svc-{i}.default.svc.cluster.local}}],\n   \
+             rules: [{{to: [{{methods: [GET], paths: [\"/api/{i}/*\"]}}]}}]}}\n"
+        ));
+    }
+    out
+}
+
 /// [`L7Mode::L7Bare`] and [`L7Mode::L7Policies`] also a route for `echo` (and the latter's BackendPolicy).
 fn waypoint_config_yaml(mode: L7Mode) -> String {
     let tunnel = if mode.server_ztunnel() {
@@ -412,6 +458,8 @@ fn waypoint_config_yaml(mode: L7Mode) -> String {
             "{}backendPolicies:\n- {{hostname: {ECHO_HOST}, source: default/echo, {POLICIES_BACKEND_POLICY}}}\n",
             route(POLICIES_ROUTE_FIELDS)
         ),
+        L7Mode::L7Authz10 => route("retry: {attempts: 0}") + &authz_policies(10),
+        L7Mode::L7Authz1000 => route("retry: {attempts: 0}") + &authz_policies(1000),
         _ => String::new(),
     };
     format!(
