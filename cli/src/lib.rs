@@ -1,4 +1,6 @@
-//! The ambit CLI: `ambit local …` runs the whole mesh on one host; `ambit echo` is the built-in test server.
+//! The ambit CLI: `ambit local …` runs the whole mesh on one host; `ambit echo` is the built-in test server;
+//! `ambit authz check` explains a policy decision.
 
+pub mod authz;
 pub mod echo;
 pub mod local;

@@ -1,6 +1,6 @@
 //! `ambit`: run a local mesh, and a built-in echo server for demos and tests.
 
-use ambit::{echo, local};
+use ambit::{authz, echo, local};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -20,6 +20,8 @@ enum Command {
     Local(local::LocalArgs),
     /// A small test server: HTTP/1.1 and h2c echo (and plain TCP), answering with who it is and what it got.
     Echo(echo::EchoArgs),
+    /// Authorization: `ambit authz check` explains which tier allows or denies a request, and why.
+    Authz(authz::AuthzArgs),
 }
 
 fn main() {
@@ -27,6 +29,7 @@ fn main() {
     let code = match cli.command {
         Command::Local(args) => local::run(args),
         Command::Echo(args) => run_echo(args),
+        Command::Authz(args) => Ok(authz::run(args)),
     };
     match code {
         Ok(code) => std::process::exit(code),

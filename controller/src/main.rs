@@ -1,7 +1,10 @@
 //! `controller`: Kubernetes-style manifests in, Istio-compatible delta xDS and certificates out.
 //!
 //! `controller --manifests <dir> --state-dir <dir>` runs the control plane;
-//! `controller token --node <name>` / `--pod <ns>/<name>` prints a bearer token for a ztunnel.
+//! `controller token --node <name>` / `--pod <ns>/<name>` prints a bearer token for a ztunnel;
+//! `controller compute --manifests <dir>` prints the computed resources once (as `/debug/resources`) and exits.
+
+mod compute_cli;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -33,6 +36,41 @@ struct Cli {
 enum Command {
     /// Print a bearer token for a node's ztunnel (`--node`) or a dedicated ztunnel serving one pod (`--pod`).
     Token(TokenArgs),
+    /// Read the manifests once, compute what the proxies would get, print it as JSON (`/debug/resources`'s
+    /// rendering) and exit. Deployments become placeholder pods (see `placeholders` in the output).
+    Compute(ComputeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ComputeArgs {
+    /// Directory of manifests (`*.yaml`/`*.yml`); repeatable.
+    #[arg(long = "manifests", value_delimiter = ',', required = true)]
+    manifests: Vec<PathBuf>,
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    #[arg(long, default_value = "istio-system")]
+    root_namespace: String,
+    #[arg(long, env = "NETWORK", default_value = "")]
+    network: String,
+    /// Include `istio.io/dry-run` AuthorizationPolicies as dry-run.
+    #[arg(long)]
+    enable_dry_run: bool,
+}
+
+fn compute_once(a: ComputeArgs) -> anyhow::Result<()> {
+    let cfg = ComputeConfig {
+        cluster_id: a.cluster_id,
+        trust_domain: a.trust_domain,
+        root_namespace: a.root_namespace,
+        network: a.network,
+        enable_dry_run: a.enable_dry_run,
+        ..ComputeConfig::default()
+    };
+    let out = compute_cli::run(&a.manifests, &cfg)?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -204,8 +242,10 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Token(t)) = cli.command {
-        return token(t);
+    match cli.command {
+        Some(Command::Token(t)) => return token(t),
+        Some(Command::Compute(c)) => return compute_once(c),
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(

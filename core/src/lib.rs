@@ -1,6 +1,7 @@
 //! Shared building blocks of the Ambit proxies. Each module has one concern; see docs/ARCHITECTURE.md.
 
 pub mod admin;
+pub mod authz;
 pub mod ca;
 pub mod cert;
 pub mod dns_forward;
@@ -9,8 +10,10 @@ pub mod enrollment;
 pub mod grpc;
 pub mod hbone;
 pub mod identity;
+pub mod jwt;
 pub mod logging;
 pub mod metrics;
+pub mod rbac;
 pub mod readiness;
 pub mod runtime;
 pub mod signal;

@@ -2,8 +2,10 @@
 //! request (or TCP connection) by the Gateway API routes attached to the destination service, and sends it on over
 //! HBONE to the chosen endpoint. See docs/ARCHITECTURE.md ("Waypoint").
 
+/// The L7 authorization and JWT engines live in `ambit-core` so that `ambit authz check` runs the very same code.
+pub use ambit_core::{authz, jwt};
+
 pub mod app;
-pub mod authz;
 pub mod balance;
 pub mod config;
 pub mod extauthz;
@@ -11,7 +13,6 @@ pub mod filters;
 pub mod http;
 pub mod inbound;
 pub mod jwks_fetch;
-pub mod jwt;
 pub mod localconfig;
 pub mod metrics;
 pub mod ratelimit;

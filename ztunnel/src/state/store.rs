@@ -312,26 +312,13 @@ impl Store {
     }
 
     pub(super) fn policies_for(&self, w: &Workload) -> Vec<Arc<Authorization>> {
-        let mut out: Vec<Arc<Authorization>> = self
-            .policies
-            .values()
-            .filter(|p| p.applies_by_scope(w))
-            .cloned()
-            .collect();
-        for name in &w.authorization_policies {
-            match self.policies.get(name) {
-                Some(p) => {
-                    if !out.iter().any(|o| Arc::ptr_eq(o, p)) {
-                        out.push(p.clone());
-                    }
-                }
-                None => {
-                    warn!(policy = %name, workload = %w.uid, "workload names an unknown policy; skipped")
-                }
-            }
-        }
-        out.sort_by_key(|p| p.key());
-        out
+        crate::rbac::select(
+            self.policies.values(),
+            |name| self.policies.get(name),
+            &w.namespace,
+            &w.authorization_policies,
+            |name| warn!(policy = %name, workload = %w.uid, "workload names an unknown policy; skipped"),
+        )
     }
 
     pub(super) fn dump(&self) -> serde_json::Value {

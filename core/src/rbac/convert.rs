@@ -1,11 +1,12 @@
 //! `istio.security.Authorization` → [`Authorization`] (spec 2.6). Invalid IP entries, ports out of range and
 //! string matches without a value are dropped, as upstream does; unknown scope or action numbers reject the policy.
 
+use std::net::IpAddr;
+
 use ambit_proto::security as pb;
 use ipnet::IpNet;
 
 use super::{Authorization, Match, PolicyAction, PolicyScope, ServiceAccountMatch, StringMatch};
-use crate::state::convert::ip_from_bytes;
 
 /// Why an Authorization resource was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,11 +32,19 @@ fn string_matches(list: Vec<pb::StringMatch>) -> Vec<StringMatch> {
 fn cidrs(list: Vec<pb::Address>) -> Vec<IpNet> {
     list.into_iter()
         .filter_map(|a| {
-            let ip = ip_from_bytes(&a.address).ok()?;
+            let ip = ip_from_bytes(&a.address)?;
             let len = u8::try_from(a.length).ok()?;
             IpNet::new(ip, len).ok().map(|n| n.trunc())
         })
         .collect()
+}
+
+/// A 4- or 16-byte address; anything else is no address.
+fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+    if let Ok(v4) = <[u8; 4]>::try_from(b) {
+        return Some(IpAddr::from(v4));
+    }
+    <[u8; 16]>::try_from(b).ok().map(IpAddr::from)
 }
 
 fn ports(list: Vec<u32>) -> Vec<u16> {

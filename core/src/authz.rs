@@ -1,18 +1,6 @@
-//! L7 authorization at the waypoint: Istio's `AuthorizationPolicy` (every action and field) as the controller
-//! resolves it for the waypoints its `targetRefs` name (`ambit.waypoint.AuthorizationPolicy`), and the
-//! explanation behind `ambit authz check`.
-//!
-//! Pure: policies are converted once ([`Policy::from_proto`]), indexed by target and action ([`PolicySet::new`]),
-//! and each request is a borrowed set of attributes ([`Request`]). [`PolicySet::evaluate`] is the data path;
-//! [`PolicySet::explain`] runs the same matching code while recording why each rule did or did not match, so the
-//! two can never disagree. This module depends only on `ambit_proto`, `http`, `ipnet`, `serde`/`serde_json` and
-//! std, so that it can move to `ambit-core` and the CLI can use the very same code.
-//!
-//! Evaluation order follows Istio's reference
-//! (<https://istio.io/latest/docs/reference/config/security/authorization-policy/>): CUSTOM first, then DENY,
-//! then ALLOW ("if there are no ALLOW policies for the workload, allow the request; if any of the ALLOW policies
-//! match the request, allow the request; deny the request"). AUDIT policies never change the decision. Policies
-//! with `istio.io/dry-run` are evaluated as Envoy's shadow rules are and only reported.
+//! L7 authorization: Istio's `AuthorizationPolicy` (every action and field) as the controller resolves it for the
+//! waypoints its `targetRefs` name (`ambit.waypoint.AuthorizationPolicy`), and the explanation behind `ambit authz
+//! check`. It lives in core so that the waypoint and the CLI run the very same code.
 
 mod convert;
 mod explain;
