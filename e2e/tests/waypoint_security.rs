@@ -381,6 +381,66 @@ fn authorization_l7(mesh: &LocalMesh) -> Result<()> {
         "reviews",
     )?;
 
+    // `ambit authz check --local` (the proxies' own engines on the running mesh's resources) says what the
+    // waypoint just did, for the same requests: the decision and the deciding rule.
+    let cases: [(&str, &[&str], &str, &str, bool); 5] = [
+        (
+            "bookinfo/sleep",
+            &[],
+            "/",
+            "productpage-viewer rule 0",
+            true,
+        ),
+        (
+            "bookinfo/sleep",
+            &["--method", "POST"],
+            "/",
+            "productpage-viewer",
+            false,
+        ),
+        (
+            "bookinfo/sleep",
+            &["--method", "POST", "--header", "end-user=jason"],
+            "/api/v1/products",
+            "productpage-viewer rule 1",
+            true,
+        ),
+        (
+            "bookinfo/sleep",
+            &["--method", "POST", "--header", "end-user=someone"],
+            "/api/v1/products",
+            "request.headers[end-user]",
+            false,
+        ),
+        (
+            "bookinfo/bookinfo-productpage",
+            &[],
+            "/",
+            "principals",
+            false,
+        ),
+    ];
+    for (from, args, path, names, allowed) in cases {
+        let out = std::process::Command::new(ambit_e2e::local::ambit_bin()?)
+            .args(["authz", "check", "--local", "--from", from])
+            .args(["--to", "productpage.bookinfo:9080", "--path", path])
+            .args(args)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let want = if allowed { 0 } else { 1 };
+        ensure!(
+            out.status.code() == Some(want),
+            "authz check {from} {args:?} {path}: exit {:?}, want {want} (the waypoint {}):\n{text}",
+            out.status.code(),
+            if allowed { "allowed it" } else { "denied it" }
+        );
+        ensure!(
+            text.contains(names),
+            "authz check {from} {args:?} {path}: no {names:?} in\n{text}"
+        );
+    }
+
     remove(mesh, FILE)?;
     poll("productpage-viewer removed", WAIT, || {
         Ok(expect_served(&[one(mesh, &post, &root, &[])?], "productpage").ok())
