@@ -5,24 +5,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 
-use ambit_controller::compute::{self, ComputeConfig, Resources};
-use ambit_controller::index::Index;
-use ambit_controller::sources::manifest::ManifestState;
-use ambit_controller::xds::{Snapshot, XdsMetrics, XdsServer};
+use ambit_controller::xds::Snapshot;
 use ambit_proto::type_url::{
     WAYPOINT_AUTHORIZATION, WAYPOINT_RATE_LIMIT, WAYPOINT_REQUEST_AUTHENTICATION,
 };
 use ambit_proto::waypoint::{
     AuthorizationPolicy, RateLimitPolicy, authorization_policy, policy_target,
 };
-use ambit_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use ambit_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
-use prometheus_client::registry::Registry;
+use ambit_proto::xds::Node;
 use prost::Message;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use support::{Client, names, resources, waypoint_node};
 
 /// Waypoints `wa` (serves `reviews`, which has an HTTPRoute) and `wb` (serves `ratings`), and one policy of each
 /// kind aimed at each.
@@ -105,95 +101,12 @@ spec:
   limits: [{key: {type: ClientIdentity}, requests: 5, interval: 1m}]
 "#;
 
-fn resources(yaml: &str) -> Resources {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
-    let mut idx = Index::default();
-    let mut state = ManifestState::default();
-    for ev in state.rescan(&[dir.path().to_path_buf()]) {
-        idx.apply(ev);
-    }
-    assert!(state.errors().is_empty(), "{:?}", state.errors());
-    compute::compute(&idx, &ComputeConfig::default())
-}
-
-fn waypoint_node(gateway: &str) -> Option<Node> {
-    let string = |s: &str| prost_types::Value {
-        kind: Some(prost_types::value::Kind::StringValue(s.into())),
-    };
-    Some(Node {
-        id: format!("router~10.0.0.10~{gateway}-6d5f-abcde.a~a.svc.cluster.local"),
-        metadata: Some(prost_types::Struct {
-            fields: [
-                ("NAMESPACE".to_owned(), string("a")),
-                ("GATEWAY_NAME".to_owned(), string(gateway)),
-            ]
-            .into(),
-        }),
-        ..Default::default()
-    })
-}
-
-struct Client {
-    tx: mpsc::Sender<DeltaDiscoveryRequest>,
-    stream: tonic::Streaming<DeltaDiscoveryResponse>,
-}
-
-impl Client {
-    async fn connect(addr: std::net::SocketAddr) -> Client {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        let (tx, rx) = mpsc::channel(8);
-        let stream = client
-            .delta_aggregated_resources(tonic::Request::new(ReceiverStream::new(rx)))
-            .await
-            .unwrap()
-            .into_inner();
-        Client { tx, stream }
-    }
-
-    /// Subscribes by wildcard and returns the (acked) first response.
-    async fn subscribe(&mut self, node: Option<Node>, type_url: &str) -> DeltaDiscoveryResponse {
-        self.tx
-            .send(DeltaDiscoveryRequest {
-                node,
-                type_url: type_url.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let r = self.recv().await;
-        assert_eq!(r.type_url, type_url);
-        r
-    }
-
-    async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        let r = self.stream.message().await.unwrap().expect("stream open");
-        self.tx
-            .send(DeltaDiscoveryRequest {
-                type_url: r.type_url.clone(),
-                response_nonce: r.nonce.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        r
-    }
-
-    /// Subscribes to the three policy types; their resource names, per type.
-    async fn policies(&mut self, node: Option<Node>) -> [Vec<String>; 3] {
-        let authz = names(&self.subscribe(node, WAYPOINT_AUTHORIZATION).await);
-        let jwt = names(&self.subscribe(None, WAYPOINT_REQUEST_AUTHENTICATION).await);
-        let rl = names(&self.subscribe(None, WAYPOINT_RATE_LIMIT).await);
-        [authz, jwt, rl]
-    }
-}
-
-fn names(r: &DeltaDiscoveryResponse) -> Vec<String> {
-    let mut n: Vec<String> = r.resources.iter().map(|r| r.name.clone()).collect();
-    n.sort();
-    n
+/// Subscribes to the three policy types; their resource names, per type.
+async fn policies(c: &mut Client, node: Option<Node>) -> [Vec<String>; 3] {
+    let authz = names(&c.subscribe(node, WAYPOINT_AUTHORIZATION).await);
+    let jwt = names(&c.subscribe(None, WAYPOINT_REQUEST_AUTHENTICATION).await);
+    let rl = names(&c.subscribe(None, WAYPOINT_RATE_LIMIT).await);
+    [authz, jwt, rl]
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -202,18 +115,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn each_waypoint_gets_the_policies_that_target_it() {
-    let (publish, rx) = watch::channel(Arc::new(Snapshot::new(1, &resources(MESH))));
-    let mut registry = Registry::default();
-    let metrics = Arc::new(XdsMetrics::new(&mut registry));
-    let (_trigger, drain) = ambit_core::drain::new();
-    let server = XdsServer::new(rx, metrics, None, drain);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server.into_service())
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    let (publish, addr) = support::serve(&resources(MESH)).await;
 
     let mut wa = Client::connect(addr).await;
     let r = wa
@@ -249,7 +151,7 @@ async fn each_waypoint_gets_the_policies_that_target_it() {
 
     let mut wb = Client::connect(addr).await;
     assert_eq!(
-        wb.policies(waypoint_node("wb")).await,
+        policies(&mut wb, waypoint_node("wb")).await,
         [
             strings(&["a/wb-deny-admin", "istio-system/default-deny"]),
             strings(&["a/ratings-jwt"]),
@@ -260,7 +162,7 @@ async fn each_waypoint_gets_the_policies_that_target_it() {
     // A client that is no waypoint gets everything.
     let mut other = Client::connect(addr).await;
     assert_eq!(
-        other.policies(None).await,
+        policies(&mut other, None).await,
         [
             strings(&[
                 "a/reviews-get-only",
