@@ -9,6 +9,7 @@
 pub mod body;
 pub mod forward;
 pub mod headers;
+mod policy;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,14 +27,10 @@ use hyper_util::rt::TokioIo;
 use rand::Rng;
 use tracing::{debug, info};
 
-use crate::authz::{Decision, Request as AuthzRequest, RequestAuth};
 use crate::balance::limits::RequestGuard;
 use crate::config::Config;
-use crate::extauthz;
 use crate::filters::{self, Filter, HeaderModifier, Mirror};
-use crate::jwt::{
-    Authenticator, JwtRule, Outcome as JwtOutcome, VerifiedJwt, apply_edits, www_authenticate,
-};
+use crate::jwt::Authenticator;
 use crate::metrics::{Metrics, Report, RequestLabels, Series};
 use crate::ratelimit;
 use crate::resilience::{Abort, RetryPolicy, deadlines, parse_grpc_timeout};
@@ -179,7 +176,7 @@ pub async fn handle(
     {
         parts.headers.insert(X_REQUEST_ID, v);
     }
-    client_identity_headers(&proxy, &conn, &mut parts.headers);
+    policy::client_identity_headers(&proxy, &conn, &mut parts.headers);
     let tp = next_traceparent(parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
     if let Ok(v) = HeaderValue::from_str(&tp) {
         parts.headers.insert(TRACEPARENT, v);
@@ -248,58 +245,29 @@ pub async fn handle(
 
     // Request authentication (RequestAuthentication targeting this waypoint or the service): an invalid token is
     // refused here; a valid one gives the request its principal and claims; no token is not an error.
-    let mut jwt: Option<VerifiedJwt> = None;
-    if !snap.request_authns().is_empty() {
-        let service_key = match &conn.target {
-            Target::Service { service, port } => Some((service.hostname.as_str(), *port)),
-            Target::Workload { .. } => None,
-        };
-        let mut rules: Vec<&JwtRule> = Vec::new();
-        for t in snap.request_authns().for_request(service_key, None) {
-            for r in &t.policy {
-                if !rules.iter().any(|x| std::ptr::eq(*x, r)) {
-                    rules.push(r);
-                }
-            }
+    let jwt = match policy::authenticate(&proxy, &snap, &conn, &mut parts, &authority, grpc) {
+        Ok(jwt) => jwt,
+        Err(refused) => {
+            log.code = refused.status().as_u16();
+            return Ok(finish_synthetic(*refused, log));
         }
-        if !rules.is_empty() {
-            match proxy.authenticator.authenticate(
-                &rules,
-                &parts.headers,
-                parts.uri.query(),
-                std::time::SystemTime::now(),
-            ) {
-                JwtOutcome::NoToken => {}
-                JwtOutcome::Authenticated(a) => {
-                    apply_edits(&a.edits, &mut parts.headers);
-                    jwt = Some(a.jwt);
-                }
-                JwtOutcome::Rejected(e) => {
-                    let status = e.status();
-                    log.code = status.as_u16();
-                    let mut r = error_response(status, grpc, &e.to_string());
-                    if let Ok(v) = HeaderValue::from_str(&www_authenticate(&authority)) {
-                        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-                    }
-                    return Ok(finish_synthetic(r, log));
-                }
-            }
-        }
-    }
+    };
 
     // Authorization (AuthorizationPolicies targeting this waypoint, its class or the service): CUSTOM asks the
     // provider first, then DENY, then ALLOW, as Istio evaluates them.
-    if !snap.authz().is_empty() {
-        match authorize(&proxy, &snap, &conn, &mut parts, &authority, jwt.as_ref()).await {
-            Ok(()) => {}
-            Err(mut denied) => {
-                if grpc && denied.status() == StatusCode::FORBIDDEN {
-                    denied = error_response(StatusCode::FORBIDDEN, true, Decision::DENIED_BODY);
-                }
-                log.code = denied.status().as_u16();
-                return Ok(finish_synthetic(denied, log));
-            }
-        }
+    if let Err(denied) = policy::authorize(
+        &proxy,
+        &snap,
+        &conn,
+        &mut parts,
+        &authority,
+        jwt.as_ref(),
+        grpc,
+    )
+    .await
+    {
+        log.code = denied.status().as_u16();
+        return Ok(finish_synthetic(*denied, log));
     }
 
     // Routing, then the rule's own answers (CORS preflight, direct response), filters and faults.
@@ -406,51 +374,27 @@ pub async fn handle(
     };
 
     // Local rate limits of the service, the waypoint and the matched rule.
-    let mut quota = None;
-    if !snap.rate_limits().is_empty() {
-        let service_key = service_port
-            .as_ref()
-            .map(|(s, p)| (s.hostname.as_str(), *p));
-        let mut seen: Vec<*const ratelimit::RateLimitPolicy> = Vec::new();
-        let policies = snap
-            .rate_limits()
-            .for_request(service_key, rule_chosen.map(|r| r.name.as_str()))
-            .map(|t| &t.policy)
-            .filter(|p| {
-                let ptr: *const ratelimit::RateLimitPolicy = *p;
-                let new = !seen.contains(&ptr);
-                seen.push(ptr);
-                new
-            });
-        let identity = conn.source_principal.as_ref().map(ToString::to_string);
-        let view = RequestView {
-            method: &parts.method,
-            path: parts.uri.path(),
-            query: parts.uri.query(),
-            headers: &parts.headers,
-            authority: &authority,
-            source_namespace: conn.source_namespace(),
-            source_uid: conn.source.as_deref().map(|w| w.uid.as_str()),
-        };
-        let key = ratelimit::KeyInput {
-            identity: identity.as_deref(),
-            source_ip: conn.source_addr.map(|a| a.ip()),
-            headers: &parts.headers,
-            path: parts.uri.path(),
-        };
-        match ratelimit::check(policies, &view, &key, tokio::time::Instant::now()) {
-            ratelimit::Verdict::Limited(q) => {
-                log.code = 429;
-                log.flags = flags::RATE_LIMITED;
-                proxy.metrics.rate_limited();
-                let mut r =
-                    error_response(StatusCode::TOO_MANY_REQUESTS, grpc, "local_rate_limited");
-                ratelimit::headers(&q, true, r.headers_mut());
-                return Ok(finish_synthetic(r, log));
-            }
-            ratelimit::Verdict::Allowed(q) => quota = q,
+    let service_key = service_port
+        .as_ref()
+        .map(|(s, p)| (s.hostname.as_str(), *p));
+    let rule_name = rule_chosen.map(|r| r.name.as_str());
+    let quota = match policy::rate_limit(
+        &proxy,
+        &snap,
+        &conn,
+        &parts,
+        &authority,
+        service_key,
+        rule_name,
+        grpc,
+    ) {
+        Ok(q) => q,
+        Err(limited) => {
+            log.code = limited.status().as_u16();
+            log.flags = flags::RATE_LIMITED;
+            return Ok(finish_synthetic(*limited, log));
         }
-    }
+    };
 
     // Fault injection (Envoy's order: the delay, then the abort, both before any upstream request).
     let mut fault_flag = flags::NONE;
@@ -608,112 +552,6 @@ pub async fn handle(
     let mut body = RespBody::new(rbody.map_err(Into::into).boxed_unsync(), release, None);
     body.set_finish(Box::new(Finished { log, grpc_status }));
     Ok(Response::from_parts(rparts, body))
-}
-
-/// What the backend learns about the client, as Istio's waypoint writes it: `x-forwarded-for` gets the client's
-/// address appended; `x-forwarded-client-cert` is never taken from the client (it could claim any identity) and,
-/// when the Gateway asks for it, is set to `By=<waypoint>;URI=<client identity>` (Envoy's `SANITIZE_SET` with the
-/// URI; no `Hash`: the client's certificate is the source ztunnel's HBONE certificate, not one the client showed).
-fn client_identity_headers(proxy: &Proxy, conn: &Conn, headers: &mut http::HeaderMap) {
-    const XFF: &str = "x-forwarded-for";
-    const XFCC: &str = "x-forwarded-client-cert";
-    if let Some(addr) = conn.source_addr {
-        let ip = addr.ip().to_string();
-        let value = match headers.get(XFF).and_then(|v| v.to_str().ok()) {
-            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-            _ => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(XFF, v);
-        }
-    }
-    headers.remove(XFCC);
-    if proxy.cfg.xfcc_include_client_identity
-        && let Some(client) = &conn.principal
-        && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={client}", proxy.cfg.identity()))
-    {
-        headers.insert(XFCC, v);
-    }
-}
-
-/// The authorization step: `Err` is the answer for a denied request.
-async fn authorize(
-    proxy: &Arc<Proxy>,
-    snap: &Snapshot,
-    conn: &Conn,
-    parts: &mut http::request::Parts,
-    authority: &str,
-    jwt: Option<&VerifiedJwt>,
-) -> Result<(), Response<RespBody>> {
-    let (service, destination) = match &conn.target {
-        Target::Service { service, port } => (
-            Some(service.hostname.as_str()),
-            (service.vips.first().copied(), *port),
-        ),
-        Target::Workload { ip, port, .. } => (None, (Some(*ip), *port)),
-    };
-    let unspecified = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-    let source_ip = conn.source_addr.map_or(unspecified, |a| a.ip());
-    let remote_ip = parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(source_ip);
-    let me = proxy.store.me();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let req = AuthzRequest {
-        gateway: (me.gateway.0.as_str(), me.gateway.1.as_str()),
-        gateway_class: &proxy.cfg.gateway_class,
-        service,
-        source_principal: conn.principal.as_deref(),
-        source_namespace: conn.source_namespace(),
-        source_ip,
-        remote_ip,
-        destination_ip: destination.0.unwrap_or(unspecified),
-        destination_port: destination.1,
-        host: authority,
-        method: parts.method.as_str(),
-        path,
-        headers: &parts.headers,
-        sni: None,
-        auth: jwt.and_then(|j| {
-            Some(RequestAuth {
-                principal: j.principal.as_deref()?,
-                claims: &j.claims,
-            })
-        }),
-    };
-    let decision = snap.authz().evaluate(&req);
-    for a in &decision.audited {
-        info!(target: "access", policy = a.name, "authorization audit");
-    }
-    if decision.dry_run_would_deny {
-        info!(policy = ?decision.dry_run_by.as_ref().map(|p| p.name), "dry-run policy would deny");
-    }
-    if !decision.allowed {
-        debug!(policy = ?decision.by.as_ref().map(|p| p.name), "authorization denied");
-        return Err(error_response(
-            StatusCode::FORBIDDEN,
-            false,
-            Decision::DENIED_BODY,
-        ));
-    }
-    if let Some(custom) = decision.custom {
-        let provider = custom.provider.clone();
-        let method = parts.method.clone();
-        let path = path.to_owned();
-        match extauthz::check(proxy, snap, &provider, &method, &path, &parts.headers).await {
-            extauthz::Verdict::Allow(headers) => {
-                for (n, v) in headers {
-                    parts.headers.insert(n, v);
-                }
-            }
-            extauthz::Verdict::Deny(resp) => return Err(*resp),
-        }
-    }
-    Ok(())
 }
 
 /// A rule that answers by itself: a CORS preflight it allows, or its direct response.
