@@ -9,12 +9,16 @@
 pub mod body;
 pub mod forward;
 pub mod headers;
+mod log;
 mod policy;
+
+pub use log::SeriesKey;
+use log::{AccessLog, Finished, finish_synthetic};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use ambit_core::Identity;
@@ -25,21 +29,18 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
-use tracing::{debug, info};
+use tracing::debug;
 
-use crate::balance::limits::RequestGuard;
 use crate::config::Config;
 use crate::filters::{self, Filter, HeaderModifier, Mirror};
 use crate::jwt::Authenticator;
-use crate::metrics::{Metrics, Report, RequestLabels, Series};
+use crate::metrics::{Metrics, Series};
 use crate::ratelimit;
 use crate::resilience::{Abort, RetryPolicy, deadlines, parse_grpc_timeout};
 use crate::route::{Match, RequestView, Rule, pick_weighted};
-use crate::state::{
-    ActiveRequest, AppProtocol, Backend, Picked, Service, Snapshot, Store, Target, Workload,
-};
+use crate::state::{AppProtocol, Backend, Picked, Snapshot, Store, Target, Workload};
 use crate::upstream::{ReqBody, Upstream};
-use body::{Counted, Finish, RespBody};
+use body::{Counted, RespBody};
 use headers::{
     TRACEPARENT, X_REQUEST_ID, error_response, is_grpc, next_traceparent, strip_hop_by_hop,
 };
@@ -94,38 +95,6 @@ impl Conn {
             source,
             series: std::sync::Mutex::new(Vec::new()),
         }
-    }
-}
-
-/// Series kept per connection at most.
-const SERIES_PER_CONN: usize = 16;
-
-/// What, besides the connection, decides a request's labels. Workloads and services are compared by identity
-/// (the `Arc`s are held, so an address cannot be reused by another object while cached).
-pub struct SeriesKey {
-    destination: Option<Arc<Workload>>,
-    service: Option<Arc<Service>>,
-    protocol: &'static str,
-    code: u16,
-    flags: &'static str,
-    grpc_status: Option<String>,
-}
-
-impl SeriesKey {
-    fn same(&self, other: &SeriesKey) -> bool {
-        fn ptr<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
-            match (a, b) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            }
-        }
-        ptr(&self.destination, &other.destination)
-            && ptr(&self.service, &other.service)
-            && self.protocol == other.protocol
-            && self.code == other.code
-            && self.flags == other.flags
-            && self.grpc_status == other.grpc_status
     }
 }
 
@@ -722,109 +691,4 @@ fn mirror(proxy: &Arc<Proxy>, snap: &Snapshot, m: &Mirror, parts: &http::request
             }
         }
     });
-}
-
-fn finish_synthetic(mut resp: Response<RespBody>, log: AccessLog) -> Response<RespBody> {
-    let grpc_status = resp
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    resp.body_mut()
-        .set_finish(Box::new(Finished { log, grpc_status }));
-    resp
-}
-
-/// What is reported about one request when its response ends.
-struct AccessLog {
-    proxy: Arc<Proxy>,
-    conn: Arc<Conn>,
-    snap: Arc<Snapshot>,
-    start: Instant,
-    method: String,
-    path: String,
-    authority: String,
-    request_id: String,
-    protocol: &'static str,
-    route: Option<String>,
-    service: Option<Arc<Service>>,
-    destination: Option<Arc<Workload>>,
-    upstream: Option<SocketAddr>,
-    code: u16,
-    flags: &'static str,
-    request_bytes: Arc<AtomicU64>,
-    _active: Option<ActiveRequest>,
-    /// The backend's circuit-breaker slot, held until the response ends.
-    _guard: Option<RequestGuard>,
-}
-
-struct Finished {
-    log: AccessLog,
-    grpc_status: Option<String>,
-}
-
-impl Finish for Finished {
-    fn finish(self: Box<Self>, response_bytes: u64, grpc_status: Option<String>, complete: bool) {
-        let l = &self.log;
-        let flags = if complete || l.flags != flags::NONE {
-            l.flags
-        } else {
-            flags::DOWNSTREAM_TERMINATION
-        };
-        let grpc_status = grpc_status.or_else(|| self.grpc_status.clone());
-        let duration = l.start.elapsed();
-        let req_bytes = l.request_bytes.load(Ordering::Relaxed);
-        let key = SeriesKey {
-            destination: l.destination.clone(),
-            service: l.service.clone(),
-            protocol: l.protocol,
-            code: l.code,
-            flags,
-            grpc_status: grpc_status.clone(),
-        };
-        let cached = l
-            .conn
-            .series
-            .lock()
-            .ok()
-            .and_then(|c| c.iter().find(|(k, _)| k.same(&key)).map(|(_, s)| s.clone()));
-        let series = match cached {
-            Some(s) => s,
-            None => {
-                let labels = RequestLabels::new(&Report {
-                    source: l.conn.source.as_deref(),
-                    source_principal: l.conn.source_principal.as_ref().map(ToString::to_string),
-                    destination: l.destination.as_deref(),
-                    service: l.service.as_deref(),
-                    protocol: l.protocol,
-                    code: l.code,
-                    grpc_status: grpc_status.clone(),
-                    flags,
-                });
-                let s = l.proxy.metrics.series(&labels);
-                if let Ok(mut c) = l.conn.series.lock()
-                    && c.len() < SERIES_PER_CONN
-                {
-                    c.push((key, s.clone()));
-                }
-                s
-            }
-        };
-        series.record(duration.as_secs_f64() * 1000.0, req_bytes, response_bytes);
-        let _ = &l.snap;
-        info!(target: "access", protocol = l.protocol,
-            src.addr = ?l.conn.source_addr,
-            src.identity = ?l.conn.source_principal.as_ref().map(ToString::to_string),
-            src.workload = ?l.conn.source.as_ref().map(|w| w.name.as_str()),
-            method = %l.method, path = %l.path, authority = %l.authority,
-            route = ?l.route,
-            dst.service = ?l.service.as_ref().map(|s| s.hostname.as_str()),
-            dst.workload = ?l.destination.as_ref().map(|w| w.name.as_str()),
-            dst.addr = ?l.upstream,
-            status = l.code, grpc_status = ?grpc_status, flags,
-            request_id = %l.request_id,
-            bytes_recv = req_bytes, bytes_sent = response_bytes,
-            duration_ms = duration.as_millis() as u64,
-            "request complete");
-    }
 }
