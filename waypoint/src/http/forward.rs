@@ -11,10 +11,10 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use tokio::time::Instant;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rand::SeedableRng;
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::Proxy;
