@@ -420,6 +420,16 @@ fn destination_tier(mesh: &Mesh, w: &mesh::Workload, port: u16, peer: &(String, 
             peer.0
         ));
     }
+    match e.by.as_deref().and_then(|p| p.split_once('/')) {
+        Some((_, name)) if !e.allowed && name.starts_with("ambit_waypoint_required_") => {
+            notes.push(
+                "the pod is bound to a waypoint with `ambit.dev/waypoint-required`: only the waypoint may call it; \
+                 call its Service to go through the waypoint (or check that the waypoint is ready)"
+                    .into(),
+            )
+        }
+        _ => {}
+    }
     let text = e.to_string();
     let decision = text
         .lines()

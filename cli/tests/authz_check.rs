@@ -176,3 +176,49 @@ fn bookinfo_l7_policies_and_jwt() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("DENY: 401"), "{out}");
 }
+
+/// `ambit.dev/waypoint-required` on bookinfo: a direct call to productpage's pod is refused at its ztunnel by the
+/// guard policy (named, with the hint), the call through the Service and its waypoint still passes; without the
+/// label the same direct call is allowed.
+#[test]
+fn waypoint_required_refuses_direct_pod_calls() {
+    let dir = fixture(&["examples/bookinfo"]);
+    let d = dir.path();
+    let pod = [
+        "--from",
+        "bookinfo/sleep",
+        "--to",
+        "pod/bookinfo/productpage-v1-compute-0:9080",
+    ];
+    let (code, out) = check(d, &pod);
+    assert_eq!(code, 0, "default mode: direct calls pass\n{out}");
+    let ns = std::fs::read_to_string(d.join("namespace.yaml")).unwrap();
+    std::fs::write(
+        d.join("namespace.yaml"),
+        ns.replace(
+            "istio.io/use-waypoint: waypoint",
+            "istio.io/use-waypoint: waypoint\n    ambit.dev/waypoint-required: \"true\"",
+        ),
+    )
+    .unwrap();
+    let (code, out) = check(d, &pod);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("DENY: bookinfo/ambit_waypoint_required_bookinfo_waypoint_ports_9080 rule 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ambit.dev/waypoint-required"),
+        "no hint: {out}"
+    );
+    let (code, out) = check(
+        d,
+        &[
+            "--from",
+            "bookinfo/sleep",
+            "--to",
+            "productpage.bookinfo:9080",
+        ],
+    );
+    assert_eq!(code, 0, "through the waypoint\n{out}");
+}

@@ -18,6 +18,7 @@ pub mod service;
 pub mod status;
 pub mod virtual_service;
 pub mod waypoint;
+pub mod waypoint_guard;
 pub mod waypoint_policy;
 pub mod workload;
 
@@ -49,6 +50,9 @@ pub struct ComputeConfig {
     pub enable_dry_run: bool,
     /// Namespaces whose pods are never captured (the CNI's `excludeNamespaces`).
     pub excluded_namespaces: Vec<String>,
+    /// istiod's `PILOT_AUTO_ALLOW_WAYPOINT_POLICY`: attach an ALLOW policy for their waypoints' identities to
+    /// the pods bound to a waypoint ([`waypoint_guard`]).
+    pub auto_allow_waypoint_policy: bool,
     /// What the auto-deployed waypoints are configured with.
     pub deployer: deployer::DeployerConfig,
 }
@@ -63,6 +67,7 @@ impl Default for ComputeConfig {
             network: String::new(),
             enable_dry_run: false,
             excluded_namespaces: ambit_core::enrollment::default_excluded_namespaces(),
+            auto_allow_waypoint_policy: false,
             deployer: deployer::DeployerConfig::default(),
         }
     }
@@ -120,7 +125,8 @@ pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
             },
         );
     }
-    for wl in workload::workloads(index, cfg, &policies, &bindings) {
+    let mut guards = waypoint_guard::Guards::new(cfg, &bindings);
+    for wl in workload::workloads(index, cfg, &policies, &bindings, &mut guards) {
         for a in &wl.addresses {
             if let Some(ip) = ip_from_bytes(a) {
                 out.aliases
@@ -137,6 +143,7 @@ pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
     let ztunnel_status =
         waypoint_policy::ztunnel_status(index, &policies.status, &policies.resources);
     out.authorizations = policies.resources;
+    out.authorizations.append(&mut guards.resources);
     out.policy_status = policies.status;
     let routes = routes::routes(index, cfg, &bindings.waypoints);
     let rules = destination_rule::convert_all(index, cfg);

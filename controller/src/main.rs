@@ -57,6 +57,9 @@ struct ComputeArgs {
     /// Include `istio.io/dry-run` AuthorizationPolicies as dry-run.
     #[arg(long)]
     enable_dry_run: bool,
+    /// As `controller --auto-allow-waypoint-policy`.
+    #[arg(long, env = "PILOT_AUTO_ALLOW_WAYPOINT_POLICY")]
+    auto_allow_waypoint_policy: bool,
 }
 
 fn compute_once(a: ComputeArgs) -> anyhow::Result<()> {
@@ -66,6 +69,7 @@ fn compute_once(a: ComputeArgs) -> anyhow::Result<()> {
         root_namespace: a.root_namespace,
         network: a.network,
         enable_dry_run: a.enable_dry_run,
+        auto_allow_waypoint_policy: a.auto_allow_waypoint_policy,
         ..ComputeConfig::default()
     };
     let out = compute_cli::run(&a.manifests, &cfg)?;
@@ -129,6 +133,10 @@ struct RunArgs {
     /// Send `istio.io/dry-run` AuthorizationPolicies as dry-run.
     #[arg(long)]
     enable_dry_run: bool,
+    /// Attach to each pod bound to a waypoint an ALLOW policy for the waypoint's identity (istiod's
+    /// `PILOT_AUTO_ALLOW_WAYPOINT_POLICY`; off by default, as in Istio).
+    #[arg(long, env = "PILOT_AUTO_ALLOW_WAYPOINT_POLICY")]
+    auto_allow_waypoint_policy: bool,
     #[arg(long, default_value_t = 5)]
     drain_seconds: u64,
     /// Write the auto-deployed waypoint manifests (ServiceAccount, Service, Deployment per waypoint Gateway) to
@@ -195,6 +203,7 @@ fn config(a: RunArgs) -> anyhow::Result<Config> {
             root_namespace: a.root_namespace,
             network: a.network,
             enable_dry_run: a.enable_dry_run,
+            auto_allow_waypoint_policy: a.auto_allow_waypoint_policy,
             deployer: DeployerConfig {
                 xds_address: a.waypoint_xds_address,
                 ca_address: a.waypoint_ca_address,

@@ -124,7 +124,8 @@ spec:
     )
 }
 
-fn apps() -> String {
+/// The apps; `server_e_labels` are extra labels of the `server-e` Service.
+fn apps_with(server_e_labels: &str) -> String {
     let client = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -173,10 +174,14 @@ spec:
             WL,
             "server-e",
             "server-d",
-            ", istio.io/use-waypoint: cold-wp",
+            &format!(", istio.io/use-waypoint: cold-wp{server_e_labels}"),
         ),
     ]
     .join("---\n")
+}
+
+fn apps() -> String {
+    apps_with("")
 }
 
 /// DENY the namespace waypoint's identity at the `tier: backend` pods (server-a and opt-out): enforced by their
@@ -733,5 +738,54 @@ fn scenario(mesh: &LocalMesh, dir: &Path) -> Result<()> {
             .pop()
             .filter(|e| e.through(&cold_wp)))
     })?;
+    waypoint_required(mesh, &client, &server_d, &cold_wp)
+}
+
+/// (7) `ambit.dev/waypoint-required` on server-e's Service, applied live: the pod behind it was reachable by pod
+/// IP straight from the client (Istio's behaviour, the default); now its ztunnel refuses every peer but cold-wp
+/// on the Service's target port, so only the path through the waypoint works; and when the waypoint stops being
+/// ready its Service's traffic fails closed instead of going direct.
+fn waypoint_required(
+    mesh: &LocalMesh,
+    client: &PodInfo,
+    server_d: &PodInfo,
+    cold_wp: &PodInfo,
+) -> Result<()> {
+    let pod_url = format!("http://{}:8080", server_d.ip);
+    let svc_e = "http://server-e.wl";
+    expect_direct(mesh, &pod_url, 2, client, server_d)?;
+    std::fs::write(
+        mesh.manifests.join("apps.yaml"),
+        apps_with(", ambit.dev/waypoint-required: \"true\""),
+    )?;
+    poll("direct call to server-d refused", WAIT, || {
+        refused(mesh, &pod_url)
+    })?;
+    expect_through(mesh, svc_e, 3, cold_wp, &[server_d])?;
+    let pid = mesh.pod_pid(WL, &cold_wp.name)?;
+    let frozen = Frozen::freeze(pid)?;
+    poll("server-e WaypointIsNotReady (required)", UNREADY, || {
+        Ok(waypoint_bound(mesh, "service", WL, "server-e")
+            .ok()
+            .filter(|(s, r, _)| s == "False" && r == "WaypointIsNotReady"))
+    })?;
+    // The client's ztunnel now sends server-e's traffic straight to the pod, whose ztunnel refuses it.
+    poll("server-e refused while its waypoint is down", WAIT, || {
+        refused(mesh, svc_e)
+    })?;
+    drop(frozen);
     Ok(())
+}
+
+/// `Some` when a request from the client to `base` is refused: the connection is closed without an answer (curl
+/// exits non-zero, and not with 28, a timeout, which a frozen waypoint would also give).
+fn refused(mesh: &LocalMesh, base: &str) -> Result<Option<i32>> {
+    let url = format!("{base}/{SECRET}");
+    let out = mesh.exec(
+        WP,
+        CLIENT,
+        &["curl", "-sS", "--max-time", "5", "-o", "/dev/null", &url],
+    )?;
+    let code = out.status.code().unwrap_or(-1);
+    Ok((code != 0 && code != 28).then_some(code))
 }

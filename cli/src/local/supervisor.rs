@@ -242,7 +242,7 @@ impl Supervisor {
             "controller",
             NET_NS,
             argv,
-            vec![("RUST_LOG".into(), "info".into())],
+            controller_env(),
             self.dir.join("logs/controller.log"),
         );
         controller.start()?;
@@ -723,6 +723,18 @@ impl Supervisor {
         stop_all(&mut self.system, Duration::from_secs(5));
         super::sweep(&self.dir);
     }
+}
+
+/// The controller's environment: its log level, and the mesh settings it reads from the environment when the
+/// user set them for `ambit local up` (as istiod's env in a cluster).
+fn controller_env() -> Vec<(String, String)> {
+    let mut env = vec![("RUST_LOG".to_owned(), "info".to_owned())];
+    for key in ["PILOT_AUTO_ALLOW_WAYPOINT_POLICY"] {
+        if let Ok(v) = std::env::var(key) {
+            env.push((key.to_owned(), v));
+        }
+    }
+    env
 }
 
 fn set(obj: &mut Value, path: &[&str], value: Value) {

@@ -218,6 +218,7 @@ mod tests {
             ready: true,
             allowed: AllowedFrom::Same,
             service_account: None,
+            identities: Vec::new(),
         };
         BTreeMap::from([
             (

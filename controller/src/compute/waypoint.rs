@@ -137,6 +137,9 @@ pub struct Waypoint {
     pub allowed: AllowedFrom,
     /// `istio.io/for-service-account`.
     pub service_account: Option<String>,
+    /// The service accounts the waypoint itself runs as (its pods'; the deployer's `<gateway name>` until a pod
+    /// exists), sorted: the identities destination ztunnels see on traffic it forwards.
+    pub identities: Vec<String>,
 }
 
 impl Waypoint {
@@ -205,6 +208,7 @@ pub fn gateway_address(ns: &str, name: &str, gw: &Gateway, cfg: &ComputeConfig) 
 /// Every valid waypoint Gateway, ready or not.
 pub fn waypoints(index: &Index, cfg: &ComputeConfig) -> BTreeMap<Name, Waypoint> {
     let mut ready: BTreeMap<(&str, &str), bool> = BTreeMap::new();
+    let mut accounts: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
     for ((ns, _), pod) in &index.pods {
         if let Some(gw) = pod
             .metadata
@@ -214,6 +218,10 @@ pub fn waypoints(index: &Index, cfg: &ComputeConfig) -> BTreeMap<Name, Waypoint>
         {
             let r = ready.entry((ns.as_str(), gw.as_str())).or_default();
             *r = *r || pod_ready(pod);
+            accounts
+                .entry((ns.as_str(), gw.as_str()))
+                .or_default()
+                .push(pod_service_account(pod).to_owned());
         }
     }
     let mut out = BTreeMap::new();
@@ -253,6 +261,14 @@ pub fn waypoints(index: &Index, cfg: &ComputeConfig) -> BTreeMap<Name, Waypoint>
                     .unwrap_or(false),
                 allowed,
                 service_account,
+                identities: {
+                    let mut sas = accounts
+                        .remove(&(ns.as_str(), name.as_str()))
+                        .unwrap_or_else(|| vec![name.clone()]);
+                    sas.sort();
+                    sas.dedup();
+                    sas
+                },
             },
         );
     }
@@ -494,6 +510,7 @@ mod tests {
             ready,
             allowed,
             service_account: None,
+            identities: vec![h.into()],
         }
     }
 

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1 as core;
 use super::authz::Policies;
 use super::service::endpoint_ports;
 use super::waypoint::Bindings;
+use super::waypoint_guard::{Guards, PodService, PodView};
 use super::{ComputeConfig, ip_bytes, labels_of, service_hostname};
 use crate::index::Index;
 
@@ -36,6 +37,7 @@ pub fn workloads(
     cfg: &ComputeConfig,
     policies: &Policies,
     bindings: &Bindings,
+    guards: &mut Guards<'_>,
 ) -> Vec<wl::Workload> {
     let selectors = SelectorIndex::new(index);
     let mut out = Vec::new();
@@ -62,18 +64,31 @@ pub fn workloads(
             .get(&(ns.clone(), name.clone()))
             .and_then(|b| b.address());
         let (workload_name, workload_type) = workload_name_and_type(pod, name);
+        let mut guarded = Vec::new();
         let services: HashMap<String, PortList> = selectors
             .candidates(ns, &labels)
             .filter(|(_, svc)| selects(svc, &labels))
-            .map(|((sns, sname), svc)| {
+            .map(|(key @ (sns, sname), svc)| {
+                let ports = endpoint_ports(svc, pod);
+                guarded.push(PodService {
+                    name: key,
+                    labels: svc.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
+                    target_ports: ports.iter().map(|p| p.target_port).collect(),
+                });
                 (
                     format!("{sns}/{}", service_hostname(sname, sns, cfg)),
-                    PortList {
-                        ports: endpoint_ports(svc, pod),
-                    },
+                    PortList { ports },
                 )
             })
             .collect();
+        let key = (ns.clone(), name.clone());
+        let mut authorization_policies = policies.for_workload(ns, &labels);
+        authorization_policies.extend(guards.for_pod(&PodView {
+            name: &key,
+            labels: &labels,
+            ns_labels: &ns_labels,
+            services: guarded,
+        }));
         let ready = status
             .conditions
             .as_ref()
@@ -107,7 +122,7 @@ pub fn workloads(
             workload_type: workload_type as i32,
             workload_name,
             services,
-            authorization_policies: policies.for_workload(ns, &labels),
+            authorization_policies,
             status: if ready {
                 wl::WorkloadStatus::Healthy
             } else {
@@ -124,6 +139,8 @@ pub fn workloads(
     }
     out
 }
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 /// The services of each namespace keyed by the first entry of their selector. A pod can only be selected by a
 /// service whose first selector entry it carries, so a pod looks at the services under its own labels instead of
