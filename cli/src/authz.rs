@@ -15,11 +15,14 @@ mod tests;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ambit_core::Identity;
 use ambit_core::authz::{Policy, PolicySet, Request, RequestAuth};
-use ambit_core::jwt::{Authenticator, JwtRule, Outcome, apply_edits, rules_from_proto};
+use ambit_core::jwt::{
+    Authenticator, HttpFetcher, JwksCache, JwtRule, KeySource, Outcome, apply_edits,
+    rules_from_proto,
+};
 use ambit_core::rbac::{self, Connection};
 use ambit_proto::waypoint as pb;
 use clap::{Args, Subcommand, ValueEnum};
@@ -236,6 +239,63 @@ fn targets(p: &pb::RequestAuthentication, service: Option<&str>, port: u16) -> b
     })
 }
 
+/// How long `authz check` waits for each `jwksUri` to load.
+const JWKS_WAIT: Duration = Duration::from_secs(6);
+
+/// An authenticator for `rules`: inline keys as they are, `jwksUri` keys fetched once (http, https against the
+/// system's roots, file) with the waypoint's own cache and fetcher, so a token verifies here exactly when it does
+/// there, given the same keys. The notes say which URIs could not be loaded (the waypoint may reach URIs this host
+/// cannot, e.g. in-cluster names: then use `--claims`).
+fn authenticator_for(rules: &[JwtRule]) -> (Authenticator, Vec<String>) {
+    let uris: Vec<&str> = rules
+        .iter()
+        .filter_map(|r| match &r.keys {
+            KeySource::Uri { uri, .. } => Some(uri.as_str()),
+            _ => None,
+        })
+        .collect();
+    if uris.is_empty() {
+        return (Authenticator::inline_only(), Vec::new());
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return (
+                Authenticator::inline_only(),
+                vec![format!(
+                    "jwksUri keys not fetched (no runtime: {e}): use --claims"
+                )],
+            );
+        }
+    };
+    let cache = JwksCache::new(std::sync::Arc::new(HttpFetcher::with_system_roots()));
+    cache.sync(rules, runtime.handle());
+    let mut notes = Vec::new();
+    for uri in uris {
+        let Some(mut rx) = cache.subscribe(uri) else {
+            continue;
+        };
+        let state = runtime.block_on(async {
+            let _ = tokio::time::timeout(JWKS_WAIT, rx.wait_for(|s| s.attempts > 0)).await;
+            rx.borrow().clone()
+        });
+        match (state.keys, state.last_error) {
+            (Some(_), _) => notes.push(format!("jwksUri {uri}: keys loaded")),
+            (None, Some(e)) => notes.push(format!(
+                "jwksUri {uri} could not be loaded here ({e}): tokens for it are rejected; use --claims"
+            )),
+            (None, None) => notes.push(format!(
+                "jwksUri {uri}: no answer within {JWKS_WAIT:?}: tokens for it are rejected; use --claims"
+            )),
+        }
+    }
+    // The keys stay in the cache; its refresh tasks stop with the runtime.
+    (Authenticator::new(cache), notes)
+}
+
 fn waypoint_tier(
     mesh: &Mesh,
     spec: &RequestSpec,
@@ -300,7 +360,9 @@ fn waypoint_tier(
             } else {
                 let refs: Vec<&JwtRule> = rules.iter().collect();
                 let query = spec.path.split_once('?').map(|(_, q)| q);
-                match Authenticator::inline_only().authenticate(&refs, &headers, query, now) {
+                let (authenticator, fetch_notes) = authenticator_for(&rules);
+                tier.notes.extend(fetch_notes);
+                match authenticator.authenticate(&refs, &headers, query, now) {
                     Outcome::NoToken => tier.notes.push(
                         "the RequestAuthentications here read tokens elsewhere: no token found"
                             .into(),
@@ -315,15 +377,6 @@ fn waypoint_tier(
                         claims = Some(a.jwt.claims);
                     }
                     Outcome::Rejected(e) => {
-                        if rules
-                            .iter()
-                            .any(|r| matches!(r.keys, ambit_core::jwt::KeySource::Uri { .. }))
-                        {
-                            tier.notes.push(
-                                "jwksUri keys are not fetched by `ambit authz check`: use --claims"
-                                    .into(),
-                            );
-                        }
                         tier.allowed = false;
                         tier.decision = format!(
                             "DENY: {} {} (RequestAuthentication)",

@@ -222,3 +222,75 @@ fn waypoint_required_refuses_direct_pod_calls() {
     );
     assert_eq!(code, 0, "through the waypoint\n{out}");
 }
+
+/// A server on loopback answering every request with `body` (JSON), in a thread, until the test ends.
+fn serve_json(body: String) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// `--jwt` against a RequestAuthentication whose keys are at a `jwksUri` (http, then file): fetched as the
+/// waypoint fetches them, so the example token verifies; a URI that cannot be reached is named and the token
+/// rejected.
+#[test]
+fn jwt_with_jwks_uri_keys() {
+    let dir = fixture(&["examples/bookinfo", "examples/bookinfo/security"]);
+    let d = dir.path();
+    let ra_path = d.join("request-authentication-reviews.yaml");
+    let ra = std::fs::read_to_string(&ra_path).unwrap();
+    let line = ra
+        .lines()
+        .find(|l| l.trim_start().starts_with("jwks: '"))
+        .unwrap()
+        .to_owned();
+    let keys = line
+        .trim_start()
+        .trim_start_matches("jwks: '")
+        .trim_end_matches('\'')
+        .to_owned();
+    let indent = &line[..line.len() - line.trim_start().len()];
+    let with_uri = |uri: &str| ra.replace(&line, &format!("{indent}jwksUri: {uri}"));
+    let jwt = std::fs::read_to_string(repo().join("examples/bookinfo/security/sleep.jwt")).unwrap();
+    let args = [
+        "--from",
+        "bookinfo/productpage",
+        "--to",
+        "reviews.bookinfo:9080",
+        "--jwt",
+        jwt.trim(),
+    ];
+    let port = serve_json(keys.clone());
+    std::fs::write(&ra_path, with_uri(&format!("http://127.0.0.1:{port}/jwks"))).unwrap();
+    let (code, out) = check(d, &args);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("keys loaded"), "{out}");
+    assert!(
+        out.contains("ALLOW bookinfo/reviews-require-jwt rule 0"),
+        "{out}"
+    );
+
+    let file = d.join("keys.json.txt");
+    std::fs::write(&file, &keys).unwrap();
+    std::fs::write(&ra_path, with_uri(&format!("file://{}", file.display()))).unwrap();
+    let (code, out) = check(d, &args);
+    assert_eq!(code, 0, "{out}");
+
+    std::fs::write(&ra_path, with_uri("http://127.0.0.1:1/jwks")).unwrap();
+    let (code, out) = check(d, &args);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("could not be loaded here"), "{out}");
+    assert!(out.contains("DENY: 401"), "{out}");
+}

@@ -15,6 +15,7 @@
 
 mod cache;
 mod extract;
+mod fetch;
 mod jwks;
 mod rule;
 mod token;
@@ -29,6 +30,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 pub use cache::{FetchError, JwksCache, JwksFetcher, JwksState};
+pub use fetch::HttpFetcher;
 pub use jwks::{Jwks, JwksError, JwksKey, KeyMaterial};
 pub use rule::{
     ClaimToHeader, DEFAULT_JWKS_REFRESH, JwtRule, KeySource, RuleError, TokenLocation,

@@ -105,7 +105,7 @@ pub async fn start_on(
         ),
         ip: cfg.instance_ip,
     };
-    let jwks = JwksCache::new(Arc::new(crate::jwks_fetch::HttpFetcher));
+    let jwks = JwksCache::new(Arc::new(ambit_core::jwt::HttpFetcher::with_system_roots()));
     let store = Store::new(me).with_jwks(jwks.clone(), tokio::runtime::Handle::current());
 
     let mut registry = Registry::default();

@@ -12,7 +12,6 @@ pub mod extauthz;
 pub mod filters;
 pub mod http;
 pub mod inbound;
-pub mod jwks_fetch;
 pub mod localconfig;
 pub mod metrics;
 pub mod ratelimit;
