@@ -33,10 +33,10 @@ fi
 
 # ---------------------------------------------------------------------------------------------------------------
 section "system packages"
-# Tools of the e2e tests and the benchmark, plus the C toolchain for the BoringSSL backend (cmake; libclang for bindgen).
+# Tools of the e2e tests and the benchmark (with the Python gRPC and WebSocket clients), plus the C toolchain for the BoringSSL backend (cmake; libclang for bindgen).
 packages=(ca-certificates build-essential pkg-config git cmake libclang-dev
           iptables nftables iproute2 iputils-ping netcat-openbsd curl iperf3 wrk nghttp2-client tcpdump tshark
-          procps util-linux)
+          procps util-linux python3-grpcio python3-websockets)
 if [ "${AMBIT_TEST_SKIP_APT:-}" = 1 ] || [ $is_root = 0 ]; then
   echo "skipped (${AMBIT_TEST_SKIP_APT:+AMBIT_TEST_SKIP_APT=1}${AMBIT_TEST_SKIP_APT:-not root})"
 elif ! command -v apt-get >/dev/null 2>&1; then
