@@ -9,6 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "zds.proto",
         "waypoint.proto",
         "policy.proto",
+        "google_rpc.proto",
+        "envoy_type.proto",
+        "envoy_core.proto",
+        "ext_authz.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed=proto/{f}");

@@ -13,8 +13,8 @@
 //!   `sub` 200 with its claim header (tokens signed here with Ed25519, JWKS `kty: OKP`), and the example's token;
 //! * the mesh-wide GatewayClass default-deny in `istio-system`: every service behind the waypoint 403 (pod-addressed
 //!   traffic, which skips the waypoint, still 200), then 200 again once removed;
-//! * CUSTOM with an HTTP ext_authz provider on one path: `x-allow: yes` allowed (the provider's header reaches the
-//!   backend), others denied with the provider's answer, other paths never asked;
+//! * CUSTOM with an HTTP, then a gRPC, ext_authz provider on one path: `x-allow: yes` allowed (the provider's
+//!   header reaches the backend), others denied with the provider's answer, other paths never asked;
 //! * RateLimitPolicy, 5 a minute per `end-user`: 5 × 200 then 429 with `retry-after`, another user unaffected,
 //!   counted in `ambit_waypoint_rate_limited_total`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -657,56 +657,66 @@ fn default_deny(mesh: &LocalMesh) -> Result<()> {
     Ok(())
 }
 
-/// (4) CUSTOM on `ratings` `/protected/*` with the `e2e-ext-authz` provider: `x-allow: yes` passes and the
-/// provider's `x-ext-authz-check-result` (asked on `pathPrefix` + path) reaches the backend; anything else gets
-/// the provider's 403 and its header; other paths are never sent to the provider. Then a CUSTOM policy naming a
-/// provider that does not exist: `Invalid`, and it denies everything.
+/// (4) CUSTOM on `ratings` `/protected/*` with the `e2e-ext-authz` provider, over HTTP then over gRPC: `x-allow:
+/// yes` passes and the provider's `x-ext-authz-check-result` (naming the path it was asked about) reaches the
+/// backend; anything else gets the provider's 403 and its header; other paths are never sent to the provider.
+/// Then a CUSTOM policy naming a provider that does not exist: `Invalid`, and it denies everything.
 fn ext_authz(mesh: &LocalMesh) -> Result<()> {
     const FILE: &str = "ratings-ext-authz.yaml";
     const RESULT: &str = "x-ext-authz-check-result";
-    apply(mesh, FILE, CUSTOM)?;
-    expect_waypoint_accepted(mesh, "authorizationpolicy", NS, "ratings-ext-authz", BOUND)?;
     let protected = format!("{RATINGS}/protected/a");
-    poll("ratings-ext-authz in effect", WAIT, || {
-        Ok(Some(one(mesh, &[], &protected, &[])?).filter(|r| r.code == 403))
-    })?;
+    // The HTTP provider is asked on its `pathPrefix` + path, the gRPC one is told the path.
+    for (provider, checked) in [
+        ("e2e-ext-authz", "/check/protected/a"),
+        ("e2e-ext-authz-grpc", "/protected/a"),
+    ] {
+        let custom = CUSTOM.replace("name: e2e-ext-authz}", &format!("name: {provider}}}"));
+        apply(mesh, FILE, &custom)?;
+        expect_waypoint_accepted(mesh, "authorizationpolicy", NS, "ratings-ext-authz", BOUND)?;
+        poll(
+            &format!("ratings-ext-authz ({provider}) in effect"),
+            WAIT,
+            || Ok(Some(one(mesh, &[], &protected, &[])?).filter(|r| r.code == 403)),
+        )?;
 
-    let allowed = curl(mesh, SLEEP, &["-H", "x-allow: yes"], &protected, 3, &[])?;
-    for e in expect_served(&allowed, "ratings")? {
-        ensure!(
-            e.headers.get(RESULT).map(String::as_str) == Some("allowed /check/protected/a"),
-            "allowed request: the backend saw {RESULT} {:?}",
-            e.headers.get(RESULT)
-        );
-    }
-    for args in [&[][..], &["-H", "x-allow: no"][..]] {
-        let r = one(mesh, args, &protected, &[RESULT])?;
-        ensure!(
-            r.code == 403
-                && r.body.trim() == "denied by e2e-ext-authz"
-                && r.header(RESULT) == "denied /check/protected/a",
-            "denied request {args:?}: want the provider's 403, got {} {:?} {:?}",
-            r.code,
-            r.headers,
-            r.body
-        );
-    }
-    // Not a path of the rule: the provider is not asked (no header), the request passes.
-    for e in expect_served(
-        &curl(mesh, SLEEP, &[], &format!("{RATINGS}/public"), 2, &[])?,
-        "ratings",
-    )? {
-        ensure!(
-            !e.headers.contains_key(RESULT),
-            "/public was sent to the provider: {:?}",
-            e.headers
-        );
-    }
+        let allowed = curl(mesh, SLEEP, &["-H", "x-allow: yes"], &protected, 3, &[])?;
+        for e in expect_served(&allowed, "ratings")? {
+            ensure!(
+                e.headers.get(RESULT).map(String::as_str)
+                    == Some(format!("allowed {checked}").as_str()),
+                "{provider}: allowed request: the backend saw {RESULT} {:?}",
+                e.headers.get(RESULT)
+            );
+        }
+        for args in [&[][..], &["-H", "x-allow: no"][..]] {
+            let r = one(mesh, args, &protected, &[RESULT])?;
+            ensure!(
+                r.code == 403
+                    && r.body.trim() == "denied by e2e-ext-authz"
+                    && r.header(RESULT) == format!("denied {checked}"),
+                "{provider}: denied request {args:?}: want the provider's 403, got {} {:?} {:?}",
+                r.code,
+                r.headers,
+                r.body
+            );
+        }
+        // Not a path of the rule: the provider is not asked (no header), the request passes.
+        for e in expect_served(
+            &curl(mesh, SLEEP, &[], &format!("{RATINGS}/public"), 2, &[])?,
+            "ratings",
+        )? {
+            ensure!(
+                !e.headers.contains_key(RESULT),
+                "/public was sent to the provider: {:?}",
+                e.headers
+            );
+        }
 
-    remove(mesh, FILE)?;
-    poll("ratings-ext-authz removed", WAIT, || {
-        Ok(expect_served(&[one(mesh, &[], &protected, &[])?], "ratings").ok())
-    })?;
+        remove(mesh, FILE)?;
+        poll("ratings-ext-authz removed", WAIT, || {
+            Ok(expect_served(&[one(mesh, &[], &protected, &[])?], "ratings").ok())
+        })?;
+    }
 
     // A provider the mesh config does not have: the policy says why (`Invalid`) and denies everything it
     // targets, even what the real provider would allow (istiod's `rbacDefaultDenyAll`).

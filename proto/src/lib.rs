@@ -10,6 +10,29 @@ pub mod envoy {
                 include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
             }
         }
+        pub mod auth {
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.auth.v3.rs"));
+            }
+        }
+    }
+    pub mod config {
+        pub mod core {
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.config.core.v3.rs"));
+            }
+        }
+    }
+    pub mod r#type {
+        pub mod v3 {
+            include!(concat!(env!("OUT_DIR"), "/envoy.r#type.v3.rs"));
+        }
+    }
+}
+
+pub mod google {
+    pub mod rpc {
+        include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
     }
 }
 
@@ -86,6 +109,7 @@ pub mod serde_enum {
 
 pub use ambit::waypoint;
 /// Short names for the packages.
+pub use envoy::service::auth::v3 as ext_authz;
 pub use envoy::service::discovery::v3 as xds;
 pub use istio::security;
 pub use istio::v1::auth as ca;
@@ -145,7 +169,10 @@ mod tests {
         }))
         .unwrap();
         let lb = p.policy.unwrap().load_balancer.unwrap();
-        assert_eq!(lb.kind, waypoint::load_balancer::Kind::ConsistentHash as i32);
+        assert_eq!(
+            lb.kind,
+            waypoint::load_balancer::Kind::ConsistentHash as i32
+        );
         assert_eq!(
             lb.consistent_hash.unwrap().algorithm,
             waypoint::consistent_hash::Algorithm::Maglev as i32
@@ -157,8 +184,14 @@ mod tests {
             "rules": [{"to": [{"methods": ["POST"]}]}],
         }))
         .unwrap();
-        assert_eq!(a.action, waypoint::authorization_policy::Action::Deny as i32);
-        assert_eq!(a.targets[0].kind, waypoint::policy_target::Kind::Service as i32);
+        assert_eq!(
+            a.action,
+            waypoint::authorization_policy::Action::Deny as i32
+        );
+        assert_eq!(
+            a.targets[0].kind,
+            waypoint::policy_target::Kind::Service as i32
+        );
     }
 
     #[test]
@@ -197,6 +230,52 @@ mod tests {
             service_account: "b".into(),
         };
         assert_eq!(m.encode_to_vec(), vec![0x0a, 1, b'a', 0x12, 1, b'b']);
+    }
+
+    #[test]
+    fn ext_authz_is_envoys_service_with_envoys_field_numbers() {
+        assert_eq!(
+            ext_authz::authorization_server::SERVICE_NAME,
+            "envoy.service.auth.v3.Authorization"
+        );
+        // CheckResponse.status = 1, google.rpc.Status.code = 1.
+        let r = ext_authz::CheckResponse {
+            status: Some(google::rpc::Status {
+                code: 7,
+                message: String::new(),
+            }),
+            http_response: None,
+        };
+        assert_eq!(r.encode_to_vec(), vec![0x0a, 2, 0x08, 7]);
+        // OkHttpResponse is field 3 of the oneof; its headers_to_remove is field 5 (5<<3|2 = 0x2a).
+        let ok = ext_authz::CheckResponse {
+            status: None,
+            http_response: Some(ext_authz::check_response::HttpResponse::OkResponse(
+                ext_authz::OkHttpResponse {
+                    headers: vec![],
+                    headers_to_remove: vec!["a".into()],
+                },
+            )),
+        };
+        assert_eq!(ok.encode_to_vec(), vec![0x1a, 3, 0x2a, 1, b'a']);
+        // HttpRequest.protocol = 10 (10<<3|2 = 0x52), Peer.principal = 4.
+        let http = ext_authz::attribute_context::HttpRequest {
+            protocol: "h".into(),
+            ..Default::default()
+        };
+        assert_eq!(http.encode_to_vec(), vec![0x52, 1, b'h']);
+        let peer = ext_authz::attribute_context::Peer {
+            address: None,
+            principal: "p".into(),
+        };
+        assert_eq!(peer.encode_to_vec(), vec![0x22, 1, b'p']);
+        // HeaderValueOption.append is a BoolValue at 2, append_action at 3.
+        let o = envoy::config::core::v3::HeaderValueOption {
+            header: None,
+            append: Some(false),
+            append_action: 1,
+        };
+        assert_eq!(o.encode_to_vec(), vec![0x12, 0, 0x18, 1]);
     }
 
     #[test]

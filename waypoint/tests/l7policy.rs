@@ -1,5 +1,6 @@
 //! In-process: the waypoint's L7 policies — local rate limits (and, as they land, authorization and JWT
-//! authentication) — over real HBONE from a source ztunnel's point of view. Nets 80–89.
+//! authentication) — over real HBONE from a source ztunnel's point of view. Nets 80–86 (`extauthz_grpc.rs` has
+//! 87–88).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

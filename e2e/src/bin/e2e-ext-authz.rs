@@ -5,11 +5,21 @@
 //! provider's `pathPrefix` + the original path), and that the waypoint copied the header where the provider's
 //! `headersToUpstreamOnAllow` / `headersToDownstreamOnDeny` say. HTTP/1.1 and h2c.
 //!
-//! Usage: `e2e-ext-authz [listen address, default 0.0.0.0:8000]`.
+//! With `--grpc` it is an `envoyExtAuthzGrpc` provider instead (Envoy's `Authorization/Check`) with the same rule
+//! on the check's headers: allowed with `x-ext-authz-check-result: allowed <path>` set on the request, or denied
+//! (`PERMISSION_DENIED`, HTTP 403) with that header saying `denied <path>` and the same body for the client.
+//!
+//! Usage: `e2e-ext-authz [--grpc] [listen address, default 0.0.0.0:8000]`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
+use ambit_proto::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use ambit_proto::envoy::r#type::v3::HttpStatus;
+use ambit_proto::ext_authz::authorization_server::{Authorization, AuthorizationServer};
+use ambit_proto::ext_authz::check_response::HttpResponse;
+use ambit_proto::ext_authz::{CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse};
+use ambit_proto::google::rpc::Status;
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -22,11 +32,24 @@ use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let listen: SocketAddr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "0.0.0.0:8000".to_owned())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let grpc = args.iter().any(|a| a == "--grpc");
+    let listen: SocketAddr = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map_or("0.0.0.0:8000", String::as_str)
         .parse()
         .context("listen address")?;
+    if grpc {
+        println!(
+            "e2e-ext-authz (gRPC) listening on {listen}: x-allow: yes is allowed, anything else denied"
+        );
+        return tonic::transport::Server::builder()
+            .add_service(AuthorizationServer::new(GrpcCheck))
+            .serve(listen)
+            .await
+            .with_context(|| format!("gRPC server on {listen}"));
+    }
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("bind {listen}"))?;
@@ -73,4 +96,59 @@ fn answer(req: &Request<Incoming>) -> Response<Full<Bytes>> {
         resp.headers_mut().insert("x-ext-authz-check-result", v);
     }
     resp
+}
+
+/// The gRPC provider: the same rule, read from the check's attributes.
+struct GrpcCheck;
+
+fn header(key: &str, value: String) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value,
+        }),
+        append: Some(false),
+        append_action: 0,
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for GrpcCheck {
+    async fn check(
+        &self,
+        req: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let http = req
+            .into_inner()
+            .attributes
+            .and_then(|a| a.request?.http)
+            .unwrap_or_default();
+        let allowed = http.headers.get("x-allow").is_some_and(|v| v == "yes");
+        let path = http.path.split('?').next().unwrap_or("");
+        let verdict = if allowed { "allowed" } else { "denied" };
+        println!("check (gRPC) {} {path}: {verdict}", http.method);
+        let result = header("x-ext-authz-check-result", format!("{verdict} {path}"));
+        let answer = if allowed {
+            CheckResponse {
+                status: Some(Status::default()),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers: vec![result],
+                    headers_to_remove: Vec::new(),
+                })),
+            }
+        } else {
+            CheckResponse {
+                status: Some(Status {
+                    code: 7,
+                    message: "denied by e2e-ext-authz".to_owned(),
+                }),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus { code: 403 }),
+                    headers: vec![result],
+                    body: "denied by e2e-ext-authz\n".to_owned(),
+                })),
+            }
+        };
+        Ok(tonic::Response::new(answer))
+    }
 }

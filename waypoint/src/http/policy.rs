@@ -220,14 +220,20 @@ pub(super) async fn authorize(
     }
     if let Some(custom) = decision.custom {
         let provider = custom.provider.clone();
-        let method = parts.method.clone();
-        let path = path.to_owned();
-        match extauthz::check(proxy, snap, &provider, &method, &path, &parts.headers).await {
-            extauthz::Verdict::Allow(headers) => {
-                for (n, v) in headers {
-                    parts.headers.insert(n, v);
-                }
-            }
+        let input = extauthz::CheckInput {
+            method: &parts.method,
+            path,
+            authority,
+            version: parts.version,
+            headers: &parts.headers,
+            source_principal: conn.principal.as_deref(),
+            source_addr: conn.source_addr,
+            destination_addr: destination
+                .0
+                .map(|ip| std::net::SocketAddr::new(ip, destination.1)),
+        };
+        match extauthz::check(proxy, snap, &provider, &input).await {
+            extauthz::Verdict::Allow(edits) => edits.apply(&mut parts.headers),
             // A gRPC caller gets the provider's status as a trailers-only gRPC answer.
             extauthz::Verdict::Deny(resp) if grpc => {
                 return Err(Box::new(error_response(
