@@ -15,6 +15,7 @@ pub mod render;
 pub mod route_scopes;
 pub mod routes;
 pub mod service;
+pub mod service_entry;
 pub mod status;
 pub mod virtual_service;
 pub mod waypoint;
@@ -140,6 +141,50 @@ pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
             },
         );
     }
+    let entries = service_entry::entries(index, cfg, &policies, &bindings);
+    for svc in &entries.services {
+        let name = format!("{}/{}", svc.namespace, svc.hostname);
+        for a in &svc.addresses {
+            if let Some(ip) = ip_from_bytes(&a.address) {
+                let alias = match a.length {
+                    Some(len) => format!("{}/{ip}/{len}", a.network),
+                    None => format!("{}/{ip}", a.network),
+                };
+                out.aliases.insert(alias, name.clone());
+            }
+        }
+    }
+    for wl in &entries.workloads {
+        for a in &wl.addresses {
+            if let Some(ip) = ip_from_bytes(a) {
+                out.aliases
+                    .insert(format!("{}/{}", wl.network, ip), wl.uid.clone());
+            }
+        }
+    }
+    let entry_addresses = entries
+        .services
+        .iter()
+        .cloned()
+        .map(|s| {
+            (
+                format!("{}/{}", s.namespace, s.hostname),
+                address::Type::Service(s),
+            )
+        })
+        .chain(
+            entries
+                .workloads
+                .iter()
+                .cloned()
+                .map(|w| (w.uid.clone(), address::Type::Workload(w))),
+        );
+    for (name, t) in entry_addresses {
+        // A Kubernetes Service of the same hostname wins.
+        out.addresses
+            .entry(name)
+            .or_insert(Address { r#type: Some(t) });
+    }
     let ztunnel_status =
         waypoint_policy::ztunnel_status(index, &policies.status, &policies.resources);
     out.authorizations = policies.resources;
@@ -185,6 +230,7 @@ pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
     out.status
         .extend(status::gateways(index, &bindings, &routes.attached));
     out.status.extend(status::waypoint_bound(&bindings));
+    entries.add_status(&mut out.status);
     let route_names = out.routes.keys().cloned().collect();
     let l7 = waypoint_policy::compute_all(
         &waypoint_policy::Ctx {

@@ -10,7 +10,8 @@ use crate::sources::{
     PeerAuthentication, TcpRoute,
 };
 use crate::sources::{
-    DestinationRule, FaultInjection, RateLimitPolicy, RequestAuthentication, VirtualService,
+    DestinationRule, FaultInjection, RateLimitPolicy, RequestAuthentication, ServiceEntry,
+    VirtualService, WorkloadEntry,
 };
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped objects.
@@ -35,6 +36,8 @@ pub struct Index {
     pub config_maps: BTreeMap<Name, core::ConfigMap>,
     pub request_authentications: BTreeMap<Name, RequestAuthentication>,
     pub rate_limit_policies: BTreeMap<Name, RateLimitPolicy>,
+    pub service_entries: BTreeMap<Name, ServiceEntry>,
+    pub workload_entries: BTreeMap<Name, WorkloadEntry>,
     /// Whether every source finished its initial listing.
     pub synced: bool,
 }
@@ -72,6 +75,8 @@ impl Index {
             Object::ConfigMap(o) => replace(&mut self.config_maps, key, *o),
             Object::RequestAuthentication(o) => replace(&mut self.request_authentications, key, *o),
             Object::RateLimitPolicy(o) => replace(&mut self.rate_limit_policies, key, *o),
+            Object::ServiceEntry(o) => replace(&mut self.service_entries, key, *o),
+            Object::WorkloadEntry(o) => replace(&mut self.workload_entries, key, *o),
         }
     }
 
@@ -94,6 +99,8 @@ impl Index {
             Kind::ConfigMap => self.config_maps.remove(&k).is_some(),
             Kind::RequestAuthentication => self.request_authentications.remove(&k).is_some(),
             Kind::RateLimitPolicy => self.rate_limit_policies.remove(&k).is_some(),
+            Kind::ServiceEntry => self.service_entries.remove(&k).is_some(),
+            Kind::WorkloadEntry => self.workload_entries.remove(&k).is_some(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! `InitDone`), so a Kubernetes watcher can replace the manifest directory without touching the rest.
 
 pub mod ambit;
+pub mod entries;
 pub mod istio;
 pub mod manifest;
 pub mod routes;
@@ -16,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 pub use ambit::{FaultInjection, RateLimitPolicy};
+pub use entries::{ServiceEntry, WorkloadEntry};
 pub use istio::{DestinationRule, VirtualService};
 pub use routes::{GrpcRoute, HttpRoute, TcpRoute};
 pub use types::{AuthorizationPolicy, Gateway, PeerAuthentication, RequestAuthentication};
@@ -39,6 +41,8 @@ pub enum Kind {
     ConfigMap,
     RequestAuthentication,
     RateLimitPolicy,
+    ServiceEntry,
+    WorkloadEntry,
 }
 
 impl Kind {
@@ -66,6 +70,12 @@ impl Kind {
             }
             ("networking.istio.io", "v1" | "v1beta1" | "v1alpha3", "DestinationRule") => {
                 Some(Kind::DestinationRule)
+            }
+            ("networking.istio.io", "v1" | "v1beta1" | "v1alpha3", "ServiceEntry") => {
+                Some(Kind::ServiceEntry)
+            }
+            ("networking.istio.io", "v1" | "v1beta1" | "v1alpha3", "WorkloadEntry") => {
+                Some(Kind::WorkloadEntry)
             }
             ("ambit.dev", "v1alpha1", "FaultInjection") => Some(Kind::FaultInjection),
             ("ambit.dev", "v1alpha1", "RateLimitPolicy") => Some(Kind::RateLimitPolicy),
@@ -119,6 +129,8 @@ pub enum Object {
     ConfigMap(Box<core::ConfigMap>),
     RequestAuthentication(Box<RequestAuthentication>),
     RateLimitPolicy(Box<RateLimitPolicy>),
+    ServiceEntry(Box<ServiceEntry>),
+    WorkloadEntry(Box<WorkloadEntry>),
 }
 
 impl Object {
@@ -140,6 +152,8 @@ impl Object {
             Object::ConfigMap(_) => Kind::ConfigMap,
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::RateLimitPolicy(_) => Kind::RateLimitPolicy,
+            Object::ServiceEntry(_) => Kind::ServiceEntry,
+            Object::WorkloadEntry(_) => Kind::WorkloadEntry,
         }
     }
 
@@ -161,6 +175,8 @@ impl Object {
             Object::ConfigMap(o) => &o.metadata,
             Object::RequestAuthentication(o) => &o.metadata,
             Object::RateLimitPolicy(o) => &o.metadata,
+            Object::ServiceEntry(o) => &o.metadata,
+            Object::WorkloadEntry(o) => &o.metadata,
         }
     }
 
@@ -291,6 +307,12 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentErro
         Kind::RateLimitPolicy => {
             Object::RateLimitPolicy(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
         }
+        Kind::ServiceEntry => {
+            Object::ServiceEntry(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
+        Kind::WorkloadEntry => {
+            Object::WorkloadEntry(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
     };
     if obj
         .metadata()
@@ -318,6 +340,8 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentErro
         Object::ConfigMap(o) => &mut o.metadata,
         Object::RequestAuthentication(o) => &mut o.metadata,
         Object::RateLimitPolicy(o) => &mut o.metadata,
+        Object::ServiceEntry(o) => &mut o.metadata,
+        Object::WorkloadEntry(o) => &mut o.metadata,
     };
     if kind.namespaced() {
         if meta.namespace.as_deref().unwrap_or_default().is_empty() {

@@ -124,6 +124,7 @@ pub fn waypoint_bound(bindings: &Bindings) -> BTreeMap<String, Value> {
     let sets = [
         ("service", Target::Service, &bindings.services),
         ("pod", Target::Workload, &bindings.pods),
+        ("serviceentry", Target::Service, &bindings.service_entries),
     ];
     for (kind, target, set) in sets {
         for ((ns, name), b) in set {

@@ -416,6 +416,8 @@ pub struct Bindings {
     pub waypoints: BTreeMap<Name, Waypoint>,
     pub services: BTreeMap<Name, Binding>,
     pub pods: BTreeMap<Name, Binding>,
+    /// ServiceEntries that ask for a waypoint (service traffic, as Services).
+    pub service_entries: BTreeMap<Name, Binding>,
 }
 
 fn pod_service_account(pod: &core::Pod) -> &str {
@@ -463,6 +465,20 @@ pub fn bindings(index: &Index, cfg: &ComputeConfig) -> Bindings {
         };
         if let Some(b) = resolve(&subject, &waypoints) {
             out.services.insert((ns.clone(), name.clone()), b);
+        }
+    }
+    for ((ns, name), se) in &index.service_entries {
+        let labels = labels_of(&se.metadata);
+        let ns_labels = index.namespace_labels(ns);
+        let subject = Subject {
+            labels: &labels,
+            ns,
+            ns_labels: &ns_labels,
+            target: Target::Service,
+            service_account: None,
+        };
+        if let Some(b) = resolve(&subject, &waypoints) {
+            out.service_entries.insert((ns.clone(), name.clone()), b);
         }
     }
     for ((ns, name), pod) in &index.pods {

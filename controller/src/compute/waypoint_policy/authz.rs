@@ -97,7 +97,7 @@ pub fn convert(
         .iter()
         .map(|(path, t)| istio_target(ctx, ns, path, t))
         .collect();
-    let targets: Vec<pb::PolicyTarget> = outcomes.iter().filter_map(|o| o.target.clone()).collect();
+    let targets: Vec<pb::PolicyTarget> = outcomes.iter().flat_map(|o| o.targets.clone()).collect();
     let mut problems = Vec::new();
     let widen = matches!(action, Action::Deny | Action::Custom);
     let mut rules = Vec::new();

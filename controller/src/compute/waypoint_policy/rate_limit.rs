@@ -58,7 +58,7 @@ pub fn convert(
         .enumerate()
         .map(|(i, t)| rate_limit_target(ctx, ns, &format!("targetRefs[{i}]"), t))
         .collect();
-    let targets: Vec<pb::PolicyTarget> = outcomes.iter().filter_map(|o| o.target.clone()).collect();
+    let targets: Vec<pb::PolicyTarget> = outcomes.iter().flat_map(|o| o.targets.clone()).collect();
     let mut problems: Vec<String> = spec
         .unknown
         .keys()

@@ -61,7 +61,7 @@ pub fn convert(
         .iter()
         .map(|(path, t)| istio_target(ctx, ns, path, t))
         .collect();
-    let targets: Vec<pb::PolicyTarget> = outcomes.iter().filter_map(|o| o.target.clone()).collect();
+    let targets: Vec<pb::PolicyTarget> = outcomes.iter().flat_map(|o| o.targets.clone()).collect();
     let mut problems = Vec::new();
     let mut rules = Vec::new();
     for (i, r) in spec.jwt_rules.iter().enumerate() {

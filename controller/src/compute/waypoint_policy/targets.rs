@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `Gateway` (`gateway.networking.k8s.io`) | GATEWAY `ns/name` | `Accepted` "bound to ns/name" when it is a waypoint, else `TargetNotFound` |
 //! | `Service` (`""`/`core`) | SERVICE by hostname | `Accepted` "bound to ns/waypoint", `AncestorNotBound` when the Service has no waypoint, `TargetNotFound` |
-//! | `ServiceEntry` (`networking.istio.io`) | — | `TargetNotFound`: ServiceEntries are not read by Ambit yet |
+//! | `ServiceEntry` (`networking.istio.io`) | SERVICE by hostname, one per host | `Accepted` when the entry has a waypoint, else `AncestorNotBound`; `TargetNotFound` |
 //! | `GatewayClass` (`gateway.networking.k8s.io`) | GATEWAY_CLASS | root namespace only (mesh-wide waypoint defaults), a waypoint class; elsewhere `Invalid` |
 //!
 //! A Service target is sent even while the Service is not bound, so the policy applies as soon as it is; only
@@ -32,8 +32,8 @@ pub struct TargetOutcome {
     pub bound: bool,
     pub reason: &'static str,
     pub message: String,
-    /// What the waypoint gets, when the reference resolved.
-    pub target: Option<PolicyTarget>,
+    /// What the waypoint gets, when the reference resolved (a ServiceEntry: one per host).
+    pub targets: Vec<PolicyTarget>,
 }
 
 impl TargetOutcome {
@@ -43,7 +43,7 @@ impl TargetOutcome {
             bound: false,
             reason,
             message,
-            target: None,
+            targets: Vec::new(),
         }
     }
 }
@@ -89,7 +89,7 @@ fn gateway(ctx: &Ctx<'_>, ancestor: String, ns: &str, name: &str, port: u32) -> 
             bound: true,
             reason: reason::ACCEPTED,
             message: format!("bound to {ns}/{name}"),
-            target: Some(target(policy_target::Kind::Gateway, ns, name, port)),
+            targets: vec![target(policy_target::Kind::Gateway, ns, name, port)],
         };
     }
     let message = if ctx.index.gateways.contains_key(&key) {
@@ -111,7 +111,7 @@ fn service(ctx: &Ctx<'_>, ancestor: String, ns: &str, name: &str, port: u32) -> 
         );
     }
     let hostname = service_hostname(name, ns, ctx.cfg);
-    let t = Some(target(policy_target::Kind::Service, ns, &hostname, port));
+    let t = vec![target(policy_target::Kind::Service, ns, &hostname, port)];
     let binding = ctx.bindings.services.get(&key);
     match binding.map(|b| (&b.waypoint, b.outcome.as_ref().err())) {
         Some(((wns, wname), None)) => TargetOutcome {
@@ -119,7 +119,7 @@ fn service(ctx: &Ctx<'_>, ancestor: String, ns: &str, name: &str, port: u32) -> 
             bound: true,
             reason: reason::ACCEPTED,
             message: format!("bound to {wns}/{wname}"),
-            target: t,
+            targets: t.clone(),
         },
         Some(((wns, wname), Some(refusal))) => {
             let why = match refusal {
@@ -129,7 +129,7 @@ fn service(ctx: &Ctx<'_>, ancestor: String, ns: &str, name: &str, port: u32) -> 
                 Refusal::AttachmentDenied => "does not allow attachment from this namespace",
             };
             TargetOutcome {
-                target: t,
+                targets: t.clone(),
                 ..TargetOutcome::new(
                     ancestor,
                     reason::ANCESTOR_NOT_BOUND,
@@ -140,11 +140,47 @@ fn service(ctx: &Ctx<'_>, ancestor: String, ns: &str, name: &str, port: u32) -> 
             }
         }
         None => TargetOutcome {
-            target: t,
+            targets: t.clone(),
             ..TargetOutcome::new(
                 ancestor,
                 reason::ANCESTOR_NOT_BOUND,
                 format!("Service {ns}/{name} is not bound to a waypoint"),
+            )
+        },
+    }
+}
+
+/// A ServiceEntry target: each of its hosts, as a Service by hostname; bound when the entry has a waypoint.
+fn service_entry(ctx: &Ctx<'_>, ancestor: String, ns: &str, name: &str) -> TargetOutcome {
+    let key = (ns.to_owned(), name.to_owned());
+    let Some(se) = ctx.index.service_entries.get(&key) else {
+        return TargetOutcome::new(
+            ancestor,
+            reason::TARGET_NOT_FOUND,
+            format!("ServiceEntry {ns}/{name} was not found"),
+        );
+    };
+    let targets: Vec<PolicyTarget> = se
+        .spec
+        .hosts
+        .iter()
+        .filter(|h| !h.contains('*'))
+        .map(|h| target(policy_target::Kind::Service, ns, h, 0))
+        .collect();
+    match ctx.bindings.service_entries.get(&key) {
+        Some(b) if b.outcome.is_ok() => TargetOutcome {
+            ancestor,
+            bound: true,
+            reason: reason::ACCEPTED,
+            message: format!("bound to {}/{}", b.waypoint.0, b.waypoint.1),
+            targets,
+        },
+        _ => TargetOutcome {
+            targets,
+            ..TargetOutcome::new(
+                ancestor,
+                reason::ANCESTOR_NOT_BOUND,
+                format!("ServiceEntry {ns}/{name} is not bound to a waypoint"),
             )
         },
     }
@@ -174,13 +210,7 @@ pub fn istio_target(
     match (t.group.as_str(), t.kind.as_str()) {
         (GATEWAY_GROUP, "Gateway") => gateway(ctx, anc, policy_ns, name, 0),
         ("" | "core", "Service") => service(ctx, anc, policy_ns, name, 0),
-        ("networking.istio.io", "ServiceEntry") => TargetOutcome::new(
-            anc,
-            reason::TARGET_NOT_FOUND,
-            format!(
-                "ServiceEntry {policy_ns}/{name}: ServiceEntry targets are not supported (Ambit does not read ServiceEntries yet)"
-            ),
-        ),
+        ("networking.istio.io", "ServiceEntry") => service_entry(ctx, anc, policy_ns, name),
         (GATEWAY_GROUP, "GatewayClass") => {
             if policy_ns != ctx.cfg.root_namespace {
                 return TargetOutcome::new(
@@ -207,7 +237,7 @@ pub fn istio_target(
                 bound: true,
                 reason: reason::ACCEPTED,
                 message: format!("bound to every waypoint of GatewayClass {name}"),
-                target: Some(target(policy_target::Kind::GatewayClass, "", name, 0)),
+                targets: vec![target(policy_target::Kind::GatewayClass, "", name, 0)],
             }
         }
         (group, kind) => TargetOutcome::new(
@@ -338,7 +368,7 @@ fn route(
         .filter(|(_, names)| names.iter().any(|n| super::route_matches(&resource, n)))
         .map(|((wns, w), _)| format!("{wns}/{w}"))
         .collect();
-    let t = Some(target(policy_target::Kind::Route, ns, &resource, 0));
+    let t = vec![target(policy_target::Kind::Route, ns, &resource, 0)];
     if waypoints.is_empty() {
         let what = if ctx
             .routes
@@ -350,7 +380,7 @@ fn route(
             "has no rule attached to a waypoint"
         };
         return TargetOutcome {
-            target: t,
+            targets: t.clone(),
             ..TargetOutcome::new(
                 anc,
                 reason::ANCESTOR_NOT_BOUND,
@@ -363,6 +393,6 @@ fn route(
         bound: true,
         reason: reason::ACCEPTED,
         message: format!("bound to {}", waypoints.join(", ")),
-        target: t,
+        targets: t.clone(),
     }
 }

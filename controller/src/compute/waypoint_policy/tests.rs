@@ -90,7 +90,7 @@ fn target_outcomes_have_istios_reasons() {
             "  targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: se}]",
             "False",
             "TargetNotFound",
-            "ServiceEntry default/se: ServiceEntry targets are not supported (Ambit does not read ServiceEntries yet)",
+            "ServiceEntry default/se was not found",
         ),
         (
             "  targetRefs: [{kind: Service, name: reviews}]\n  selector: {matchLabels: {a: b}}",
@@ -410,4 +410,50 @@ fn route_target_names_match_rules_and_routes() {
     assert!(!route_matches("a/httproute/r", "a/httproute/rr/0"));
     assert!(!route_matches("a/httproute/r", "a/httproute/r/0/x"));
     assert!(!route_matches("a/httproute/r", "a/httproute/r/"));
+}
+
+/// An AuthorizationPolicy on a ServiceEntry (the egress-waypoint case, `TestWaypointAsEgressGateway`): each host a
+/// SERVICE target, accepted while the entry is bound to the waypoint, which then gets the policy.
+#[test]
+fn service_entry_targets() {
+    let se = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: egress, namespace: default, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [api.example.com, www.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: NONE
+  addresses: [203.0.113.7]
+---
+"#;
+    let spec = "  targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: egress}]\n  rules: [{to: [{operation: {methods: [GET]}}]}]";
+    let r = compute_yaml(&format!("{se}{}", ap("egress-get", spec)));
+    assert_eq!(
+        cond(&r, "authorizationpolicy/default/egress-get"),
+        (
+            "True".to_owned(),
+            "Accepted".to_owned(),
+            "bound to default/waypoint".to_owned()
+        )
+    );
+    let p = &r.waypoint_authorizations["default/egress-get"];
+    let hosts: Vec<&str> = p.targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(hosts, ["api.example.com", "www.example.com"]);
+    assert!(
+        p.targets
+            .iter()
+            .all(|t| t.kind == policy_target::Kind::Service as i32)
+    );
+    let ours = &r.waypoint_authorization_scopes[&("default".to_owned(), "waypoint".to_owned())];
+    assert!(ours.contains("default/egress-get"), "{ours:?}");
+    let unbound = compute_yaml(&format!(
+        "{}{}",
+        se.replace(", labels: {istio.io/use-waypoint: waypoint}", ""),
+        ap("egress-get", spec)
+    ));
+    assert_eq!(
+        cond(&unbound, "authorizationpolicy/default/egress-get").1,
+        "AncestorNotBound"
+    );
 }
