@@ -2,7 +2,10 @@
 //! `TestServiceEntryDNSWithAutoAssign`): an entry for `echo.external.test` without addresses selects an
 //! uncaptured pod by labels; a captured client's DNS query for the host is answered by its ztunnel with the VIP
 //! the controller allocated (240.240/16), and `curl` to the host reaches the pod through that VIP. A captured pod
-//! with the same labels is never an endpoint.
+//! with the same labels is never an endpoint. Then the entry is bound to a waypoint (`istio.io/use-waypoint`, the
+//! egress-waypoint case, upstream's `TestWaypointAsEgressGateway`) with an AuthorizationPolicy targeting the
+//! ServiceEntry that allows only GET: GET passes through the waypoint (its `x-request-id` reaches the pod), POST
+//! gets 403.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -70,6 +73,33 @@ spec:
   workloadSelector: {labels: {role: external-echo}}
 "#;
 
+/// Applied live: the waypoint, the entry bound to it, and GET-only authorization on the entry.
+const EGRESS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: egress, namespace: se}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external-echo, namespace: se, labels: {istio.io/use-waypoint: egress}}
+spec:
+  hosts: [echo.external.test]
+  location: MESH_INTERNAL
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  resolution: STATIC
+  workloadSelector: {labels: {role: external-echo}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: egress-get-only, namespace: se}
+spec:
+  targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: external-echo}]
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+"#;
+
 fn manifests(dir: &Path) -> Result<PathBuf> {
     let m = dir.join("manifests");
     std::fs::create_dir_all(&m)?;
@@ -110,6 +140,65 @@ fn scenario(mesh: &LocalMesh) -> Result<()> {
         seen.iter().all(|p| *p == legacy.name),
         "requests to {HOST} ({vip}) answered by {seen:?}, want only {}",
         legacy.name
+    );
+    ensure!(
+        !Echo::parse_all(&mesh.curl(NS, "deploy/client", &format!("http://{HOST}/"))?)
+            .iter()
+            .any(|e| e.headers.contains_key("x-request-id")),
+        "without a waypoint the request has no x-request-id"
+    );
+
+    // The egress waypoint: the entry in the single manifest file is replaced by the bound one.
+    let base = MANIFESTS
+        .split("---\n# In the mesh")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let meshed = MANIFESTS
+        .split("---\n# In the mesh")
+        .nth(1)
+        .and_then(|rest| rest.split("---\napiVersion: networking.istio.io/v1").next())
+        .unwrap_or_default();
+    std::fs::write(
+        mesh.manifests.join("se.yaml"),
+        format!("{base}---\n# In the mesh{meshed}---\n{EGRESS}"),
+    )?;
+    let status = |method: &str| -> Result<(String, String)> {
+        let out = mesh.exec(
+            NS,
+            "deploy/client",
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "-X",
+                method,
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{HOST}/"),
+            ],
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        Ok((code.trim().to_owned(), body.to_owned()))
+    };
+    let body = poll("GET through the egress waypoint", POD_UP, || {
+        let (code, body) = status("GET")?;
+        Ok((code == "200"
+            && Echo::parse_all(&body)
+                .iter()
+                .any(|e| e.headers.contains_key("x-request-id")))
+        .then_some(body))
+    })?;
+    ensure!(
+        Echo::parse_all(&body).iter().all(|e| e.pod == legacy.name),
+        "through the waypoint, answered by: {body}"
+    );
+    let (code, body) = status("POST")?;
+    ensure!(
+        code == "403" && body.trim() == "RBAC: access denied",
+        "POST to the ServiceEntry: {code} {body}"
     );
     Ok(())
 }
