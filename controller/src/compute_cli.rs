@@ -23,8 +23,31 @@ use serde_yaml::Value as Yaml;
 /// Kinds whose pod template becomes a placeholder Pod.
 const POD_OWNERS: [&str; 4] = ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"];
 
+/// One compute of a directory: the index (with placeholders), its resources, and the documents that did not parse.
+pub struct Computed {
+    pub index: Index,
+    pub resources: Resources,
+    pub placeholders: Value,
+    /// `(file, error)`.
+    pub errors: Vec<(String, String)>,
+}
+
 /// Computes the resources of `dirs` and returns the `/debug/resources` JSON.
 pub fn run(dirs: &[PathBuf], cfg: &ComputeConfig) -> anyhow::Result<Value> {
+    let c = compute_dirs(dirs, cfg)?;
+    for (file, e) in &c.errors {
+        eprintln!("warning: {file}: {e}");
+    }
+    let mut out = render::resources(&c.resources);
+    if let Some(o) = out.as_object_mut() {
+        o.insert("generation".into(), json!(1));
+        o.insert("placeholders".into(), c.placeholders);
+    }
+    Ok(out)
+}
+
+/// Reads `dirs` once and computes, with placeholder pods and VIPs where a cluster would have real ones.
+pub fn compute_dirs(dirs: &[PathBuf], cfg: &ComputeConfig) -> anyhow::Result<Computed> {
     for d in dirs {
         anyhow::ensure!(d.is_dir(), "--manifests {}: not a directory", d.display());
     }
@@ -33,11 +56,11 @@ pub fn run(dirs: &[PathBuf], cfg: &ComputeConfig) -> anyhow::Result<Value> {
     for ev in state.rescan(dirs) {
         index.apply(ev);
     }
-    for (file, errors) in state.errors() {
-        for e in errors {
-            eprintln!("warning: {file}: {e}");
-        }
-    }
+    let errors = state
+        .errors()
+        .into_iter()
+        .flat_map(|(file, errors)| errors.into_iter().map(move |e| (file.clone(), e)))
+        .collect();
     let mut placeholders = Placeholders::default();
     placeholders.service_vips(&mut index)?;
     let owners = pod_owners(dirs);
@@ -56,15 +79,12 @@ pub fn run(dirs: &[PathBuf], cfg: &ComputeConfig) -> anyhow::Result<Value> {
     } else {
         first
     };
-    let mut out = render::resources(&resources);
-    if let Some(o) = out.as_object_mut() {
-        o.insert("generation".into(), json!(1));
-        o.insert(
-            "placeholders".into(),
-            json!({ "pods": placeholders.pod_names, "serviceVips": placeholders.vip_names }),
-        );
-    }
-    Ok(out)
+    Ok(Computed {
+        index,
+        resources,
+        placeholders: json!({ "pods": placeholders.pod_names, "serviceVips": placeholders.vip_names }),
+        errors,
+    })
 }
 
 /// Every workload-owning document in the directories (the manifest source skips these kinds).

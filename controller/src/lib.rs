@@ -5,6 +5,7 @@
 //! [`xds`] server pushes the differences to every connected client.
 
 pub mod admin;
+pub mod analyze;
 pub mod app;
 pub mod ca;
 pub mod compute;

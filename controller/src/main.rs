@@ -39,6 +39,9 @@ enum Command {
     /// Read the manifests once, compute what the proxies would get, print it as JSON (`/debug/resources`'s
     /// rendering) and exit. Deployments become placeholder pods (see `placeholders` in the output).
     Compute(ComputeArgs),
+    /// Read the manifests once, compute, and print what will not work as meant (`ambit analyze`'s findings) as
+    /// JSON.
+    Analyze(ComputeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -62,8 +65,28 @@ struct ComputeArgs {
     auto_allow_waypoint_policy: bool,
 }
 
+fn analyze_once(a: ComputeArgs) -> anyhow::Result<()> {
+    let dirs = a.manifests.clone();
+    let cfg = compute_config(a);
+    let c = compute_cli::compute_dirs(&dirs, &cfg)?;
+    let findings = ambit_controller::analyze::analyze(&c.index, &c.resources, &cfg, &c.errors);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&ambit_controller::analyze::to_json(&findings))?
+    );
+    Ok(())
+}
+
 fn compute_once(a: ComputeArgs) -> anyhow::Result<()> {
-    let cfg = ComputeConfig {
+    let dirs = a.manifests.clone();
+    let cfg = compute_config(a);
+    let out = compute_cli::run(&dirs, &cfg)?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn compute_config(a: ComputeArgs) -> ComputeConfig {
+    ComputeConfig {
         cluster_id: a.cluster_id,
         trust_domain: a.trust_domain,
         root_namespace: a.root_namespace,
@@ -71,10 +94,7 @@ fn compute_once(a: ComputeArgs) -> anyhow::Result<()> {
         enable_dry_run: a.enable_dry_run,
         auto_allow_waypoint_policy: a.auto_allow_waypoint_policy,
         ..ComputeConfig::default()
-    };
-    let out = compute_cli::run(&a.manifests, &cfg)?;
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -254,6 +274,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Token(t)) => return token(t),
         Some(Command::Compute(c)) => return compute_once(c),
+        Some(Command::Analyze(c)) => return analyze_once(c),
         None => {}
     }
     tracing_subscriber::fmt()
