@@ -1,7 +1,7 @@
 //! `controller analyze` (what `ambit analyze -f` runs) on a directory of broken manifests, one per finding: each
+//! file gives exactly its own code (the file name starts with it), and the examples give none.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! file gives exactly its own code (the file name starts with it), and the examples give none.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
