@@ -1,6 +1,7 @@
-//! `ambit`: run a local mesh, and a built-in echo server for demos and tests.
+//! `ambit`: run a local mesh, inspect its ztunnels (`ambit zc`), explain policy decisions, and a built-in echo server
+//! for demos and tests.
 
-use ambit::{authz, echo, local};
+use ambit::{authz, echo, local, zc};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -22,14 +23,19 @@ enum Command {
     Echo(echo::EchoArgs),
     /// Authorization: `ambit authz check` explains which tier allows or denies a request, and why.
     Authz(authz::AuthzArgs),
+    /// A ztunnel's workloads, services, policies, certificates and connections, and its log level (istioctl's
+    /// `ztunnel-config`).
+    #[command(name = "ztunnel-config", visible_alias = "zc")]
+    ZtunnelConfig(zc::ZcArgs),
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     let code = match cli.command {
         Command::Local(args) => local::run(args),
         Command::Echo(args) => run_echo(args),
         Command::Authz(args) => Ok(authz::run(args)),
+        Command::ZtunnelConfig(args) => zc::run(args).map_err(anyhow::Error::from),
     };
     match code {
         Ok(code) => std::process::exit(code),
@@ -38,6 +44,45 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// Help and version as clap prints them; a usage error (unknown subcommand or flag, bad value) as one line: clap's
+/// message and tip, and the help of the (sub)command it is about.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    // The subcommands named on the command line, up to the first word that is not one.
+    let mut cmd = Cli::command();
+    let mut path = vec!["ambit".to_owned()];
+    for arg in std::env::args_os().skip(1) {
+        let Some(sub) = arg.to_str().and_then(|a| cmd.find_subcommand(a)).cloned() else {
+            break;
+        };
+        path.push(sub.get_name().to_owned());
+        cmd = sub;
+    }
+    let text = e.render().to_string();
+    let mut message = String::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with("Usage: ") || line.starts_with("For more information") {
+            continue;
+        }
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        if !message.is_empty() {
+            message.push_str(if line.starts_with('[') { " " } else { "; " });
+        }
+        message.push_str(line);
+    }
+    eprintln!("error: {message} (see `{} --help`)", path.join(" "));
+    std::process::exit(2);
 }
 
 fn run_echo(args: echo::EchoArgs) -> anyhow::Result<i32> {

@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.0 `GET` made from inside a network namespace, for what the runtime asks of the components it
-//! runs: readiness (`/ready`, `/healthz/ready`, pods' readiness probes) and the controller's `/debug/status`.
+//! runs: readiness (`/ready`, `/healthz/ready`, pods' readiness probes) and the controller's `/debug/status`;
+//! and `ambit ztunnel-config`'s requests to a ztunnel's admin port.
 //! A thread enters the namespace, so the caller's stays untouched.
 
 use std::fs::File;
@@ -15,13 +16,28 @@ const MAX_BODY: u64 = 16 << 20;
 /// `GET path` on `addr` from inside namespace `ns`: the status code and the body, or `None` when it could not
 /// connect or the answer was not HTTP.
 pub fn get_in(ns: &str, addr: SocketAddr, path: &str) -> Option<(u16, Vec<u8>)> {
+    request_in(ns, addr, "GET", path)
+}
+
+/// `method path` (no request body) on `addr` from inside namespace `ns`, as [`get_in`]; admin `POST`s such as
+/// `/logging` use it.
+pub fn request_in(ns: &str, addr: SocketAddr, method: &str, path: &str) -> Option<(u16, Vec<u8>)> {
     let netns = File::open(format!("/var/run/netns/{ns}")).ok()?;
-    let path = path.to_owned();
+    let (method, path) = (method.to_owned(), path.to_owned());
     std::thread::spawn(move || -> Option<(u16, Vec<u8>)> {
         setns(&netns, CloneFlags::CLONE_NEWNET).ok()?;
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+        let length = if method == "GET" {
+            ""
+        } else {
+            "Content-Length: 0\r\n"
+        };
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{length}\r\n"
+        )
+        .ok()?;
         let mut buf = Vec::new();
         let _ = s.take(MAX_BODY).read_to_end(&mut buf);
         parse_response(&buf)
