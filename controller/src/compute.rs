@@ -17,6 +17,8 @@ pub mod routes;
 pub mod service;
 pub mod service_entry;
 pub mod status;
+#[cfg(test)]
+pub mod test_support;
 pub mod virtual_service;
 pub mod waypoint;
 pub mod waypoint_guard;

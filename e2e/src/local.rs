@@ -213,6 +213,13 @@ impl LocalMesh {
         Ok(())
     }
 
+    /// The first pod of `owner` in `namespace` once there is one (waiting up to `timeout`).
+    pub fn one_pod(&self, namespace: &str, owner: &str, timeout: Duration) -> Result<PodInfo> {
+        crate::topology::poll(&format!("pod {namespace}/{owner}"), timeout, || {
+            Ok(self.pods(namespace, owner)?.pop())
+        })
+    }
+
     /// The supervisor's and the components' logs, for failure reports.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -240,6 +247,28 @@ impl Drop for LocalMesh {
             let _ = self.down();
         }
     }
+}
+
+/// A test's whole life on a local mesh: `ambit local up` on `manifests` with `nodes` nodes, `scenario`, on failure
+/// the components' logs and whatever `report` adds (dumps), then `down` and the check that nothing is left.
+pub fn run_on_mesh(
+    dir: &Path,
+    manifests: &Path,
+    nodes: usize,
+    scenario: impl FnOnce(&LocalMesh) -> Result<()>,
+    report: impl FnOnce(&LocalMesh) -> String,
+) -> Result<()> {
+    let mut mesh = LocalMesh::up(dir, manifests, nodes)?;
+    let result = scenario(&mesh);
+    if result.is_err() {
+        eprintln!("{}", mesh.logs());
+        eprintln!("{}", report(&mesh));
+    }
+    result?;
+    mesh.down()?;
+    let left = leftovers()?;
+    anyhow::ensure!(left.is_empty(), "ambit local down left: {left:?}");
+    Ok(())
 }
 
 #[derive(Clone, Debug)]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use ambit_e2e::capture::Capture;
 use ambit_e2e::e2e_test;
-use ambit_e2e::local::{LocalMesh, NET_NS, WAIT, leftovers};
+use ambit_e2e::local::{LocalMesh, NET_NS, WAIT, leftovers, run_on_mesh};
 use ambit_e2e::pcap;
 use ambit_e2e::prom;
 use ambit_e2e::topology::poll;
@@ -171,16 +171,13 @@ fn body_names_pod(body: &str, pod: &str) -> bool {
 fn local_mesh_end_to_end() {
     e2e_test("local-mesh", |dir| {
         let manifests = write_manifests(dir.path())?;
-        let mut mesh = LocalMesh::up(dir.path(), &manifests, 2)?;
-        let result = scenario(&mesh, dir.path());
-        if result.is_err() {
-            eprintln!("{}", mesh.logs());
-        }
-        result?;
-        mesh.down()?;
-        let left = leftovers()?;
-        ensure!(left.is_empty(), "ambit local down left: {left:?}");
-        Ok(())
+        run_on_mesh(
+            dir.path(),
+            &manifests,
+            2,
+            |mesh| scenario(mesh, dir.path()),
+            |_| String::new(),
+        )
     });
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_e2e::e2e_test;
-use ambit_e2e::local::{Echo, LocalMesh, PodInfo, WAIT, leftovers};
+use ambit_e2e::local::{Echo, LocalMesh, WAIT, run_on_mesh};
 use ambit_e2e::topology::poll;
 use anyhow::{Result, ensure};
 
@@ -107,15 +107,9 @@ fn manifests(dir: &Path) -> Result<PathBuf> {
     Ok(m)
 }
 
-fn one_pod(mesh: &LocalMesh, owner: &str) -> Result<PodInfo> {
-    poll(&format!("pod {NS}/{owner}"), POD_UP, || {
-        Ok(mesh.pods(NS, owner)?.pop())
-    })
-}
-
 fn scenario(mesh: &LocalMesh) -> Result<()> {
-    let client = one_pod(mesh, "client")?;
-    let legacy = one_pod(mesh, "legacy")?;
+    let client = mesh.one_pod(NS, "client", POD_UP)?;
+    let legacy = mesh.one_pod(NS, "legacy", POD_UP)?;
     ensure!(client.captured, "the client is not captured");
     ensure!(!legacy.captured, "the legacy pod is captured");
     // The client's ztunnel answers the query with the allocated VIP.
@@ -207,15 +201,6 @@ fn scenario(mesh: &LocalMesh) -> Result<()> {
 fn service_entry_selects_an_uncaptured_pod_with_an_allocated_vip() {
     e2e_test("local-service-entry", |dir| {
         let manifests = manifests(dir.path())?;
-        let mut mesh = LocalMesh::up(dir.path(), &manifests, 2)?;
-        let result = scenario(&mesh);
-        if result.is_err() {
-            eprintln!("{}", mesh.logs());
-        }
-        result?;
-        mesh.down()?;
-        let left = leftovers()?;
-        ensure!(left.is_empty(), "ambit local down left: {left:?}");
-        Ok(())
+        run_on_mesh(dir.path(), &manifests, 2, scenario, |_| String::new())
     });
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_e2e::e2e_test;
-use ambit_e2e::local::{Echo, LocalMesh, PodInfo, WAIT, condition, leftovers};
+use ambit_e2e::local::{Echo, LocalMesh, PodInfo, WAIT, condition, leftovers, run_on_mesh};
 use ambit_e2e::prom;
 use ambit_e2e::topology::poll;
 use anyhow::{Context, Result, ensure};
@@ -84,17 +84,7 @@ fn version(pods: &BTreeMap<String, String>, e: &Echo) -> Result<String> {
 fn bookinfo_l7_through_the_namespace_waypoint() {
     e2e_test("local-waypoint", |dir| {
         let manifests = manifests(dir.path())?;
-        let mut mesh = LocalMesh::up(dir.path(), &manifests, 2)?;
-        let result = scenario(&mesh);
-        if result.is_err() {
-            eprintln!("{}", mesh.logs());
-            eprintln!("{}", waypoint_dump(&mesh));
-        }
-        result?;
-        mesh.down()?;
-        let left = leftovers()?;
-        ensure!(left.is_empty(), "ambit local down left: {left:?}");
-        Ok(())
+        run_on_mesh(dir.path(), &manifests, 2, scenario, waypoint_dump)
     });
 }
 

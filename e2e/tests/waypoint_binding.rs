@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ambit_e2e::capture::Capture;
 use ambit_e2e::e2e_test;
-use ambit_e2e::local::{Echo, LocalMesh, NET_NS, PodInfo, WAIT, condition, leftovers};
+use ambit_e2e::local::{Echo, LocalMesh, NET_NS, PodInfo, WAIT, condition, run_on_mesh};
 use ambit_e2e::pcap::{self, TcpSegment};
 use ambit_e2e::prom;
 use ambit_e2e::topology::poll;
@@ -402,12 +402,6 @@ fn wait_bound(
     Ok(())
 }
 
-fn one_pod(mesh: &LocalMesh, ns: &str, owner: &str) -> Result<PodInfo> {
-    poll(&format!("pod {ns}/{owner}"), WAYPOINT_UP, || {
-        Ok(mesh.pods(ns, owner)?.pop())
-    })
-}
-
 /// A waypoint process stopped with SIGSTOP; continued when dropped, so a failing test leaves it running.
 struct Frozen(Pid);
 
@@ -428,17 +422,13 @@ impl Drop for Frozen {
 fn waypoint_binding_workload_service_account_opt_out_not_ready_wire_and_identity() {
     e2e_test("local-waypoint-binding", |dir| {
         let manifests = write_manifests(dir.path())?;
-        let mut mesh = LocalMesh::up(dir.path(), &manifests, 2)?;
-        let result = scenario(&mesh, dir.path());
-        if result.is_err() {
-            eprintln!("{}", mesh.logs());
-            eprintln!("{}", dumps(&mesh));
-        }
-        result?;
-        mesh.down()?;
-        let left = leftovers()?;
-        ensure!(left.is_empty(), "ambit local down left: {left:?}");
-        Ok(())
+        run_on_mesh(
+            dir.path(),
+            &manifests,
+            2,
+            |mesh| scenario(mesh, dir.path()),
+            dumps,
+        )
     });
 }
 
@@ -492,16 +482,16 @@ fn scenario(mesh: &LocalMesh, dir: &Path) -> Result<()> {
     // on, so every HBONE connection's handshake is in the capture.
     let capture = Capture::start_in(NET_NS, "br0", dir, "pod-network")?;
 
-    let client = one_pod(mesh, WP, "client")?;
-    let server_a = one_pod(mesh, WP, "server-a")?;
-    let server_b = one_pod(mesh, WP, "server-b")?;
-    let opt_out = one_pod(mesh, WP, "opt-out")?;
-    let server_c = one_pod(mesh, WL, "server-c")?;
-    let server_d = one_pod(mesh, WL, "server-d")?;
-    let ns_wp = one_pod(mesh, WP, "ns-wp")?;
-    let sa_wp = one_pod(mesh, WP, "sa-wp")?;
-    let wl_wp = one_pod(mesh, WL, "wl-wp")?;
-    let cold_wp = one_pod(mesh, WL, "cold-wp")?;
+    let client = mesh.one_pod(WP, "client", WAYPOINT_UP)?;
+    let server_a = mesh.one_pod(WP, "server-a", WAYPOINT_UP)?;
+    let server_b = mesh.one_pod(WP, "server-b", WAYPOINT_UP)?;
+    let opt_out = mesh.one_pod(WP, "opt-out", WAYPOINT_UP)?;
+    let server_c = mesh.one_pod(WL, "server-c", WAYPOINT_UP)?;
+    let server_d = mesh.one_pod(WL, "server-d", WAYPOINT_UP)?;
+    let ns_wp = mesh.one_pod(WP, "ns-wp", WAYPOINT_UP)?;
+    let sa_wp = mesh.one_pod(WP, "sa-wp", WAYPOINT_UP)?;
+    let wl_wp = mesh.one_pod(WL, "wl-wp", WAYPOINT_UP)?;
+    let cold_wp = mesh.one_pod(WL, "cold-wp", WAYPOINT_UP)?;
     for p in [
         &client, &server_a, &server_b, &opt_out, &server_c, &server_d,
     ] {

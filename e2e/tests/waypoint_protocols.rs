@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_e2e::e2e_test;
-use ambit_e2e::local::{LocalMesh, PodInfo, WAIT, leftovers};
+use ambit_e2e::local::{LocalMesh, PodInfo, WAIT, run_on_mesh};
 use ambit_e2e::prom;
 use ambit_e2e::topology::poll;
 use anyhow::{Context, Result, bail, ensure};
@@ -151,12 +151,6 @@ fn run_client(mesh: &LocalMesh, script_name: &str, args: &[&str]) -> Result<Vec<
         .collect()
 }
 
-fn one_pod(mesh: &LocalMesh, owner: &str) -> Result<PodInfo> {
-    poll(&format!("pod {NS}/{owner}"), WAYPOINT_UP, || {
-        Ok(mesh.pods(NS, owner)?.pop())
-    })
-}
-
 fn waypoint_requests(mesh: &LocalMesh, wp: &PodInfo, labels: &[(&str, &str)]) -> Result<f64> {
     let text = mesh.get_in(&wp.netns, "http://127.0.0.1:15020/metrics")?;
     let want = [&[("reporter", "waypoint")], labels].concat();
@@ -175,9 +169,9 @@ fn field<'a>(v: &'a Value, path: &[&str]) -> &'a str {
 }
 
 fn scenario(mesh: &LocalMesh) -> Result<()> {
-    let wp = one_pod(mesh, "waypoint")?;
+    let wp = mesh.one_pod(NS, "waypoint", WAYPOINT_UP)?;
     for app in ["client", "grpc-v1", "grpc-v2", "ws"] {
-        let p = one_pod(mesh, app)?;
+        let p = mesh.one_pod(NS, app, WAYPOINT_UP)?;
         ensure!(p.captured, "{} is not captured", p.name);
     }
     // The first call that comes back through the waypoint (its x-request-id seen by the server) says the
@@ -280,7 +274,7 @@ fn scenario(mesh: &LocalMesh) -> Result<()> {
         greeting.len() > "request-id:".len(),
         "the upgrade did not pass the waypoint: {greeting:?}"
     );
-    let ws_pod = one_pod(mesh, "ws")?;
+    let ws_pod = mesh.one_pod(NS, "ws", WAYPOINT_UP)?;
     ensure!(
         first == format!("{}:hello", ws_pod.name) && second == format!("{}:again", ws_pod.name),
         "WebSocket echoes: {received:?}"
@@ -317,15 +311,6 @@ fn waypoint_grpc_and_websocket_with_real_clients() {
             );
         }
         let manifests = manifests(dir.path())?;
-        let mut mesh = LocalMesh::up(dir.path(), &manifests, 2)?;
-        let result = scenario(&mesh);
-        if result.is_err() {
-            eprintln!("{}", mesh.logs());
-        }
-        result?;
-        mesh.down()?;
-        let left = leftovers()?;
-        ensure!(left.is_empty(), "ambit local down left: {left:?}");
-        Ok(())
+        run_on_mesh(dir.path(), &manifests, 2, scenario, |_| String::new())
     });
 }

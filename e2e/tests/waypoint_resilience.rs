@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_e2e::e2e_test;
-use ambit_e2e::local::{Echo, LocalMesh, NET_NS, PodInfo, WAIT, condition, leftovers};
+use ambit_e2e::local::{Echo, LocalMesh, NET_NS, PodInfo, WAIT, condition, run_on_mesh};
 use ambit_e2e::prom;
 use ambit_e2e::topology::poll;
 use anyhow::{Context, Result, bail, ensure};
@@ -321,17 +321,13 @@ fn expect_applied(mesh: &LocalMesh, kind: &str, names: &[&str]) -> Result<()> {
 fn bookinfo_virtual_service_and_destination_rule_through_the_waypoint() {
     e2e_test("local-waypoint-resilience", |dir| {
         let manifests = manifests(dir.path())?;
-        let mut mesh = LocalMesh::up(dir.path(), &manifests, 2)?;
-        let result = scenario(&mesh, dir.path());
-        if result.is_err() {
-            eprintln!("{}", mesh.logs());
-            eprintln!("{}", dumps(&mesh));
-        }
-        result?;
-        mesh.down()?;
-        let left = leftovers()?;
-        ensure!(left.is_empty(), "ambit local down left: {left:?}");
-        Ok(())
+        run_on_mesh(
+            dir.path(),
+            &manifests,
+            2,
+            |mesh| scenario(mesh, dir.path()),
+            dumps,
+        )
     });
 }
 

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ambit_e2e::e2e_test;
-use ambit_e2e::local::{Echo, LocalMesh, NET_NS, PodInfo, WAIT, condition, leftovers};
+use ambit_e2e::local::{Echo, LocalMesh, NET_NS, PodInfo, WAIT, condition, run_on_mesh};
 use ambit_e2e::prom;
 use ambit_e2e::topology::poll;
 use anyhow::{Context, Result, bail, ensure};
@@ -259,17 +259,7 @@ fn expect_waypoint_condition(mesh: &LocalMesh, key: &str, reason: &str) -> Resul
 fn bookinfo_l7_security_through_the_waypoint() {
     e2e_test("local-waypoint-security", |dir| {
         let manifests = manifests(dir.path())?;
-        let mut mesh = LocalMesh::up(dir.path(), &manifests, 2)?;
-        let result = scenario(&mesh);
-        if result.is_err() {
-            eprintln!("{}", mesh.logs());
-            eprintln!("{}", dumps(&mesh));
-        }
-        result?;
-        mesh.down()?;
-        let left = leftovers()?;
-        ensure!(left.is_empty(), "ambit local down left: {left:?}");
-        Ok(())
+        run_on_mesh(dir.path(), &manifests, 2, scenario, dumps)
     });
 }
 

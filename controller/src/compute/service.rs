@@ -167,13 +167,22 @@ fn ip_families(spec: &core::ServiceSpec, vips: &[IpAddr]) -> wl::IpFamilies {
 /// Port map of a Service for one pod: `service_port → target_port`, with a named target port looked up among
 /// the pod's container ports (ports the pod does not expose are left out, as Kubernetes Endpoints do).
 pub fn endpoint_ports(svc: &core::Service, pod: &core::Pod) -> Vec<Port> {
-    let container_ports: BTreeMap<&str, u32> = pod
-        .spec
+    ports_for(svc, &container_ports(pod))
+}
+
+/// A pod's named container ports.
+pub fn container_ports(pod: &core::Pod) -> BTreeMap<String, u32> {
+    pod.spec
         .iter()
         .flat_map(|s| s.containers.iter())
         .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| Some((p.name.as_deref()?, u32::try_from(p.container_port).ok()?)))
-        .collect();
+        .filter_map(|p| Some((p.name.clone()?, u32::try_from(p.container_port).ok()?)))
+        .collect()
+}
+
+/// Port map of a Service for an endpoint whose named ports are `named` (a pod's container ports, a
+/// WorkloadEntry's `ports`).
+pub fn ports_for(svc: &core::Service, named: &BTreeMap<String, u32>) -> Vec<Port> {
     svc.spec
         .iter()
         .flat_map(|s| s.ports.iter().flatten())
@@ -184,7 +193,7 @@ pub fn endpoint_ports(svc: &core::Service, pod: &core::Pod) -> Vec<Port> {
                 Some(IntOrString::Int(n)) => u32::try_from(*n).ok()?,
                 Some(IntOrString::String(s)) => match s.parse() {
                     Ok(n) => n,
-                    Err(_) => *container_ports.get(s.as_str())?,
+                    Err(_) => *named.get(s.as_str())?,
                 },
             };
             Some(Port {

@@ -284,7 +284,9 @@ pub fn entries(
             if super::workload::selects(svc, labels) {
                 services.insert(
                     format!("{sns}/{}", service_hostname(sname, sns, cfg)),
-                    k8s_ports(svc, &we.spec.ports),
+                    PortList {
+                        ports: super::service::ports_for(svc, &we.spec.ports),
+                    },
                 );
             }
         }
@@ -309,34 +311,6 @@ pub fn entries(
         ));
     }
     out
-}
-
-/// A Kubernetes Service's ports on a WorkloadEntry: a named target port from the entry's `ports`.
-fn k8s_ports(svc: &k8s_openapi::api::core::v1::Service, named: &BTreeMap<String, u32>) -> PortList {
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    PortList {
-        ports: svc
-            .spec
-            .iter()
-            .flat_map(|s| s.ports.iter().flatten())
-            .filter_map(|p| {
-                let service_port = u32::try_from(p.port).ok()?;
-                let target_port = match &p.target_port {
-                    None => service_port,
-                    Some(IntOrString::Int(n)) => u32::try_from(*n).ok()?,
-                    Some(IntOrString::String(s)) => match s.parse() {
-                        Ok(n) => n,
-                        Err(_) => *named.get(s)?,
-                    },
-                };
-                Some(Port {
-                    service_port,
-                    target_port,
-                    app_protocol: 0,
-                })
-            })
-            .collect(),
-    }
 }
 
 fn workload(

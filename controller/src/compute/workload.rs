@@ -87,7 +87,10 @@ pub fn workloads(
             for (se, host) in super::service_entry::selecting(index, ns, &labels) {
                 services.insert(
                     format!("{ns}/{host}"),
-                    super::service_entry::endpoint_ports(&se.spec.ports, &container_ports(pod)),
+                    super::service_entry::endpoint_ports(
+                        &se.spec.ports,
+                        &super::service::container_ports(pod),
+                    ),
                 );
             }
         }
@@ -151,16 +154,6 @@ pub fn workloads(
 }
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
-
-/// A pod's named container ports.
-fn container_ports(pod: &core::Pod) -> BTreeMap<String, u32> {
-    pod.spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| Some((p.name.clone()?, u32::try_from(p.container_port).ok()?)))
-        .collect()
-}
 
 /// The services of each namespace keyed by the first entry of their selector. A pod can only be selected by a
 /// service whose first selector entry it carries, so a pod looks at the services under its own labels instead of

@@ -5,21 +5,12 @@
 use std::net::IpAddr;
 
 use ambit_proto::workload::{Service, Workload, address};
-use serde::Deserialize;
 
-use crate::compute::{self, ComputeConfig, Resources, ip_from_bytes};
-use crate::index::Index;
-use crate::sources::{Document, Event, parse_document};
+use crate::compute::test_support::compute_text;
+use crate::compute::{ComputeConfig, Resources, ip_from_bytes};
 
 fn compute_yaml(text: &str) -> Resources {
-    let mut idx = Index::default();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let v = serde_yaml::Value::deserialize(doc).unwrap();
-        if let Document::Object(o) = parse_document(v).unwrap() {
-            idx.apply(Event::Apply(o));
-        }
-    }
-    compute::compute(&idx, &ComputeConfig::default())
+    compute_text(text, &ComputeConfig::default())
 }
 
 fn service<'a>(r: &'a Resources, key: &str) -> &'a Service {

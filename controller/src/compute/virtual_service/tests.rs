@@ -6,26 +6,16 @@
 
 use ambit_proto::waypoint::{MatchType, Route, RouteKind, RouteOrigin, parent_ref, path_modifier};
 
-use serde::Deserialize;
 
-use crate::compute::{self, ComputeConfig, Resources};
-use crate::index::Index;
-use crate::sources::{Document, Event, parse_document};
+use crate::compute::{ComputeConfig, Resources};
+use crate::compute::test_support::compute_text;
 
 /// The same mesh as the `virtual-services` golden case.
 pub const BOOKINFO: &str = include_str!("../../../tests/golden/virtual-services/in/bookinfo.yaml");
 
 /// Computes the resources of `BOOKINFO` followed by `extra` documents.
 pub fn compute_yaml(extra: &str) -> Resources {
-    let mut idx = Index::default();
-    let text = format!("{BOOKINFO}\n---\n{extra}");
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v = serde_yaml::Value::deserialize(doc).unwrap();
-        if let Document::Object(o) = parse_document(v).unwrap() {
-            idx.apply(Event::Apply(o));
-        }
-    }
-    compute::compute(&idx, &ComputeConfig::default())
+    compute_text(&format!("{BOOKINFO}\n---\n{extra}"), &ComputeConfig::default())
 }
 
 fn route<'a>(r: &'a Resources, name: &str) -> &'a Route {

@@ -8,11 +8,8 @@ use std::sync::Arc;
 use ambit_core::identity::Identity;
 use ambit_core::rbac::{self, Connection, RbacDenied};
 use ambit_proto::workload::address;
-use serde::Deserialize;
 
-use crate::compute::{self, ComputeConfig, Resources};
-use crate::index::Index;
-use crate::sources::{Document, Event, parse_document};
+use crate::compute::{ComputeConfig, Resources};
 
 /// A namespace `demo` (labels `ns_labels`), a service waypoint for it, Service `echo` (extra labels
 /// `svc_labels`, port 80 → 8080) and its pod; the waypoint has a ready pod running as `waypoint-sa`.
@@ -51,16 +48,7 @@ status: {{podIP: 10.0.0.5, phase: Running}}
     )
 }
 
-fn compute_with(text: &str, cfg: &ComputeConfig) -> Resources {
-    let mut idx = Index::default();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let v = serde_yaml::Value::deserialize(doc).unwrap();
-        if let Document::Object(o) = parse_document(v).unwrap() {
-            idx.apply(Event::Apply(o));
-        }
-    }
-    compute::compute(&idx, cfg)
-}
+use crate::compute::test_support::compute_text as compute_with;
 
 /// The destination ztunnel's decision for `src_sa` (namespace `demo`, or the waypoint's `waypoint-sa`) calling
 /// pod `echo-1` on `port`.

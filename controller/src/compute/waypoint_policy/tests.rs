@@ -4,26 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ambit_proto::waypoint::{authorization_policy::Action, policy_target};
-use serde::Deserialize;
 use serde_json::Value;
 
-use crate::compute::{self, ComputeConfig, Resources};
-use crate::index::Index;
-use crate::sources::{Document, Event, parse_document};
+use crate::compute::{ComputeConfig, Resources};
+use crate::compute::test_support::compute_text;
 
 const MESH: &str = include_str!("../../../tests/golden/waypoint-policies/in/mesh.yaml");
 
 /// The golden mesh (without its policies) plus `extra`.
 fn compute_yaml(extra: &str) -> Resources {
-    let mut idx = Index::default();
-    let text = format!("{MESH}\n---\n{extra}");
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v = serde_yaml::Value::deserialize(doc).unwrap();
-        if let Document::Object(o) = parse_document(v).unwrap() {
-            idx.apply(Event::Apply(o));
-        }
-    }
-    compute::compute(&idx, &ComputeConfig::default())
+    compute_text(&format!("{MESH}\n---\n{extra}"), &ComputeConfig::default())
 }
 
 /// `(status, reason, message)` of the one condition of `key`'s status.
