@@ -8,6 +8,10 @@ use anyhow::{Context, Result};
 
 use super::kubelet::{self, PodBinaries};
 
+/// Names the ztunnel binary the local mesh runs instead of the one next to `ambit` (an upstream build, for
+/// interop: the mesh gives it only upstream's configuration, WDS and ZDS).
+pub const ZTUNNEL_ENV: &str = "AMBIT_LOCAL_ZTUNNEL";
+
 /// The binaries the mesh runs, found next to `ambit` or on `PATH`.
 pub struct Bins {
     pub pods: PodBinaries,
@@ -36,9 +40,18 @@ impl Bins {
                     )
                 })
         };
+        // Any upstream-compatible ztunnel (upstream's own binary, to check interop) may stand in for ours.
+        let ztunnel = match std::env::var_os(ZTUNNEL_ENV) {
+            Some(p) => {
+                let p = PathBuf::from(p);
+                anyhow::ensure!(p.is_file(), "{ZTUNNEL_ENV}={}: no such file", p.display());
+                p
+            }
+            None => find("ztunnel")?,
+        };
         Ok(Bins {
             controller: find("controller")?,
-            ztunnel: find("ztunnel")?,
+            ztunnel,
             node_agent: find("ambit-node-agent")?,
             pods: PodBinaries {
                 // Only waypoint pods need it; they say so if it is missing.
