@@ -19,16 +19,15 @@
 //!   counted in `ambit_waypoint_rate_limited_total`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ambit_e2e::e2e_test;
-use ambit_e2e::local::{Echo, LocalMesh, NET_NS, PodInfo, WAIT, condition, run_on_mesh};
+use ambit_e2e::local::{LocalMesh, PodInfo, WAIT, condition, run_on_mesh};
 use ambit_e2e::prom;
 use ambit_e2e::topology::poll;
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use serde_json::{Value, json};
@@ -51,6 +50,10 @@ const BOUND: &str = "bound to bookinfo/waypoint";
 const BACKENDS: &str = include_str!("waypoint_security/backends.yaml");
 /// CUSTOM on one path of `ratings`.
 const CUSTOM: &str = include_str!("waypoint_security/ratings-ext-authz.yaml");
+
+#[path = "waypoint_security/client.rs"]
+mod client;
+use client::*;
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bookinfo")
@@ -76,183 +79,6 @@ fn manifests(dir: &Path) -> Result<PathBuf> {
         BACKENDS.replace("@EXT_AUTHZ@", env!("CARGO_BIN_EXE_e2e-ext-authz")),
     )?;
     Ok(dst)
-}
-
-/// One response as curl reported it, with the response headers the caller asked for.
-#[derive(Debug)]
-struct Reply {
-    code: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
-
-impl Reply {
-    fn echo(&self) -> Result<Echo> {
-        Echo::parse_all(&self.body)
-            .pop()
-            .with_context(|| format!("{} without an echo body: {}", self.code, self.body))
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map(String::as_str).unwrap_or("")
-    }
-
-    fn denied(&self) -> bool {
-        self.code == 403 && self.body.trim() == DENIED
-    }
-}
-
-const MARK: &str = "##reply ";
-
-/// `count` requests to `url` from `from` in one `curl` (one keep-alive connection), whatever their status;
-/// `args` go before the URLs (`-X POST`, `-H ...`), `capture` names response headers to report.
-fn curl(
-    mesh: &LocalMesh,
-    from: &str,
-    args: &[&str],
-    url: &str,
-    count: usize,
-    capture: &[&str],
-) -> Result<Vec<Reply>> {
-    let mut write_out = format!("\n{MARK}%{{http_code}}");
-    for h in capture {
-        write_out.push_str(&format!("\t%header{{{h}}}"));
-    }
-    write_out.push('\n');
-    let mut argv = vec!["curl", "-sS", "--max-time", "10", "-w", &write_out];
-    argv.extend_from_slice(args);
-    argv.extend(std::iter::repeat_n(url, count));
-    let out = mesh.exec(NS, from, &argv)?;
-    ensure!(
-        out.status.success(),
-        "curl {args:?} {url} x{count} from {from}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let mut replies = Vec::new();
-    let mut body = String::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(m) = line.strip_prefix(MARK) else {
-            body.push_str(line);
-            body.push('\n');
-            continue;
-        };
-        let mut fields = m.split('\t');
-        let code = fields.next().context("curl -w output")?.parse()?;
-        let headers = capture
-            .iter()
-            .zip(fields)
-            .map(|(h, v)| ((*h).to_owned(), v.to_owned()))
-            .collect();
-        replies.push(Reply {
-            code,
-            headers,
-            body: std::mem::take(&mut body),
-        });
-    }
-    ensure!(
-        replies.len() == count,
-        "{} replies for {count} requests",
-        replies.len()
-    );
-    Ok(replies)
-}
-
-/// One request from the sleep pod.
-fn one(mesh: &LocalMesh, args: &[&str], url: &str, capture: &[&str]) -> Result<Reply> {
-    curl(mesh, SLEEP, args, url, 1, capture)?
-        .pop()
-        .context("no reply")
-}
-
-/// Every reply is a 200 from an `ambit echo` pod of `app` that came through the waypoint.
-fn expect_served(replies: &[Reply], app: &str) -> Result<Vec<Echo>> {
-    let mut echoes = Vec::new();
-    for r in replies {
-        ensure!(r.code == 200, "{app}: want 200, got {} {}", r.code, r.body);
-        let e = r.echo()?;
-        ensure!(
-            e.pod.starts_with(&format!("{app}-")) && e.headers.contains_key("x-request-id"),
-            "{app}: answered by {} or not through the waypoint: {e:?}",
-            e.pod
-        );
-        echoes.push(e);
-    }
-    Ok(echoes)
-}
-
-fn expect_denied(replies: &[Reply], what: &str) -> Result<()> {
-    for r in replies {
-        ensure!(
-            r.denied(),
-            "{what}: want 403 {DENIED:?}, got {} {:?}",
-            r.code,
-            r.body
-        );
-    }
-    Ok(())
-}
-
-/// Writes `text` into the running mesh's manifest directory as `file` (applied within a second).
-fn apply(mesh: &LocalMesh, file: &str, text: &str) -> Result<()> {
-    Ok(std::fs::write(mesh.manifests.join(file), text)?)
-}
-
-fn remove(mesh: &LocalMesh, file: &str) -> Result<()> {
-    Ok(std::fs::remove_file(mesh.manifests.join(file))?)
-}
-
-/// The controller's computed status of `kind` objects in `ns`, by `<kind>/<ns>/<name>`.
-fn controller_status(
-    mesh: &LocalMesh,
-    kind: &str,
-    ns: &str,
-) -> Result<serde_json::Map<String, Value>> {
-    let text = mesh.get_in(
-        NET_NS,
-        &format!("{CONTROLLER_STATUS}?kind={kind}&namespace={ns}"),
-    )?;
-    match serde_json::from_str(&text)? {
-        Value::Object(m) => Ok(m),
-        other => bail!("{CONTROLLER_STATUS} for {kind}: {other}"),
-    }
-}
-
-/// `<kind>/<ns>/<name>` has `WaypointAccepted=True`, reason `Accepted`, with `message`, and no
-/// `ZtunnelAccepted` (a targetRefs policy is the waypoint's only).
-fn expect_waypoint_accepted(
-    mesh: &LocalMesh,
-    kind: &str,
-    ns: &str,
-    name: &str,
-    message: &str,
-) -> Result<()> {
-    let c = expect_waypoint_condition(mesh, &format!("{kind}/{ns}/{name}"), "Accepted")?;
-    ensure!(c["message"] == message, "{kind}/{ns}/{name}: {c}");
-    Ok(())
-}
-
-/// Waits for `WaypointAccepted=True` with `reason` on `<kind>/<ns>/<name>` (no `ZtunnelAccepted`); returns it.
-fn expect_waypoint_condition(mesh: &LocalMesh, key: &str, reason: &str) -> Result<Value> {
-    let mut parts = key.splitn(3, '/');
-    let (kind, ns) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    poll(&format!("{key} WaypointAccepted {reason}"), WAIT, || {
-        let status = controller_status(mesh, kind, ns)?;
-        let obj = json!({ "status": status.get(key).cloned().unwrap_or_default() });
-        let cond = obj["status"]["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["type"] == "WaypointAccepted"))
-            .cloned();
-        let Some(c) = cond else {
-            bail!("{key}: no WaypointAccepted: {}", obj["status"]);
-        };
-        ensure!(c["status"] == "True" && c["reason"] == reason, "{key}: {c}");
-        ensure!(
-            condition(&obj, "ZtunnelAccepted").is_none(),
-            "{key} has ZtunnelAccepted: {}",
-            obj["status"]
-        );
-        Ok(Some(c))
-    })
 }
 
 #[test]
