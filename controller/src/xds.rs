@@ -205,6 +205,31 @@ pub struct ConnectionInfo {
     pub waypoint: Option<String>,
     /// Per type: how many resources the client holds (as far as the server knows).
     pub resources: BTreeMap<String, usize>,
+    /// `ztunnel`, `router` (waypoints) or whatever the node id's first field says.
+    pub node_type: String,
+    /// The proxy's `ISTIO_VERSION` node metadata, when it sent one.
+    pub version: String,
+    /// When the stream opened (seconds since the epoch).
+    pub connected_at: u64,
+    /// The snapshot generation the controller serves now; a type whose `acked_generation` is lower is stale.
+    pub generation: u64,
+    /// Per subscribed type URL: what was sent and what the client said of it.
+    pub types: BTreeMap<String, TypeStatus>,
+}
+
+/// One subscribed type of a connection, for `ambit proxy-status`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct TypeStatus {
+    pub resources: usize,
+    /// The nonce of the last response sent, and the snapshot generation it brought the client to.
+    pub sent_nonce: String,
+    pub sent_generation: u64,
+    /// The last nonce the client ACKed and the generation that response carried.
+    pub acked_nonce: String,
+    pub acked_generation: u64,
+    /// The last NACK: its nonce and the client's error.
+    pub nacked_nonce: String,
+    pub nack_error: String,
 }
 
 /// The ADS service. Cheap to clone; every clone shares the snapshot, metrics and connection table.
@@ -285,6 +310,9 @@ impl AggregatedDiscoveryService for XdsServer {
             ConnectionInfo {
                 id,
                 peer,
+                connected_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
                 ..Default::default()
             },
         );

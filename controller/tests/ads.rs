@@ -217,7 +217,34 @@ async fn wildcard_subscribe_ack_and_one_delta_per_change() {
     let conns = h.server.connections();
     assert_eq!(conns.len(), 1);
     assert!(conns[0].node_id.starts_with("ztunnel~"));
+    assert_eq!(conns[0].node_type, "ztunnel");
+    assert!(conns[0].connected_at > 0);
     assert_eq!(conns[0].acks, 3);
+    // proxy-status' view: the Authorization response is ACKed (synced); the last Address one is not yet.
+    let authz = &conns[0].types[AUTHORIZATION];
+    assert_eq!(authz.acked_nonce, authz.sent_nonce);
+    assert_eq!(authz.acked_generation, authz.sent_generation);
+    let addr = &conns[0].types[ADDRESS];
+    assert_eq!(addr.sent_nonce, d.nonce);
+    assert_ne!(
+        addr.acked_nonce, addr.sent_nonce,
+        "the removal is not ACKed yet"
+    );
+    assert!(addr.acked_generation < addr.sent_generation);
+    assert_eq!(addr.sent_generation, conns[0].generation);
+    c.ack(&d).await;
+    let mut synced = false;
+    for _ in 0..100 {
+        let conns = h.server.connections();
+        let addr = &conns[0].types[ADDRESS];
+        if addr.acked_nonce == d.nonce {
+            assert_eq!(addr.acked_generation, conns[0].generation);
+            synced = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(synced, "the ACK of the removal was not recorded");
     let text = h.metrics_text();
     assert!(text.contains("pilot_xds 1"), "{text}");
     assert!(
@@ -252,6 +279,9 @@ async fn nack_is_recorded_and_later_pushes_send_only_changes() {
     );
     let conns = h.server.connections();
     assert_eq!(conns[0].nacks, 1);
+    let addr = &conns[0].types[ADDRESS];
+    assert_eq!(addr.nacked_nonce, a.nonce);
+    assert_eq!(addr.nack_error, "Kubernetes//Pod/a/p1: bad address");
     assert_eq!(
         conns[0].last_nack.as_deref(),
         Some("Kubernetes//Pod/a/p1: bad address")

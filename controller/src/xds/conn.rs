@@ -122,6 +122,10 @@ impl Connection {
             .iter()
             .map(|(k, t)| (k.clone(), t.sent.len()))
             .collect();
+        for (k, t) in &self.types {
+            self.info.types.entry(k.clone()).or_default().resources = t.sent.len();
+        }
+        self.info.generation = self.snapshots.borrow().generation;
         if let Ok(mut t) = self.table.lock() {
             t.insert(self.id, self.info.clone());
         }
@@ -132,6 +136,16 @@ impl Connection {
             && self.info.node_id.is_empty()
         {
             self.info.node_id = node.id.clone();
+            self.info.node_type = node.id.split('~').next().unwrap_or_default().to_owned();
+            self.info.version = node
+                .metadata
+                .as_ref()
+                .and_then(|m| m.fields.get("ISTIO_VERSION"))
+                .and_then(|v| match &v.kind {
+                    Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
             self.scope = waypoint_scope(node);
             self.info.waypoint = self.scope.as_ref().map(|(ns, gw)| format!("{ns}/{gw}"));
             if self.scope.is_some() {
@@ -149,13 +163,20 @@ impl Connection {
         }
         let label = XdsMetrics::label(&req.type_url);
         if !req.response_nonce.is_empty() {
+            let status = self.info.types.entry(req.type_url.clone()).or_default();
             if let Some(err) = &req.error_detail {
+                status.nacked_nonce = req.response_nonce.clone();
+                status.nack_error = err.message.clone();
                 self.info.nacks += 1;
                 self.info.last_nack = Some(err.message.clone());
                 self.metrics.rejects.get_or_create(&label).inc();
                 tracing::warn!(conn.id = self.id, node.id = %self.info.node_id, xds.type = %label.r#type,
                     xds.nonce = %req.response_nonce, error = %err.message, "client rejected resources (NACK)");
             } else {
+                if status.sent_nonce == req.response_nonce {
+                    status.acked_generation = status.sent_generation;
+                }
+                status.acked_nonce = req.response_nonce.clone();
                 self.info.acks += 1;
             }
             // An ACK/NACK may also carry subscription changes; otherwise there is nothing to answer.
@@ -327,11 +348,15 @@ impl Connection {
         self.info.responses += 1;
         tracing::debug!(conn.id = self.id, xds.type = %label.r#type, resources = resources.len(),
             removed = removed.len(), "xds push");
+        let nonce = format!("{}-{}", self.id, self.nonce);
+        let status = self.info.types.entry(type_url.to_owned()).or_default();
+        status.sent_nonce = nonce.clone();
+        status.sent_generation = snap.generation;
         let resp = DeltaDiscoveryResponse {
             system_version_info: snap.generation.to_string(),
             resources,
             type_url: type_url.to_owned(),
-            nonce: format!("{}-{}", self.id, self.nonce),
+            nonce,
             removed_resources: removed,
         };
         tx.send(Ok(resp)).await.map_err(|_| Closed)
