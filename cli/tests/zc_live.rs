@@ -3,6 +3,9 @@
 //! posing as node-1 of a local mesh (a `state.json` naming that namespace). The tables must be the golden ones of
 //! the saved dumps of the same config; certificates, connections and `log` talk to the live admin port.
 //!
+//! A second ztunnel runs in shared mode in a namespace of its own, with this test as its node agent (ZDS) handing
+//! over one pod's namespace: a connection the pod makes is in `zc connections` while it is open, and gone after.
+//!
 //! Needs root (a network namespace) and the `ztunnel` binary of the same build (`cargo build -p ambit-ztunnel`, or
 //! `AMBIT_ZTUNNEL_BIN`); skipped without them unless `AMBIT_E2E_REQUIRED=1`.
 
@@ -18,7 +21,8 @@ const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
 /// The namespace and the ztunnel in it; dropping it kills the ztunnel and deletes the namespace.
 struct LiveZtunnel {
     child: Child,
-    netns: String,
+    /// Dropped (deleted) after the ztunnel is killed.
+    netns: Netns,
     log: PathBuf,
 }
 
@@ -26,9 +30,6 @@ impl Drop for LiveZtunnel {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
     }
 }
 
@@ -54,24 +55,11 @@ fn manifest_dir() -> &'static Path {
 }
 
 fn start(dir: &Path) -> LiveZtunnel {
-    let netns = format!("ambit-zc-{}", std::process::id());
-    let _ = Command::new("ip")
-        .args(["netns", "del", &netns])
-        .stderr(Stdio::null())
-        .status();
-    for args in [
-        vec!["netns", "add", &netns],
-        vec!["-n", &netns, "link", "set", "lo", "up"],
-    ] {
-        assert!(
-            Command::new("ip").args(&args).status().unwrap().success(),
-            "ip {args:?}"
-        );
-    }
+    let netns = Netns::new(format!("ambit-zc-{}", std::process::id()));
     let log = dir.join("ztunnel.log");
     let out = std::fs::File::create(&log).unwrap();
     let child = Command::new("ip")
-        .args(["netns", "exec", &netns])
+        .args(["netns", "exec", &netns.0])
         .arg(ztunnel_bin())
         .current_dir(dir)
         .env("PROXY_MODE", "dedicated")
@@ -152,7 +140,7 @@ fn zc_against_a_running_ztunnel() {
     }
     let dir = tempfile::tempdir().unwrap();
     let zt = start(dir.path());
-    state(dir.path(), &zt.netns);
+    state(dir.path(), &zt.netns.0);
     let d = dir.path();
 
     // Until the ztunnel answers with its config loaded.
@@ -282,4 +270,270 @@ fn zc_against_a_running_ztunnel() {
         wrong.stderr
     );
     drop(zt);
+}
+
+/// A network namespace of the test's, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            assert!(
+                Command::new("ip").args(&args).status().unwrap().success(),
+                "ip {args:?}"
+            );
+        }
+        Netns(name)
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.0)
+    }
+
+    /// Runs `f` on a thread inside this namespace: sockets it makes stay in the namespace.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = std::fs::File::open(self.path()).unwrap();
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The pod's port 9555 is an echo server, and what the pod sends there is captured to ztunnel's 15001 (except
+/// ztunnel's own, marked, connections), as the in-pod rules capture outbound traffic.
+const POD_PORT: u16 = 9555;
+
+/// Plays the node agent on `uds`: hands over `pod`'s namespace as httpbin's pod, then the snapshot, and keeps the
+/// ZDS connection open until the returned sender drops.
+fn node_agent(uds: PathBuf, pod: PathBuf) -> std::sync::mpsc::Sender<()> {
+    use ambit_core::zds::ZdsListener;
+    use ambit_proto::zds::{
+        AddWorkload, SnapshotSent, WorkloadInfo, WorkloadRequest, WorkloadResponse, ZdsHello,
+        workload_request::Payload, workload_response,
+    };
+    use std::os::fd::AsFd;
+
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let agent = ZdsListener::bind(&uds).unwrap();
+            started_tx.send(()).unwrap();
+            let conn = agent.accept().await.unwrap();
+            let _hello = conn.recv_msg::<ZdsHello>().await.unwrap();
+            let ack = |r: WorkloadResponse| match r.payload {
+                Some(workload_response::Payload::Ack(a)) => a.error,
+                other => panic!("not an ack: {other:?}"),
+            };
+            let netns = std::fs::File::open(&pod).unwrap();
+            let add = WorkloadRequest {
+                payload: Some(Payload::Add(AddWorkload {
+                    uid: "httpbin-uid".into(),
+                    workload_info: Some(WorkloadInfo {
+                        name: "httpbin-7447985f87-t8hv7".into(),
+                        namespace: "default".into(),
+                        service_account: "httpbin".into(),
+                    }),
+                })),
+            };
+            conn.send_msg(&add, Some(netns.as_fd())).await.unwrap();
+            let (r, _) = conn.recv_msg::<WorkloadResponse>().await.unwrap();
+            assert_eq!(ack(r), "", "the pod's proxy did not start");
+            let snap = WorkloadRequest {
+                payload: Some(Payload::SnapshotSent(SnapshotSent {})),
+            };
+            conn.send_msg(&snap, None).await.unwrap();
+            let (r, _) = conn.recv_msg::<WorkloadResponse>().await.unwrap();
+            assert_eq!(ack(r), "");
+            // Hold the connection (and so the pod) until the test is done.
+            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+            drop(conn);
+        });
+    });
+    started_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("node agent socket bound");
+    stop_tx
+}
+
+#[test]
+fn zc_connections_of_a_shared_mode_ztunnel() {
+    if !nix::unistd::Uid::effective().is_root() {
+        return skip_or_fail("needs root (network namespaces for the ztunnel and its pod)");
+    }
+    if !ztunnel_bin().is_file() {
+        return skip_or_fail(&format!(
+            "no ztunnel binary at {} (cargo build -p ambit-ztunnel, or set AMBIT_ZTUNNEL_BIN)",
+            ztunnel_bin().display()
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pid = std::process::id();
+    let node = Netns::new(format!("ambit-zcn-{pid}"));
+    let node_name = node.0.clone();
+    let pod = Netns::new(format!("ambit-zcp-{pid}"));
+    let rule = format!(
+        "-t nat -A OUTPUT -p tcp --dport {POD_PORT} -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"
+    );
+    let mut iptables = Command::new("ip");
+    iptables.args(["netns", "exec", &pod.0, "iptables"]);
+    iptables.args(rule.split(' '));
+    if !iptables.status().is_ok_and(|s| s.success()) {
+        return skip_or_fail("iptables (nat table) does not work in a network namespace here");
+    }
+    let echo = pod.run(|| std::net::TcpListener::bind(("127.0.0.1", POD_PORT)).unwrap());
+    std::thread::spawn(move || {
+        for s in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s;
+                let mut w = r.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+
+    let uds = d.join("ztunnel.sock");
+    let agent = node_agent(uds.clone(), pod.path());
+    let log = d.join("ztunnel.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node_name])
+        .arg(ztunnel_bin())
+        .current_dir(d)
+        .env("PROXY_MODE", "shared")
+        .env_remove("PROXY_WORKLOAD_INFO")
+        .env("INPOD_UDS", &uds)
+        .env("XDS_ADDRESS", "")
+        .env("CA_ADDRESS", "")
+        .env("FAKE_CA", "true")
+        .env(
+            "LOCAL_XDS_PATH",
+            manifest_dir().join("tests/fixtures/zc/ambit-local.yaml"),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let zt = LiveZtunnel {
+        child,
+        netns: node,
+        log,
+    };
+    state(d, &node_name);
+    let ztunnel_log = || std::fs::read_to_string(&zt.log).unwrap_or_default();
+
+    // Until the ztunnel lists the pod as up, with no connections yet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = zc(d, &["connections", "-o", "json"]);
+        if out.code == 0 && out.stdout.contains("\"Up\"") {
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+            assert_eq!(
+                v[0]["connections"],
+                serde_json::json!({"inbound": [], "outbound": []}),
+                "{v}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod's proxy did not come up within 30 s: {}{}\nztunnel log:\n{}",
+            out.stdout,
+            out.stderr,
+            ztunnel_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let empty = ok(d, &["connections"]);
+    assert_eq!(empty.stdout.lines().count(), 1, "{}", empty.stdout);
+    assert!(
+        !empty.stderr.contains("does not report connections"),
+        "{}",
+        empty.stderr
+    );
+
+    // The pod dials its port 9555: captured, passed through by the pod's proxy, and echoed.
+    let mut conn = pod.run(|| std::net::TcpStream::connect(("127.0.0.1", POD_PORT)).unwrap());
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    std::io::Read::read_exact(&mut conn, &mut back)
+        .unwrap_or_else(|e| panic!("no echo through the ztunnel: {e}\n{}", ztunnel_log()));
+    assert_eq!(&back, b"ping");
+    let local = conn.local_addr().unwrap().to_string();
+
+    let table = ok(d, &["connections"]).stdout;
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let target = format!("127.0.0.1:{POD_PORT}");
+    assert_eq!(
+        rows,
+        [vec![
+            "httpbin-7447985f87-t8hv7.default",
+            "Outbound",
+            local.as_str(),
+            target.as_str(),
+            target.as_str(),
+            "TCP"
+        ]],
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(d, &["connections", "-o", "json"]).stdout).unwrap();
+    assert_eq!(
+        json[0]["connections"]["outbound"],
+        serde_json::json!([{"src": local, "originalDst": target, "actualDst": target, "protocol": "TCP"}]),
+        "{json}"
+    );
+    assert_eq!(
+        ok(d, &["connections", "--direction", "inbound"])
+            .stdout
+            .lines()
+            .count(),
+        1
+    );
+
+    // Closed: gone from the table.
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = ok(d, &["connections"]).stdout;
+        if now.lines().count() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection is still listed:\n{now}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(zt);
+    drop(agent);
+    drop(pod);
 }

@@ -33,6 +33,7 @@ use crate::dns::{ClientLookup, DnsConfig, DnsProxy};
 use crate::localconfig;
 use crate::metrics::{Metrics, WorkloadManagerMetrics};
 use crate::pods::PodProxies;
+use crate::proxy::connections::ConnectionRegistry;
 use crate::proxy::socket::SocketFactory;
 use crate::proxy::{self, HboneConnector, ProxyInputs};
 use crate::state::ProxyState;
@@ -56,6 +57,9 @@ pub struct Running {
     pub state: ProxyState,
     pub certs: Arc<CertManager>,
     pub readiness: Readiness,
+    /// Dedicated mode: the live connections of the workload it serves (shared mode shows each pod's in
+    /// `/config_dump`'s `workloadState`).
+    pub connections: Option<Arc<ConnectionRegistry>>,
     trigger: DrainTrigger,
     shutdown: tokio::sync::mpsc::Receiver<()>,
     deadline: Duration,
@@ -223,6 +227,7 @@ pub async fn start_on(
         readiness: cfg.readiness_addr,
     };
     let mut pod_proxies: Option<Arc<PodProxies>> = None;
+    let mut connections = None;
     match (&cfg.proxy_mode, &cfg.proxy_workload_info) {
         (ProxyMode::Dedicated, Some(w)) => {
             let workload = (
@@ -237,6 +242,7 @@ pub async fn start_on(
             addresses.hbone = bound.hbone;
             addresses.socks5 = bound.socks5;
             shared.spawn_dns(&pi, &sockets, drain.clone())?;
+            connections = Some(pi.connections.clone());
             // Certificates for the workload we serve, ahead of the first connection.
             control.spawn(async move {
                 if let Ok(w) = pi.local_workload().await {
@@ -328,6 +334,7 @@ pub async fn start_on(
         state,
         certs,
         readiness,
+        connections,
         trigger,
         shutdown,
         deadline: cfg.termination_deadline,
@@ -364,10 +371,14 @@ pub struct BoundAddrs {
 impl ProxyShared {
     /// The inputs of one proxy serving `workload` (namespace, name, service account), making its sockets with
     /// `sockets` (in shared mode: inside the pod's namespace), with its own HBONE connection pool.
+    /// `connections` is the workload's registry of live connections, `worker` the data-plane worker these inputs
+    /// run on.
     pub fn inputs(
         &self,
         workload: (String, String, String),
         sockets: SocketFactory,
+        connections: Arc<ConnectionRegistry>,
+        worker: usize,
     ) -> Arc<ProxyInputs> {
         let connector = HboneConnector {
             certs: self.certs.clone(),
@@ -385,12 +396,15 @@ impl ProxyShared {
             tls_backend: self.tls_backend,
             workload,
             spoof_source: self.spoof_source,
+            connections,
+            worker,
         })
     }
 
     /// Serves `workload` on every worker: each binds its own set of listeners on the same ports (`SO_REUSEPORT`
     /// when there is more than one worker) with `sockets`, and gets its own [`ProxyInputs`]; a connection runs on
-    /// the worker [`Workers::pick`] chooses. Returns the first worker's inputs and the bound addresses.
+    /// the worker [`Workers::pick`] chooses. All of them share one registry of live connections
+    /// (`ProxyInputs::connections`). Returns the first worker's inputs and the bound addresses.
     pub fn serve_workload(
         &self,
         workload: (String, String, String),
@@ -407,14 +421,15 @@ impl ProxyShared {
         };
         let mut listeners = Vec::with_capacity(self.workers.len());
         let mut inputs = Vec::with_capacity(self.workers.len());
-        for worker in self.workers.handles() {
+        let connections = Arc::new(ConnectionRegistry::new(self.workers.len()));
+        for (i, worker) in self.workers.handles().iter().enumerate() {
             // Inside the worker's context, so the listeners register with its reactor.
             let _guard = worker.enter();
             let l = Listeners::bind(&addrs, sockets, reuse)?;
             // Later workers bind the ports the first one got (they differ from the configuration only for 0).
             addrs = l.local_addrs()?;
             listeners.push(l);
-            inputs.push(self.inputs(workload.clone(), sockets.clone()));
+            inputs.push(self.inputs(workload.clone(), sockets.clone(), connections.clone(), i));
         }
         let first = inputs.first().cloned().context("no data-plane workers")?;
         Listeners::spawn(listeners, inputs, &self.workers, drain);

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::app::ProxyShared;
 use crate::metrics::WorkloadManagerMetrics;
+use crate::proxy::connections::ConnectionRegistry;
 use crate::proxy::socket::{Netns, SocketFactory};
 
 /// Who a pod is, as the node agent names it.
@@ -31,6 +32,8 @@ struct RunningPod {
     /// (device, inode) of the namespace file: the same pod handed over again is not restarted.
     netns_id: (u64, u64),
     trigger: DrainTrigger,
+    /// Its live connections, for `workloadState`.
+    connections: Arc<ConnectionRegistry>,
 }
 
 /// The proxies of every pod this ztunnel serves.
@@ -152,6 +155,7 @@ impl PodProxies {
                 identity: pod,
                 netns_id,
                 trigger,
+                connections: pi.connections.clone(),
             },
         );
         self.metrics.started.inc();
@@ -185,7 +189,8 @@ impl PodProxies {
         }
     }
 
-    /// `workloadState` of `/config_dump` (spec 6.2): uid → {info: {name, namespace, serviceAccount}, state}.
+    /// `workloadState` of `/config_dump` (spec 6.2): uid → {info: {name, namespace, serviceAccount}, state} and,
+    /// for a pod whose proxy is up, its live `connections` ({inbound, outbound}), as upstream.
     pub fn dump(&self) -> serde_json::Value {
         let entry = |p: &PodIdentity, state: &str| {
             serde_json::json!({
@@ -197,8 +202,21 @@ impl PodProxies {
         for (uid, p) in self.pending_lock().iter() {
             out.insert(uid.clone(), entry(p, "Pending"));
         }
-        for (uid, p) in self.lock().iter() {
-            out.insert(uid.clone(), entry(&p.identity, "Up"));
+        // The registries are read after the pod map's lock is released: a dump never holds up a pod starting.
+        let up: Vec<(String, PodIdentity, Arc<ConnectionRegistry>)> = self
+            .lock()
+            .iter()
+            .map(|(uid, p)| (uid.clone(), p.identity.clone(), p.connections.clone()))
+            .collect();
+        for (uid, p, connections) in up {
+            let mut e = entry(&p, "Up");
+            if let Some(obj) = e.as_object_mut() {
+                obj.insert(
+                    "connections".into(),
+                    serde_json::to_value(connections.dump()).unwrap_or_default(),
+                );
+            }
+            out.insert(uid, e);
         }
         serde_json::Value::Object(out)
     }

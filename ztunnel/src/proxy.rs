@@ -1,8 +1,10 @@
 //! The data plane: outbound capture (15001), inbound HBONE (15008), inbound plaintext (15006) and SOCKS5 (15080).
 //!
-//! Every listener gets the same [`ProxyInputs`]; a connection task owns its sockets, its drain watcher and one
-//! metrics guard, and never holds a lock across I/O.
+//! Every listener gets the same [`ProxyInputs`]; a connection task owns its sockets, its drain watcher, one
+//! metrics guard and one registration in its workload's live connections ([`connections`]), and never holds a lock
+//! across I/O.
 
+pub mod connections;
 pub mod headers;
 pub mod inbound;
 pub mod outbound;
@@ -28,6 +30,9 @@ use crate::metrics::Metrics;
 use crate::rbac::RbacDenied;
 use crate::state::{ProxyState, Workload};
 use crate::workers::Workers;
+use connections::{
+    ConnectionRegistry, InboundConnection, LiveConnection, OutboundConnection, Protocol,
+};
 use socket::SocketFactory;
 
 /// Ports that must never be the target of a proxied connection: dialing them would loop back into ztunnel.
@@ -47,6 +52,10 @@ pub struct ProxyInputs {
     pub workload: (String, String, String),
     /// Connect to local applications from the peer's address (needs IP_TRANSPARENT and the in-pod routing rules).
     pub spoof_source: bool,
+    /// The live connections of the workload this proxy serves, shared by its proxies on every worker.
+    pub connections: Arc<ConnectionRegistry>,
+    /// The worker these inputs belong to: its shard of `connections`.
+    pub worker: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +134,40 @@ impl ProxyInputs {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Registers an inbound connection (or HBONE stream) until the guard drops.
+    pub fn track_inbound(
+        &self,
+        src: SocketAddr,
+        original_dst: Option<&str>,
+        actual_dst: SocketAddr,
+        protocol: Protocol,
+    ) -> LiveConnection<'_> {
+        let c = InboundConnection {
+            src,
+            original_dst: original_dst.map(Into::into),
+            actual_dst,
+            protocol,
+        };
+        self.connections.inbound(self.worker, c)
+    }
+
+    /// Registers an outbound connection until the guard drops.
+    pub fn track_outbound(
+        &self,
+        src: SocketAddr,
+        original_dst: SocketAddr,
+        actual_dst: SocketAddr,
+        protocol: Protocol,
+    ) -> LiveConnection<'_> {
+        let c = OutboundConnection {
+            src,
+            original_dst,
+            actual_dst,
+            protocol,
+        };
+        self.connections.outbound(self.worker, c)
     }
 }
 

@@ -618,3 +618,119 @@ async fn config_dump(addr: SocketAddr) -> serde_json::Value {
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
+
+/// Polls `f` until it holds (the connection tasks end a moment after the sockets close).
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: never happened");
+}
+
+/// A connection through both ztunnels is in each one's registry of live connections while it is open (outbound
+/// HBONE at the client, inbound HBONE at the server, with upstream's field names), and gone once it closed; a
+/// connection to a destination outside the mesh is outbound TCP passthrough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_connections_are_tracked_until_they_close() {
+    let p = pair(64, "").await;
+    wait_ready(&p.client).await;
+    wait_ready(&p.server).await;
+    let client = p.client.connections.clone().unwrap();
+    let server = p.server.connections.clone().unwrap();
+    assert!(client.is_empty() && server.is_empty());
+    let target = echo(p.server_ip).await;
+    let socks = p.client.addresses.socks5.unwrap();
+    let mut conn = socks_connect(socks, target).await.unwrap();
+    conn.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    conn.read_exact(&mut back).await.unwrap();
+    let app = conn.local_addr().unwrap();
+
+    let out = serde_json::to_value(client.dump()).unwrap();
+    assert_eq!(
+        out,
+        serde_json::json!({"inbound": [], "outbound": [{
+            "src": app.to_string(), "originalDst": target.to_string(),
+            "actualDst": format!("{}:15008", p.server_ip), "protocol": "HBONE"}]}),
+    );
+    eventually("the server registers the stream", || !server.is_empty()).await;
+    let inbound = serde_json::to_value(server.dump()).unwrap();
+    let entry = &inbound["inbound"][0];
+    assert_eq!(inbound["outbound"], serde_json::json!([]));
+    assert_eq!(entry["actualDst"], target.to_string(), "{inbound}");
+    assert_eq!(entry["protocol"], "HBONE", "{inbound}");
+    // No service was dialled (the client went to the pod's address): no original destination.
+    assert_eq!(entry["originalDst"], serde_json::Value::Null, "{inbound}");
+    // The peer is the client ztunnel's HBONE connection (from 127.0.0.1 in this harness), not the application.
+    let src: SocketAddr = entry["src"].as_str().unwrap().parse().unwrap();
+    assert!(src.ip().is_loopback() && src != app, "{inbound}");
+
+    drop(conn);
+    eventually("the client deregisters", || client.is_empty()).await;
+    eventually("the server deregisters", || server.is_empty()).await;
+
+    // Not a mesh address: plain TCP to where the application dialled.
+    let outside = echo("127.0.64.9".parse().unwrap()).await;
+    let mut conn = socks_connect(socks, outside).await.unwrap();
+    conn.write_all(b"ping").await.unwrap();
+    conn.read_exact(&mut back).await.unwrap();
+    let d = client.dump();
+    assert_eq!(d.outbound.len(), 1, "{d:?}");
+    assert_eq!(d.outbound[0].original_dst, outside);
+    assert_eq!(d.outbound[0].actual_dst, outside);
+    assert_eq!(serde_json::to_value(d.outbound[0].protocol).unwrap(), "TCP");
+    assert!(server.is_empty(), "passthrough does not reach the server");
+    drop(conn);
+    eventually("the passthrough deregisters", || client.is_empty()).await;
+}
+
+/// An inbound HBONE stream's `originalDst` is the `host=` of its `Forwarded` header (the service the client
+/// dialled); two streams of one pooled client connection to the same target are one entry, listed until the last
+/// one ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_streams_show_the_dialled_service() {
+    let p = pair(65, "").await;
+    wait_ready(&p.server).await;
+    let server = p.server.connections.clone().unwrap();
+    let target = echo(p.server_ip).await;
+    let server_id = Identity::new("cluster.local", "default", "server");
+    let client_id = Identity::new("cluster.local", "default", "client");
+    let (client, _) = hbone_client(p.ca_dir.path(), &client_id);
+    let hbone_addr = SocketAddr::new(p.server_ip, 15008);
+    let request = || {
+        http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(target.to_string())
+            .header(
+                "forwarded",
+                "for=\"127.0.65.2:1234\";host=echo.default.svc.cluster.local",
+            )
+            .body(())
+            .unwrap()
+    };
+    let (first, _) = client
+        .connect(key(&client_id, server_id.clone(), hbone_addr), request())
+        .await
+        .unwrap();
+    let (second, _) = client
+        .connect(key(&client_id, server_id, hbone_addr), request())
+        .await
+        .unwrap();
+    eventually("both streams register", || server.len() == 2).await;
+    let d = server.dump();
+    assert_eq!(d.inbound.len(), 1, "{d:?}");
+    assert_eq!(
+        d.inbound[0].original_dst.as_deref(),
+        Some("echo.default.svc.cluster.local")
+    );
+    assert_eq!(d.inbound[0].actual_dst, target);
+    drop(first);
+    eventually("the first stream deregisters", || server.len() == 1).await;
+    assert_eq!(server.dump().inbound.len(), 1);
+    drop(second);
+    eventually("the second stream deregisters", || server.is_empty()).await;
+    let _ = p.client;
+}

@@ -25,6 +25,7 @@ pub struct CertDump {
 pub struct CertInfo {
     /// Base64 of the PEM text.
     pub pem: String,
+    /// In decimal, as upstream ztunnel writes it (x509-parser's `BigUint`) and istioctl reads it.
     pub serial_number: String,
     /// RFC 3339, whole seconds, UTC.
     pub valid_from: String,
@@ -60,9 +61,25 @@ pub(super) fn dump_one(
 fn info(c: &CertSummary) -> CertInfo {
     CertInfo {
         pem: base64::engine::general_purpose::STANDARD.encode(c.pem.as_bytes()),
-        serial_number: c.serial_hex.clone(),
+        serial_number: decimal_serial(&c.serial_hex),
         valid_from: rfc3339(c.not_before),
         expiration_time: rfc3339(c.not_after),
+    }
+}
+
+/// The serial number (lower-case hex, as the certificate summary keeps it) in decimal: the big-endian unsigned
+/// integer of its bytes. Unreadable hex (not expected) is shown as it is rather than as a wrong number.
+pub(crate) fn decimal_serial(hex_serial: &str) -> String {
+    let padded;
+    let digits = if hex_serial.len() % 2 == 1 {
+        padded = format!("0{hex_serial}");
+        &padded
+    } else {
+        hex_serial
+    };
+    match hex::decode(digits) {
+        Ok(bytes) => x509_parser::num_bigint::BigUint::from_bytes_be(&bytes).to_string(),
+        Err(_) => hex_serial.to_owned(),
     }
 }
 

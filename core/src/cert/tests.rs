@@ -222,7 +222,16 @@ async fn dump_format() {
         .decode(chain[0]["pem"].as_str().unwrap())
         .unwrap();
     assert_eq!(String::from_utf8(pem).unwrap(), cert.chain_pem()[0]);
-    assert_eq!(chain[0]["serialNumber"], cert.serial_hex());
+    // Decimal, as upstream writes it: the certificate's own serial read as a big-endian unsigned integer.
+    let serial = chain[0]["serialNumber"].as_str().unwrap();
+    assert!(serial.bytes().all(|b| b.is_ascii_digit()), "{serial}");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert.chain_pem()[0].as_bytes()).unwrap();
+    assert_eq!(serial, pem.parse_x509().unwrap().serial.to_string());
+    assert_eq!(
+        dump::decimal_serial(&cert.serial_hex()),
+        serial,
+        "the dump's serial is the logged (hex) serial in decimal"
+    );
     assert_eq!(chain[0]["validFrom"], dump::rfc3339(cert.not_before()));
     assert_eq!(chain[0]["expirationTime"], dump::rfc3339(cert.not_after()));
     let from = chain[0]["validFrom"].as_str().unwrap();
@@ -232,4 +241,22 @@ async fn dump_format() {
     assert_eq!(from.len(), "2026-01-01T00:00:00Z".len());
     let keys: Vec<&String> = entry.as_object().unwrap().keys().collect();
     assert_eq!(keys.len(), 4, "{keys:?}");
+}
+
+#[test]
+fn serial_numbers_in_decimal() {
+    // istioctl's testdata pairs (decimal in the dump, hex in its table).
+    assert_eq!(
+        dump::decimal_serial("e5dfb59150b2ba7f108d93dcec5aa613"),
+        "305554775863395697262503895661564044819"
+    );
+    assert_eq!(
+        dump::decimal_serial("8a516645c40ce76c2c0d27ab4e2461c1"),
+        "183856113797057159350158029893417591233"
+    );
+    assert_eq!(dump::decimal_serial("ff"), "255");
+    // An odd number of hex digits is still a number.
+    assert_eq!(dump::decimal_serial("100000000"), "4294967296");
+    assert_eq!(dump::decimal_serial("00"), "0");
+    assert_eq!(dump::decimal_serial("not hex"), "not hex");
 }

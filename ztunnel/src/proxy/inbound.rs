@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info, warn};
 
+use super::connections::Protocol;
 use super::{ProxyError, ProxyInputs, headers, is_illegal_target_port, socket, spoofed_source};
 use crate::metrics::{Peer, Reporter, TrafficLabels};
 use crate::rbac::Connection;
@@ -125,7 +126,8 @@ async fn stream(
         src_identity: peer_id.clone(),
         dst: target,
     };
-    let service = forwarded_service(&pi, &parts.headers, &dst_workload);
+    let for_host = forwarded_host(&parts.headers);
+    let service = for_host.and_then(|h| pi.state.service_by_hostname(h, &dst_workload.namespace));
     let src_workload = pi.state.workload_by_ip(&dst_workload.network, peer.ip());
     let labels = TrafficLabels::new(
         Reporter::destination,
@@ -151,6 +153,13 @@ async fn stream(
         );
     }
     let mut guard = pi.metrics.open(labels);
+    // Upstream's rule: a stream with a proven peer identity is HBONE.
+    let protocol = if peer_id.is_some() {
+        Protocol::Hbone
+    } else {
+        Protocol::Tcp
+    };
+    let _live = pi.track_inbound(peer, for_host, target, protocol);
     let connect = pi.sockets.connect(target, spoofed_source(&pi, peer.ip()));
     let mut upstream = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connect).await {
         Ok(Ok(s)) => s,
@@ -296,15 +305,11 @@ fn is_waypoint_for(pi: &ProxyInputs, me: &Workload, ip: IpAddr) -> bool {
     })
 }
 
-/// The destination service for telemetry, from the `forwarded` header's `host=`.
-fn forwarded_service(
-    pi: &ProxyInputs,
-    headers: &HeaderMap,
-    dst: &Workload,
-) -> Option<Arc<crate::state::Service>> {
+/// The service the client dialled, from the `forwarded` header's `host=`: the destination service for telemetry
+/// and the `originalDst` of the stream's `/config_dump` entry.
+fn forwarded_host(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get("forwarded")?.to_str().ok()?;
-    let host = headers::forwarded_host(value)?;
-    pi.state.service_by_hostname(host, &dst.namespace)
+    headers::forwarded_host(value).filter(|h| !h.is_empty())
 }
 
 /// Resolves when a policy change denies this live connection.

@@ -12,6 +12,7 @@ use ambit_core::hbone::PoolKey;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info, warn};
 
+use super::connections::Protocol;
 use super::{HBONE_PORT, ProxyError, ProxyInputs, headers, is_self_call};
 use crate::metrics::{Peer, Reporter, TrafficLabels};
 use crate::state::{
@@ -41,6 +42,15 @@ pub enum Route {
 }
 
 impl Route {
+    /// Where the bytes leave to (the next hop's TCP address) and how: `actualDst` and `protocol` of the
+    /// connection's `/config_dump` entry.
+    pub fn next_hop(&self) -> (SocketAddr, Protocol) {
+        match self {
+            Route::Hbone { next_hop, .. } => (*next_hop, Protocol::Hbone),
+            Route::Tcp { dst, .. } | Route::Passthrough { dst } => (*dst, Protocol::Tcp),
+        }
+    }
+
     fn hbone(up: Upstream, service: Option<Arc<Service>>) -> Route {
         let mut expected: Vec<Identity> = service
             .iter()
@@ -187,6 +197,8 @@ async fn proxy(
     let source = pi.local_workload().await?;
     let route = route(&pi.state, &source, src.ip(), dst)?;
     debug!(?route, "routed");
+    let (next_hop, protocol) = route.next_hop();
+    let _live = pi.track_outbound(src, dst, next_hop, protocol);
     let started = Instant::now();
     let src_principal = Some(source.identity().to_string());
 

@@ -8,6 +8,7 @@ use ambit_core::drain::DrainWatcher;
 use tokio::net::TcpStream;
 use tracing::{Instrument, info, warn};
 
+use super::connections::Protocol;
 use super::{ProxyError, ProxyInputs, is_illegal_target_port, socket, spoofed_source};
 use crate::metrics::{Peer, Reporter, TrafficLabels};
 use crate::rbac::Connection;
@@ -67,6 +68,7 @@ async fn proxy(
         return Err(denied.into());
     }
     let mut guard = pi.metrics.open(labels);
+    let _live = pi.track_inbound(peer, None, dst, Protocol::Tcp);
     let mut upstream = match pi.sockets.connect(dst, spoofed_source(pi, peer.ip())).await {
         Ok(s) => s,
         Err(e) => {
