@@ -31,7 +31,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use mesh::Mesh;
-pub use request::{AuthInput, Dest, RequestSpec, Source};
+pub use request::{AuthInput, Dest, RequestSpec, Source, controller_bin};
 
 /// Bad input (flags, files, resources): exit code 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,7 +1,7 @@
-//! `ambit`: run a local mesh, inspect its ztunnels (`ambit zc`), explain policy decisions, and a built-in echo server
-//! for demos and tests.
+//! `ambit`: run a local mesh, inspect its ztunnels (`ambit zc`), manage waypoints (`ambit waypoint`), analyze the
+//! configuration (`ambit analyze`), explain policy decisions, and a built-in echo server for demos and tests.
 
-use ambit::{authz, echo, local, zc};
+use ambit::{analyze, authz, echo, local, proxy_status, waypoint, zc};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -27,6 +27,18 @@ enum Command {
     /// `ztunnel-config`).
     #[command(name = "ztunnel-config", visible_alias = "zc")]
     ZtunnelConfig(zc::ZcArgs),
+    /// Generate, apply, list, explain and delete waypoints (istioctl's `waypoint`).
+    Waypoint(waypoint::WaypointArgs),
+    /// What in the mesh's configuration will not work as meant, each finding with a code and a fix (istioctl's
+    /// `analyze`). Exit code 79 when a finding reaches `--failure-threshold`.
+    #[command(
+        after_help = "Examples:\n  ambit analyze -f examples/bookinfo          # offline, all namespaces\n  sudo ambit analyze -A                       # the running local mesh\n  ambit analyze -f manifests -o json --failure-threshold Warning"
+    )]
+    Analyze(analyze::AnalyzeArgs),
+    /// Every ztunnel and waypoint connected to the controller: subscribed types and whether each ACKed the
+    /// controller's current state (istioctl's `proxy-status`).
+    #[command(name = "proxy-status", visible_alias = "ps")]
+    ProxyStatus(proxy_status::ProxyStatusArgs),
 }
 
 fn main() {
@@ -36,6 +48,9 @@ fn main() {
         Command::Echo(args) => run_echo(args),
         Command::Authz(args) => Ok(authz::run(args)),
         Command::ZtunnelConfig(args) => zc::run(args).map_err(anyhow::Error::from),
+        Command::Waypoint(args) => Ok(waypoint::run(args)),
+        Command::Analyze(args) => Ok(analyze::run(args)),
+        Command::ProxyStatus(args) => proxy_status::run(&args),
     };
     match code {
         Ok(code) => std::process::exit(code),

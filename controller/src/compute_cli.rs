@@ -165,6 +165,8 @@ impl Placeholders {
     }
 
     /// Adds one Pod per owner that has none yet; returns how many were added.
+    /// Adds a placeholder Pod for each workload of `owners` that has none (no Pod it owns, none its selector
+    /// matches), and returns how many it added.
     fn pods(&mut self, index: &mut Index, owners: &[Yaml]) -> anyhow::Result<usize> {
         let existing: BTreeSet<(String, String)> = index
             .pods
@@ -197,7 +199,9 @@ impl Placeholders {
             } else {
                 (kind, name.to_owned(), None)
             };
-            if existing.contains(&(ns.to_owned(), owner_name.clone())) {
+            if existing.contains(&(ns.to_owned(), owner_name.clone()))
+                || selects_a_pod(index, ns, owner)
+            {
                 continue;
             }
             let template = owner
@@ -253,4 +257,29 @@ impl Placeholders {
         }
         Ok(added)
     }
+}
+
+/// Whether some Pod of `ns` matches the workload's `spec.selector.matchLabels` (how Kubernetes relates a
+/// Deployment to its pods; the local mesh's pods are named `<name>-<hash>-<n>`, not after a placeholder).
+fn selects_a_pod(index: &Index, ns: &str, owner: &Yaml) -> bool {
+    let Some(Yaml::Mapping(sel)) = owner
+        .get("spec")
+        .and_then(|s| s.get("selector"))
+        .and_then(|s| s.get("matchLabels"))
+    else {
+        return false;
+    };
+    if sel.is_empty() {
+        return false;
+    }
+    index
+        .pods
+        .range((ns.to_owned(), String::new())..)
+        .take_while(|((pns, _), _)| pns == ns)
+        .any(|(_, p)| {
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            sel.iter().all(|(k, v)| {
+                matches!((k.as_str(), v.as_str()), (Some(k), Some(v)) if labels.get(k).map(String::as_str) == Some(v))
+            })
+        })
 }

@@ -69,6 +69,20 @@ impl LocalMesh {
         c
     }
 
+    /// The mesh's state directory (`ambit local --dir`, `AMBIT_LOCAL_DIR` for other commands).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// `ambit <args>` against this mesh (`AMBIT_LOCAL_DIR` set to its state directory).
+    pub fn ambit_cli(&self, args: &[&str]) -> Result<Output> {
+        Command::new(&self.bin)
+            .args(args)
+            .env("AMBIT_LOCAL_DIR", &self.state_dir)
+            .output()
+            .with_context(|| format!("run ambit {args:?}"))
+    }
+
     /// `state.json` as the supervisor wrote it.
     pub fn state(&self) -> Result<Value> {
         let text = std::fs::read_to_string(self.state_dir.join("state.json"))?;

@@ -194,6 +194,29 @@ fn scenario(mesh: &LocalMesh) -> Result<()> {
         code == "403" && body.trim() == "RBAC: access denied",
         "POST to the ServiceEntry: {code} {body}"
     );
+    proxy_status(mesh)
+}
+
+/// `ambit proxy-status`: both nodes' ztunnels (WDS and WADS) and the egress waypoint, each in sync.
+fn proxy_status(mesh: &LocalMesh) -> Result<()> {
+    let text = poll("every proxy SYNCED in proxy-status", WAIT, || {
+        let out = mesh.ambit_cli(&["proxy-status"])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rows: Vec<&str> = text.lines().skip(1).collect();
+        let ok =
+            out.status.success() && rows.len() >= 3 && rows.iter().all(|r| r.ends_with("SYNCED"));
+        Ok(ok.then_some(text))
+    })?;
+    let ztunnels = text
+        .lines()
+        .filter(|l| l.starts_with("ztunnel-") && l.contains("2 (WADS,WDS)"))
+        .count();
+    ensure!(ztunnels == 2, "two ztunnels with WADS and WDS:\n{text}");
+    ensure!(
+        text.lines()
+            .any(|l| l.starts_with("egress-") && l.contains(".se ")),
+        "the egress waypoint is not listed:\n{text}"
+    );
     Ok(())
 }
 

@@ -331,8 +331,9 @@ pub fn fetch_local() -> Result<Value, InputError> {
     json_object(&body, "/debug/resources")
 }
 
-/// The `controller` binary: the flag (or `$AMBIT_CONTROLLER_BIN`), next to `ambit`, then on PATH.
-fn controller_bin(given: Option<&Path>) -> PathBuf {
+/// The `controller` binary: the flag (or `$AMBIT_CONTROLLER_BIN`), next to `ambit`, then on PATH. `ambit analyze`
+/// finds it the same way.
+pub fn controller_bin(given: Option<&Path>) -> PathBuf {
     if let Some(p) = given {
         return p.to_owned();
     }

@@ -1,8 +1,8 @@
 //! What the certificate table shows of one certificate: its serial number in hex (as istioctl prints it) and
 //! whether it is valid now.
 //!
-//! Upstream ztunnel writes `serialNumber` in decimal and istioctl prints it in hex; Ambit's ztunnel writes it in
-//! hex already. Both put the certificate itself in `pem` (base64 of the PEM text), so the serial is read from the
+//! Upstream ztunnel writes `serialNumber` in decimal and istioctl prints it in hex; Ambit's ztunnel writes decimal
+//! too (older builds wrote hex). Both put the certificate itself in `pem` (base64 of the PEM text), so the serial is read from the
 //! certificate when it is there, and the field is only a fallback: all decimal digits are read as decimal
 //! (upstream's form), anything else with hex digits as hex.
 

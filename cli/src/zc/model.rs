@@ -9,8 +9,9 @@
 //!   upstream); the `workloadUid` field inside is what counts;
 //! - a waypoint is `{destination, hboneMtlsPort}` (current) or `{destination, port}` (older), its destination a
 //!   `<network>/<ip>` or `<namespace>/<hostname>` string;
-//! - certificate serial numbers are decimal (upstream) or hexadecimal (Ambit): see [`super::certs`];
-//! - `workloadState` entries carry `connections` only from upstream (Ambit's ztunnel does not track them yet).
+//! - certificate serial numbers are decimal (upstream and current Ambit) or hexadecimal (older Ambit dumps): see
+//!   [`super::certs`];
+//! - `workloadState` entries carry `connections` (both ztunnels; older Ambit dumps lack them).
 //!
 //! Every entry keeps its JSON as read (`raw`), so `-o json|yaml` shows all of it whichever ztunnel wrote it.
 //! Only the fields the tables and filters use are interpreted; unknown fields are ignored.
