@@ -37,6 +37,8 @@ section "system packages"
 packages=(ca-certificates build-essential pkg-config git cmake libclang-dev
           iptables nftables iproute2 iputils-ping netcat-openbsd curl iperf3 wrk nghttp2-client tcpdump tshark
           procps util-linux python3-grpcio python3-websockets)
+# The embedded API server's kubectl test (apiserver/tests/api/kubectl.rs): Debian's kubectl, unless one is installed.
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 if [ "${AMBIT_TEST_SKIP_APT:-}" = 1 ] || [ $is_root = 0 ]; then
   echo "skipped (${AMBIT_TEST_SKIP_APT:+AMBIT_TEST_SKIP_APT=1}${AMBIT_TEST_SKIP_APT:-not root})"
 elif ! command -v apt-get >/dev/null 2>&1; then
