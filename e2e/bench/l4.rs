@@ -1,28 +1,35 @@
 //! `ambit-bench`: L4 benchmark, direct vs through a ztunnel pair, measured in the same run on the `TwoPods`
-//! topology. Needs root, `iperf3` and `wrk`; run it through `scripts/bench.sh` (release build).
+//! topology, and (`--compare PATH`) Ambit's ztunnel pair against another upstream-compatible ztunnel binary's in
+//! the same rounds. Needs root, `iperf3` and `wrk`; run it through `scripts/bench.sh` (release build).
 //!
 //! ```text
-//! ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] [--out DIR]
-//!             [--modes direct,ztunnel,relay] [--ztunnel PATH] [--http PATH] [--ztunnel-env KEY=VALUE]...
+//! ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] [--parallel N] [--out DIR]
+//!             [--modes direct,ztunnel,relay] [--ztunnel PATH] [--compare PATH] [--http PATH]
+//!             [--ztunnel-env KEY=VALUE]...
 //! ```
-//! Each round measures every mode in turn (fresh pods each time); requests/s are measured with nothing attached
-//! to the processes, and the ztunnels' per-request counts come from a separate `--count-secs` wrk run under
-//! `perf stat`. `relay` (HAProxy as a plain TCP relay in each pod, needs `haproxy`) is a reference for what the
-//! two extra hops cost on this machine. Prints a table, every mode's ratios to direct per round and their medians,
-//! and writes `l4-<unix time>.json` and `.md` (and `l4-latest.*`) into the output directory.
+//! Each round measures every mode in turn (fresh pods each time); with `--compare` the upstream binary's pair
+//! (`upstream`) runs right after Ambit's (`ztunnel`) in every round, same topology, same environment. Requests/s
+//! are measured with nothing attached to the processes, and the ztunnels' per-request counts come from a separate
+//! `--count-secs` wrk run under `perf stat`; the ztunnels' CPU per MB comes from schedstat over the one-stream
+//! iperf3 run and their RSS is read before and after the load. `relay` (HAProxy as a plain TCP relay in each pod,
+//! needs `haproxy`) is a reference for what the two extra hops cost on this machine. Prints a table, every mode's
+//! ratios to direct per round and their medians, Ambit / upstream per figure per round and the medians of those
+//! ratios (or, without `--compare`, says loudly that there is no upstream figure), and writes
+//! `l4-<unix time>.json` and `.md` (and `l4-latest.*`) into the output directory.
 
-use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ambit_e2e::runner::{E2eLock, check_tools};
-use ambit_e2e::tools::{self, WrkResult};
+use ambit_e2e::tools::{self, WrkResult, cpu_ns, rss_sum};
 use ambit_e2e::topology::{
     B_IP, HTTP_BIN_ENV, HTTP_PORT, IPERF_PORT, default_ztunnel_bin, sibling_binary,
 };
 use ambit_e2e::{Mode, TestDir, TwoPods, TwoPodsOptions, is_root};
 use anyhow::{Context, Result, bail, ensure};
-use serde::Serialize;
+
+mod l4_report;
+use l4_report::*;
 
 struct Args {
     duration: u64,
@@ -30,15 +37,40 @@ struct Args {
     connections: u32,
     rounds: usize,
     count_secs: u64,
+    /// Streams of the second iperf3 run (`-P`); 0: no second run.
+    parallel: u32,
     out: PathBuf,
     modes: Vec<Mode>,
     ztunnel: Option<PathBuf>,
+    /// The upstream-compatible ztunnel measured against ours (`--compare`).
+    compare: Option<PathBuf>,
     http: Option<PathBuf>,
     ztunnel_env: Vec<(String, String)>,
 }
 
-const USAGE: &str = "ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] [--out DIR] \
-[--modes direct,ztunnel,relay] [--ztunnel PATH] [--http PATH] [--ztunnel-env KEY=VALUE]...";
+const USAGE: &str = "ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] \
+[--parallel N] [--out DIR] [--modes direct,ztunnel,relay] [--ztunnel PATH] [--compare PATH] [--http PATH] \
+[--ztunnel-env KEY=VALUE]...";
+
+/// What the bench gives both binaries besides `TwoPods`' own dedicated-mode settings (which include
+/// `LOCAL_CA_DIR`, a CA directory shared by the two pods). Upstream ignores `LOCAL_CA_DIR` and, with empty
+/// `CA_ADDRESS`, needs `FAKE_CA=true` (its `testing` feature: certificates from a fixed test root, so its two
+/// ztunnels trust each other); Ambit takes `LOCAL_CA_DIR` over `FAKE_CA`, so one environment serves both.
+/// Upstream's inbound keeps the client's source address whenever it can (as root, it can), so b's server would
+/// answer 10.77.0.2 over the veth instead of through ztunnel b; `ENABLE_ORIG_SRC=false` is what upstream's own
+/// dedicated-mode tests set, and Ambit's default in dedicated mode.
+const BENCH_ZTUNNEL_ENV: [(&str, &str); 3] = [
+    ("RUST_LOG", "warn"),
+    ("FAKE_CA", "true"),
+    ("ENABLE_ORIG_SRC", "false"),
+];
+
+/// A pod set to measure: the report's name for it, the topology mode and, for ztunnel pairs, the binary.
+struct Target {
+    name: &'static str,
+    mode: Mode,
+    ztunnel_bin: Option<PathBuf>,
+}
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
@@ -46,9 +78,11 @@ fn parse_args() -> Result<Args> {
         connections: 8,
         rounds: 3,
         count_secs: 5,
+        parallel: 0,
         out: PathBuf::from("target/bench"),
         modes: vec![Mode::Direct, Mode::Ztunnel],
         ztunnel: None,
+        compare: None,
         http: None,
         ztunnel_env: Vec::new(),
     };
@@ -61,8 +95,10 @@ fn parse_args() -> Result<Args> {
             "--rounds" => args.rounds = value()?.parse().context("--rounds")?,
             "--connections" => args.connections = value()?.parse().context("--connections")?,
             "--count-secs" => args.count_secs = value()?.parse().context("--count-secs")?,
+            "--parallel" => args.parallel = value()?.parse().context("--parallel")?,
             "--out" => args.out = PathBuf::from(value()?),
             "--ztunnel" => args.ztunnel = Some(PathBuf::from(value()?)),
+            "--compare" => args.compare = Some(PathBuf::from(value()?)),
             "--http" => args.http = Some(PathBuf::from(value()?)),
             "--ztunnel-env" => {
                 let kv = value()?;
@@ -96,59 +132,22 @@ fn parse_args() -> Result<Args> {
     }
     ensure!(args.duration > 0, "--duration must be positive");
     ensure!(args.rounds > 0, "--rounds must be positive");
+    if let Some(up) = &args.compare {
+        ensure!(
+            up.is_file(),
+            "--compare {}: no such binary (an upstream-compatible ztunnel)",
+            up.display()
+        );
+        ensure!(
+            args.modes.contains(&Mode::Ztunnel),
+            "--compare needs the ztunnel mode in --modes (Ambit's pair is what upstream is compared with)"
+        );
+    }
     ensure!(
         args.connections >= 2,
         "--connections must be at least 2 (wrk runs 2 threads)"
     );
     Ok(args)
-}
-
-#[derive(Debug, Serialize)]
-struct ModeResult {
-    mode: &'static str,
-    round: usize,
-    throughput_gbps: f64,
-    /// Measured with nothing attached to the processes.
-    wrk: WrkResult,
-    /// The ztunnels' cost per wrk request (both together), from a separate, shorter wrk run with `perf stat`
-    /// attached (tracing every system call slows the ztunnels down, so that run's requests/s are not reported).
-    per_request: Option<PerRequest>,
-}
-
-/// CPU time, context switches and system calls of both ztunnels, per completed request: counts, so much less
-/// sensitive to a busy machine than requests/s.
-#[derive(Clone, Copy, Debug, Serialize)]
-struct PerRequest {
-    cpu_us: f64,
-    context_switches: f64,
-    syscalls: f64,
-}
-
-/// One mode against direct: per round, or the medians of the rounds (`round` 0).
-#[derive(Debug, Serialize)]
-struct Ratios {
-    mode: &'static str,
-    round: usize,
-    throughput: f64,
-    requests_per_sec: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct Report {
-    timestamp: u64,
-    kernel: String,
-    cpus: usize,
-    duration_secs: u64,
-    rounds: usize,
-    ztunnel_bin: String,
-    ztunnel_env: Vec<(String, String)>,
-    wrk_command: String,
-    iperf_command: String,
-    results: Vec<ModeResult>,
-    /// Every other mode / direct, per round (empty unless direct ran).
-    round_ratios: Vec<Ratios>,
-    /// The medians of `round_ratios`, per mode.
-    ratios: Vec<Ratios>,
 }
 
 fn wrk(pods: &TwoPods, connections: u32, secs: u64) -> Result<(String, WrkResult)> {
@@ -212,164 +211,142 @@ fn count_per_request(
     })
 }
 
+/// `/proc/loadavg`'s three averages.
+fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = text.split_whitespace().map(|w| w.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
+/// One iperf3 run from a to b with `streams` parallel streams: bits per second received.
+fn iperf3(pods: &TwoPods, secs: u64, streams: u32, tag: &str) -> Result<f64> {
+    let (b, port, secs, p) = (
+        B_IP.to_string(),
+        IPERF_PORT.to_string(),
+        secs.to_string(),
+        streams.to_string(),
+    );
+    let out = pods
+        .a()
+        .ns()
+        .output(&["iperf3", "-c", &b, "-p", &port, "-t", &secs, "-P", &p, "-J"])?;
+    tools::iperf3_bits_per_second(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("{tag}: iperf3: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
 fn measure(
     dir: &TestDir,
-    mode: Mode,
+    target: &Target,
     round: usize,
     args: &Args,
-    http: &PathBuf,
+    http: &Path,
 ) -> Result<ModeResult> {
+    let mode = target.mode;
+    let name = target.name;
     let mut opts = TwoPodsOptions::new(mode).with_http(http).with_iperf();
-    if let Some(z) = &args.ztunnel {
+    if let Some(z) = &target.ztunnel_bin {
         opts.ztunnel_bin = z.clone();
     }
-    opts.ztunnel_env.push(("RUST_LOG".into(), "warn".into()));
+    opts.ztunnel_env.extend(
+        BENCH_ZTUNNEL_ENV
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     opts.ztunnel_env.extend(args.ztunnel_env.iter().cloned());
-    let tag = format!("{}-{round}", mode.as_str());
-    eprintln!("== round {round}, {}: starting the pods", mode.as_str());
-    let pods = TwoPods::start(dir, &opts)?;
+    let tag = format!("{name}-{round}");
+    eprintln!("== round {round}, {name}: starting the pods");
+    let pods = TwoPods::start(dir, &opts).with_context(|| tag.clone())?;
     let smoke = pods.a().curl(&pods.b_url())?;
     ensure!(
         smoke.ok(),
         "{tag}: curl a -> b failed before measuring: {smoke:?}"
     );
+    let ztunnels: Vec<u32> = [pods.a().ztunnel_pid(), pods.b().ztunnel_pid()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let ztunnels_rss_rest_kib = rss_sum(&ztunnels);
 
-    let secs = args.duration.to_string();
-    eprintln!(
-        "== round {round}, {}: iperf3, 1 stream, {secs}s",
-        mode.as_str()
-    );
-    let b = B_IP.to_string();
-    let port = IPERF_PORT.to_string();
-    let out = pods
-        .a()
-        .ns()
-        .output(&["iperf3", "-c", &b, "-p", &port, "-t", &secs, "-J"])?;
-    let bps = tools::iperf3_bits_per_second(&String::from_utf8_lossy(&out.stdout))
-        .with_context(|| format!("{tag}: iperf3: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let secs = args.duration;
+    eprintln!("== round {round}, {name}: iperf3, 1 stream, {secs}s");
+    let cpu0 = cpu_ns(&ztunnels);
+    let bps = iperf3(&pods, secs, 1, &tag)?;
+    let cpu = cpu_ns(&ztunnels).saturating_sub(cpu0);
+    let megabytes = bps / 8.0 * secs as f64 / 1e6;
+    let ztunnels_cpu_us_per_mb =
+        (cpu > 0 && megabytes > 0.0).then(|| cpu as f64 / 1000.0 / megabytes);
+    let throughput_parallel_gbps = if args.parallel > 1 {
+        eprintln!(
+            "== round {round}, {name}: iperf3, {} streams, {secs}s",
+            args.parallel
+        );
+        Some(iperf3(&pods, secs, args.parallel, &tag)? / 1e9)
+    } else {
+        None
+    };
 
     eprintln!(
-        "== round {round}, {}: wrk -c {} -t 2 -d {secs}s --latency",
-        mode.as_str(),
+        "== round {round}, {name}: wrk -c {} -t 2 -d {secs}s --latency",
         args.connections
     );
-    let (text, wrk) = wrk(&pods, args.connections, args.duration).with_context(|| tag.clone())?;
+    let (text, wrk) = wrk(&pods, args.connections, secs).with_context(|| tag.clone())?;
     std::fs::write(dir.join(&format!("wrk-{tag}.txt")), &text).context("save wrk output")?;
     if wrk.errors > 0 {
         eprintln!("warning: {tag}: wrk reported {} errors", wrk.errors);
     }
-    let per_request = if mode == Mode::Ztunnel {
+    let per_request = if mode == Mode::Ztunnel && args.count_secs > 0 {
         eprintln!(
-            "== round {round}, {}: counting with perf stat, {}s",
-            mode.as_str(),
+            "== round {round}, {name}: counting with perf stat, {}s",
             args.count_secs
         );
         count_per_request(dir, &pods, args.connections, args.count_secs, &tag)
     } else {
         None
     };
+    let ztunnels_rss_after_kib = rss_sum(&ztunnels);
+    // Each pod set's ztunnel logs are overwritten by the next one's; keep them per mode and round.
+    for pod in [pods.a(), pods.b()] {
+        let log = pod.ztunnel_log();
+        if !log.is_empty() {
+            std::fs::write(dir.join(&format!("ztunnel-{tag}-{}.log", pod.name())), log)
+                .context("save the ztunnel log")?;
+        }
+    }
     Ok(ModeResult {
-        mode: mode.as_str(),
+        mode: name,
         round,
         throughput_gbps: bps / 1e9,
+        throughput_parallel_gbps,
         wrk,
         per_request,
+        ztunnels_cpu_us_per_mb,
+        ztunnels_rss_rest_kib,
+        ztunnels_rss_after_kib,
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn markdown(r: &Report) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "# L4 benchmark: direct vs ztunnel pair\n");
-    let _ = writeln!(
-        s,
-        "Kernel {}, {} CPUs, {} round(s) of {} s per measurement, modes alternating. `{}`; `{}`.{}\n",
-        r.kernel,
-        r.cpus,
-        r.rounds,
-        r.duration_secs,
-        r.iperf_command,
-        r.wrk_command,
-        if r.ztunnel_env.is_empty() {
-            String::new()
-        } else {
-            let env: Vec<String> = r
-                .ztunnel_env
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            format!(" ztunnel environment: `{}`.", env.join(" "))
+/// The pod sets of one round, in order: every `--modes` entry, with upstream's pair right after Ambit's.
+fn targets(args: &Args) -> Vec<Target> {
+    let mut out = Vec::new();
+    for &mode in &args.modes {
+        out.push(Target {
+            name: mode.as_str(),
+            mode,
+            ztunnel_bin: (mode == Mode::Ztunnel)
+                .then(|| args.ztunnel.clone())
+                .flatten(),
+        });
+        if mode == Mode::Ztunnel
+            && let Some(up) = &args.compare
+        {
+            out.push(Target {
+                name: UPSTREAM,
+                mode,
+                ztunnel_bin: Some(up.clone()),
+            });
         }
-    );
-    let _ = writeln!(
-        s,
-        "| round | mode | iperf3 Gbit/s | wrk req/s | p50 ms | p90 ms | p99 ms | errors | ztunnels µs CPU / req | context switches / req | syscalls / req |"
-    );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for m in &r.results {
-        let counts = m.per_request.map_or_else(
-            || "| | |".to_owned(),
-            |p| {
-                format!(
-                    "{:.1} | {:.2} | {:.1} |",
-                    p.cpu_us, p.context_switches, p.syscalls
-                )
-            },
-        );
-        let _ = writeln!(
-            s,
-            "| {} | {} | {:.2} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {counts}",
-            m.round,
-            m.mode,
-            m.throughput_gbps,
-            m.wrk.requests_per_sec,
-            m.wrk.p50_ms,
-            m.wrk.p90_ms,
-            m.wrk.p99_ms,
-            m.wrk.errors
-        );
     }
-    for mode in [Mode::Ztunnel, Mode::Relay] {
-        let name = mode.as_str();
-        let rounds: Vec<&Ratios> = r.round_ratios.iter().filter(|x| x.mode == name).collect();
-        if rounds.is_empty() {
-            continue;
-        }
-        let list = |f: fn(&Ratios) -> f64| {
-            rounds
-                .iter()
-                .map(|x| format!("{:.2}", f(x)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let _ = writeln!(
-            s,
-            "\n{name}/direct per round: throughput {}; requests/s {}.",
-            list(|x| x.throughput),
-            list(|x| x.requests_per_sec)
-        );
-    }
-    for ratio in &r.ratios {
-        let note = match ratio.mode {
-            "ztunnel" => " (upstream ztunnel on this class of machine: 0.37×, 0.30×; goal ≥ 0.5×)",
-            "relay" => " (two plain TCP relays: what the extra hops alone cost here)",
-            _ => "",
-        };
-        let _ = writeln!(
-            s,
-            "\n{}/direct (median of rounds): throughput **{:.2}×**, requests/s **{:.2}×**{note}.",
-            ratio.mode, ratio.throughput, ratio.requests_per_sec
-        );
-    }
-    s
+    out
 }
 
 fn run() -> Result<()> {
@@ -384,49 +361,37 @@ fn run() -> Result<()> {
         None => sibling_binary(HTTP_BIN_ENV, "e2e-http")
             .context("e2e-http not found next to ambit-bench; pass --http")?,
     };
+    if args.compare.is_none() {
+        eprintln!(
+            "ambit-bench: NO UPSTREAM BINARY GIVEN (--compare PATH): measuring Ambit against direct only, \
+             no Ambit/upstream ratios"
+        );
+    }
     let _lock = E2eLock::acquire()?;
     let dir = TestDir::new("bench")?;
     dir.keep();
     eprintln!("raw outputs and logs: {}", dir.path().display());
 
+    let targets = targets(&args);
+    let load_before = load_average();
     let mut results = Vec::new();
-    let mut round_ratios = Vec::new();
     for round in 1..=args.rounds {
-        let mut this = Vec::new();
-        for &mode in &args.modes {
-            this.push(measure(&dir, mode, round, &args, &http).inspect_err(|_| dir.report())?);
+        for target in &targets {
+            results.push(measure(&dir, target, round, &args, &http).inspect_err(|_| dir.report())?);
         }
-        if let Some(d) = this.iter().find(|r| r.mode == Mode::Direct.as_str()) {
-            for m in this.iter().filter(|r| r.mode != Mode::Direct.as_str()) {
-                round_ratios.push(Ratios {
-                    mode: m.mode,
-                    round,
-                    throughput: m.throughput_gbps / d.throughput_gbps,
-                    requests_per_sec: m.wrk.requests_per_sec / d.wrk.requests_per_sec,
-                });
-            }
-        }
-        results.extend(this);
     }
-    let ratios = [Mode::Ztunnel, Mode::Relay]
-        .iter()
-        .filter_map(|m| {
-            let of: Vec<&Ratios> = round_ratios
-                .iter()
-                .filter(|r| r.mode == m.as_str())
-                .collect();
-            (!of.is_empty()).then(|| Ratios {
-                mode: m.as_str(),
-                round: 0,
-                throughput: median(of.iter().map(|r| r.throughput).collect()),
-                requests_per_sec: median(of.iter().map(|r| r.requests_per_sec).collect()),
-            })
-        })
-        .collect();
+    let load_after = load_average();
+    let (round_ratios, ratios) = ratios_to_direct(&results);
+    let compare = compare(&results);
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs();
+    let mut env: Vec<(String, String)> = BENCH_ZTUNNEL_ENV
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.extend(args.ztunnel_env.iter().cloned());
     let report = Report {
         timestamp,
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -434,23 +399,34 @@ fn run() -> Result<()> {
             .trim()
             .to_owned(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_before,
+        load_after,
         duration_secs: args.duration,
         rounds: args.rounds,
-        ztunnel_env: args.ztunnel_env.clone(),
+        ztunnel_env: env,
         ztunnel_bin: args
             .ztunnel
             .clone()
             .unwrap_or_else(default_ztunnel_bin)
             .display()
             .to_string(),
+        upstream_bin: args.compare.as_ref().map(|p| p.display().to_string()),
         wrk_command: format!(
             "wrk -c {} -t 2 -d {}s --latency",
             args.connections, args.duration
         ),
-        iperf_command: format!("iperf3 -c <b> -t {} (1 stream)", args.duration),
+        iperf_command: if args.parallel > 1 {
+            format!(
+                "iperf3 -c <b> -t {} -P 1 and -P {}",
+                args.duration, args.parallel
+            )
+        } else {
+            format!("iperf3 -c <b> -t {} (1 stream)", args.duration)
+        },
         results,
         round_ratios,
         ratios,
+        compare,
     };
 
     let md = markdown(&report);
@@ -464,5 +440,48 @@ fn main() {
     if let Err(e) = run() {
         eprintln!("ambit-bench: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(modes: Vec<Mode>, compare: Option<&str>) -> Args {
+        Args {
+            duration: 1,
+            connections: 8,
+            rounds: 1,
+            count_secs: 0,
+            parallel: 0,
+            out: PathBuf::new(),
+            modes,
+            ztunnel: Some(PathBuf::from("/ambit/ztunnel")),
+            compare: compare.map(PathBuf::from),
+            http: None,
+            ztunnel_env: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn upstream_runs_right_after_ambit_with_its_own_binary() {
+        let t = targets(&args(
+            vec![Mode::Direct, Mode::Ztunnel, Mode::Relay],
+            Some("/up/ztunnel"),
+        ));
+        let names: Vec<&str> = t.iter().map(|t| t.name).collect();
+        assert_eq!(names, ["direct", AMBIT, UPSTREAM, "relay"]);
+        assert_eq!(t[1].ztunnel_bin, Some(PathBuf::from("/ambit/ztunnel")));
+        assert_eq!(t[2].mode, Mode::Ztunnel);
+        assert_eq!(t[2].ztunnel_bin, Some(PathBuf::from("/up/ztunnel")));
+        assert_eq!(t[0].ztunnel_bin, None);
+        assert_eq!(t[3].ztunnel_bin, None);
+    }
+
+    #[test]
+    fn without_compare_there_is_no_upstream_pod_set() {
+        let t = targets(&args(vec![Mode::Direct, Mode::Ztunnel], None));
+        let names: Vec<&str> = t.iter().map(|t| t.name).collect();
+        assert_eq!(names, ["direct", AMBIT]);
     }
 }

@@ -24,9 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ambit_e2e::runner::{E2eLock, check_tools};
 use ambit_e2e::three_pods::{
     ECHO_HOST, L7Mode, ThreePods, ThreePodsOptions, WAYPOINT_ADMIN_PORT, WAYPOINT_STATS_PORT,
-    rss_kib,
 };
-use ambit_e2e::tools::{self, WrkResult};
+use ambit_e2e::tools::{self, WrkResult, cpu_ns, rss_sum};
 use ambit_e2e::topology::{HTTP_BIN_ENV, ZTUNNEL_BIN_ENV, sibling_binary};
 use ambit_e2e::{TestDir, is_root, prom};
 use anyhow::{Context, Result, bail, ensure};
@@ -156,28 +155,6 @@ fn wrk_error_counts(text: &str) -> (u64, u64) {
         }
     }
     (non_2xx, socket)
-}
-
-/// CPU time (ns) the threads of `pids` have run so far: the first field of `/proc/<pid>/task/*/schedstat`.
-fn cpu_ns(pids: &[u32]) -> u64 {
-    let mut total = 0;
-    for pid in pids {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            total += std::fs::read_to_string(task.path().join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    total
-}
-
-fn rss_sum(pids: &[u32]) -> Option<u64> {
-    let v: Vec<u64> = pids.iter().filter_map(|&p| rss_kib(p)).collect();
-    (!v.is_empty()).then(|| v.iter().sum())
 }
 
 fn start_perf(pids: &[u32], out: &Path) -> Option<Child> {

@@ -47,6 +47,8 @@ impl Workload {
             "clusterId": "Kubernetes",
             "workloadName": self.name,
             "canonicalName": self.name,
+            // Upstream's `LocalWorkload` requires it (service name → port map); none here.
+            "services": {},
         })
     }
 }
@@ -122,6 +124,10 @@ mod tests {
         assert_eq!(w["serviceAccount"].as_str(), Some("a"));
         assert_eq!(w["workloadIps"][0].as_str(), Some("10.77.0.2"));
         assert_eq!(w["protocol"].as_str(), Some("HBONE"));
+        assert!(
+            w["services"].as_mapping().is_some_and(|m| m.is_empty()),
+            "upstream refuses a workload without `services`: {w:?}"
+        );
         let p = &v["policies"][0];
         assert_eq!(p["action"].as_str(), Some("Deny"));
         assert_eq!(p["scope"].as_str(), Some("Global"));

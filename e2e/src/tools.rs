@@ -196,3 +196,30 @@ pub fn write_report(
     println!("results: {}/{stem}-{timestamp}.{{json,md}}", out.display());
     Ok(())
 }
+
+/// CPU time (ns) the processes `pids` have used so far: the sum over their threads of
+/// `/proc/<pid>/task/<tid>/schedstat`'s first field. Processes that are gone count 0.
+pub fn cpu_ns(pids: &[u32]) -> u64 {
+    let mut total = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            total += std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// The summed `VmRSS` (KiB) of the processes `pids`; `None` when none could be read.
+pub fn rss_sum(pids: &[u32]) -> Option<u64> {
+    let v: Vec<u64> = pids
+        .iter()
+        .filter_map(|&p| crate::three_pods::rss_kib(p))
+        .collect();
+    (!v.is_empty()).then(|| v.iter().sum())
+}

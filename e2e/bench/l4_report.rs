@@ -1,0 +1,659 @@
+//! `ambit-bench`'s results and report: what each pod set measured, the ratios to direct and (with `--compare`)
+//! Ambit's ztunnel against the upstream binary, round by round and as medians, and the Markdown written next to
+//! the JSON.
+
+use std::fmt::Write as _;
+
+use ambit_e2e::tools::WrkResult;
+use serde::Serialize;
+
+/// The report's name for the ztunnel pair run with Ambit's binary (the default or `--ztunnel`).
+pub const AMBIT: &str = "ztunnel";
+/// The report's name for the ztunnel pair run with the `--compare` binary.
+pub const UPSTREAM: &str = "upstream";
+/// The mesh modes compared with direct, in report order.
+pub const MESH_MODES: [&str; 3] = [AMBIT, UPSTREAM, "relay"];
+
+/// CPU time, context switches and system calls of both ztunnels, per completed request: counts, so much less
+/// sensitive to a busy machine than requests/s.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct PerRequest {
+    pub cpu_us: f64,
+    pub context_switches: f64,
+    pub syscalls: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModeResult {
+    pub mode: &'static str,
+    pub round: usize,
+    pub throughput_gbps: f64,
+    /// `iperf3 -P <parallel>`, when `--parallel` asked for it.
+    pub throughput_parallel_gbps: Option<f64>,
+    /// Measured with nothing attached to the processes.
+    pub wrk: WrkResult,
+    /// The ztunnels' cost per wrk request (both together), from a separate, shorter wrk run with `perf stat`
+    /// attached (tracing every system call slows the ztunnels down, so that run's requests/s are not reported).
+    pub per_request: Option<PerRequest>,
+    /// CPU time of both ztunnels (schedstat, nothing attached) per MB (10^6 bytes) iperf3 moved, one stream.
+    pub ztunnels_cpu_us_per_mb: Option<f64>,
+    /// Sum of both ztunnels' `VmRSS`: once ready, before any load, and after the last wrk run.
+    pub ztunnels_rss_rest_kib: Option<u64>,
+    pub ztunnels_rss_after_kib: Option<u64>,
+}
+
+/// One mode against direct: per round, or the medians of the rounds (`round` 0).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Ratios {
+    pub mode: &'static str,
+    pub round: usize,
+    pub throughput: f64,
+    pub requests_per_sec: f64,
+}
+
+/// One figure of Ambit's ztunnel pair against the upstream binary's, in the same rounds.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Comparison {
+    pub figure: &'static str,
+    pub unit: &'static str,
+    /// "higher" or "lower": which way is better.
+    pub better: &'static str,
+    pub per_round: Vec<RoundPair>,
+    pub ambit_median: f64,
+    pub upstream_median: f64,
+    /// The median of the per-round ratios (not the ratio of the medians).
+    pub ratio_median: f64,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RoundPair {
+    pub round: usize,
+    pub ambit: f64,
+    pub upstream: f64,
+    /// Ambit / upstream.
+    pub ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub timestamp: u64,
+    pub kernel: String,
+    pub cpus: usize,
+    /// `/proc/loadavg`'s 1, 5 and 15 minute averages, before the first and after the last round.
+    pub load_before: Option<[f64; 3]>,
+    pub load_after: Option<[f64; 3]>,
+    pub duration_secs: u64,
+    pub rounds: usize,
+    pub ztunnel_bin: String,
+    /// The `--compare` binary; `None`: Ambit was measured against direct only.
+    pub upstream_bin: Option<String>,
+    pub ztunnel_env: Vec<(String, String)>,
+    pub wrk_command: String,
+    pub iperf_command: String,
+    pub results: Vec<ModeResult>,
+    /// Every other mode / direct, per round (empty unless direct ran).
+    pub round_ratios: Vec<Ratios>,
+    /// The medians of `round_ratios`, per mode.
+    pub ratios: Vec<Ratios>,
+    /// Ambit / upstream per figure (empty without `--compare`).
+    pub compare: Vec<Comparison>,
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `a / b` when both are finite and `b` is positive (a failed or missing measurement gives no ratio).
+pub fn ratio(a: f64, b: f64) -> Option<f64> {
+    (a.is_finite() && b.is_finite() && b > 0.0).then(|| a / b)
+}
+
+fn kib_to_mib(k: Option<u64>) -> Option<f64> {
+    k.map(|k| k as f64 / 1024.0)
+}
+
+/// A figure the comparison reports: its name, unit, which way is better and how to read it from a result.
+struct Figure {
+    name: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+    read: fn(&ModeResult) -> Option<f64>,
+}
+
+const FIGURES: &[Figure] = &[
+    Figure {
+        name: "iperf3 throughput, 1 stream",
+        unit: "Gbit/s",
+        higher_is_better: true,
+        read: |m| Some(m.throughput_gbps),
+    },
+    Figure {
+        name: "iperf3 throughput, parallel streams",
+        unit: "Gbit/s",
+        higher_is_better: true,
+        read: |m| m.throughput_parallel_gbps,
+    },
+    Figure {
+        name: "wrk requests/s",
+        unit: "req/s",
+        higher_is_better: true,
+        read: |m| Some(m.wrk.requests_per_sec),
+    },
+    Figure {
+        name: "wrk p50 latency",
+        unit: "ms",
+        higher_is_better: false,
+        read: |m| Some(m.wrk.p50_ms),
+    },
+    Figure {
+        name: "wrk p99 latency",
+        unit: "ms",
+        higher_is_better: false,
+        read: |m| Some(m.wrk.p99_ms),
+    },
+    Figure {
+        name: "ztunnels' CPU per request (perf stat run)",
+        unit: "µs",
+        higher_is_better: false,
+        read: |m| m.per_request.map(|p| p.cpu_us),
+    },
+    Figure {
+        name: "ztunnels' context switches per request",
+        unit: "count",
+        higher_is_better: false,
+        read: |m| m.per_request.map(|p| p.context_switches),
+    },
+    Figure {
+        name: "ztunnels' system calls per request",
+        unit: "count",
+        higher_is_better: false,
+        read: |m| m.per_request.map(|p| p.syscalls),
+    },
+    Figure {
+        name: "ztunnels' CPU per MB, iperf3 1 stream (schedstat)",
+        unit: "µs",
+        higher_is_better: false,
+        read: |m| m.ztunnels_cpu_us_per_mb,
+    },
+    Figure {
+        name: "ztunnels' RSS at rest (both)",
+        unit: "MiB",
+        higher_is_better: false,
+        read: |m| kib_to_mib(m.ztunnels_rss_rest_kib),
+    },
+    Figure {
+        name: "ztunnels' RSS after load (both)",
+        unit: "MiB",
+        higher_is_better: false,
+        read: |m| kib_to_mib(m.ztunnels_rss_after_kib),
+    },
+];
+
+fn rounds_of(results: &[ModeResult]) -> Vec<usize> {
+    let mut v: Vec<usize> = results.iter().map(|m| m.round).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn find<'a>(results: &'a [ModeResult], mode: &str, round: usize) -> Option<&'a ModeResult> {
+    results.iter().find(|m| m.mode == mode && m.round == round)
+}
+
+/// Every mesh mode against direct in the same round, and the medians over rounds per mode.
+pub fn ratios_to_direct(results: &[ModeResult]) -> (Vec<Ratios>, Vec<Ratios>) {
+    let mut per_round = Vec::new();
+    for round in rounds_of(results) {
+        let Some(d) = find(results, "direct", round) else {
+            continue;
+        };
+        for mode in MESH_MODES {
+            let Some(m) = find(results, mode, round) else {
+                continue;
+            };
+            let (Some(throughput), Some(requests_per_sec)) = (
+                ratio(m.throughput_gbps, d.throughput_gbps),
+                ratio(m.wrk.requests_per_sec, d.wrk.requests_per_sec),
+            ) else {
+                continue;
+            };
+            per_round.push(Ratios {
+                mode,
+                round,
+                throughput,
+                requests_per_sec,
+            });
+        }
+    }
+    let medians = MESH_MODES
+        .iter()
+        .filter_map(|&mode| {
+            let of: Vec<&Ratios> = per_round.iter().filter(|r| r.mode == mode).collect();
+            (!of.is_empty()).then(|| Ratios {
+                mode,
+                round: 0,
+                throughput: median(of.iter().map(|r| r.throughput).collect()),
+                requests_per_sec: median(of.iter().map(|r| r.requests_per_sec).collect()),
+            })
+        })
+        .collect();
+    (per_round, medians)
+}
+
+/// Ambit's pair against upstream's, figure by figure: the ratio within each round in which both measured the
+/// figure, and the median of those ratios. Figures neither round measured are left out.
+pub fn compare(results: &[ModeResult]) -> Vec<Comparison> {
+    let rounds = rounds_of(results);
+    FIGURES
+        .iter()
+        .filter_map(|f| {
+            let per_round: Vec<RoundPair> = rounds
+                .iter()
+                .filter_map(|&round| {
+                    let ambit = (f.read)(find(results, AMBIT, round)?)?;
+                    let upstream = (f.read)(find(results, UPSTREAM, round)?)?;
+                    Some(RoundPair {
+                        round,
+                        ambit,
+                        upstream,
+                        ratio: ratio(ambit, upstream)?,
+                    })
+                })
+                .collect();
+            (!per_round.is_empty()).then(|| Comparison {
+                figure: f.name,
+                unit: f.unit,
+                better: if f.higher_is_better {
+                    "higher"
+                } else {
+                    "lower"
+                },
+                ambit_median: median(per_round.iter().map(|p| p.ambit).collect()),
+                upstream_median: median(per_round.iter().map(|p| p.upstream).collect()),
+                ratio_median: median(per_round.iter().map(|p| p.ratio).collect()),
+                per_round,
+            })
+        })
+        .collect()
+}
+
+/// Enough significant digits for values from 0.01 to 100 000.
+fn num(v: f64) -> String {
+    match v.abs() {
+        a if a >= 1000.0 => format!("{v:.0}"),
+        a if a >= 10.0 => format!("{v:.1}"),
+        a if a >= 1.0 => format!("{v:.2}"),
+        _ => format!("{v:.3}"),
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(String::new, |v| format!("{v:.digits$}"))
+}
+
+fn load(l: Option<[f64; 3]>) -> String {
+    l.map_or_else(
+        || "?".to_owned(),
+        |[a, b, c]| format!("{a:.2} / {b:.2} / {c:.2}"),
+    )
+}
+
+fn comparison_section(s: &mut String, r: &Report) {
+    let Some(upstream) = &r.upstream_bin else {
+        let _ = writeln!(
+            s,
+            "> **NO UPSTREAM BINARY GIVEN.** This run measured Ambit's ztunnel against direct only: there is no \
+             Ambit/upstream ratio in it. Pass `--compare <upstream ztunnel binary>` (an upstream build with its \
+             `testing` feature, for `FAKE_CA`) to measure both in alternating rounds.\n"
+        );
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "## Ambit / upstream, same run\n\nAmbit `{}` against upstream `{upstream}`, alternating with fresh pods \
+         (each round: Ambit's pair, then upstream's). Ratio = Ambit / upstream within a round; the median is of \
+         those ratios.\n",
+        r.ztunnel_bin
+    );
+    if r.compare.is_empty() {
+        let _ = writeln!(
+            s,
+            "**No figure was measured for both binaries in the same round.**\n"
+        );
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "| figure | unit | better | Ambit (median) | upstream (median) | Ambit / upstream per round | **median ratio** |"
+    );
+    let _ = writeln!(s, "|---|---|---|---:|---:|---|---:|");
+    for c in &r.compare {
+        let rounds: Vec<String> = c
+            .per_round
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}: {} / {} = {:.2}",
+                    p.round,
+                    num(p.ambit),
+                    num(p.upstream),
+                    p.ratio
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | **{:.2}×** |",
+            c.figure,
+            c.unit,
+            c.better,
+            num(c.ambit_median),
+            num(c.upstream_median),
+            rounds.join("; "),
+            c.ratio_median
+        );
+    }
+    let _ = writeln!(s);
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let title = if r.upstream_bin.is_some() {
+        "# L4 benchmark: direct, Ambit's ztunnel pair and upstream's, same run\n"
+    } else {
+        "# L4 benchmark: direct vs ztunnel pair\n"
+    };
+    let _ = writeln!(s, "{title}");
+    let _ = writeln!(
+        s,
+        "Kernel {}, {} CPUs, load average (1/5/15 min) {} before, {} after. {} round(s) of {} s per measurement, \
+         modes alternating with fresh pods. `{}`; `{}`.{}\n",
+        r.kernel,
+        r.cpus,
+        load(r.load_before),
+        load(r.load_after),
+        r.rounds,
+        r.duration_secs,
+        r.iperf_command,
+        r.wrk_command,
+        if r.ztunnel_env.is_empty() {
+            String::new()
+        } else {
+            let env: Vec<String> = r
+                .ztunnel_env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!(" ztunnel environment: `{}`.", env.join(" "))
+        }
+    );
+    comparison_section(&mut s, r);
+    let _ = writeln!(
+        s,
+        "| round | mode | iperf3 Gbit/s | parallel Gbit/s | wrk req/s | p50 ms | p90 ms | p99 ms | errors | ztunnels µs CPU / req | context switches / req | syscalls / req | ztunnels µs CPU / MB | ztunnels RSS rest → after (MiB) |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for m in &r.results {
+        let counts = m.per_request.map_or_else(
+            || "| | |".to_owned(),
+            |p| {
+                format!(
+                    "{:.1} | {:.2} | {:.1} |",
+                    p.cpu_us, p.context_switches, p.syscalls
+                )
+            },
+        );
+        let rss = match (
+            kib_to_mib(m.ztunnels_rss_rest_kib),
+            kib_to_mib(m.ztunnels_rss_after_kib),
+        ) {
+            (Some(a), Some(b)) => format!("{a:.1} → {b:.1}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {counts} {} | {rss} |",
+            m.round,
+            m.mode,
+            m.throughput_gbps,
+            opt(m.throughput_parallel_gbps, 2),
+            m.wrk.requests_per_sec,
+            m.wrk.p50_ms,
+            m.wrk.p90_ms,
+            m.wrk.p99_ms,
+            m.wrk.errors,
+            opt(m.ztunnels_cpu_us_per_mb, 1),
+        );
+    }
+    for mode in MESH_MODES {
+        let rounds: Vec<&Ratios> = r.round_ratios.iter().filter(|x| x.mode == mode).collect();
+        if rounds.is_empty() {
+            continue;
+        }
+        let list = |f: fn(&Ratios) -> f64| {
+            rounds
+                .iter()
+                .map(|x| format!("{:.2}", f(x)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "\n{mode}/direct per round: throughput {}; requests/s {}.",
+            list(|x| x.throughput),
+            list(|x| x.requests_per_sec)
+        );
+    }
+    for ratio in &r.ratios {
+        let note = match ratio.mode {
+            AMBIT if r.upstream_bin.is_none() => {
+                " (no upstream binary in this run; upstream's published figures on this class of machine: 0.37×, \
+                 0.30×)"
+            }
+            AMBIT => " (Ambit)",
+            UPSTREAM => " (the `--compare` binary, same rounds)",
+            "relay" => " (two plain TCP relays: what the extra hops alone cost here)",
+            _ => "",
+        };
+        let _ = writeln!(
+            s,
+            "\n{}/direct (median of rounds): throughput **{:.2}×**, requests/s **{:.2}×**{note}.",
+            ratio.mode, ratio.throughput, ratio.requests_per_sec
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(mode: &'static str, round: usize, gbps: f64, rps: f64, p99: f64) -> ModeResult {
+        ModeResult {
+            mode,
+            round,
+            throughput_gbps: gbps,
+            throughput_parallel_gbps: None,
+            wrk: WrkResult {
+                requests_per_sec: rps,
+                p99_ms: p99,
+                ..WrkResult::default()
+            },
+            per_request: None,
+            ztunnels_cpu_us_per_mb: None,
+            ztunnels_rss_rest_kib: None,
+            ztunnels_rss_after_kib: None,
+        }
+    }
+
+    fn report(results: Vec<ModeResult>, upstream_bin: Option<&str>) -> Report {
+        let (round_ratios, ratios) = ratios_to_direct(&results);
+        Report {
+            timestamp: 0,
+            kernel: "k".into(),
+            cpus: 2,
+            load_before: Some([1.5, 2.0, 2.5]),
+            load_after: None,
+            duration_secs: 3,
+            rounds: 2,
+            ztunnel_bin: "/ambit/ztunnel".into(),
+            upstream_bin: upstream_bin.map(str::to_owned),
+            ztunnel_env: Vec::new(),
+            wrk_command: "wrk".into(),
+            iperf_command: "iperf3".into(),
+            compare: compare(&results),
+            results,
+            round_ratios,
+            ratios,
+        }
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
+
+    #[test]
+    fn ratio_refuses_missing_or_zero_denominators() {
+        assert_eq!(ratio(3.0, 2.0), Some(1.5));
+        assert_eq!(ratio(3.0, 0.0), None);
+        assert_eq!(ratio(f64::NAN, 2.0), None);
+        assert_eq!(ratio(1.0, f64::INFINITY), None);
+    }
+
+    #[test]
+    fn compare_pairs_each_round_and_takes_the_median_of_ratios() {
+        let mut a3 = result(AMBIT, 3, 9.0, 900.0, 1.0);
+        a3.ztunnels_rss_after_kib = Some(2048);
+        let mut u3 = result(UPSTREAM, 3, 3.0, 1000.0, 4.0);
+        u3.ztunnels_rss_after_kib = Some(4096);
+        let results = vec![
+            result(AMBIT, 1, 6.0, 1200.0, 1.0),
+            result(UPSTREAM, 1, 4.0, 1000.0, 2.0),
+            // Round 2's upstream run is missing: round 2 must not be paired with another round's.
+            result(AMBIT, 2, 100.0, 100.0, 100.0),
+            a3,
+            u3,
+        ];
+        let c = compare(&results);
+        let thr = c
+            .iter()
+            .find(|c| c.figure == "iperf3 throughput, 1 stream")
+            .unwrap();
+        let rounds: Vec<usize> = thr.per_round.iter().map(|p| p.round).collect();
+        assert_eq!(rounds, vec![1, 3]);
+        assert_eq!(thr.per_round[0].ratio, 1.5);
+        assert_eq!(thr.per_round[1].ratio, 3.0);
+        assert_eq!(thr.ratio_median, 2.25);
+        // The median of the ratios, not the ratio of the medians (7.5 / 3.5 ≈ 2.14).
+        assert_eq!((thr.ambit_median, thr.upstream_median), (7.5, 3.5));
+        assert_eq!(thr.better, "higher");
+        let p99 = c.iter().find(|c| c.figure == "wrk p99 latency").unwrap();
+        assert_eq!(p99.better, "lower");
+        assert_eq!(p99.ratio_median, (0.5 + 0.25) / 2.0);
+        // RSS was read only in round 3; figures nobody measured are left out.
+        let rss = c
+            .iter()
+            .find(|c| c.figure == "ztunnels' RSS after load (both)")
+            .unwrap();
+        assert_eq!(rss.per_round.len(), 1);
+        assert_eq!((rss.ambit_median, rss.ratio_median), (2.0, 0.5));
+        assert!(
+            c.iter()
+                .all(|c| c.figure != "iperf3 throughput, parallel streams")
+        );
+        assert!(c.iter().all(|c| !c.figure.contains("per request")));
+    }
+
+    #[test]
+    fn compare_is_empty_without_upstream_runs() {
+        let results = vec![
+            result("direct", 1, 20.0, 100_000.0, 2.0),
+            result(AMBIT, 1, 6.0, 30_000.0, 1.0),
+        ];
+        assert!(compare(&results).is_empty());
+    }
+
+    #[test]
+    fn ratios_to_direct_include_upstream_and_skip_rounds_without_direct() {
+        let results = vec![
+            result("direct", 1, 20.0, 100_000.0, 2.0),
+            result(AMBIT, 1, 8.0, 30_000.0, 1.0),
+            result(UPSTREAM, 1, 5.0, 20_000.0, 1.0),
+            result(AMBIT, 2, 1.0, 1.0, 1.0),
+            result(UPSTREAM, 2, 1.0, 1.0, 1.0),
+        ];
+        let (per_round, medians) = ratios_to_direct(&results);
+        assert_eq!(per_round.len(), 2, "{per_round:?}");
+        assert_eq!(
+            medians,
+            vec![
+                Ratios {
+                    mode: AMBIT,
+                    round: 0,
+                    throughput: 0.4,
+                    requests_per_sec: 0.3
+                },
+                Ratios {
+                    mode: UPSTREAM,
+                    round: 0,
+                    throughput: 0.25,
+                    requests_per_sec: 0.2
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn markdown_says_loudly_when_no_upstream_was_given() {
+        let md = markdown(&report(
+            vec![
+                result("direct", 1, 20.0, 100_000.0, 2.0),
+                result(AMBIT, 1, 8.0, 30_000.0, 1.0),
+            ],
+            None,
+        ));
+        assert!(md.contains("**NO UPSTREAM BINARY GIVEN.**"), "{md}");
+        assert!(!md.contains("Ambit / upstream"), "{md}");
+        assert!(md.contains("ztunnel/direct (median of rounds): throughput **0.40×**"));
+        assert!(md.contains("load average (1/5/15 min) 1.50 / 2.00 / 2.50 before, ? after"));
+    }
+
+    #[test]
+    fn markdown_lists_each_rounds_pair_and_the_median_ratio() {
+        let md = markdown(&report(
+            vec![
+                result(AMBIT, 1, 6.0, 1200.0, 1.0),
+                result(UPSTREAM, 1, 4.0, 1000.0, 2.0),
+                result(AMBIT, 2, 9.0, 900.0, 1.0),
+                result(UPSTREAM, 2, 3.0, 1000.0, 4.0),
+            ],
+            Some("/up/ztunnel"),
+        ));
+        assert!(!md.contains("NO UPSTREAM"), "{md}");
+        assert!(md.contains("Ambit `/ambit/ztunnel` against upstream `/up/ztunnel`"));
+        let line = md
+            .lines()
+            .find(|l| l.starts_with("| iperf3 throughput, 1 stream"))
+            .unwrap();
+        assert_eq!(
+            line,
+            "| iperf3 throughput, 1 stream | Gbit/s | higher | 7.50 | 3.50 | 1: 6.00 / 4.00 = 1.50; 2: 9.00 / 3.00 = 3.00 | **2.25×** |"
+        );
+        let rps = md
+            .lines()
+            .find(|l| l.starts_with("| wrk requests/s"))
+            .unwrap();
+        assert!(rps.ends_with("| **1.05×** |"), "{rps}");
+    }
+}
