@@ -10,34 +10,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// The controller binary of the same target directory, built if missing.
-fn controller() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_ambit")).with_file_name("controller");
-    if !bin.is_file() {
-        let ok = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "ambit-controller",
-                "--bin",
-                "controller",
-            ])
-            .current_dir(repo())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "building the controller");
-    }
-    bin
-}
+mod common;
+use common::{controller, repo};
 
 struct Run {
     code: i32,
