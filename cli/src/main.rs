@@ -39,6 +39,12 @@ enum Command {
     /// controller's current state (istioctl's `proxy-status`).
     #[command(name = "proxy-status", visible_alias = "ps")]
     ProxyStatus(proxy_status::ProxyStatusArgs),
+    /// Print a shell completion script: `source <(ambit completion bash)`, or save it where your shell loads
+    /// completions from.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() {
@@ -51,6 +57,17 @@ fn main() {
         Command::Waypoint(args) => Ok(waypoint::run(args)),
         Command::Analyze(args) => Ok(analyze::run(args)),
         Command::ProxyStatus(args) => proxy_status::run(&args),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ambit", &mut script);
+            // A closed pipe (`| head`) is not an error worth a message.
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(0),
+            }
+        }
     };
     match code {
         Ok(code) => std::process::exit(code),
