@@ -99,14 +99,7 @@ pub struct Report {
     pub compare: Vec<Comparison>,
 }
 
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
+pub use ambit_e2e::tools::median;
 
 /// `a / b` when both are finite and `b` is positive (a failed or missing measurement gives no ratio).
 pub fn ratio(a: f64, b: f64) -> Option<f64> {

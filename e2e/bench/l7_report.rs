@@ -106,14 +106,7 @@ pub struct Report {
     pub policy_cost: Vec<PolicyCost>,
 }
 
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
+pub use ambit_e2e::tools::median;
 
 pub fn median_of(v: Vec<f64>) -> Option<f64> {
     (!v.is_empty()).then(|| median(v))

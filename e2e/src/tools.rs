@@ -223,3 +223,13 @@ pub fn rss_sum(pids: &[u32]) -> Option<u64> {
         .collect();
     (!v.is_empty()).then(|| v.iter().sum())
 }
+
+/// The median of `v` (the mean of the middle two for an even count); NaN for none.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
