@@ -372,11 +372,18 @@ fn waypoint_identity(index: &Index, res: &Resources, cfg: &ComputeConfig, out: &
             }
         }
     }
-    for (ns, name) in index.services.keys() {
-        let Some(wp) = res_waypoint(res, ns, name, cfg) else {
+    // The same bindings and waypoint identities the compute used.
+    let bindings = crate::compute::waypoint::bindings(index, cfg);
+    for ((ns, name), b) in &bindings.services {
+        if b.outcome.is_err() {
             continue;
-        };
-        let Some(w) = index_waypoint_identity(index, &wp) else {
+        }
+        let wp = &b.waypoint;
+        let Some(w) = bindings
+            .waypoints
+            .get(wp)
+            .and_then(|w| w.identities.first())
+        else {
             continue;
         };
         let svc_key = format!("{ns}/{}", crate::compute::service_hostname(name, ns, cfg));
@@ -422,42 +429,6 @@ fn waypoint_identity(index: &Index, res: &Resources, cfg: &ComputeConfig, out: &
             }
         }
     }
-}
-
-/// The waypoint `(ns, gateway)` of a Service whose WDS entry names one.
-fn res_waypoint(
-    res: &Resources,
-    ns: &str,
-    name: &str,
-    cfg: &ComputeConfig,
-) -> Option<(String, String)> {
-    let key = format!("{ns}/{}", crate::compute::service_hostname(name, ns, cfg));
-    let Some(address::Type::Service(s)) = res.addresses.get(&key)?.r#type.as_ref() else {
-        return None;
-    };
-    let wp = s.waypoint.as_ref()?;
-    match wp.destination.as_ref()? {
-        ambit_proto::workload::gateway_address::Destination::Hostname(h) => {
-            let gw = h.hostname.split('.').next()?.to_owned();
-            Some((h.namespace.clone(), gw))
-        }
-        ambit_proto::workload::gateway_address::Destination::Address(_) => None,
-    }
-}
-
-/// The service account the waypoint's pods run as (the deployer's `<gateway>` when none is known).
-fn index_waypoint_identity(index: &Index, (ns, gw): &(String, String)) -> Option<String> {
-    let from_pods = index
-        .pods
-        .range((ns.clone(), String::new())..)
-        .take_while(|((pns, _), _)| pns == ns)
-        .find(|(_, p)| {
-            labels_of(&p.metadata)
-                .get(crate::compute::waypoint::GATEWAY_NAME)
-                .is_some_and(|g| g == gw)
-        })
-        .and_then(|(_, p)| p.spec.as_ref()?.service_account_name.clone());
-    Some(from_pods.unwrap_or_else(|| gw.clone()))
 }
 
 /// STRICT PeerAuthentication while pods outside the mesh (in namespaces that are not excluded) exist: they

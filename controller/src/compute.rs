@@ -32,7 +32,7 @@ use ambit_proto::security::Authorization;
 use ambit_proto::waypoint::{
     AuthorizationPolicy, BackendPolicy, RateLimitPolicy, RequestAuthentication, Route,
 };
-use ambit_proto::workload::{Address, address};
+use ambit_proto::workload::{self as address_types, Address, address};
 
 use crate::index::Index;
 
@@ -108,84 +108,67 @@ pub struct Resources {
     pub deployments: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
-/// Computes all resources from the index.
-pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
-    let policies = authz::convert_all(index, cfg);
-    let bindings = waypoint::bindings(index, cfg);
-    let mut out = Resources::default();
-    for svc in service::services(index, cfg, &bindings) {
+impl Resources {
+    /// Adds a service as `<ns>/<hostname>` with its VIPs (`network/IP`, `network/IP/len` for CIDRs) as aliases,
+    /// unless a service of that name is already there.
+    fn insert_service(&mut self, svc: address_types::Service) {
         let name = format!("{}/{}", svc.namespace, svc.hostname);
-        for a in &svc.addresses {
-            if let Some(ip) = ip_from_bytes(&a.address) {
-                out.aliases
-                    .insert(format!("{}/{}", a.network, ip), name.clone());
-            }
+        if self.addresses.contains_key(&name) {
+            return;
         }
-        out.addresses.insert(
-            name,
-            Address {
-                r#type: Some(address::Type::Service(svc)),
-            },
-        );
-    }
-    let mut guards = waypoint_guard::Guards::new(cfg, &bindings);
-    for wl in workload::workloads(index, cfg, &policies, &bindings, &mut guards) {
-        for a in &wl.addresses {
-            if let Some(ip) = ip_from_bytes(a) {
-                out.aliases
-                    .insert(format!("{}/{}", wl.network, ip), wl.uid.clone());
-            }
-        }
-        out.addresses.insert(
-            wl.uid.clone(),
-            Address {
-                r#type: Some(address::Type::Workload(wl)),
-            },
-        );
-    }
-    let entries = service_entry::entries(index, cfg, &policies, &bindings);
-    for svc in &entries.services {
-        let name = format!("{}/{}", svc.namespace, svc.hostname);
         for a in &svc.addresses {
             if let Some(ip) = ip_from_bytes(&a.address) {
                 let alias = match a.length {
                     Some(len) => format!("{}/{ip}/{len}", a.network),
                     None => format!("{}/{ip}", a.network),
                 };
-                out.aliases.insert(alias, name.clone());
+                self.aliases.insert(alias, name.clone());
             }
         }
+        self.addresses.insert(
+            name,
+            Address {
+                r#type: Some(address::Type::Service(svc)),
+            },
+        );
     }
-    for wl in &entries.workloads {
+
+    /// Adds a workload by uid with its addresses (`network/IP`) as aliases.
+    fn insert_workload(&mut self, wl: address_types::Workload) {
         for a in &wl.addresses {
             if let Some(ip) = ip_from_bytes(a) {
-                out.aliases
+                self.aliases
                     .insert(format!("{}/{}", wl.network, ip), wl.uid.clone());
             }
         }
-    }
-    let entry_addresses = entries
-        .services
-        .iter()
-        .cloned()
-        .map(|s| {
-            (
-                format!("{}/{}", s.namespace, s.hostname),
-                address::Type::Service(s),
-            )
-        })
-        .chain(
-            entries
-                .workloads
-                .iter()
-                .cloned()
-                .map(|w| (w.uid.clone(), address::Type::Workload(w))),
+        self.addresses.insert(
+            wl.uid.clone(),
+            Address {
+                r#type: Some(address::Type::Workload(wl)),
+            },
         );
-    for (name, t) in entry_addresses {
-        // A Kubernetes Service of the same hostname wins.
-        out.addresses
-            .entry(name)
-            .or_insert(Address { r#type: Some(t) });
+    }
+}
+
+/// Computes all resources from the index.
+pub fn compute(index: &Index, cfg: &ComputeConfig) -> Resources {
+    let policies = authz::convert_all(index, cfg);
+    let bindings = waypoint::bindings(index, cfg);
+    let mut out = Resources::default();
+    for svc in service::services(index, cfg, &bindings) {
+        out.insert_service(svc);
+    }
+    let mut guards = waypoint_guard::Guards::new(cfg, &bindings);
+    for wl in workload::workloads(index, cfg, &policies, &bindings, &mut guards) {
+        out.insert_workload(wl);
+    }
+    // After the Kubernetes ones: a Kubernetes Service of the same hostname wins.
+    let mut entries = service_entry::entries(index, cfg, &policies, &bindings);
+    for svc in std::mem::take(&mut entries.services) {
+        out.insert_service(svc);
+    }
+    for wl in std::mem::take(&mut entries.workloads) {
+        out.insert_workload(wl);
     }
     let ztunnel_status =
         waypoint_policy::ztunnel_status(index, &policies.status, &policies.resources);

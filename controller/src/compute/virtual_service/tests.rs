@@ -6,16 +6,18 @@
 
 use ambit_proto::waypoint::{MatchType, Route, RouteKind, RouteOrigin, parent_ref, path_modifier};
 
-
-use crate::compute::{ComputeConfig, Resources};
 use crate::compute::test_support::compute_text;
+use crate::compute::{ComputeConfig, Resources};
 
 /// The same mesh as the `virtual-services` golden case.
 pub const BOOKINFO: &str = include_str!("../../../tests/golden/virtual-services/in/bookinfo.yaml");
 
 /// Computes the resources of `BOOKINFO` followed by `extra` documents.
 pub fn compute_yaml(extra: &str) -> Resources {
-    compute_text(&format!("{BOOKINFO}\n---\n{extra}"), &ComputeConfig::default())
+    compute_text(
+        &format!("{BOOKINFO}\n---\n{extra}"),
+        &ComputeConfig::default(),
+    )
 }
 
 fn route<'a>(r: &'a Resources, name: &str) -> &'a Route {

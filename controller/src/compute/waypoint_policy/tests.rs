@@ -6,8 +6,8 @@
 use ambit_proto::waypoint::{authorization_policy::Action, policy_target};
 use serde_json::Value;
 
-use crate::compute::{ComputeConfig, Resources};
 use crate::compute::test_support::compute_text;
+use crate::compute::{ComputeConfig, Resources};
 
 const MESH: &str = include_str!("../../../tests/golden/waypoint-policies/in/mesh.yaml");
 
