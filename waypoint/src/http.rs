@@ -10,6 +10,7 @@ pub mod body;
 pub mod forward;
 pub mod headers;
 mod log;
+mod mirror;
 mod policy;
 
 pub use log::SeriesKey;
@@ -29,7 +30,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
-use tracing::debug;
 
 use crate::config::Config;
 use crate::filters::{self, Filter, HeaderModifier, Mirror};
@@ -39,7 +39,7 @@ use crate::ratelimit;
 use crate::resilience::{Abort, RetryPolicy, deadlines, parse_grpc_timeout};
 use crate::route::{Match, RequestView, Rule, pick_weighted};
 use crate::state::{AppProtocol, Backend, Picked, Snapshot, Store, Target, Workload};
-use crate::upstream::{ReqBody, Upstream};
+use crate::upstream::Upstream;
 use body::{Counted, RespBody};
 use headers::{
     TRACEPARENT, X_REQUEST_ID, error_response, is_grpc, next_traceparent, strip_hop_by_hop,
@@ -381,9 +381,16 @@ pub async fn handle(
         }
     }
 
-    for m in mirrors {
-        mirror(&proxy, &snap, m, &parts);
-    }
+    // Mirrors get a copy of the request (and of its body, as the real backend reads it), not while upgrading.
+    let has_body = !hyper::body::Body::is_end_stream(&body);
+    let feeds: Vec<mirror::Feed> = if upgrading {
+        Vec::new()
+    } else {
+        mirrors
+            .into_iter()
+            .filter_map(|m| mirror::start(&proxy, &snap, m, &parts, has_body))
+            .collect()
+    };
 
     // The backend's protocol: the service port's, else what the client spoke.
     let protocol = service_port
@@ -447,7 +454,7 @@ pub async fn handle(
         }
     }
 
-    let body = Counted::boxed(body, log.request_bytes.clone());
+    let body = Counted::boxed(mirror::Tee::new(body, feeds), log.request_bytes.clone());
     let timeouts = rule_chosen.map(|r| r.timeouts).unwrap_or_default();
     let plan = forward::Plan {
         retry: rule_chosen
@@ -646,49 +653,4 @@ fn choose_backend<'a>(
         target.port,
         target.subset.as_deref(),
     )
-}
-
-/// Sends a copy of a request without a body to the mirror backend and forgets it (requests with a body are not
-/// mirrored: the body is streamed to the real backend only).
-fn mirror(proxy: &Arc<Proxy>, snap: &Snapshot, m: &Mirror, parts: &http::request::Parts) {
-    let Ok(target) = &m.target else { return };
-    if m.percent < 100.0 && rand::rng().random_range(0.0..100.0) >= m.percent {
-        return;
-    }
-    let has_body = parts.headers.contains_key(header::CONTENT_LENGTH)
-        && parts.headers[header::CONTENT_LENGTH] != "0"
-        || parts.headers.contains_key(header::TRANSFER_ENCODING);
-    if has_body {
-        debug!(backend = %target.hostname, "not mirroring a request with a body");
-        return;
-    }
-    let Some(picked) = snap
-        .backend(&target.hostname, target.port, target.subset.as_deref())
-        .and_then(|b| b.pick(None, &[]).map(|(_, p)| p))
-    else {
-        return;
-    };
-    let mut headers = parts.headers.clone();
-    strip_hop_by_hop(&mut headers, false);
-    let mut req = Request::new(RespBody::full(Vec::<u8>::new()) as ReqBody);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .map_or_else(|| Uri::from_static("/"), Uri::from);
-    *req.headers_mut() = headers;
-    let proxy = proxy.clone();
-    tokio::spawn(async move {
-        if let Ok((resp, release)) = proxy
-            .upstream
-            .send(&picked.workload, picked.addr, false, req, None)
-            .await
-        {
-            let _ = resp.into_body().collect().await;
-            if let Some(r) = release {
-                r.release();
-            }
-        }
-    });
 }
