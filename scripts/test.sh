@@ -36,7 +36,7 @@ section "system packages"
 # Tools of the e2e tests and the benchmark (with the Python gRPC and WebSocket clients), plus the C toolchain for the BoringSSL backend (cmake; libclang for bindgen).
 packages=(ca-certificates build-essential pkg-config git cmake libclang-dev
           iptables nftables iproute2 iputils-ping netcat-openbsd curl iperf3 wrk nghttp2-client tcpdump tshark
-          procps util-linux python3-grpcio python3-websockets)
+          procps util-linux python3-grpcio python3-websockets prometheus)
 # The embedded API server's kubectl test (apiserver/tests/api/kubectl.rs): Debian's kubectl, unless one is installed.
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 if [ "${AMBIT_TEST_SKIP_APT:-}" = 1 ] || [ $is_root = 0 ]; then

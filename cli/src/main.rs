@@ -1,7 +1,8 @@
 //! `ambit`: run a local mesh, inspect its ztunnels (`ambit zc`), manage waypoints (`ambit waypoint`), analyze the
-//! configuration (`ambit analyze`), explain policy decisions, and a built-in echo server for demos and tests.
+//! configuration (`ambit analyze`), explain policy decisions, run Prometheus and Grafana on the local mesh
+//! (`ambit dashboard`), and a built-in echo server for demos and tests.
 
-use ambit::{analyze, authz, echo, local, proxy_status, waypoint, zc};
+use ambit::{analyze, authz, dashboard, echo, local, proxy_status, waypoint, zc};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -39,6 +40,9 @@ enum Command {
     /// controller's current state (istioctl's `proxy-status`).
     #[command(name = "proxy-status", visible_alias = "ps")]
     ProxyStatus(proxy_status::ProxyStatusArgs),
+    /// Prometheus scraping the local mesh, and the Grafana dashboards (istioctl's `dashboard prometheus|grafana`).
+    #[command(name = "dashboard", visible_aliases = ["dash", "d"])]
+    Dashboard(dashboard::DashboardArgs),
     /// Print a shell completion script: `source <(ambit completion bash)`, or save it where your shell loads
     /// completions from.
     Completion {
@@ -57,6 +61,7 @@ fn main() {
         Command::Waypoint(args) => Ok(waypoint::run(args)),
         Command::Analyze(args) => Ok(analyze::run(args)),
         Command::ProxyStatus(args) => proxy_status::run(&args),
+        Command::Dashboard(args) => dashboard::run(args),
         Command::Completion { shell } => {
             use clap::CommandFactory;
             use std::io::Write;
