@@ -186,6 +186,13 @@ fn from_status(res: &Resources, out: &mut Vec<Finding>) {
                     Severity::Warning,
                     "bind the target to a waypoint (istio.io/use-waypoint) or fix the fields named",
                 ),
+                ("ResolvedRefs", "RefNotPermitted") => f(
+                    "AMB0007",
+                    Severity::Error,
+                    "create a ReferenceGrant in the backend's namespace whose `from` names this route's kind and \
+                     namespace and whose `to` names the backend, or use a backend in the route's namespace; requests \
+                     routed there get 500",
+                ),
                 ("ResolvedRefs", _) => f(
                     "AMB0007",
                     Severity::Error,

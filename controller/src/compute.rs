@@ -11,6 +11,7 @@ pub mod deployer;
 pub mod destination_rule;
 pub mod fault_injection;
 pub mod istio_hosts;
+pub mod reference_grant;
 pub mod render;
 pub mod route_scopes;
 pub mod routes;

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1 as core;
 
 use crate::sources::{
     AuthorizationPolicy, Event, Gateway, GrpcRoute, HttpRoute, Kind, Object, ObjectKey,
-    PeerAuthentication, TcpRoute,
+    PeerAuthentication, ReferenceGrant, TcpRoute,
 };
 use crate::sources::{
     DestinationRule, FaultInjection, RateLimitPolicy, RequestAuthentication, ServiceEntry,
@@ -38,6 +38,8 @@ pub struct Index {
     pub rate_limit_policies: BTreeMap<Name, RateLimitPolicy>,
     pub service_entries: BTreeMap<Name, ServiceEntry>,
     pub workload_entries: BTreeMap<Name, WorkloadEntry>,
+    /// By the namespace they grant access to.
+    pub reference_grants: BTreeMap<Name, ReferenceGrant>,
     /// Whether every source finished its initial listing.
     pub synced: bool,
 }
@@ -77,6 +79,7 @@ impl Index {
             Object::RateLimitPolicy(o) => replace(&mut self.rate_limit_policies, key, *o),
             Object::ServiceEntry(o) => replace(&mut self.service_entries, key, *o),
             Object::WorkloadEntry(o) => replace(&mut self.workload_entries, key, *o),
+            Object::ReferenceGrant(o) => replace(&mut self.reference_grants, key, *o),
         }
     }
 
@@ -101,6 +104,7 @@ impl Index {
             Kind::RateLimitPolicy => self.rate_limit_policies.remove(&k).is_some(),
             Kind::ServiceEntry => self.service_entries.remove(&k).is_some(),
             Kind::WorkloadEntry => self.workload_entries.remove(&k).is_some(),
+            Kind::ReferenceGrant => self.reference_grants.remove(&k).is_some(),
         }
     }
 

@@ -5,6 +5,7 @@ pub mod ambit;
 pub mod entries;
 pub mod istio;
 pub mod manifest;
+pub mod reference_grant;
 pub mod routes;
 pub mod types;
 
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 pub use ambit::{FaultInjection, RateLimitPolicy};
 pub use entries::{ServiceEntry, WorkloadEntry};
 pub use istio::{DestinationRule, VirtualService};
+pub use reference_grant::ReferenceGrant;
 pub use routes::{GrpcRoute, HttpRoute, TcpRoute};
 pub use types::{AuthorizationPolicy, Gateway, PeerAuthentication, RequestAuthentication};
 
@@ -43,6 +45,7 @@ pub enum Kind {
     RateLimitPolicy,
     ServiceEntry,
     WorkloadEntry,
+    ReferenceGrant,
 }
 
 impl Kind {
@@ -59,6 +62,9 @@ impl Kind {
             ("gateway.networking.k8s.io", "v1" | "v1beta1", "HTTPRoute") => Some(Kind::HttpRoute),
             ("gateway.networking.k8s.io", "v1" | "v1alpha2", "GRPCRoute") => Some(Kind::GrpcRoute),
             ("gateway.networking.k8s.io", "v1alpha2", "TCPRoute") => Some(Kind::TcpRoute),
+            ("gateway.networking.k8s.io", "v1" | "v1beta1", "ReferenceGrant") => {
+                Some(Kind::ReferenceGrant)
+            }
             ("security.istio.io", "v1" | "v1beta1", "AuthorizationPolicy") => {
                 Some(Kind::AuthorizationPolicy)
             }
@@ -131,6 +137,7 @@ pub enum Object {
     RateLimitPolicy(Box<RateLimitPolicy>),
     ServiceEntry(Box<ServiceEntry>),
     WorkloadEntry(Box<WorkloadEntry>),
+    ReferenceGrant(Box<ReferenceGrant>),
 }
 
 impl Object {
@@ -154,6 +161,7 @@ impl Object {
             Object::RateLimitPolicy(_) => Kind::RateLimitPolicy,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
             Object::WorkloadEntry(_) => Kind::WorkloadEntry,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
         }
     }
 
@@ -177,6 +185,7 @@ impl Object {
             Object::RateLimitPolicy(o) => &o.metadata,
             Object::ServiceEntry(o) => &o.metadata,
             Object::WorkloadEntry(o) => &o.metadata,
+            Object::ReferenceGrant(o) => &o.metadata,
         }
     }
 
@@ -313,6 +322,9 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentErro
         Kind::WorkloadEntry => {
             Object::WorkloadEntry(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
         }
+        Kind::ReferenceGrant => {
+            Object::ReferenceGrant(Box::new(serde_yaml::from_value(value).map_err(invalid)?))
+        }
     };
     if obj
         .metadata()
@@ -342,6 +354,7 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentErro
         Object::RateLimitPolicy(o) => &mut o.metadata,
         Object::ServiceEntry(o) => &mut o.metadata,
         Object::WorkloadEntry(o) => &mut o.metadata,
+        Object::ReferenceGrant(o) => &mut o.metadata,
     };
     if kind.namespaced() {
         if meta.namespace.as_deref().unwrap_or_default().is_empty() {

@@ -75,3 +75,36 @@ fn the_examples_are_clean() {
         assert!(findings.is_empty(), "{dirs:?}: {findings:#?}");
     }
 }
+
+#[test]
+fn a_granted_cross_namespace_backend_is_no_finding() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/analyze/AMB0007-backend-without-reference-grant.yaml");
+    let text = std::fs::read_to_string(fixture).expect("fixture");
+    let findings = analyze_text(&text);
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(findings[0]["code"], "AMB0007");
+    assert!(
+        findings[0]["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("ReferenceGrant")),
+        "{findings:#?}"
+    );
+    let grant = "---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-demo, namespace: backends}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: demo}]
+  to: [{group: \"\", kind: Service, name: echo-v2}]
+";
+    let findings = analyze_text(&format!("{text}{grant}"));
+    assert!(findings.is_empty(), "{findings:#?}");
+}
+
+/// `controller analyze` on one manifest file holding `text`.
+fn analyze_text(text: &str) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("manifest.yaml"), text).expect("write");
+    analyze(&[dir.path()])
+}

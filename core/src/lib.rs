@@ -9,6 +9,7 @@ pub mod drain;
 pub mod enrollment;
 pub mod grpc;
 pub mod hbone;
+pub mod hostname;
 pub mod identity;
 pub mod jwt;
 pub mod logging;

@@ -4,8 +4,18 @@
 //! service port the waypoint serves, the rules attached to it are flattened into a [`RouteTable`]: one entry per
 //! (rule, match), sorted once by the Gateway API's precedence, so choosing a rule for a request is a walk down a
 //! list that stops at the first entry that matches.
+//!
+//! Route `hostnames` ([`host`]) count only for rules that reach the port through the waypoint Gateway
+//! ([`Attachment::Gateway`]): there the table first narrows to the routes whose hostnames match the request's
+//! authority, the most specific hostname winning before match precedence, as at any Gateway listener. A request
+//! whose host no route there claims goes to the service itself, as if no route were attached. Rules attached to
+//! the Service ignore `hostnames`: GAMMA (GEP-1426) binds mesh routes by the service's VIP, not by `Host`, and
+//! says meshes SHOULD NOT infer anything from the field (conformance `MeshFrontendHostname`).
 
 mod convert;
+pub mod host;
+#[cfg(test)]
+mod host_tests;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +31,7 @@ use crate::filters::Filter;
 use crate::resilience::{Cors, Fault, RetryPolicy};
 
 pub use convert::{ConvertError, convert_match, rule_from_proto};
+pub use host::Hostname;
 
 /// Which kind of route a rule came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -311,6 +322,9 @@ pub struct Rule {
     pub rule_name: String,
     pub created: i64,
     pub parents: Vec<Parent>,
+    /// HTTPRoute/GRPCRoute `hostnames` (empty: any host); they apply only where the rule attaches through the
+    /// waypoint Gateway ([`Attachment`]).
+    pub hostnames: Vec<Hostname>,
     /// Never empty: a rule without matches gets [`Match::everything`] (HTTP; gRPC: every method).
     pub matches: Vec<Match>,
     pub filters: Vec<Filter>,
@@ -357,10 +371,55 @@ impl Rule {
     }
 }
 
+/// How the rules of a table reached their service port, which decides whether their `hostnames` count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// Through a Service (or ServiceEntry) parent: `hostnames` are ignored (GAMMA matches by VIP). The
+    /// controller still sends them, since one rule may also have a Gateway parent, and only the waypoint knows
+    /// which parent brought a rule to a port.
+    Service,
+    /// Through the waypoint Gateway: `hostnames` select routes by the request's authority. `default` is the
+    /// service port itself, for requests whose host no rule claims.
+    Gateway { default: ServiceRef },
+}
+
 /// The rules of one service port, in precedence order.
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
     entries: Vec<(Arc<Rule>, usize)>,
+    /// `Some` when hostnames count ([`Attachment::Gateway`]): the rule for requests no route's hostnames match.
+    by_host: Option<Arc<Rule>>,
+}
+
+/// The name of the rule that sends a request no Gateway-attached route claims to the service itself.
+pub const DEFAULT_RULE: &str = "_waypoint-default";
+
+/// A rule that forwards everything to `target` unchanged (no filters, the waypoint's default policies).
+fn default_rule(kind: RouteKind, target: ServiceRef) -> Rule {
+    Rule {
+        name: DEFAULT_RULE.to_owned(),
+        kind,
+        origin: Origin::GatewayApi,
+        namespace: String::new(),
+        route_name: DEFAULT_RULE.to_owned(),
+        rule_index: 0,
+        rule_name: String::new(),
+        created: 0,
+        parents: Vec::new(),
+        hostnames: Vec::new(),
+        matches: vec![Match::everything()],
+        filters: Vec::new(),
+        backends: vec![BackendRef {
+            target: Ok(target),
+            weight: 1,
+            filters: Vec::new(),
+        }],
+        timeouts: Timeouts::default(),
+        retry: None,
+        fault: None,
+        cors: None,
+        direct_response: None,
+    }
 }
 
 /// The precedence of one (rule, match), smallest first (Gateway API HTTPRoute and GRPCRoute rules).
@@ -410,7 +469,7 @@ fn grpc_key(r: &Rule, m: usize) -> GrpcKey<'_> {
 
 impl RouteTable {
     /// Flattens and sorts `rules` (all of one kind: HTTP and gRPC rules are not mixed on one port).
-    pub fn new(rules: &[Arc<Rule>]) -> RouteTable {
+    pub fn new(rules: &[Arc<Rule>], attachment: Attachment) -> RouteTable {
         let mut entries: Vec<(Arc<Rule>, usize)> = rules
             .iter()
             .flat_map(|r| (0..r.matches.len()).map(move |m| (r.clone(), m)))
@@ -428,19 +487,53 @@ impl RouteTable {
                     _ => http_key(a, *am).cmp(&http_key(b, *bm)),
                 })
         });
-        RouteTable { entries }
+        let by_host = match attachment {
+            Attachment::Service => None,
+            Attachment::Gateway { default } => {
+                let kind = rules.first().map_or(RouteKind::Http, |r| r.kind);
+                Some(Arc::new(default_rule(kind, default)))
+            }
+        };
+        RouteTable { entries, by_host }
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    /// The first rule (and the match that selected it) for this request.
+    /// The first rule (and the match that selected it) for this request. With hostnames in force, the first
+    /// among the matching entries of the routes whose hostnames match the request's host most specifically; the
+    /// default rule when no route's hostnames match it; `None` when routes claim the host but none of their
+    /// matches applies.
     pub fn select(&self, req: &RequestView<'_>) -> Option<(&Arc<Rule>, &Match)> {
-        self.entries.iter().find_map(|(r, m)| {
+        let Some(default) = &self.by_host else {
+            return self.entries.iter().find_map(|(r, m)| {
+                let mm = &r.matches[*m];
+                mm.matches(req).then_some((r, mm))
+            });
+        };
+        let host = host::request_host(req.authority);
+        let mut claimed = false;
+        let mut best: Option<(host::HostRank, &Arc<Rule>, &Match)> = None;
+        for (r, m) in &self.entries {
+            let Some(rank) = host::rank(&r.hostnames, &host) else {
+                continue;
+            };
+            claimed = true;
+            // Entries are in match precedence order, so a later entry wins only with a better host rank.
+            if best.as_ref().is_some_and(|(b, _, _)| *b >= rank) {
+                continue;
+            }
             let mm = &r.matches[*m];
-            mm.matches(req).then_some((r, mm))
-        })
+            if mm.matches(req) {
+                best = Some((rank, r, mm));
+            }
+        }
+        match best {
+            Some((_, r, mm)) => Some((r, mm)),
+            None if !claimed => Some((default, &default.matches[0])),
+            None => None,
+        }
     }
 
     /// The rules in precedence order (for `/config_dump`).

@@ -7,9 +7,17 @@
 //! admit the route's namespace, else `NotAllowedByListeners`); `ServiceEntry` is not indexed yet, so such parents
 //! are dropped with `NoMatchingParent`. Gateways of other classes are somebody else's and are ignored silently.
 //!
-//! Backends: a `Service` in the route's namespace with a port → hostname and port; anything else is kept with
-//! `invalid` set (the waypoint answers 500 for requests that pick it) and `ResolvedRefs=False` in status.
-//! Cross-namespace backends need a ReferenceGrant, which is not supported: they are `RefNotPermitted`.
+//! Backends (of rules, of backend filters and of `RequestMirror`): a `Service` with a port → hostname and port;
+//! anything else is kept with `invalid` set (the waypoint answers 500 for requests that pick it) and
+//! `ResolvedRefs=False` in status. A Service in another namespace needs a ReferenceGrant there that admits the
+//! route's kind and namespace ([`super::reference_grant`]); without one it is invalid with `RefNotPermitted`.
+//!
+//! Hostnames are sent as written (for GRPCRoute too; TCPRoute has none). The waypoint applies them only to rules
+//! that reach a service through the waypoint Gateway parent; for Service parents GAMMA (GEP-1426) says meshes
+//! SHOULD NOT infer anything from them, so it ignores them there. One Route may carry both kinds of parent, and
+//! only the waypoint knows which one brought a rule to a port, so the decision is the waypoint's. An invalid
+//! hostname (what the CRD refuses: upper case, an IP address, a misplaced `*`) makes every parent
+//! `Accepted=False UnsupportedValue` and no rule is sent ([`hostnames`]).
 //!
 //! Policies: `timeouts` (invalid durations, which the CRD refuses, count as unset), HTTPRoute `retry`
 //! ([`retry`]) and fault injection through Ambit's `FaultInjection` extension filter ([`super::fault_injection`]:
@@ -24,6 +32,9 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(test)]
+mod grant_tests;
+mod hostnames;
 mod retry;
 mod rule;
 #[cfg(test)]
@@ -37,6 +48,7 @@ use ambit_proto::waypoint::{
 use serde_json::{Value, json};
 
 use super::fault_injection;
+use super::reference_grant::{self, Referrer, Target};
 use super::status::condition;
 use super::waypoint::{GatewayCheck, HBONE_PORT, Waypoint, check_gateway};
 use super::{ComputeConfig, service_hostname};
@@ -87,6 +99,15 @@ impl RouteIn<'_> {
             RouteKind::Http => "httproute",
             RouteKind::Grpc => "grpcroute",
             RouteKind::Tcp => "tcproute",
+        }
+    }
+
+    /// The Gateway API kind, as a ReferenceGrant's `from` names it.
+    fn api_kind(&self) -> &'static str {
+        match self.kind {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Tcp => "TCPRoute",
         }
     }
 }
@@ -338,6 +359,8 @@ struct Resolver<'a> {
     index: &'a Index,
     cfg: &'a ComputeConfig,
     ns: &'a str,
+    /// The route's Gateway API kind (`HTTPRoute`), for ReferenceGrants.
+    route_kind: &'static str,
     /// `(reason, message)` for `ResolvedRefs=False`.
     problem: Option<(&'static str, String)>,
 }
@@ -361,12 +384,24 @@ impl Resolver<'_> {
         };
         let problem = match (group, kind) {
             ("" | "core", "Service") => {
-                if ns != self.ns {
+                let from = Referrer {
+                    group: GATEWAY_GROUP,
+                    kind: self.route_kind,
+                    namespace: self.ns,
+                };
+                let to = Target {
+                    group,
+                    kind,
+                    namespace: ns,
+                    name: &b.name,
+                };
+                if !reference_grant::permitted(self.index, from, to) {
                     Some((
                         "RefNotPermitted",
                         format!(
-                            "backend {ns}/{} is in another namespace (ReferenceGrant is not supported)",
-                            b.name
+                            "backend {ns}/{} is in another namespace and no ReferenceGrant there allows {} from \
+                             namespace {} to refer to it",
+                            b.name, self.route_kind, self.ns
                         ),
                     ))
                 } else if !self
@@ -531,6 +566,7 @@ pub fn routes(
             index,
             cfg,
             ns: route.ns,
+            route_kind: route.api_kind(),
             problem: None,
         };
         let mut rules = Vec::new();
@@ -544,6 +580,7 @@ pub fn routes(
             rules.push((i, rule, parts));
         }
         let nothing_valid = !route.rules.is_empty() && rules.is_empty();
+        let bad_hostnames = hostnames::problems(route.hostnames);
         let resolved = match &resolver.problem {
             None => condition(
                 "ResolvedRefs",
@@ -556,6 +593,12 @@ pub fn routes(
         for p in route.parents {
             let accepted = match resolve_parent(&route, p, index, waypoints, cfg) {
                 ParentOutcome::Ignored => continue,
+                ParentOutcome::Attached(_) if !bad_hostnames.is_empty() => condition(
+                    "Accepted",
+                    false,
+                    "UnsupportedValue",
+                    &format!("Invalid hostnames: {}", bad_hostnames.join("; ")),
+                ),
                 ParentOutcome::Attached(_) if nothing_valid => condition(
                     "Accepted",
                     false,
@@ -576,7 +619,7 @@ pub fn routes(
                 }
             };
             let mut conditions = vec![accepted, resolved.clone()];
-            if !dropped.is_empty() && !nothing_valid {
+            if !dropped.is_empty() && !nothing_valid && bad_hostnames.is_empty() {
                 conditions.push(condition(
                     "PartiallyInvalid",
                     true,

@@ -1,5 +1,6 @@
 //! `ambit.waypoint.Route` (wire) → [`Rule`] (domain). Every error names the field, and becomes the NACK reason
-//! of that one resource; the rest of the update applies.
+//! of that one resource; the rest of the update applies. `hostnames` are validated as the Gateway API CRD does
+//! ([`Hostname::parse`]): an upper-case name, an IP address or a misplaced wildcard is a NACK.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 
 use super::{
-    BackendRef, DirectResponse, GrpcMatch, HeaderMatch, Match, Origin, Parent, PathMatch,
+    BackendRef, DirectResponse, GrpcMatch, HeaderMatch, Hostname, Match, Origin, Parent, PathMatch,
     QueryMatch, RouteKind, Rule, ServiceRef, Timeouts, ValueMatch,
 };
 use crate::filters::{Filter, HeaderModifier, Mirror, PathModifier, Redirect, Rewrite};
@@ -345,6 +346,15 @@ pub fn rule_from_proto(name: &str, r: &pb::Route) -> Result<Rule, ConvertError> 
             }
         })
         .collect::<Result<_, _>>()?;
+    if kind == RouteKind::Tcp && !r.hostnames.is_empty() {
+        return Err(err("hostnames", "a TCP rule has no hostnames"));
+    }
+    let hostnames = r
+        .hostnames
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Hostname::parse(h).map_err(|e| err(format!("hostnames[{i}]"), e)))
+        .collect::<Result<_, _>>()?;
     let mut matches: Vec<Match> = r
         .matches
         .iter()
@@ -411,6 +421,7 @@ pub fn rule_from_proto(name: &str, r: &pb::Route) -> Result<Rule, ConvertError> 
         rule_name: r.rule_name.clone(),
         created: r.creation_timestamp,
         parents,
+        hostnames,
         matches,
         filters: filters("filters", &r.filters)?,
         backends,

@@ -130,53 +130,56 @@ fn path_matches() {
 #[test]
 fn precedence_between_routes_and_matches() {
     // Each route is named after what makes it win; all attach to the same service.
-    let table = RouteTable::new(&[
-        rule("catch-all", 1, 0, vec![]),
-        rule("prefix-short", 1, 0, vec![m(Some(prefix("/a")))]),
-        rule("prefix-long", 5, 0, vec![m(Some(prefix("/a/b")))]),
-        rule("exact", 9, 0, vec![m(Some(exact("/a/b")))]),
-        rule("regex", 1, 0, vec![m(Some(regex("/a/b/.*")))]),
-        rule(
-            "method",
-            3,
-            0,
-            vec![pb::RouteMatch {
-                path: Some(prefix("/a")),
-                method: "POST".into(),
-                ..Default::default()
-            }],
-        ),
-        rule(
-            "headers-1",
-            3,
-            0,
-            vec![pb::RouteMatch {
-                path: Some(prefix("/h")),
-                headers: vec![header("x", "1")],
-                ..Default::default()
-            }],
-        ),
-        rule(
-            "headers-2",
-            4,
-            0,
-            vec![pb::RouteMatch {
-                path: Some(prefix("/h")),
-                headers: vec![header("x", "1"), header("y", "2")],
-                ..Default::default()
-            }],
-        ),
-        rule(
-            "query",
-            3,
-            0,
-            vec![pb::RouteMatch {
-                path: Some(prefix("/q")),
-                query_params: vec![header("v", "two")],
-                ..Default::default()
-            }],
-        ),
-    ]);
+    let table = RouteTable::new(
+        &[
+            rule("catch-all", 1, 0, vec![]),
+            rule("prefix-short", 1, 0, vec![m(Some(prefix("/a")))]),
+            rule("prefix-long", 5, 0, vec![m(Some(prefix("/a/b")))]),
+            rule("exact", 9, 0, vec![m(Some(exact("/a/b")))]),
+            rule("regex", 1, 0, vec![m(Some(regex("/a/b/.*")))]),
+            rule(
+                "method",
+                3,
+                0,
+                vec![pb::RouteMatch {
+                    path: Some(prefix("/a")),
+                    method: "POST".into(),
+                    ..Default::default()
+                }],
+            ),
+            rule(
+                "headers-1",
+                3,
+                0,
+                vec![pb::RouteMatch {
+                    path: Some(prefix("/h")),
+                    headers: vec![header("x", "1")],
+                    ..Default::default()
+                }],
+            ),
+            rule(
+                "headers-2",
+                4,
+                0,
+                vec![pb::RouteMatch {
+                    path: Some(prefix("/h")),
+                    headers: vec![header("x", "1"), header("y", "2")],
+                    ..Default::default()
+                }],
+            ),
+            rule(
+                "query",
+                3,
+                0,
+                vec![pb::RouteMatch {
+                    path: Some(prefix("/q")),
+                    query_params: vec![header("v", "two")],
+                    ..Default::default()
+                }],
+            ),
+        ],
+        Attachment::Service,
+    );
     let cases = [
         ("GET", "/a/b", vec![], "exact"),
         ("GET", "/a/b/c", vec![], "prefix-long"),
@@ -203,14 +206,23 @@ fn precedence_between_routes_and_matches() {
 #[test]
 fn ties_oldest_then_name_then_rule_order() {
     let same = || vec![m(Some(prefix("/x")))];
-    let older = RouteTable::new(&[
-        rule("b-newer", 20, 0, same()),
-        rule("z-older", 10, 0, same()),
-    ]);
+    let older = RouteTable::new(
+        &[
+            rule("b-newer", 20, 0, same()),
+            rule("z-older", 10, 0, same()),
+        ],
+        Attachment::Service,
+    );
     assert_eq!(pick(&older, "GET", "/x", &[]).as_deref(), Some("z-older"));
-    let by_name = RouteTable::new(&[rule("b", 10, 0, same()), rule("a", 10, 0, same())]);
+    let by_name = RouteTable::new(
+        &[rule("b", 10, 0, same()), rule("a", 10, 0, same())],
+        Attachment::Service,
+    );
     assert_eq!(pick(&by_name, "GET", "/x", &[]).as_deref(), Some("a"));
-    let table = RouteTable::new(&[rule("r", 10, 1, same()), rule("r", 10, 0, same())]);
+    let table = RouteTable::new(
+        &[rule("r", 10, 1, same()), rule("r", 10, 0, same())],
+        Attachment::Service,
+    );
     let picked = table.select(&RequestView {
         method: &Method::GET,
         path: "/x",
@@ -225,15 +237,18 @@ fn ties_oldest_then_name_then_rule_order() {
 
 #[test]
 fn header_matching_is_case_insensitive_in_names_exact_in_values() {
-    let table = RouteTable::new(&[rule(
-        "h",
-        1,
-        0,
-        vec![pb::RouteMatch {
-            headers: vec![header("X-Version", "v2")],
-            ..Default::default()
-        }],
-    )]);
+    let table = RouteTable::new(
+        &[rule(
+            "h",
+            1,
+            0,
+            vec![pb::RouteMatch {
+                headers: vec![header("X-Version", "v2")],
+                ..Default::default()
+            }],
+        )],
+        Attachment::Service,
+    );
     assert_eq!(
         pick(&table, "GET", "/", &[("x-version", "v2")]).as_deref(),
         Some("h")
@@ -272,12 +287,15 @@ fn grpc_precedence_and_matching() {
         };
         Arc::new(rule_from_proto(&r.name.clone(), &r).expect("rule"))
     };
-    let table = RouteTable::new(&[
-        g("any", "", ""),
-        g("service", "pkg.Echo", ""),
-        g("method-only", "", "Ping"),
-        g("both", "pkg.Echo", "Ping"),
-    ]);
+    let table = RouteTable::new(
+        &[
+            g("any", "", ""),
+            g("service", "pkg.Echo", ""),
+            g("method-only", "", "Ping"),
+            g("both", "pkg.Echo", "Ping"),
+        ],
+        Attachment::Service,
+    );
     assert_eq!(
         pick(&table, "POST", "/pkg.Echo/Ping", &[]).as_deref(),
         Some("both")
@@ -499,10 +517,13 @@ fn vs_rule(name: &str, created: i64, i: u32, matches: Vec<pb::RouteMatch>) -> Ar
 #[test]
 fn virtual_service_rules_keep_their_order() {
     // Gateway API would put the exact match first; a VirtualService's first matching entry wins.
-    let table = RouteTable::new(&[
-        vs_rule("vs", 10, 1, vec![m(Some(exact("/x")))]),
-        vs_rule("vs", 10, 0, vec![m(Some(prefix("/")))]),
-    ]);
+    let table = RouteTable::new(
+        &[
+            vs_rule("vs", 10, 1, vec![m(Some(exact("/x")))]),
+            vs_rule("vs", 10, 0, vec![m(Some(prefix("/")))]),
+        ],
+        Attachment::Service,
+    );
     assert_eq!(
         table
             .select(&RequestView {
@@ -518,11 +539,14 @@ fn virtual_service_rules_keep_their_order() {
         Some(0)
     );
     // The older VirtualService first; Gateway API rules before either.
-    let table = RouteTable::new(&[
-        vs_rule("new", 20, 0, vec![]),
-        vs_rule("old", 10, 0, vec![]),
-        rule("gw", 30, 0, vec![m(Some(exact("/only")))]),
-    ]);
+    let table = RouteTable::new(
+        &[
+            vs_rule("new", 20, 0, vec![]),
+            vs_rule("old", 10, 0, vec![]),
+            rule("gw", 30, 0, vec![m(Some(exact("/only")))]),
+        ],
+        Attachment::Service,
+    );
     assert_eq!(pick(&table, "GET", "/x", &[]).as_deref(), Some("old"));
     assert_eq!(pick(&table, "GET", "/only", &[]).as_deref(), Some("gw"));
 }
@@ -542,7 +566,7 @@ fn virtual_service_match_fields() {
         source_namespace: "demo".into(),
         ..Default::default()
     };
-    let table = RouteTable::new(&[vs_rule("vs", 1, 0, vec![rm])]);
+    let table = RouteTable::new(&[vs_rule("vs", 1, 0, vec![rm])], Attachment::Service);
     let hit = |path: &str, h: &[(&str, &str)]| pick(&table, "GET", path, h).is_some();
     assert!(hit("/reviews", &[("end-user", "jason")]));
     assert!(hit("/REVIEWS", &[("end-user", "jasmine")]));
@@ -565,7 +589,7 @@ fn virtual_service_match_fields() {
             }),
             ..Default::default()
         };
-        let t = RouteTable::new(&[vs_rule("vs", 1, 0, vec![rm])]);
+        let t = RouteTable::new(&[vs_rule("vs", 1, 0, vec![rm])], Attachment::Service);
         pick(&t, "GET", "/", &[]).is_some()
     };
     assert!(by_source("demo", None));
@@ -588,7 +612,7 @@ fn a_host_match_reads_the_authority_of_an_http2_request() {
         }],
         ..Default::default()
     };
-    let table = RouteTable::new(&[vs_rule("vs", 1, 0, vec![rm])]);
+    let table = RouteTable::new(&[vs_rule("vs", 1, 0, vec![rm])], Attachment::Service);
     // pick() has no Host header and the authority "svc.ns.svc.cluster.local:80".
     assert!(pick(&table, "GET", "/", &[]).is_some());
     assert!(pick(&table, "GET", "/", &[("host", "other")]).is_none());

@@ -15,7 +15,7 @@ use crate::authz::PolicySet;
 use crate::balance::locality::{Locality, Tiers};
 use crate::jwt::JwtRule;
 use crate::ratelimit::RateLimitPolicy;
-use crate::route::{RouteKind, RouteTable, Rule};
+use crate::route::{Attachment, RouteKind, RouteTable, Rule, ServiceRef};
 
 /// The backends of one service: per port, the whole service and each subset its policy defines.
 #[derive(Default)]
@@ -219,16 +219,36 @@ impl Snapshot {
             }
         }
         let pick = |(direct, via_gw): (Vec<Arc<Rule>>, Vec<Arc<Rule>>)| {
-            if direct.is_empty() { via_gw } else { direct }
+            if direct.is_empty() {
+                (via_gw, false)
+            } else {
+                (direct, true)
+            }
         };
         self.http = http
             .into_iter()
-            .map(|(k, v)| (k, Arc::new(RouteTable::new(&pick(v)))))
+            .map(|((hostname, port), v)| {
+                let (rules, direct) = pick(v);
+                // Only rules attached through the waypoint Gateway select by `hostnames` (see `route`).
+                let attachment = if direct {
+                    Attachment::Service
+                } else {
+                    Attachment::Gateway {
+                        default: ServiceRef {
+                            hostname: hostname.clone(),
+                            port,
+                            subset: None,
+                        },
+                    }
+                };
+                let table = RouteTable::new(&rules, attachment);
+                ((hostname, port), Arc::new(table))
+            })
             .collect();
         self.tcp = tcp
             .into_iter()
             .filter_map(|(k, v)| {
-                let mut rules = pick(v);
+                let (mut rules, _) = pick(v);
                 rules.sort_by(|a, b| {
                     (a.created, &a.namespace, &a.route_name, a.rule_index).cmp(&(
                         b.created,

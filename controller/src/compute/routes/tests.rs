@@ -430,3 +430,41 @@ fn status_of_routes_without_policies_is_unchanged() {
         Some(Value::Object(_))
     ));
 }
+
+#[test]
+fn hostnames_are_sent_as_written() {
+    let text = http_route(&format!("  - {{{BACKEND}}}\n")).replace(
+        "  rules:",
+        "  hostnames: [reviews.example.com, \"*.example.com\"]\n  rules:",
+    );
+    let r = compute_yaml(&text);
+    assert_eq!(
+        r.routes["default/httproute/r/0"].hostnames,
+        strings(&["reviews.example.com", "*.example.com"])
+    );
+    assert_eq!(condition(&r, "Accepted").0, "True");
+}
+
+#[test]
+fn a_route_with_an_invalid_hostname_is_not_accepted() {
+    let text = http_route(&format!("  - {{{BACKEND}}}\n")).replace(
+        "  rules:",
+        "  hostnames: [ok.example.com, Reviews.example.com, 10.0.0.1]\n  rules:",
+    );
+    let r = compute_yaml(&text);
+    assert!(
+        !r.routes.keys().any(|k| k.contains("/httproute/")),
+        "{:?}",
+        r.routes.keys()
+    );
+    assert_eq!(
+        condition(&r, "Accepted"),
+        owned(
+            "False",
+            "UnsupportedValue",
+            "Invalid hostnames: spec.hostnames[1]: \"Reviews.example.com\" is not a lower-case RFC 1123 hostname \
+             (optionally prefixed by a single \"*.\" label); spec.hostnames[2]: \"10.0.0.1\" is an IP address; \
+             hostnames are names"
+        )
+    );
+}
