@@ -24,6 +24,7 @@ use crate::xds::{XdsMetrics, XdsServer};
 /// The controller's effective configuration (resolved from flags in `main.rs`).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Config {
+    /// Manifest directories ([`start`]); empty when another source is given ([`start_with_source`]).
     pub manifests: Vec<PathBuf>,
     pub state_dir: PathBuf,
     /// DNS names and IPs of the 15012 serving certificate.
@@ -77,7 +78,21 @@ pub fn split_sans(sans: &[String]) -> (Vec<String>, Vec<IpAddr>) {
     (dns, ips)
 }
 
+/// Starts with the manifest source on `cfg.manifests`.
 pub async fn start(cfg: Config, authority: Arc<dyn Authority>) -> anyhow::Result<Running> {
+    let source = Box::new(ManifestSource::new(cfg.manifests.clone()));
+    let info = serde_json::json!({"manifests": cfg.manifests});
+    start_with_source(cfg, authority, source, info).await
+}
+
+/// Starts with `source` (the manifest directories or the Kubernetes API); `source_info` describes it at
+/// `/debug/config` (`source`).
+pub async fn start_with_source(
+    cfg: Config,
+    authority: Arc<dyn Authority>,
+    source: Box<dyn Source>,
+    source_info: serde_json::Value,
+) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let root_path = cfg.state_dir.join("root-cert.pem");
@@ -96,11 +111,10 @@ pub async fn start(cfg: Config, authority: Arc<dyn Authority>) -> anyhow::Result
     tasks.push(tokio::spawn(
         controller.run(events_rx, drain_watcher.clone()),
     ));
-    let source = Box::new(ManifestSource::new(cfg.manifests.clone()));
     let src_drain = drain_watcher.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = source.run(events_tx, src_drain).await {
-            tracing::error!(error = %e, "manifest source stopped");
+            tracing::error!(error = %e, "source stopped");
         }
     }));
 
@@ -185,7 +199,13 @@ pub async fn start(cfg: Config, authority: Arc<dyn Authority>) -> anyhow::Result
         outputs: outputs.clone(),
         registry,
         xds,
-        config: serde_json::to_value(&cfg).unwrap_or_default(),
+        config: {
+            let mut v = serde_json::to_value(&cfg).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("source".into(), source_info);
+            }
+            v
+        },
     });
     tasks.push(tokio::spawn(admin::serve(
         monitoring,

@@ -1,6 +1,6 @@
-//! Ambit controller: manifests in, Istio-compatible delta xDS and certificates out.
+//! Ambit controller: Kubernetes objects (or manifests) in, Istio-compatible delta xDS and certificates out.
 //!
-//! Data flow: [`sources`] (manifest directories today, Kubernetes watchers later) emit events into the
+//! Data flow: [`sources`] (kube-rs watchers on the Kubernetes API, or manifest directories) emit events into the
 //! [`index`]; [`compute`] turns the index into the resources upstream ztunnel consumes, as a pure function; the
 //! [`xds`] server pushes the differences to every connected client.
 

@@ -1,6 +1,7 @@
 //! `controller`: Kubernetes-style manifests in, Istio-compatible delta xDS and certificates out.
 //!
-//! `controller --manifests <dir> --state-dir <dir>` runs the control plane;
+//! `controller --state-dir <dir>` runs the control plane on the Kubernetes API (`--kubeconfig`, `KUBECONFIG`,
+//! `~/.kube/config` or in-cluster), `controller --manifests <dir> --state-dir <dir>` on a manifest directory;
 //! `controller token --node <name>` / `--pod <ns>/<name>` prints a bearer token for a ztunnel;
 //! `controller compute --manifests <dir>` prints the computed resources once (as `/debug/resources`) and exits.
 
@@ -15,6 +16,7 @@ use ambit_controller::app::{self, Config};
 use ambit_controller::ca::{Subject, TokenAuthority};
 use ambit_controller::compute::ComputeConfig;
 use ambit_controller::compute::deployer::DeployerConfig;
+use ambit_controller::sources::kube::{self, KubeSource};
 use ambit_core::ca::LocalCa;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -23,7 +25,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "controller",
     version,
-    about = "Ambit control plane: manifests in, xDS and certificates out"
+    about = "Ambit control plane: Kubernetes objects (or manifests) in, xDS and certificates out"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -114,9 +116,18 @@ struct TokenArgs {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Directory of manifests (`*.yaml`/`*.yml`, watched); repeatable.
+    /// Directory of manifests (`*.yaml`/`*.yml`, watched); repeatable. Given, the controller reads these files
+    /// instead of the Kubernetes API (as istiod's file-based config source); without it, it watches Kubernetes.
     #[arg(long = "manifests", env = "AMBIT_MANIFESTS", value_delimiter = ',')]
     manifests: Vec<PathBuf>,
+    /// Kubeconfig of the cluster to watch (its current context), as istiod's `--kubeconfig`. Without it, as
+    /// kubectl: the `KUBECONFIG` files, `~/.kube/config`, then the in-cluster service account. Not with
+    /// `--manifests`.
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// Seconds between listings of a kind whose CRD is not installed (it is picked up when installed later).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    crd_retry_seconds: u64,
     /// Where the root certificate, CA key and token key live.
     #[arg(long, env = "AMBIT_STATE_DIR", default_value = "./controller-state")]
     state_dir: PathBuf,
@@ -202,8 +213,8 @@ fn default_sans() -> Vec<String> {
 /// Resolves the effective configuration from the flags.
 fn config(a: RunArgs) -> anyhow::Result<Config> {
     anyhow::ensure!(
-        !a.manifests.is_empty(),
-        "give at least one --manifests directory"
+        a.manifests.is_empty() || a.kubeconfig.is_none(),
+        "--manifests and --kubeconfig choose different sources; give one"
     );
     Ok(Config {
         manifests: a.manifests,
@@ -290,6 +301,8 @@ fn main() -> anyhow::Result<()> {
         .ca_dir
         .clone()
         .unwrap_or_else(|| cli.run.state_dir.join("ca"));
+    let kubeconfig = cli.run.kubeconfig.clone();
+    let crd_retry = Duration::from_secs(cli.run.crd_retry_seconds.max(1));
     let cfg = config(cli.run)?;
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "starting controller");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -302,7 +315,15 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("CA directory {}", ca_dir.display()))?,
         );
         let deadline = cfg.drain_deadline;
-        let running = app::start(cfg, ca).await?;
+        let running = if cfg.manifests.is_empty() {
+            let (client, url) = kube::client(kubeconfig.as_deref()).await?;
+            tracing::info!(api_server = %url, "watching the Kubernetes API");
+            let source = Box::new(KubeSource::new(client).with_crd_retry(crd_retry));
+            let info = serde_json::json!({"kubernetes": url, "kubeconfig": kubeconfig});
+            app::start_with_source(cfg, ca, source, info).await?
+        } else {
+            app::start(cfg, ca).await?
+        };
         ambit_core::signal::shutdown().await;
         tracing::info!("shutting down");
         running.shutdown(deadline).await;

@@ -1,9 +1,11 @@
 //! Where objects come from. A [`Source`] emits [`Event`]s modelled on kube-rs watcher events (`Apply`, `Delete`,
-//! `InitDone`), so a Kubernetes watcher can replace the manifest directory without touching the rest.
+//! `InitDone`): [`kube::KubeSource`] watches the Kubernetes API, [`manifest::ManifestSource`] a manifest directory,
+//! and the rest of the controller cannot tell them apart.
 
 pub mod ambit;
 pub mod entries;
 pub mod istio;
+pub mod kube;
 pub mod manifest;
 pub mod reference_grant;
 pub mod routes;
