@@ -2,7 +2,7 @@
 //! configuration (`ambit analyze`), explain policy decisions, run Prometheus and Grafana on the local mesh
 //! (`ambit dashboard`), and a built-in echo server for demos and tests.
 
-use ambit::{analyze, authz, dashboard, echo, local, proxy_status, waypoint, zc};
+use ambit::{analyze, authz, dashboard, echo, local, precheck, proxy_status, waypoint, zc};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -36,6 +36,13 @@ enum Command {
         after_help = "Examples:\n  ambit analyze -f examples/bookinfo          # offline, all namespaces\n  sudo ambit analyze -A                       # the running local mesh\n  ambit analyze -f manifests -o json --failure-threshold Warning"
     )]
     Analyze(analyze::AnalyzeArgs),
+    /// Will Ambit run here? The cluster's version, Gateway API and Istio CRDs, permissions and an Istio already
+    /// installed, or with `--local` this host for the local mesh; each check with a code and a fix (istioctl's
+    /// `x precheck`). Exit code 1 when a check fails at Error.
+    #[command(
+        after_help = "Examples:\n  ambit precheck                              # the kubeconfig's cluster\n  ambit precheck --kubeconfig k.yaml -o json --output-threshold Warning\n  sudo ambit precheck --local                 # this host, for `ambit local up`"
+    )]
+    Precheck(precheck::PrecheckArgs),
     /// Every ztunnel and waypoint connected to the controller: subscribed types and whether each ACKed the
     /// controller's current state (istioctl's `proxy-status`).
     #[command(name = "proxy-status", visible_alias = "ps")]
@@ -60,6 +67,7 @@ fn main() {
         Command::ZtunnelConfig(args) => zc::run(args).map_err(anyhow::Error::from),
         Command::Waypoint(args) => Ok(waypoint::run(args)),
         Command::Analyze(args) => Ok(analyze::run(args)),
+        Command::Precheck(args) => Ok(precheck::run(args)),
         Command::ProxyStatus(args) => proxy_status::run(&args),
         Command::Dashboard(args) => dashboard::run(args),
         Command::Completion { shell } => {

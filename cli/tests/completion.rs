@@ -59,6 +59,8 @@ fn bash_completes_subcommands_and_flags() {
         "waypoint",
         "analyze",
         "proxy-status",
+        "dashboard",
+        "precheck",
         "completion",
     ] {
         assert!(all.iter().any(|w| w == s), "{s} missing from {all:?}");
