@@ -1,10 +1,14 @@
-//! `ambit dashboard prometheus|grafana` (istioctl's `dashboard`, `dash`, `d`), for the local mesh.
+//! `ambit dashboard proxy|prometheus|grafana` (istioctl's `dashboard`, `dash`, `d`), for the local mesh.
+//!
+//! `proxy <pod>` ([`proxy`]) forwards a ztunnel's or waypoint's admin port to this host.
 //!
 //! `prometheus` writes a scrape configuration and `file_sd` targets ([`scrape`]) into `<dir>/prometheus/`, runs
 //! the real `prometheus` inside the mesh's pod network namespace (where every ztunnel's and waypoint's `:15020`
 //! is reachable) and forwards `--address:--port` on this host to it, as istioctl port-forwards to a cluster's
 //! Prometheus. While it runs it refreshes the targets from the mesh's state, so pods that come and go are
 //! followed. `--print-config` prints the configuration and exits.
+//!
+//! `ambit local up --addons prometheus` runs the same command detached, managed by the mesh ([`addons`]).
 //!
 //! `grafana` writes the dashboards (`addons/grafana/dashboards`, built into this binary) and a provisioning for
 //! them into `<dir>/grafana/`; it runs `grafana-server` against the Prometheus of `ambit dashboard prometheus`
@@ -13,6 +17,8 @@
 //! In a cluster: `kubectl apply -f addons/prometheus/` and the dashboards from `addons/grafana/dashboards` (see
 //! `docs/CLI.md`).
 
+pub mod addons;
+pub mod proxy;
 pub mod scrape;
 
 use std::net::SocketAddr;
@@ -24,7 +30,7 @@ use anyhow::{Context, Result, bail};
 use crate::local::{self, State, manifests, net::NET_NS};
 
 /// The dashboards, as in `addons/grafana/dashboards`.
-pub const DASHBOARDS: [(&str, &str); 3] = [
+pub const DASHBOARDS: [(&str, &str); 4] = [
     (
         "ambit-mesh.json",
         include_str!("../../addons/grafana/dashboards/ambit-mesh.json"),
@@ -36,6 +42,10 @@ pub const DASHBOARDS: [(&str, &str); 3] = [
     (
         "ambit-waypoint.json",
         include_str!("../../addons/grafana/dashboards/ambit-waypoint.json"),
+    ),
+    (
+        "ambit-controller.json",
+        include_str!("../../addons/grafana/dashboards/ambit-controller.json"),
     ),
 ];
 
@@ -50,7 +60,10 @@ pub struct DashboardArgs {
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum DashboardCommand {
-    /// Prometheus scraping every ztunnel and waypoint of the local mesh, on http://localhost:9090 (needs root
+    /// A ztunnel's or waypoint's admin page (port 15000) on http://localhost:15000 (needs root).
+    #[command(visible_alias = "envoy")]
+    Proxy(proxy::ProxyArgs),
+    /// Prometheus scraping every ztunnel, waypoint and controller of the local mesh, on http://localhost:9090 (needs root
     /// and the `prometheus` binary).
     Prometheus(PrometheusArgs),
     /// The Grafana dashboards: runs grafana-server with them when installed, else prints how to import them.
@@ -80,6 +93,9 @@ pub struct PrometheusArgs {
     /// The Prometheus binary.
     #[arg(long, env = "AMBIT_PROMETHEUS_BIN", default_value = "prometheus")]
     pub prometheus_bin: PathBuf,
+    /// Run as the mesh's add-on (`ambit local up --addons`): stop when the mesh's supervisor is gone.
+    #[arg(long, hide = true)]
+    pub managed: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -103,6 +119,7 @@ pub struct GrafanaArgs {
 
 pub fn run(args: DashboardArgs) -> Result<i32> {
     match &args.command {
+        DashboardCommand::Proxy(p) => proxy::run(&args.dir, p),
         DashboardCommand::Prometheus(p) => prometheus(&args.dir, p),
         DashboardCommand::Grafana(g) => grafana(&args.dir, g),
     }
@@ -226,7 +243,7 @@ fn prometheus(dir: &Path, args: &PrometheusArgs) -> Result<i32> {
         if !args.no_browser {
             open_browser(&url);
         }
-        let forward = tokio::spawn(forward(listener, inner));
+        let forward = tokio::spawn(forward(listener, NET_NS.to_owned(), inner));
         let mut refresh = tokio::time::interval(Duration::from_secs(2));
         let shutdown = ambit_core::signal::shutdown();
         tokio::pin!(shutdown);
@@ -238,6 +255,10 @@ fn prometheus(dir: &Path, args: &PrometheusArgs) -> Result<i32> {
                         status.map_or_else(|e| e.to_string(), |s| s.to_string()), tail(&log_path, 20)));
                 }
                 _ = refresh.tick() => {
+                    if args.managed && !addons::mesh_running(dir) {
+                        eprintln!("the local mesh stopped: stopping Prometheus");
+                        break Ok(0);
+                    }
                     if let Err(e) = refresh_targets(dir, &prom_dir) {
                         eprintln!("warning: targets not refreshed: {e:#}");
                     }
@@ -285,16 +306,17 @@ fn open_browser(url: &str) {
         .spawn();
 }
 
-/// Forwards every connection to `listener` to `upstream` inside the mesh's network namespace.
-async fn forward(listener: tokio::net::TcpListener, upstream: SocketAddr) {
+/// Forwards every connection to `listener` to `upstream` inside network namespace `ns`.
+async fn forward(listener: tokio::net::TcpListener, ns: String, upstream: SocketAddr) {
     loop {
         let Ok((mut client, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let ns = ns.clone();
         tokio::spawn(async move {
             let Ok(Ok(server)) =
-                tokio::task::spawn_blocking(move || connect_in(NET_NS, upstream)).await
+                tokio::task::spawn_blocking(move || connect_in(&ns, upstream)).await
             else {
                 return;
             };

@@ -72,6 +72,13 @@ pub struct UpArgs {
     /// How long to wait for the mesh to become ready.
     #[arg(long, default_value = "120", value_parser = parse_secs)]
     pub timeout: Duration,
+    /// Add-ons to run with the mesh, comma-separated: `prometheus` (scraping every ztunnel, waypoint and the
+    /// controller, as `ambit dashboard prometheus`); `ambit local down` stops them.
+    #[arg(long, value_delimiter = ',', value_parser = crate::dashboard::addons::parse)]
+    pub addons: Vec<crate::dashboard::addons::Addon>,
+    /// The port on this host of the Prometheus add-on.
+    #[arg(long, default_value_t = 9090)]
+    pub prometheus_port: u16,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -215,6 +222,10 @@ pub fn run(args: LocalArgs) -> Result<i32> {
         LocalCommand::Up(up) => {
             require_root()?;
             if up.foreground {
+                if !up.addons.is_empty() {
+                    let (dir, up) = (args.dir.clone(), up.clone());
+                    std::thread::spawn(move || start_addons_when_ready(&dir, &up));
+                }
                 supervisor::run(&args.dir, &up)?;
                 Ok(0)
             } else {
@@ -302,7 +313,7 @@ fn up_background(dir: &Path, up: &UpArgs) -> Result<()> {
         {
             // The status ends with the problems found in the manifests, if any.
             print!("{}", status(&s));
-            return Ok(());
+            return crate::dashboard::addons::start(dir, &up.addons, up.prometheus_port);
         }
         if started.elapsed() > up.timeout {
             bail!(
@@ -315,8 +326,27 @@ fn up_background(dir: &Path, up: &UpArgs) -> Result<()> {
     }
 }
 
-/// Stops the supervisor (which tears everything down), then removes whatever a crashed one left behind.
+/// In `--foreground`: the add-ons, once this process's mesh is ready.
+fn start_addons_when_ready(dir: &Path, up: &UpArgs) {
+    let started = Instant::now();
+    while started.elapsed() < up.timeout {
+        if let Ok(s) = State::load(dir)
+            && s.ready
+            && s.supervisor_pid == std::process::id()
+        {
+            if let Err(e) = crate::dashboard::addons::start(dir, &up.addons, up.prometheus_port) {
+                eprintln!("error: {e:#}");
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stops the add-ons and the supervisor (which tears everything down), then removes whatever a crashed one left
+/// behind.
 pub fn down(dir: &Path) -> Result<()> {
+    crate::dashboard::addons::stop_all(dir);
     if let Ok(s) = State::load(dir)
         && pid_alive(s.supervisor_pid)
     {

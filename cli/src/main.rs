@@ -47,7 +47,8 @@ enum Command {
     /// controller's current state (istioctl's `proxy-status`).
     #[command(name = "proxy-status", visible_alias = "ps")]
     ProxyStatus(proxy_status::ProxyStatusArgs),
-    /// Prometheus scraping the local mesh, and the Grafana dashboards (istioctl's `dashboard prometheus|grafana`).
+    /// Prometheus scraping the local mesh, the Grafana dashboards and a proxy's admin page (istioctl's `dashboard
+    /// prometheus|grafana|proxy`).
     #[command(name = "dashboard", visible_aliases = ["dash", "d"])]
     Dashboard(dashboard::DashboardArgs),
     /// Print a shell completion script: `source <(ambit completion bash)`, or save it where your shell loads

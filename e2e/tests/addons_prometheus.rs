@@ -1,7 +1,7 @@
 //! The Prometheus addon and the Grafana dashboards against the real Prometheus (Debian package `prometheus`):
 //! `ambit local up` with a namespace waypoint, HTTP traffic from a client through it, then `ambit dashboard
 //! prometheus` (its generated configuration passes `promtool check config`, as does the cluster configuration of
-//! `addons/prometheus/`), every ztunnel and waypoint target up through the command's port forward, and EVERY PromQL
+//! `addons/prometheus/`), every ztunnel, waypoint and controller target up through the command's port forward, and EVERY PromQL
 //! expression of `addons/grafana/dashboards/*.json` evaluated through `/api/v1/query` without error, the key ones
 //! with the series and labels the dashboards group by (`reporter="waypoint"` requests by `destination_service` and
 //! `response_code="200"`, the ztunnels' TCP bytes by workload and node). Then the cluster configuration's relabeling
@@ -381,9 +381,10 @@ fn scenario(mesh: &LocalMesh, logs: &Path) -> Result<()> {
         "--print-config differs from the config it runs"
     );
 
-    // Every ztunnel (one per node) and the waypoint, up, reached through the command's port forward.
+    // Every ztunnel (one per node), the waypoint and the controller, up, reached through the command's port
+    // forward.
     poll(
-        "the ztunnel and waypoint targets up",
+        "the ztunnel, waypoint and controller targets up",
         Duration::from_secs(15),
         || {
             let (_, body) = get(addr, "/api/v1/targets?state=active")?;
@@ -398,7 +399,7 @@ fn scenario(mesh: &LocalMesh, logs: &Path) -> Result<()> {
                     .filter(|t| t["labels"]["job"] == job && t["health"] == "up")
                     .count()
             };
-            Ok((up("ztunnel") == 2 && up("waypoint") == 1).then_some(()))
+            Ok((up("ztunnel") == 2 && up("waypoint") == 1 && up("controller") == 1).then_some(()))
         },
     )?;
     // Traffic while Prometheus scrapes, so rates are not zero.
@@ -429,7 +430,7 @@ fn scenario(mesh: &LocalMesh, logs: &Path) -> Result<()> {
         .collect();
     files.sort();
     ensure!(
-        files.len() >= 3,
+        files.len() >= 4,
         "dashboards in {}: {files:?}",
         dir.display()
     );
@@ -535,6 +536,20 @@ fn scenario(mesh: &LocalMesh, logs: &Path) -> Result<()> {
             .any(|s| label(s, "gateway_networking_k8s_io_gateway_name") == "waypoint"),
         "waypoint variable: {waypoints:?}"
     );
+    // The controller's panels: both ztunnels and the waypoint connected, and address (wds) pushes.
+    let connected = found("ambit-controller.json", "Connected proxies");
+    ensure!(
+        connected.iter().any(|s| value(s) >= 3.0),
+        "controller Connected proxies: {connected:?}"
+    );
+    let pushes = found("ambit-controller.json", "Pushes/s by type");
+    ensure!(
+        pushes.iter().any(|s| label(s, "type") == "wds"),
+        "controller Pushes/s by type: {pushes:?}"
+    );
+    let pods = found("ambit-controller.json", "var pod");
+    ensure!(pods.len() == 1, "controller pod variable: {pods:?}");
+
     // The raw series: Istio's label set and the target labels of Kubernetes discovery.
     let raw = query(
         addr,

@@ -4,8 +4,8 @@
 //! The target labels are the ones the cluster configuration (`addons/prometheus/`) derives from Kubernetes
 //! discovery, so the same dashboards and queries work on both: `namespace`, `pod`, `node`, and every pod label
 //! with its name sanitized as Prometheus' `labelmap` does (`app`, `gateway_networking_k8s_io_gateway_name`, …).
-//! Three jobs, as in the cluster: `ztunnel` (each node's ztunnel, `<node ip>:15020`), `waypoint` (each waypoint
-//! pod, `<pod ip>:15020`) and `kubernetes-pods` (pods annotated `prometheus.io/scrape: "true"`, on
+//! Four jobs, as in the cluster: `ztunnel` (each node's ztunnel, `<node ip>:15020`), `waypoint` (each waypoint
+//! pod, `<pod ip>:15020`), `controller` (its monitoring port, `10.244.0.1:15014`) and `kubernetes-pods` (pods annotated `prometheus.io/scrape: "true"`, on
 //! `prometheus.io/port` and `prometheus.io/path`). Every address is on the pod network, so Prometheus runs in the
 //! mesh's network namespace.
 
@@ -19,10 +19,14 @@ use crate::local::manifests::{Desired, PodSpec};
 
 /// The stats port of ztunnel and of the waypoint (`/metrics`).
 pub const STATS_PORT: u16 = 15020;
+/// The controller's monitoring port (`/metrics`).
+pub const CONTROLLER_PORT: u16 = 15014;
+/// The `app` label of the controller's target (the cluster configuration keeps `istiod` and `ambit-controller`).
+pub const CONTROLLER_APP: &str = "ambit-controller";
 /// The label every waypoint pod carries (the controller's deployments set it).
 const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 /// The jobs and their target files, in the order of the configuration.
-pub const JOBS: [&str; 3] = ["ztunnel", "waypoint", "kubernetes-pods"];
+pub const JOBS: [&str; 4] = ["ztunnel", "waypoint", "controller", "kubernetes-pods"];
 
 /// One `file_sd` target group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -40,6 +44,11 @@ pub fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
+}
+
+/// A waypoint pod: labelled with its Gateway (the controller's deployments), or running the waypoint.
+pub fn is_waypoint(spec: &PodSpec) -> bool {
+    spec.labels.contains_key(GATEWAY_NAME) || crate::local::kubelet::is_waypoint(spec)
 }
 
 fn pod_labels(spec: &PodSpec, pod: &str, node: &str) -> BTreeMap<String, String> {
@@ -76,11 +85,23 @@ pub fn targets(state: &State, desired: &Desired) -> Targets {
         })
         .collect();
     out.insert("ztunnel", ztunnels);
+    // The controller runs in the pod network's namespace, on its gateway address.
+    out.insert(
+        "controller",
+        vec![TargetGroup {
+            targets: vec![format!("{}:{CONTROLLER_PORT}", crate::local::net::GATEWAY)],
+            labels: BTreeMap::from([
+                ("namespace".into(), "istio-system".into()),
+                ("pod".into(), CONTROLLER_APP.into()),
+                ("app".into(), CONTROLLER_APP.into()),
+            ]),
+        }],
+    );
     let specs: BTreeMap<String, &PodSpec> = desired.pods.iter().map(|p| (p.key(), p)).collect();
     for (key, pod) in &state.pods {
         let Some(spec) = specs.get(key) else { continue };
         let labels = pod_labels(spec, &pod.name, &pod.node);
-        if spec.labels.contains_key(GATEWAY_NAME) || crate::local::kubelet::is_waypoint(spec) {
+        if is_waypoint(spec) {
             if let Some(v) = out.get_mut("waypoint") {
                 v.push(TargetGroup {
                     targets: vec![format!("{}:{STATS_PORT}", pod.ip)],
@@ -272,6 +293,10 @@ mod tests {
         assert_eq!(zt[0].targets, ["10.244.0.11:15020"]);
         assert_eq!(zt[0].labels["app"], "ztunnel");
         assert_eq!(zt[0].labels["node"], "node-1");
+        let ctl = &t["controller"];
+        assert_eq!(ctl.len(), 1);
+        assert_eq!(ctl[0].targets, ["10.244.0.1:15014"]);
+        assert_eq!(ctl[0].labels["app"], CONTROLLER_APP);
         let wp = &t["waypoint"];
         assert_eq!(wp.len(), 1);
         assert_eq!(wp[0].targets, ["10.244.1.2:15020"]);

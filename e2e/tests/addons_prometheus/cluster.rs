@@ -44,7 +44,7 @@ fn check_cluster_config(dir: &Path, sd_file: &Path) -> Result<PathBuf> {
             swapped += 1;
         }
     }
-    ensure!(swapped == 3, "expected 3 Kubernetes jobs, found {swapped}");
+    ensure!(swapped == 4, "expected 4 Kubernetes jobs, found {swapped}");
     // Scraped every second, as the local configuration in this test, so that targets are up at once.
     for k in ["scrape_interval", "scrape_timeout"] {
         parsed["global"][k] = "1s".into();
@@ -132,6 +132,17 @@ pub(crate) fn cluster_relabeling(mesh: &LocalMesh, logs: &Path, local: SocketAdd
         &gw,
         &[],
     ));
+    // The controller, on the pod network's gateway address, as its pod would be discovered.
+    let ctl = [("app", "ambit-controller")];
+    groups.extend(discovered(
+        "10.244.0.1",
+        &[15010, 15012, 15014],
+        "istio-system",
+        "ambit-controller-0",
+        "node-1",
+        &ctl,
+        &scrape,
+    ));
     let server = mesh.one_pod(NS, "server", Duration::from_secs(5))?;
     let annotated = [
         ("prometheus_io_scrape", "true"),
@@ -185,7 +196,7 @@ pub(crate) fn cluster_relabeling(mesh: &LocalMesh, logs: &Path, local: SocketAdd
                     .filter(|t| t["labels"]["job"] == job && t["health"] == "up")
                     .count()
             };
-            Ok((up("ztunnel") == 2 && up("waypoint") == 1).then_some(t))
+            Ok((up("ztunnel") == 2 && up("waypoint") == 1 && up("controller") == 1).then_some(t))
         },
     )?;
     let by_job = |job: &str| -> Vec<&Value> {
@@ -195,7 +206,9 @@ pub(crate) fn cluster_relabeling(mesh: &LocalMesh, logs: &Path, local: SocketAdd
             .collect()
     };
     ensure!(
-        by_job("ztunnel").len() == 2 && by_job("waypoint").len() == 1,
+        by_job("ztunnel").len() == 2
+            && by_job("waypoint").len() == 1
+            && by_job("controller").len() == 1,
         "{targets:?}"
     );
     let pods = by_job("kubernetes-pods");
