@@ -13,6 +13,7 @@ use crate::ca::PodDirectory;
 use crate::compute::{self, ComputeConfig, Resources};
 use crate::index::Index;
 use crate::sources::Event;
+use crate::status_writer::{Generations, generations};
 use crate::xds::Snapshot;
 
 /// Receivers for everything the loop publishes.
@@ -21,6 +22,9 @@ pub struct Outputs {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub pods: watch::Receiver<Arc<PodDirectory>>,
     pub resources: watch::Receiver<Arc<Resources>>,
+    /// `metadata.generation` of the objects in `resources.status` (for the status writer's `observedGeneration`);
+    /// published just before `resources`.
+    pub generations: watch::Receiver<Arc<Generations>>,
     /// True once every source finished its initial listing and the first result was published.
     pub ready: watch::Receiver<bool>,
 }
@@ -33,6 +37,7 @@ pub struct Controller {
     snapshot: watch::Sender<Arc<Snapshot>>,
     pods: watch::Sender<Arc<PodDirectory>>,
     resources: watch::Sender<Arc<Resources>>,
+    generations: watch::Sender<Arc<Generations>>,
     ready: watch::Sender<bool>,
 }
 
@@ -42,6 +47,7 @@ impl Controller {
         let (snapshot, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
         let (pods, pods_rx) = watch::channel(Arc::new(PodDirectory::default()));
         let (resources, resources_rx) = watch::channel(Arc::new(Resources::default()));
+        let (generations, generations_rx) = watch::channel(Arc::new(Generations::default()));
         let (ready, ready_rx) = watch::channel(false);
         let c = Controller {
             cfg,
@@ -51,6 +57,7 @@ impl Controller {
             snapshot,
             pods,
             resources,
+            generations,
             ready,
         };
         (
@@ -59,6 +66,7 @@ impl Controller {
                 snapshot: snapshot_rx,
                 pods: pods_rx,
                 resources: resources_rx,
+                generations: generations_rx,
                 ready: ready_rx,
             },
         )
@@ -115,6 +123,8 @@ impl Controller {
             );
             self.pods
                 .send_replace(Arc::new(PodDirectory::from_index(&index)));
+            self.generations
+                .send_replace(Arc::new(generations(&index, &resources.status)));
             self.resources.send_replace(Arc::new(resources));
             self.snapshot.send_replace(Arc::new(snap));
             self.ready.send_replace(true);

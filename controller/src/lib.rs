@@ -13,4 +13,5 @@ pub mod controller;
 pub mod deploy;
 pub mod index;
 pub mod sources;
+pub mod status_writer;
 pub mod xds;

@@ -17,6 +17,7 @@ use ambit_controller::ca::{Subject, TokenAuthority};
 use ambit_controller::compute::ComputeConfig;
 use ambit_controller::compute::deployer::DeployerConfig;
 use ambit_controller::sources::kube::{self, KubeSource};
+use ambit_controller::status_writer::StatusWriter;
 use ambit_core::ca::LocalCa;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -125,6 +126,12 @@ struct RunArgs {
     /// `--manifests`.
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<PathBuf>,
+    /// Write the computed status conditions (Gateways, routes, policies, Services' `istio.io/WaypointBound`) to
+    /// the Kubernetes API by server-side apply, field manager `ambit-controller` (istiod's
+    /// `AMBIENT_ENABLE_STATUS`; `true`/`false`, `1`/`0`). Kubernetes mode only.
+    #[arg(long, env = "AMBIENT_ENABLE_STATUS", default_value_t = true, action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
+    write_status: bool,
     /// Seconds between listings of a kind whose CRD is not installed (it is picked up when installed later).
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     crd_retry_seconds: u64,
@@ -302,6 +309,7 @@ fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| cli.run.state_dir.join("ca"));
     let kubeconfig = cli.run.kubeconfig.clone();
+    let write_status = cli.run.write_status;
     let crd_retry = Duration::from_secs(cli.run.crd_retry_seconds.max(1));
     let cfg = config(cli.run)?;
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "starting controller");
@@ -315,17 +323,35 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("CA directory {}", ca_dir.display()))?,
         );
         let deadline = cfg.drain_deadline;
+        let (status_trigger, status_drain) = ambit_core::drain::new();
+        let mut status_task = None;
         let running = if cfg.manifests.is_empty() {
             let (client, url) = kube::client(kubeconfig.as_deref()).await?;
-            tracing::info!(api_server = %url, "watching the Kubernetes API");
-            let source = Box::new(KubeSource::new(client).with_crd_retry(crd_retry));
-            let info = serde_json::json!({"kubernetes": url, "kubeconfig": kubeconfig});
-            app::start_with_source(cfg, ca, source, info).await?
+            tracing::info!(api_server = %url, write_status, "watching the Kubernetes API");
+            let source = Box::new(KubeSource::new(client.clone()).with_crd_retry(crd_retry));
+            let info = serde_json::json!({"kubernetes": url, "kubeconfig": kubeconfig,
+                "writeStatus": write_status});
+            let running = app::start_with_source(cfg, ca, source, info).await?;
+            if write_status {
+                // Leader election will hand the writer a pause switch (`StatusWriter::with_pause`).
+                let writer = StatusWriter::new(
+                    client,
+                    running.outputs.resources.clone(),
+                    running.outputs.generations.clone(),
+                );
+                status_task = Some(tokio::spawn(writer.run(status_drain)));
+            }
+            running
         } else {
             app::start(cfg, ca).await?
         };
         ambit_core::signal::shutdown().await;
         tracing::info!("shutting down");
+        // Status writes stop first: nothing is written from a half-drained controller.
+        status_trigger.drain(deadline).await;
+        if let Some(t) = status_task {
+            t.abort();
+        }
         running.shutdown(deadline).await;
         Ok(())
     })

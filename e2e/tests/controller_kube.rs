@@ -2,6 +2,9 @@
 //! applying and changing objects, and the `controller` binary watching through kube-rs. Everything is checked
 //! through the controller's own `/debug/resources` (what it would push over xDS).
 //!
+//! A second scenario ([`status`]) checks the status the controller writes back by server-side apply (`kubectl get -o
+//! json`), against what its `/debug/status` computes.
+//!
 //! Needs no root and no network namespaces; it needs the binaries (`cargo build -p ambit-controller -p
 //! ambit-apiserver`, or `AMBIT_CONTROLLER_BIN` / `AMBIT_APISERVER_BIN`) and `kubectl` (`KUBECTL`, else on `PATH`).
 
@@ -16,6 +19,9 @@ use ambit_e2e::process::Process;
 use ambit_e2e::topology::{poll, sibling_binary};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
+
+#[path = "controller_kube/status.rs"]
+mod status;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -219,6 +225,12 @@ impl Cluster {
 
     /// Starts the controller in Kubernetes mode; returns its monitoring address once it is ready.
     fn start_controller(&mut self) -> Result<SocketAddr> {
+        self.start_controller_with(&[])
+    }
+
+    fn start_controller_with(&mut self, extra: &[&str]) -> Result<SocketAddr> {
+        // A controller started before goes first (its drop waits for it).
+        self.controller.take();
         let mut cmd = Command::new(binary("AMBIT_CONTROLLER_BIN", "controller")?);
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -234,6 +246,7 @@ impl Cluster {
                 "0",
             ])
             .args(["--crd-retry-seconds", "1", "--debounce-ms", "20"])
+            .args(extra)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info,kube=warn");
         let controller =
