@@ -144,7 +144,10 @@ async fn ztunnel_clients_get_config_and_certificates_from_the_controller() {
     let (trigger, watcher) = drain::new();
     let task = tokio::spawn(client.run(watcher));
     eventually("xds readiness", || readiness.is_ready()).await;
-    assert!(recorder.has(ADDRESS, "Kubernetes//Pod/demo/client"));
+    eventually("the client's workload", || {
+        recorder.has(ADDRESS, "Kubernetes//Pod/demo/client")
+    })
+    .await;
     let monitoring = running.monitoring_addr;
     let mut rejects_seen = false;
     for _ in 0..100 {
