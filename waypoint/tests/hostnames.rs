@@ -6,16 +6,9 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
-use ambit_core::Identity;
-use ambit_core::hbone::{H2Config, HboneClient};
-use ambit_waypoint::app;
-use ambit_waypoint::config::Config;
-use support::{ClientConnector, Source};
+use support::Source;
 
 const NET: u8 = 74;
 const REVIEWS: &str = "reviews.demo.svc.cluster.local:9080";
@@ -78,45 +71,14 @@ async fn gateway_routes_select_by_host_and_service_routes_ignore_hostnames() {
     let ca = dir.path().join("ca");
     let file = dir.path().join("waypoint.yaml");
     write(&file, &config());
-    let env: HashMap<String, String> = [
-        ("LOCAL_CA_DIR", ca.to_str().unwrap()),
-        ("LOCAL_XDS_PATH", file.to_str().unwrap()),
-        ("POD_NAMESPACE", "demo"),
-        ("GATEWAY_NAME", "waypoint"),
-        ("INSTANCE_IP", "127.0.0.1"),
-        ("WAYPOINT_HBONE_ADDR", "127.0.0.1:0"),
-        ("WAYPOINT_ADMIN_ADDR", "127.0.0.1:0"),
-        ("WAYPOINT_STATS_ADDR", "127.0.0.1:0"),
-        ("WAYPOINT_READINESS_ADDR", "127.0.0.1:0"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let cfg = Config::from_env(&env).unwrap();
-    let waypoint_id = cfg.identity();
-    let waypoint = app::start(cfg, ambit_core::logging::LogHandle::noop())
-        .await
-        .unwrap();
+    let (_waypoint, source) = support::start_waypoint(
+        &ca,
+        &file,
+        format!("127.0.{NET}.2:40000").parse().unwrap(),
+        &[],
+    )
+    .await;
     support::http_backend(format!("127.0.{NET}.21:18081").parse().unwrap(), "backend").await;
-    let source = Source {
-        hbone: HboneClient::new(
-            Arc::new(H2Config::default()),
-            ClientConnector {
-                certs: support::certs(&ca),
-            },
-        ),
-        me: Identity::new("cluster.local", "demo", "client"),
-        waypoint: waypoint_id,
-        waypoint_addr: waypoint.addresses.hbone,
-        client_addr: format!("127.0.{NET}.2:40000").parse().unwrap(),
-    };
-    for _ in 0..100 {
-        if waypoint.readiness.is_ready() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(waypoint.readiness.is_ready());
 
     let ok = "HTTP/1.1 200 OK".to_owned();
     let by_host = Some("by-host".to_owned());

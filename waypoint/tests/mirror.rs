@@ -5,23 +5,18 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_core::Identity;
-use ambit_core::hbone::{H2Config, HboneClient};
-use ambit_waypoint::app::{self, Running};
-use ambit_waypoint::config::Config;
+use ambit_waypoint::app::Running;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{ClientConnector, Source};
+use support::Source;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -107,45 +102,14 @@ async fn world(net: u8) -> World {
     let ca = dir.path().join("ca");
     let file = dir.path().join("waypoint.yaml");
     std::fs::write(&file, config(net)).unwrap();
-    let env: HashMap<String, String> = [
-        ("LOCAL_CA_DIR", ca.to_str().unwrap()),
-        ("LOCAL_XDS_PATH", file.to_str().unwrap()),
-        ("POD_NAMESPACE", "demo"),
-        ("GATEWAY_NAME", "waypoint"),
-        ("INSTANCE_IP", "127.0.0.1"),
-        ("WAYPOINT_HBONE_ADDR", "127.0.0.1:0"),
-        ("WAYPOINT_ADMIN_ADDR", "127.0.0.1:0"),
-        ("WAYPOINT_STATS_ADDR", "127.0.0.1:0"),
-        ("WAYPOINT_READINESS_ADDR", "127.0.0.1:0"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let cfg = Config::from_env(&env).unwrap();
-    let waypoint_id = cfg.identity();
-    let waypoint = app::start(cfg, ambit_core::logging::LogHandle::noop())
-        .await
-        .unwrap();
+    let (waypoint, source) = support::start_waypoint(
+        &ca,
+        &file,
+        format!("127.0.{net}.2:40000").parse().unwrap(),
+        &[],
+    )
+    .await;
     support::http_backend(format!("127.0.{net}.21:18080").parse().unwrap(), "orders").await;
-    for _ in 0..100 {
-        if waypoint.readiness.is_ready() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        waypoint.readiness.is_ready(),
-        "{:?}",
-        waypoint.readiness.pending()
-    );
-    let certs = support::certs(&ca);
-    let source = Source {
-        hbone: HboneClient::new(Arc::new(H2Config::default()), ClientConnector { certs }),
-        me: Identity::new("cluster.local", "demo", "client"),
-        waypoint: waypoint_id,
-        waypoint_addr: waypoint.addresses.hbone,
-        client_addr: format!("127.0.{net}.2:40000").parse().unwrap(),
-    };
     World {
         _dir: dir,
         _waypoint: waypoint,

@@ -130,26 +130,13 @@ async fn world(net: u8) -> World {
     let ca = dir.path().join("ca");
     let file = dir.path().join("waypoint.yaml");
     write(&file, &config(net, CANARY));
-    let env: HashMap<String, String> = [
-        ("LOCAL_CA_DIR", ca.to_str().unwrap()),
-        ("LOCAL_XDS_PATH", file.to_str().unwrap()),
-        ("POD_NAMESPACE", "demo"),
-        ("GATEWAY_NAME", "waypoint"),
-        ("INSTANCE_IP", "127.0.0.1"),
-        ("WAYPOINT_HBONE_ADDR", "127.0.0.1:0"),
-        ("WAYPOINT_ADMIN_ADDR", "127.0.0.1:0"),
-        ("WAYPOINT_STATS_ADDR", "127.0.0.1:0"),
-        ("WAYPOINT_READINESS_ADDR", "127.0.0.1:0"),
-        ("PROTOCOL_DETECT_TIMEOUT", "200ms"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let cfg = Config::from_env(&env).unwrap();
-    let waypoint_id = cfg.identity();
-    let waypoint = app::start(cfg, ambit_core::logging::LogHandle::noop())
-        .await
-        .unwrap();
+    let (waypoint, source) = support::start_waypoint(
+        &ca,
+        &file,
+        format!("{}:40000", ip(net, CLIENT)).parse().unwrap(),
+        &[("PROTOCOL_DETECT_TIMEOUT", "200ms")],
+    )
+    .await;
 
     support::http_backend(
         format!("{}:18081", ip(net, V1)).parse().unwrap(),
@@ -161,26 +148,6 @@ async fn world(net: u8) -> World {
     let certs = support::certs(&ca);
     let reviews = Identity::new("cluster.local", "demo", "reviews");
     let v2_seen = support::fake_ztunnel(&ip(net, V2), &reviews, certs.clone(), "reviews-v2").await;
-
-    let source = Source {
-        hbone: HboneClient::new(Arc::new(H2Config::default()), ClientConnector { certs }),
-        me: Identity::new("cluster.local", "demo", "client"),
-        waypoint: waypoint_id,
-        waypoint_addr: waypoint.addresses.hbone,
-        client_addr: format!("{}:40000", ip(net, CLIENT)).parse().unwrap(),
-    };
-    // Ready once its own certificate is there.
-    for _ in 0..100 {
-        if waypoint.readiness.is_ready() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        waypoint.readiness.is_ready(),
-        "pending: {:?}",
-        waypoint.readiness.pending()
-    );
     World {
         net,
         _dir: dir,

@@ -54,6 +54,64 @@ impl Connect for ClientConnector {
     }
 }
 
+/// A ready waypoint `demo/waypoint` with its certificate from the local CA in `ca` and its config from the YAML
+/// file `config` (watched), listening on loopback ports of its choosing; `extra` adds to its environment. With it,
+/// a [`Source`] that reaches it as the `demo/client` workload at `client_addr`.
+pub async fn start_waypoint(
+    ca: &Path,
+    config: &Path,
+    client_addr: SocketAddr,
+    extra: &[(&str, &str)],
+) -> (ambit_waypoint::app::Running, Source) {
+    let mut env: std::collections::HashMap<String, String> = [
+        ("LOCAL_CA_DIR", ca.to_str().unwrap()),
+        ("LOCAL_XDS_PATH", config.to_str().unwrap()),
+        ("POD_NAMESPACE", "demo"),
+        ("GATEWAY_NAME", "waypoint"),
+        ("INSTANCE_IP", "127.0.0.1"),
+        ("WAYPOINT_HBONE_ADDR", "127.0.0.1:0"),
+        ("WAYPOINT_ADMIN_ADDR", "127.0.0.1:0"),
+        ("WAYPOINT_STATS_ADDR", "127.0.0.1:0"),
+        ("WAYPOINT_READINESS_ADDR", "127.0.0.1:0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let cfg = ambit_waypoint::config::Config::from_env(&env).unwrap();
+    let waypoint_id = cfg.identity();
+    let waypoint = ambit_waypoint::app::start(cfg, ambit_core::logging::LogHandle::noop())
+        .await
+        .unwrap();
+    // Ready once its own certificate is there.
+    for _ in 0..100 {
+        if waypoint.readiness.is_ready() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        waypoint.readiness.is_ready(),
+        "pending: {:?}",
+        waypoint.readiness.pending()
+    );
+    let source = Source {
+        hbone: HboneClient::new(
+            Arc::new(H2Config::default()),
+            ClientConnector { certs: certs(ca) },
+        ),
+        me: Identity::new("cluster.local", "demo", "client"),
+        waypoint: waypoint_id,
+        waypoint_addr: waypoint.addresses.hbone,
+        client_addr,
+    };
+    (waypoint, source)
+}
+
 /// A source ztunnel: opens CONNECT streams to the waypoint as `client`, from `client_addr`.
 pub struct Source {
     pub hbone: HboneClient<ClientConnector>,
