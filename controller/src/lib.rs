@@ -12,6 +12,7 @@ pub mod compute;
 pub mod controller;
 pub mod deploy;
 pub mod index;
+pub mod leader;
 pub mod sources;
 pub mod status_writer;
 pub mod xds;

@@ -16,6 +16,7 @@ use ambit_controller::app::{self, Config};
 use ambit_controller::ca::{Subject, TokenAuthority};
 use ambit_controller::compute::ComputeConfig;
 use ambit_controller::compute::deployer::DeployerConfig;
+use ambit_controller::leader::{LeaderConfig, LeaderElector};
 use ambit_controller::sources::kube::{self, KubeSource};
 use ambit_controller::status_writer::StatusWriter;
 use ambit_core::ca::LocalCa;
@@ -132,6 +133,22 @@ struct RunArgs {
     #[arg(long, env = "AMBIENT_ENABLE_STATUS", default_value_t = true, action = clap::ArgAction::Set,
         value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
     write_status: bool,
+    /// Elect a leader on a `coordination.k8s.io/v1` Lease (`<leader-namespace>/ambit-controller`): every replica
+    /// serves xDS and certificates, only the leader writes status. `false`: this replica always leads (one replica
+    /// only). Kubernetes mode with status writes only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
+    leader_elect: bool,
+    /// The namespace of the leader Lease (the controller's own, as istiod's `POD_NAMESPACE`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    leader_namespace: String,
+    /// This replica's name in the Lease's `holderIdentity` (with a random suffix); default the host name.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// The Lease's duration; the renew deadline and retry period scale with it (15 s: 10 s and 2 s, client-go's
+    /// defaults). Shorter in tests.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    leader_lease_seconds: u64,
     /// Seconds between listings of a kind whose CRD is not installed (it is picked up when installed later).
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     crd_retry_seconds: u64,
@@ -215,6 +232,32 @@ fn default_sans() -> Vec<String> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The Lease's `holderIdentity`: the pod (or host) name and a random suffix, unique per process.
+fn leader_identity(pod_name: Option<&str>) -> String {
+    let base = pod_name
+        .map(str::to_owned)
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "controller".to_owned());
+    format!("{base}_{:08x}", rand::random::<u32>())
+}
+
+/// The elector's settings; `None` when this replica always leads (`--leader-elect=false`).
+fn leader_config(a: &RunArgs) -> Option<LeaderConfig> {
+    a.leader_elect.then(|| {
+        LeaderConfig::new(
+            a.leader_namespace.clone(),
+            leader_identity(a.pod_name.as_deref()),
+            Duration::from_secs(a.leader_lease_seconds),
+        )
+    })
 }
 
 /// Resolves the effective configuration from the flags.
@@ -311,6 +354,7 @@ fn main() -> anyhow::Result<()> {
     let kubeconfig = cli.run.kubeconfig.clone();
     let write_status = cli.run.write_status;
     let crd_retry = Duration::from_secs(cli.run.crd_retry_seconds.max(1));
+    let leader = leader_config(&cli.run);
     let cfg = config(cli.run)?;
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "starting controller");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -324,21 +368,40 @@ fn main() -> anyhow::Result<()> {
         );
         let deadline = cfg.drain_deadline;
         let (status_trigger, status_drain) = ambit_core::drain::new();
+        let (leader_trigger, leader_drain) = ambit_core::drain::new();
         let mut status_task = None;
+        let mut leader_task = None;
         let running = if cfg.manifests.is_empty() {
             let (client, url) = kube::client(kubeconfig.as_deref()).await?;
             tracing::info!(api_server = %url, write_status, "watching the Kubernetes API");
             let source = Box::new(KubeSource::new(client.clone()).with_crd_retry(crd_retry));
+            let leader = leader.filter(|_| write_status);
+            let election = match &leader {
+                Some(l) => serde_json::json!({"identity": l.identity,
+                    "lease": format!("{}/{}", l.namespace, l.lease_name),
+                    "leaseDurationSeconds": l.lease_duration.as_secs()}),
+                None => serde_json::Value::Null,
+            };
             let info = serde_json::json!({"kubernetes": url, "kubeconfig": kubeconfig,
-                "writeStatus": write_status});
+                "writeStatus": write_status, "leaderElection": election});
             let running = app::start_with_source(cfg, ca, source, info).await?;
             if write_status {
-                // Leader election will hand the writer a pause switch (`StatusWriter::with_pause`).
-                let writer = StatusWriter::new(
-                    client,
+                let mut writer = StatusWriter::new(
+                    client.clone(),
                     running.outputs.resources.clone(),
                     running.outputs.generations.clone(),
                 );
+                match leader {
+                    // Only the Lease holder writes; xDS and certificates are served by every replica.
+                    Some(l) => {
+                        let elector = LeaderElector::new(client, l);
+                        writer = writer.with_pause(elector.paused());
+                        leader_task = Some(tokio::spawn(elector.run(leader_drain)));
+                    }
+                    None => {
+                        tracing::info!("leader election off: this replica always writes status")
+                    }
+                }
                 status_task = Some(tokio::spawn(writer.run(status_drain)));
             }
             running
@@ -347,9 +410,14 @@ fn main() -> anyhow::Result<()> {
         };
         ambit_core::signal::shutdown().await;
         tracing::info!("shutting down");
-        // Status writes stop first: nothing is written from a half-drained controller.
+        // Status writes stop first: nothing is written from a half-drained controller. Then the leader releases
+        // its Lease, so a standby takes over at its next try.
         status_trigger.drain(deadline).await;
         if let Some(t) = status_task {
+            t.abort();
+        }
+        leader_trigger.drain(deadline).await;
+        if let Some(t) = leader_task {
             t.abort();
         }
         running.shutdown(deadline).await;

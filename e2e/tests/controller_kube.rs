@@ -3,7 +3,8 @@
 //! through the controller's own `/debug/resources` (what it would push over xDS).
 //!
 //! A second scenario ([`status`]) checks the status the controller writes back by server-side apply (`kubectl get -o
-//! json`), against what its `/debug/status` computes.
+//! json`), against what its `/debug/status` computes; a third ([`leader`]) runs two replicas and checks that only
+//! the holder of the leader Lease writes status, and that a standby takes over when the leader dies or stops.
 //!
 //! Needs no root and no network namespaces; it needs the binaries (`cargo build -p ambit-controller -p
 //! ambit-apiserver`, or `AMBIT_CONTROLLER_BIN` / `AMBIT_APISERVER_BIN`) and `kubectl` (`KUBECTL`, else on `PATH`).
@@ -20,6 +21,8 @@ use ambit_e2e::topology::{poll, sibling_binary};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
+#[path = "controller_kube/leader.rs"]
+mod leader;
 #[path = "controller_kube/status.rs"]
 mod status;
 
@@ -37,6 +40,29 @@ spec:
   versions:
   - {name: v1, served: true, storage: true, subresources: {status: {}}, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}
   - {name: v1beta1, served: true, storage: false, subresources: {status: {}}, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}
+";
+
+/// The Gateway API kinds, with the status subresource, for the status and leader tests.
+const GATEWAY_API_CRDS: &str = "\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gateways.gateway.networking.k8s.io}
+spec:
+  group: gateway.networking.k8s.io
+  scope: Namespaced
+  names: {plural: gateways, singular: gateway, kind: Gateway, listKind: GatewayList, shortNames: [gtw]}
+  versions:
+  - {name: v1, served: true, storage: true, subresources: {status: {}}, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: httproutes.gateway.networking.k8s.io}
+spec:
+  group: gateway.networking.k8s.io
+  scope: Namespaced
+  names: {plural: httproutes, singular: httproute, kind: HTTPRoute, listKind: HTTPRouteList}
+  versions:
+  - {name: v1, served: true, storage: true, subresources: {status: {}}, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}
 ";
 
 /// Installed while the controller runs.
@@ -215,6 +241,8 @@ impl Cluster {
         poll("the API server's kubeconfig", WAIT, || {
             Ok(apiserver.output().contains("listening on").then_some(()))
         })?;
+        // The controller's own namespace, where its leader Lease lives (as in a cluster running istiod).
+        kubectl(&kubeconfig, &["create", "namespace", "istio-system"], None)?;
         Ok(Cluster {
             dir,
             kubeconfig,
@@ -229,8 +257,24 @@ impl Cluster {
     }
 
     fn start_controller_with(&mut self, extra: &[&str]) -> Result<SocketAddr> {
-        // A controller started before goes first (its drop waits for it).
-        self.controller.take();
+        // A controller started before goes first, gracefully: it releases the leader Lease, so this one leads at
+        // once (as in a rolling restart).
+        if let Some(mut before) = self.controller.take() {
+            before.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+        }
+        let (controller, monitoring) = self.spawn_controller("controller", extra, &[])?;
+        self.controller = Some(controller);
+        Ok(monitoring)
+    }
+
+    /// A controller process in Kubernetes mode, its logs in `<name>.stdout`/`.stderr`, `env` added to its
+    /// environment; returned with its monitoring address once it is ready.
+    fn spawn_controller(
+        &self,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<(Process, SocketAddr)> {
         let mut cmd = Command::new(binary("AMBIT_CONTROLLER_BIN", "controller")?);
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -248,17 +292,16 @@ impl Cluster {
             .args(["--crd-retry-seconds", "1", "--debounce-ms", "20"])
             .args(extra)
             .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info,kube=warn");
-        let controller =
-            self.controller
-                .insert(Process::spawn("controller", cmd, self.dir.path())?);
+            .env("RUST_LOG", "info,kube=warn")
+            .envs(env.iter().copied());
+        let controller = Process::spawn(name, cmd, self.dir.path())?;
         let monitoring = poll("the controller's monitoring address", WAIT, || {
-            logged_addr(controller, "monitoring")
+            logged_addr(&controller, "monitoring")
         })?;
         poll("the controller to be ready", WAIT, || {
             Ok((http_get(monitoring, "/ready")?.0 == 200).then_some(()))
         })?;
-        Ok(monitoring)
+        Ok((controller, monitoring))
     }
 
     fn controller_log(&self) -> String {

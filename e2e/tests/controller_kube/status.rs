@@ -3,29 +3,6 @@
 
 use super::*;
 
-/// The Gateway API kinds, with the status subresource, installed before the controller starts.
-const GATEWAY_API_CRDS: &str = "\
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: gateways.gateway.networking.k8s.io}
-spec:
-  group: gateway.networking.k8s.io
-  scope: Namespaced
-  names: {plural: gateways, singular: gateway, kind: Gateway, listKind: GatewayList, shortNames: [gtw]}
-  versions:
-  - {name: v1, served: true, storage: true, subresources: {status: {}}, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: httproutes.gateway.networking.k8s.io}
-spec:
-  group: gateway.networking.k8s.io
-  scope: Namespaced
-  names: {plural: httproutes, singular: httproute, kind: HTTPRoute, listKind: HTTPRouteList}
-  versions:
-  - {name: v1, served: true, storage: true, subresources: {status: {}}, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}
-";
-
 /// A waypoint (no pod yet, so not programmed), a Service that uses it and a route with the Service as parent.
 const MESH: &str = "\
 apiVersion: v1
