@@ -291,17 +291,21 @@ impl LeaderElector {
         }
     }
 
-    /// Reads the Lease and creates, renews or takes it over as [`decide`] says.
-    async fn try_once(&self) -> Result<Attempt, LeaderError> {
-        let name = &self.cfg.lease_name;
-        let current = self
-            .api
-            .get_opt(name)
+    /// The Lease as stored, if it exists.
+    async fn read(&self) -> Result<Option<Lease>, LeaderError> {
+        self.api
+            .get_opt(&self.cfg.lease_name)
             .await
             .map_err(|source| LeaderError::Read {
                 lease: self.lease(),
                 source,
-            })?;
+            })
+    }
+
+    /// Reads the Lease and creates, renews or takes it over as [`decide`] says.
+    async fn try_once(&self) -> Result<Attempt, LeaderError> {
+        let name = &self.cfg.lease_name;
+        let current = self.read().await?;
         let now = Timestamp::now();
         let spec = current.as_ref().and_then(|l| l.spec.as_ref());
         let decision = decide(spec, &self.cfg.identity, now);
@@ -349,14 +353,7 @@ impl LeaderElector {
     /// Gives the Lease up if we still hold it; `false` when we did not.
     async fn release(&self) -> Result<bool, LeaderError> {
         let name = &self.cfg.lease_name;
-        let current = self
-            .api
-            .get_opt(name)
-            .await
-            .map_err(|source| LeaderError::Read {
-                lease: self.lease(),
-                source,
-            })?;
+        let current = self.read().await?;
         let Some(mut lease) = current else {
             return Ok(false);
         };
