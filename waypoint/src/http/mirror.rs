@@ -190,6 +190,8 @@ struct Queue {
     queued: usize,
     /// `Some(None)`: ended normally; `Some(Some(why))`: cut off.
     done: Option<Option<&'static str>>,
+    /// The mirrored request is over (answered or failed): nothing more is queued.
+    receiver_gone: bool,
     waker: Option<Waker>,
 }
 
@@ -210,6 +212,9 @@ impl Feed {
         let Ok(mut q) = self.0.lock() else {
             return false;
         };
+        if q.receiver_gone {
+            return false;
+        }
         let copy = match (frame.data_ref(), frame.trailers_ref()) {
             (Some(d), _) => Frame::data(d.clone()),
             (None, Some(t)) => Frame::trailers(t.clone()),
@@ -250,10 +255,10 @@ impl Feed {
 
 impl Drop for Copy {
     fn drop(&mut self) {
-        // The mirrored request is over (answered or failed): the tee's pushes are refused from now on.
         if let Ok(mut q) = self.0.lock() {
             q.frames.clear();
-            q.queued = usize::MAX / 2;
+            q.queued = 0;
+            q.receiver_gone = true;
         }
     }
 }
