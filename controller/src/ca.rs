@@ -27,13 +27,14 @@ pub enum AuthError {
     Token(#[from] TokenError),
 }
 
-/// The token of an `authorization: Bearer <token>` header.
+/// The token of an `authorization: Bearer <token>` header. Whitespace around the value, between the scheme and
+/// the token (spaces or tabs) and after the token is ignored: token files are sent as they are, and a file edited
+/// by hand may end in a blank. `None` for another scheme or an empty token.
 pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
-    let v = metadata.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
+    let v = metadata.get("authorization")?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 impl Authenticator for TokenAuthority {
@@ -70,5 +71,34 @@ impl Authority for ambit_core::ca::LocalCa {
     ) -> Result<(Vec<String>, String), String> {
         self.issue_server_cert(dns, ips, ttl)
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn header(v: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert("authorization", v.parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn bearer_ignores_surrounding_whitespace() {
+        for v in [
+            "Bearer tok",
+            "bearer tok",
+            "Bearer  tok ",
+            "Bearer\ttok\t",
+            " Bearer tok",
+        ] {
+            assert_eq!(bearer(&header(v)), Some("tok"), "{v:?}");
+        }
+        for v in ["Basic tok", "Bearer", "Bearer   ", "Bearertok"] {
+            assert_eq!(bearer(&header(v)), None, "{v:?}");
+        }
+        assert_eq!(bearer(&MetadataMap::new()), None);
     }
 }

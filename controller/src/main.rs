@@ -2,7 +2,8 @@
 //!
 //! `controller --state-dir <dir>` runs the control plane on the Kubernetes API (`--kubeconfig`, `KUBECONFIG`,
 //! `~/.kube/config` or in-cluster), `controller --manifests <dir> --state-dir <dir>` on a manifest directory;
-//! `controller token --node <name>` / `--pod <ns>/<name>` prints a bearer token for a ztunnel;
+//! `controller token --node <name>` / `--pod <ns>/<name>` prints a bearer token for a ztunnel (no line break
+//! unless stdout is a terminal, so `> file` makes a token file; or `--output <file>`);
 //! `controller compute --manifests <dir>` prints the computed resources once (as `/debug/resources`) and exits.
 
 mod compute_cli;
@@ -39,6 +40,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print a bearer token for a node's ztunnel (`--node`) or a dedicated ztunnel serving one pod (`--pod`).
+    /// Without a trailing line break unless standard output is a terminal: `controller token ... > FILE` (or
+    /// `--output FILE`) makes a token file both ztunnels can send as it is (`AUTH_TOKEN=FILE`).
     Token(TokenArgs),
     /// Read the manifests once, compute what the proxies would get, print it as JSON (`/debug/resources`'s
     /// rendering) and exit. Deployments become placeholder pods (see `placeholders` in the output).
@@ -114,6 +117,9 @@ struct TokenArgs {
     ttl_hours: u64,
     #[arg(long, env = "AMBIT_STATE_DIR", default_value = "./controller-state")]
     state_dir: PathBuf,
+    /// Write the token to this file (mode 0600, replaced if present) instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -319,15 +325,58 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
         _ => anyhow::bail!("give exactly one of --node or --pod"),
     };
     let authority = TokenAuthority::load_or_create(&a.state_dir)?;
-    println!(
-        "{}",
-        authority.issue(
-            subject,
-            Duration::from_secs(a.ttl_hours * 3600),
-            SystemTime::now()
-        )
+    let token = authority.issue(
+        subject,
+        Duration::from_secs(a.ttl_hours.saturating_mul(3600)),
+        SystemTime::now(),
     );
+    // A token file holds the token and nothing else, as Kubernetes writes one: upstream ztunnel sends the file's
+    // bytes verbatim after `Bearer `, so a trailing line break would make the header invalid. Only a terminal
+    // gets the line break.
+    match a.output {
+        Some(path) => write_token_file(&path, &token)
+            .with_context(|| format!("writing the token to {}", path.display()))?,
+        None => {
+            use std::io::{IsTerminal, Write};
+            let mut out = std::io::stdout().lock();
+            if out.is_terminal() {
+                writeln!(out, "{token}")?;
+            } else {
+                write!(out, "{token}")?;
+            }
+            out.flush()?;
+        }
+    }
     Ok(())
+}
+
+/// Writes `token` (no line break) to `path` with mode 0600, replacing an existing file through a temporary file
+/// next to it, so a reader never sees half a token.
+fn write_token_file(path: &std::path::Path, token: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("not a file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    let r = write();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }
 
 fn main() -> anyhow::Result<()> {
