@@ -53,6 +53,36 @@ fn waypoint_scope(node: &Node) -> Option<Name> {
 
 type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
+/// The order in which one snapshot change is pushed: `Address` (additions, updates and removals), then
+/// `Authorization`, then the waypoint types (by name).
+///
+/// Why Address first, then Authorization, and the same on removal (fail closed). A ztunnel applies to workload W
+/// the GLOBAL and NAMESPACE policies plus the names in `W.authorization_policies` that it holds (a name it does not
+/// hold yet is skipped), and re-checks its live connections when an Authorization response arrives, not when an
+/// Address does (upstream ztunnel's policy store notifies only on policy updates).
+/// * A new selector policy P for W: Address first leaves W naming a P not yet held (skipped) until P arrives, and
+///   P's arrival re-checks every connection, so one opened in between is closed if P denies it. Authorization
+///   first would store P unused, then W's new Address activates it without a re-check: a connection opened in
+///   between would never be checked against P.
+/// * W removed (with or without its policies): W's Address removal goes first, so W is unknown (connections to
+///   it are refused) before its policies go; policies removed first would leave W reachable, unprotected, until
+///   its Address removal arrived. So a workload loses its policies last.
+/// * A policy removed while W stops naming it: W's Address drops the name, then the removal re-checks with the
+///   final state.
+///
+/// Within a type the order does not matter: one response is applied as a whole. Types each client asks for are
+/// first answered in the order it asks (upstream ztunnel asks for Address, then Authorization).
+fn push_order<'a>(types: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let rank = |t: &str| match t {
+        type_url::ADDRESS => 0,
+        type_url::AUTHORIZATION => 1,
+        _ => 2,
+    };
+    let mut types: Vec<String> = types.cloned().collect();
+    types.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
+    types
+}
+
 /// The connection is over (client gone or stream error).
 struct Closed;
 
@@ -232,7 +262,7 @@ impl Connection {
     /// otherwise.
     async fn push_all(&mut self, tx: &Tx) -> Result<(), Closed> {
         let snap = self.snapshots.borrow_and_update().clone();
-        let types: Vec<String> = self.types.keys().cloned().collect();
+        let types = push_order(self.types.keys());
         let none = BTreeSet::new();
         for t in types {
             let only = match (&snap.changes, self.types.get(&t)) {
@@ -360,5 +390,28 @@ impl Connection {
             removed_resources: removed,
         };
         tx.send(Ok(resp)).await.map_err(|_| Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_go_before_authorizations_and_waypoint_types_after() {
+        let subscribed: BTreeSet<String> = [
+            type_url::WAYPOINT_ROUTE,
+            type_url::AUTHORIZATION,
+            type_url::WAYPOINT_AUTHORIZATION,
+            type_url::ADDRESS,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        let mut rest = vec![type_url::WAYPOINT_ROUTE, type_url::WAYPOINT_AUTHORIZATION];
+        rest.sort();
+        let mut want = vec![type_url::ADDRESS, type_url::AUTHORIZATION];
+        want.extend(rest);
+        assert_eq!(push_order(subscribed.iter()), want);
     }
 }
