@@ -1,10 +1,12 @@
-//! An in-process certificate authority: `FAKE_CA`, `LOCAL_CA_DIR`, the controller's CA service and tests.
+//! An in-process certificate authority: `FAKE_CA` (the fixed test-only root in `ca/fake.rs`), `LOCAL_CA_DIR`, the
+//! controller's CA service and tests.
 //!
 //! Directory layout (the Istio plug-in CA layout): `root-cert.pem` (trust root), `ca-cert.pem` (signing cert),
 //! `ca-key.pem` (its PKCS#8 key) and `cert-chain.pem` (signing cert, intermediates, root). A CA that
 //! [`LocalCa::load_or_create`] creates signs with its root directly, so `ca-cert.pem` equals `root-cert.pem` and
 //! `cert-chain.pem` holds just the root. Issued chains are `[leaf, intermediates…, root]`.
 
+mod fake;
 mod store;
 
 use std::net::IpAddr;
@@ -21,6 +23,8 @@ use time::OffsetDateTime;
 use crate::identity::Identity;
 use crate::signer::{CsrSigner, SignError};
 use crate::tls::{self, WorkloadCert};
+
+pub use fake::fake_root_pem;
 
 /// Lifetime of a root this CA generates.
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);

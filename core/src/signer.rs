@@ -51,8 +51,9 @@ pub enum SignerSetupError {
 }
 
 /// The certificate source both proxies honour, in this order: a local CA directory (`LOCAL_CA_DIR`), an
-/// in-process CA with a fresh root (`FAKE_CA`), the Istio CA API (`CA_ADDRESS`; `impersonate` when one proxy asks
-/// for other workloads' identities, as a shared-mode ztunnel does).
+/// in-process CA with the fixed test-only root that every FAKE_CA process shares (`FAKE_CA`, see `ca/fake.rs`),
+/// the Istio CA API (`CA_ADDRESS`; `impersonate` when one proxy asks for other workloads' identities, as a
+/// shared-mode ztunnel does).
 pub fn choose(
     local_ca_dir: Option<&std::path::Path>,
     fake_ca: bool,
@@ -67,9 +68,13 @@ pub fn choose(
         return Ok(std::sync::Arc::new(ca));
     }
     if fake_ca {
-        tracing::info!("FAKE_CA: certificates from an in-process CA with a fresh root");
+        tracing::warn!(
+            "FAKE_CA=true is for TESTS ONLY: certificates come from a fixed test root whose private key is public \
+             (checked into Ambit's source), so anyone can mint any identity it trusts. Never use it in production; \
+             set CA_ADDRESS or LOCAL_CA_DIR instead"
+        );
         return Ok(std::sync::Arc::new(
-            LocalCa::generate(trust_domain).map_err(SignerSetupError::FakeCa)?,
+            LocalCa::fake(trust_domain).map_err(SignerSetupError::FakeCa)?,
         ));
     }
     let (cp, impersonate) = ca.ok_or(SignerSetupError::None)?;
