@@ -33,6 +33,9 @@ pub struct EchoArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: IpAddr,
+    /// Seconds to wait before listening: an app that is slow to start, for readiness tests.
+    #[arg(long, default_value_t = 0)]
+    pub start_delay: u64,
 }
 
 /// Who this server is.
@@ -61,6 +64,7 @@ impl Identity {
 /// Serves until `shutdown` completes.
 pub async fn run(args: EchoArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let id = Arc::new(Identity::from_env());
+    tokio::time::sleep(std::time::Duration::from_secs(args.start_delay)).await;
     let http = TcpListener::bind(SocketAddr::new(args.bind, args.http_port))
         .await
         .with_context(|| format!("bind {}:{}", args.bind, args.http_port))?;

@@ -308,8 +308,10 @@ fn up_background(dir: &Path, up: &UpArgs) -> Result<()> {
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
+        // Only this supervisor's word counts: a killed one's state file may still say ready.
         if let Ok(s) = State::load(dir)
             && s.ready
+            && s.supervisor_pid == child.id()
         {
             // The status ends with the problems found in the manifests, if any.
             print!("{}", status(&s));

@@ -46,6 +46,26 @@ spec:
   selector: {app: server}
   ports: [{name: http, port: 80, targetPort: http}]
 ---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: slow, namespace: demo}
+spec:
+  selector: {matchLabels: {app: slow}}
+  template:
+    metadata: {labels: {app: slow}}
+    spec:
+      containers:
+      - name: echo
+        command: [ambit, echo, --http-port, "8080", --start-delay, "4"]
+        ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: slow, namespace: demo}
+spec:
+  selector: {app: slow}
+  ports: [{port: 80, targetPort: 8080}]
+---
 apiVersion: v1
 kind: Service
 metadata: {name: server-headless, namespace: demo}
@@ -200,6 +220,14 @@ fn scenario(mesh: &LocalMesh, dir: &Path) -> Result<()> {
     ensure!(!legacy_client.captured, "legacy is not captured");
     let vip = mesh.vip("demo", "server")?;
     let c = "deploy/client";
+
+    // Ready means serving: right after `up`, with no retry, every request reaches the pod that binds its port
+    // seconds after it starts (a readiness of "started" let such requests fail). Only `slow`: the capture below
+    // must see the client's first HBONE connections to the servers.
+    for i in 0..20 {
+        mesh.curl("demo", c, "http://slow/")
+            .with_context(|| format!("request {i} to http://slow/ right after up"))?;
+    }
 
     // Captured -> captured, by short name, FQDN, VIP and pod IP (one replica shares the client's node, one not),
     // with a capture on the pod network: only mTLS to 15008 between the pods.

@@ -5,10 +5,11 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use nix::sched::{CloneFlags, setns};
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// The most of a response body [`get_in`] reads.
 const MAX_BODY: u64 = 16 << 20;
@@ -22,29 +23,61 @@ pub fn get_in(ns: &str, addr: SocketAddr, path: &str) -> Option<(u16, Vec<u8>)> 
 /// `method path` (no request body) on `addr` from inside namespace `ns`, as [`get_in`]; admin `POST`s such as
 /// `/logging` use it.
 pub fn request_in(ns: &str, addr: SocketAddr, method: &str, path: &str) -> Option<(u16, Vec<u8>)> {
-    let netns = File::open(format!("/var/run/netns/{ns}")).ok()?;
     let (method, path) = (method.to_owned(), path.to_owned());
-    std::thread::spawn(move || -> Option<(u16, Vec<u8>)> {
+    in_ns(ns, move || {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        request(s, addr, &method, &path)
+    })
+}
+
+/// A kubelet's probe, from inside namespace `ns` with source address `source`: the status of `GET path` (an
+/// HTTP probe, `Some`), or whether `addr` accepts a connection (a TCP probe, `path` `None`).
+///
+/// The source is what istio-cni SNATs kubelet probes to on a node: captured pods let it through to the app
+/// without ztunnel, so the probe sees the app itself.
+pub fn probe_in(ns: &str, source: Ipv4Addr, addr: SocketAddr, path: Option<&str>) -> Option<u16> {
+    let path = path.map(str::to_owned);
+    in_ns(ns, move || {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).ok()?;
+        socket.bind(&SocketAddr::from((source, 0)).into()).ok()?;
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(1))
+            .ok()?;
+        let s = TcpStream::from(socket);
+        match &path {
+            Some(path) => request(s, addr, "GET", path).map(|(code, _)| code),
+            None => Some(0),
+        }
+    })
+}
+
+/// Runs `f` on a thread that entered namespace `ns`.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Option<T> + Send + 'static) -> Option<T> {
+    let netns = File::open(format!("/var/run/netns/{ns}")).ok()?;
+    std::thread::spawn(move || -> Option<T> {
         setns(&netns, CloneFlags::CLONE_NEWNET).ok()?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        let length = if method == "GET" {
-            ""
-        } else {
-            "Content-Length: 0\r\n"
-        };
-        write!(
-            s,
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{length}\r\n"
-        )
-        .ok()?;
-        let mut buf = Vec::new();
-        let _ = s.take(MAX_BODY).read_to_end(&mut buf);
-        parse_response(&buf)
+        f()
     })
     .join()
     .ok()
     .flatten()
+}
+
+fn request(mut s: TcpStream, addr: SocketAddr, method: &str, path: &str) -> Option<(u16, Vec<u8>)> {
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{length}\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    let _ = s.take(MAX_BODY).read_to_end(&mut buf);
+    parse_response(&buf)
 }
 
 /// The status code of `GET path`, or `None` when it could not connect.

@@ -1,8 +1,9 @@
 //! What the runtime does for a pod as the kubelet, beyond starting its process: the command resolved to a binary
 //! of this build (`ambit`, `waypoint`), the environment Kubernetes would give it (downward-API `fieldRef`s; for a
-//! waypoint also the mesh root certificate and a pod token, as Istio's injection template mounts them), and HTTP
-//! readiness probes.
+//! waypoint also the mesh root certificate and a pod token, as Istio's injection template mounts them), and
+//! readiness: the pod's probe (HTTP, TCP, or every declared port) and, for a captured pod, its ztunnel holding it.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::NodeState;
-use super::manifests::{EnvVar, HttpProbe, PodSpec};
+use super::manifests::{EnvVar, PodSpec, Probe};
 
 /// The container command that runs the waypoint binary.
 pub const WAYPOINT_COMMAND: &str = "waypoint";
@@ -115,11 +116,18 @@ pub fn env(
     env
 }
 
-/// A pod's readiness probe and what it last found.
+/// A pod's readiness: its probe and, for a captured pod, whether its node's ztunnel holds it.
 #[derive(Debug)]
 pub struct Prober {
-    pub probe: HttpProbe,
+    pub probe: Probe,
+    /// The probe passes and, when the pod is captured, its ztunnel holds it: what the pod's `Ready` says.
     pub ready: bool,
+    probe_ok: bool,
+    /// The pod's node's ztunnel has taken it over (ZDS) and holds a valid certificate for its identity; set by
+    /// the supervisor from the ztunnel's `/config_dump` until the pod is ready.
+    pub held: bool,
+    /// The pod's service account, whose certificate its ztunnel must hold.
+    pub service_account: String,
     next: Instant,
 }
 
@@ -128,26 +136,40 @@ const PROBE_UNREADY: Duration = Duration::from_millis(500);
 const PROBE_READY: Duration = Duration::from_secs(5);
 
 impl Prober {
-    pub fn new(probe: HttpProbe) -> Prober {
+    pub fn new(probe: Probe, service_account: &str) -> Prober {
         Prober {
             probe,
             ready: false,
+            probe_ok: false,
+            held: false,
+            service_account: service_account.to_owned(),
             next: Instant::now(),
         }
     }
 
-    /// Probes `ip` from namespace `from` when due. Returns true when readiness changed.
-    pub fn tick(&mut self, from: &str, ip: Ipv4Addr) -> bool {
-        if Instant::now() < self.next {
-            return false;
+    /// Probes `ip` from namespace `from` when due, from the probe source address. `captured`: readiness also
+    /// needs [`Prober::held`]. Returns true when readiness changed.
+    pub fn tick(&mut self, from: &str, ip: Ipv4Addr, captured: bool) -> bool {
+        if Instant::now() >= self.next {
+            let src = super::net::PROBE_SOURCE;
+            self.probe_ok = match &self.probe {
+                Probe::Http(p) => {
+                    super::http::probe_in(from, src, SocketAddr::from((ip, p.port)), Some(&p.path))
+                        .is_some_and(|c| (200..400).contains(&c))
+                }
+                Probe::Tcp(ports) => ports.iter().all(|port| {
+                    super::http::probe_in(from, src, SocketAddr::from((ip, *port)), None).is_some()
+                }),
+                Probe::Started => true,
+            };
+            self.next = Instant::now()
+                + if self.probe_ok {
+                    PROBE_READY
+                } else {
+                    PROBE_UNREADY
+                };
         }
-        let code = super::http::status_in(
-            from,
-            SocketAddr::from((ip, self.probe.port)),
-            &self.probe.path,
-        );
-        let ready = code.is_some_and(|c| (200..400).contains(&c));
-        self.next = Instant::now() + if ready { PROBE_READY } else { PROBE_UNREADY };
+        let ready = self.probe_ok && (self.held || !captured);
         let changed = ready != self.ready;
         self.ready = ready;
         changed
@@ -156,8 +178,33 @@ impl Prober {
     /// Not ready until a probe passes again (the process restarted).
     pub fn reset(&mut self) {
         self.ready = false;
+        self.probe_ok = false;
         self.next = Instant::now();
     }
+}
+
+/// Whether a ztunnel's `/config_dump` shows the pod `uid` handed over (`workloadState` `Up`) and a valid
+/// certificate for `identity` (`certificates` `Available`).
+pub fn ztunnel_holds(dump: &serde_json::Value, uid: &str, identity: &str) -> bool {
+    let up = dump["workloadState"][uid]["state"] == "Up";
+    let cert = dump["certificates"].as_array().is_some_and(|certs| {
+        certs
+            .iter()
+            .any(|c| c["identity"] == identity && c["state"] == "Available")
+    });
+    up && cert
+}
+
+/// The workloads a ztunnel's `/config_dump` routes to (`status` `Healthy`), as `(namespace, name)`.
+pub fn healthy_workloads(dump: &serde_json::Value) -> BTreeSet<(String, String)> {
+    let field = |w: &serde_json::Value, k: &str| w[k].as_str().unwrap_or_default().to_owned();
+    dump["workloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["status"] == "Healthy")
+        .map(|w| (field(w, "namespace"), field(w, "name")))
+        .collect()
 }
 
 #[cfg(test)]
@@ -176,7 +223,7 @@ mod tests {
             ports: vec![],
             node_name: None,
             owner: Some("waypoint".into()),
-            readiness: None,
+            readiness: Probe::Started,
             object: serde_yaml::Value::Null,
         }
     }
@@ -253,5 +300,35 @@ mod tests {
         assert_eq!(get("CLUSTER_ID"), Some("mine"));
         let plain = super::env(&pod(&["sleep"], vec![]), "uid", ip, &node(), None);
         assert!(!plain.iter().any(|(k, _)| k == "AUTH_TOKEN"));
+    }
+
+    #[test]
+    fn a_pod_is_held_when_its_ztunnel_has_it_up_with_a_certificate() {
+        let id = "spiffe://cluster.local/ns/demo/sa/default";
+        let dump = |state: &str, cert: &str| {
+            serde_json::json!({
+                "workloadState": {"u1": {"state": state}},
+                "certificates": [
+                    {"identity": "spiffe://cluster.local/ns/demo/sa/other", "state": "Available"},
+                    {"identity": id, "state": cert},
+                ],
+            })
+        };
+        assert!(ztunnel_holds(&dump("Up", "Available"), "u1", id));
+        assert!(!ztunnel_holds(&dump("Pending", "Available"), "u1", id));
+        assert!(!ztunnel_holds(&dump("Up", "Initializing"), "u1", id));
+        assert!(!ztunnel_holds(&dump("Up", "Available"), "u2", id));
+        assert!(!ztunnel_holds(&serde_json::json!({}), "u1", id));
+    }
+
+    #[test]
+    fn healthy_workloads_skips_unhealthy_ones_and_bad_dumps() {
+        let dump = serde_json::json!({"workloads": [
+            {"namespace": "demo", "name": "a", "status": "Healthy"},
+            {"namespace": "demo", "name": "b", "status": "Unhealthy"},
+        ]});
+        let want = BTreeSet::from([("demo".to_owned(), "a".to_owned())]);
+        assert_eq!(healthy_workloads(&dump), want);
+        assert!(healthy_workloads(&serde_json::json!({"workloads": 3})).is_empty());
     }
 }

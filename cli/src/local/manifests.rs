@@ -24,8 +24,9 @@ pub struct PodSpec {
     pub node_name: Option<String>,
     /// The Deployment it belongs to.
     pub owner: Option<String>,
-    /// The first container's `readinessProbe.httpGet`, which the runtime polls to set the pod's `Ready`.
-    pub readiness: Option<HttpProbe>,
+    /// What the runtime polls to set the pod's `Ready`: the first container's `readinessProbe` (`httpGet` or
+    /// `tcpSocket`), else a TCP connect to every declared TCP `containerPort`.
+    pub readiness: Probe,
     /// The object as written (for Pods) or the template wrapped as a Pod (for Deployments), to pass to the
     /// controller with a status added.
     pub object: Value,
@@ -43,6 +44,20 @@ pub enum EnvVar {
 pub struct HttpProbe {
     pub path: String,
     pub port: u16,
+}
+
+/// How the local runtime decides a pod is ready (besides its node's ztunnel holding it, when it is captured).
+///
+/// Stricter than Kubernetes for pods without a probe: Kubernetes calls them ready once started, which lets a
+/// Service send to a process that has not bound its port yet; here every declared TCP `containerPort` must
+/// accept first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    Http(HttpProbe),
+    /// Each port accepts a TCP connection.
+    Tcp(Vec<u16>),
+    /// No probe and no declared TCP port: ready once started.
+    Started,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -350,31 +365,48 @@ fn pod_from(
         }
     }
     let mut ports = Vec::new();
+    let mut tcp_ports = Vec::new();
     for c in &containers {
         for p in seq_at(c, &["ports"]) {
-            if let (Some(n), Some(port)) = (
-                str_at(p, &["name"]),
-                at(p, &["containerPort"]).and_then(Value::as_u64),
-            ) {
-                ports.push((n.to_owned(), u16::try_from(port).map_err(|_| "bad port")?));
+            let Some(port) = at(p, &["containerPort"]).and_then(Value::as_u64) else {
+                continue;
+            };
+            let port = u16::try_from(port).map_err(|_| "bad port")?;
+            if let Some(n) = str_at(p, &["name"]) {
+                ports.push((n.to_owned(), port));
+            }
+            if str_at(p, &["protocol"]).is_none_or(|p| p.eq_ignore_ascii_case("TCP"))
+                && !tcp_ports.contains(&port)
+            {
+                tcp_ports.push(port);
             }
         }
     }
     // A probe port is a number or the name of a container port.
-    let readiness = at(c, &["readinessProbe", "httpGet"]).and_then(|probe| {
-        let port = match at(probe, &["port"])? {
-            Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-            Value::String(s) => s
-                .parse()
-                .ok()
-                .or_else(|| ports.iter().find(|(n, _)| n == s).map(|p| p.1)),
-            _ => None,
-        }?;
-        Some(HttpProbe {
+    let probe_port = |probe: &Value| match at(probe, &["port"])? {
+        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+        Value::String(s) => s
+            .parse()
+            .ok()
+            .or_else(|| ports.iter().find(|(n, _)| n == s).map(|p| p.1)),
+        _ => None,
+    };
+    let readiness = if let Some(probe) = at(c, &["readinessProbe", "httpGet"]) {
+        let port =
+            probe_port(probe).ok_or("readinessProbe.httpGet.port names no container port")?;
+        Probe::Http(HttpProbe {
             path: str_at(probe, &["path"]).unwrap_or("/").to_owned(),
             port,
         })
-    });
+    } else if let Some(probe) = at(c, &["readinessProbe", "tcpSocket"]) {
+        let port =
+            probe_port(probe).ok_or("readinessProbe.tcpSocket.port names no container port")?;
+        Probe::Tcp(vec![port])
+    } else if tcp_ports.is_empty() {
+        Probe::Started
+    } else {
+        Probe::Tcp(tcp_ports)
+    };
     Ok(PodSpec {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
@@ -613,7 +645,7 @@ spec: {selector: {app: other}}
         );
         assert_eq!(
             deployed.pods[0].readiness,
-            Some(HttpProbe {
+            Probe::Http(HttpProbe {
                 path: "/healthz/ready".into(),
                 port: 15021
             })
@@ -642,5 +674,38 @@ spec: {selector: {app: other}}
         );
         assert!(d.pods.is_empty());
         assert!(d.errors[0].contains("no command"), "{:?}", d.errors);
+    }
+
+    #[test]
+    fn readiness_is_the_probe_else_every_declared_tcp_port() {
+        let pod = |c: &str| {
+            let d = parse(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: x}}\nspec: {{containers: [{{command: [s], {c}}}]}}\n"
+            ));
+            assert!(d.errors.is_empty(), "{:?}", d.errors);
+            d.pods[0].readiness.clone()
+        };
+        assert_eq!(
+            pod(
+                "ports: [{containerPort: 8080}, {containerPort: 53, protocol: UDP}, {name: m, containerPort: 9090}]"
+            ),
+            Probe::Tcp(vec![8080, 9090])
+        );
+        assert_eq!(
+            pod(
+                "ports: [{name: web, containerPort: 80}], readinessProbe: {tcpSocket: {port: web}}"
+            ),
+            Probe::Tcp(vec![80])
+        );
+        assert_eq!(pod("args: [x]"), Probe::Started);
+        let d = parse(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{command: [s], readinessProbe: {httpGet: {port: nope}}}]}\n",
+        );
+        assert!(d.pods.is_empty());
+        assert!(
+            d.errors[0].contains("names no container port"),
+            "{:?}",
+            d.errors
+        );
     }
 }

@@ -2,9 +2,9 @@
 //! tools and disappears with its namespace:
 //!
 //! - `ambit-l-net`: the "pod network". A bridge `br0` with the gateway address 10.244.0.1/16, the cluster DNS
-//!   address 10.96.0.10 on `lo`, and the Service VIP rules (the role kube-proxy plays) in its `nat` table. The
-//!   controller runs here. `br_netfilter` is on in this namespace, so replies between pods on the bridge go through
-//!   conntrack and VIP translation works in both directions.
+//!   address 10.96.0.10 and the probe source 169.254.7.127 on `lo`, and the Service VIP rules (the role
+//!   kube-proxy plays) in its `nat` table. The controller runs here. `br_netfilter` is on in this namespace, so
+//!   replies between pods on the bridge go through conntrack and VIP translation works in both directions.
 //! - `ambit-l-node-<k>`: one per virtual node, on the bridge at 10.244.0.<10+k>; its ztunnel and node agent run there.
 //! - `ambit-l-pod-<ns>.<name>`: one per pod, on the bridge at 10.244.<1..>.<n>, default route via the gateway.
 //!
@@ -20,6 +20,9 @@ pub const PREFIX: &str = "ambit-l-";
 pub const NET_NS: &str = "ambit-l-net";
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The runtime's readiness probes come from this address, as kubelet's do once istio-cni SNATs them on a node
+/// (`ambit_cni::rules::PROBE_SOURCE`): captured pods let it through to the app.
+pub const PROBE_SOURCE: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
 const BRIDGE: &str = "br0";
 const SERVICES_CHAIN: &str = "AMBIT-SERVICES";
 
@@ -115,6 +118,15 @@ pub fn create_network() -> Result<()> {
     ])?;
     ip(&["-n", n, "link", "set", BRIDGE, "up"])?;
     ip(&["-n", n, "addr", "add", &format!("{DNS_IP}/32"), "dev", "lo"])?;
+    ip(&[
+        "-n",
+        n,
+        "addr",
+        "add",
+        &format!("{PROBE_SOURCE}/32"),
+        "dev",
+        "lo",
+    ])?;
     exec_in(n, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
     exec_in(
         n,

@@ -3,7 +3,7 @@
 //! whatever exits. On SIGTERM (from `ambit local down`) it stops everything and removes what it created.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -15,12 +15,13 @@ use serde_yaml::Value;
 use tracing::{info, warn};
 
 use super::bins::Bins;
-use super::http::status_in as http_status_in;
 use super::kubelet::{self, MeshCredentials, Prober};
 use super::manifests::{self, Desired, PodSpec};
 use super::net::{self, GATEWAY, NET_NS, VipRule};
 use super::process::{Proc, stop_all};
 use super::{NodeState, PodState, ServiceState, State, UpArgs, pid_alive};
+
+mod readiness;
 
 const SERVICE_CIDR_BASE: [u8; 3] = [10, 96, 0];
 
@@ -170,9 +171,10 @@ impl Supervisor {
                     }
                 }
             }
+            self.check_held();
             for (key, probe) in self.probes.iter_mut() {
                 if let Some(s) = self.state.pods.get(key)
-                    && probe.tick(NET_NS, s.ip)
+                    && probe.tick(NET_NS, s.ip, s.captured)
                 {
                     info!(pod = %key, ready = probe.ready, "readiness changed");
                     apply = true;
@@ -313,41 +315,6 @@ impl Supervisor {
             self.system.push(zt);
         }
         Ok(())
-    }
-
-    /// Ready: the controller, every ztunnel and every pod process are up.
-    fn ready(&self) -> bool {
-        let controller = http_status_in(NET_NS, SocketAddr::from((GATEWAY, 15014)), "/ready");
-        if controller != Some(200) {
-            return false;
-        }
-        let ztunnels = self.state.nodes.iter().all(|n| {
-            http_status_in(NET_NS, SocketAddr::from((n.ip, 15021)), "/healthz/ready") == Some(200)
-        });
-        ztunnels
-            && self.pods.values().all(|p| p.child.is_some())
-            && self.probes.values().all(|p| p.ready)
-            && self.waypoints_settled()
-    }
-
-    /// Every waypoint Gateway of the manifests is programmed (its pod ready and bound) or refused, as the
-    /// controller's status says; true when the controller cannot deploy waypoints or predates `/debug/status`.
-    fn waypoints_settled(&self) -> bool {
-        if self.deploy_dir.is_none() || self.waypoint_gateways.is_empty() {
-            return true;
-        }
-        let addr = SocketAddr::from((GATEWAY, 15014));
-        match super::http::get_in(NET_NS, addr, "/debug/status?kind=gateway") {
-            Some((200, body)) => serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    v.as_object()
-                        .map(|m| super::get::waypoints_settled(m, &self.waypoint_gateways))
-                })
-                .unwrap_or(false),
-            Some(_) => true,
-            None => false,
-        }
     }
 
     /// A hash of the user's manifests and of the controller's deployments.
@@ -523,9 +490,10 @@ impl Supervisor {
                 spec_hash: spec_hash(pod),
             },
         );
-        if let Some(probe) = &pod.readiness {
-            self.probes.insert(key.clone(), Prober::new(probe.clone()));
-        }
+        self.probes.insert(
+            key.clone(),
+            Prober::new(pod.readiness.clone(), &pod.service_account),
+        );
         self.pods.insert(key, proc);
         Ok(())
     }
@@ -597,6 +565,8 @@ impl Supervisor {
                 .pods
                 .iter()
                 .filter(|p| svc.selects(p))
+                // As kube-proxy and headless DNS: only ready pods (see `Probe`) receive a Service's traffic.
+                .filter(|p| self.probes.get(&p.key()).is_some_and(|probe| probe.ready))
                 .filter_map(|p| self.state.pods.get(&p.key()).map(|s| (p, s.ip)))
                 .collect();
             if let Some(vip) = vip {
@@ -660,8 +630,8 @@ impl Supervisor {
             let mut obj = pod.object.clone();
             set(&mut obj, &["metadata", "uid"], s.uid.clone().into());
             set(&mut obj, &["spec", "nodeName"], s.node.clone().into());
-            // Pods without a readiness probe are ready once started, as in Kubernetes.
-            let ready = self.probes.get(&pod.key()).is_none_or(|p| p.ready);
+            // See `Probe`: the probe passes and a captured pod's ztunnel holds it.
+            let ready = self.probes.get(&pod.key()).is_some_and(|p| p.ready);
             let status: Value = serde_yaml::from_str(&format!(
                 "phase: Running\nhostIP: {node_ip}\npodIP: {ip}\npodIPs: [{{ip: {ip}}}]\nconditions: [{{type: Ready, status: \"{ready}\"}}]\n",
                 ip = s.ip,
