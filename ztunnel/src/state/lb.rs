@@ -2,6 +2,9 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tracing::debug;
 
 use super::store::Store;
 use super::types::*;
@@ -97,7 +100,12 @@ impl Store {
                 {
                     return None;
                 }
-                if w.network != src.network && w.network_gateway.is_none() {
+                if w.network != src.network {
+                    // Without a gateway the pod IP is unreachable from here; with one it needs double HBONE
+                    // through that gateway, which is not implemented: never dial it directly. Not an error.
+                    if w.network_gateway.is_some() {
+                        note_gateway_skipped(w, src);
+                    }
                     return None;
                 }
                 let port = target_port(svc, svc_port, w, waypoint_mode)?;
@@ -218,6 +226,15 @@ impl Store {
     fn svc_by_vip_any(&self, network: &str, ip: IpAddr) -> Option<Arc<Service>> {
         let keys = self.svc_by_vip.get(&NetworkAddress::new(network, ip))?;
         keys.iter().find_map(|k| self.services.get(k)).cloned()
+    }
+}
+
+/// Logs (once per process, at debug) that an endpoint behind a network gateway was skipped.
+fn note_gateway_skipped(w: &Workload, src: &Workload) {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        debug!(endpoint = %w.uid, endpoint.network = %w.network, src.network = %src.network,
+            "skipping endpoints behind network gateways: double HBONE is not supported (logged once)");
     }
 }
 

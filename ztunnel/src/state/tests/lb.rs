@@ -178,6 +178,31 @@ fn lb_network_and_ip_family() {
     );
 }
 
+/// An endpoint on another network that has a network gateway needs double HBONE through that gateway, which does
+/// not exist yet: it is skipped, never dialled directly (its pod IP is not routable from here).
+#[test]
+fn lb_skips_other_networks_even_with_a_gateway() {
+    let st = ProxyState::new();
+    svc_with(&st, &[(80, 80)], None);
+    endpoint(&st, "gated", "10.0.0.3", |w| {
+        w.network = "far".into();
+        w.network_gateway = Some(GatewayAddress {
+            destination: GatewayDestination::Address(NetworkAddress::new("far", ip("192.0.2.1"))),
+            hbone_mtls_port: 15008,
+        });
+    });
+    let svc = st.service_by_key("ns/svc").unwrap();
+    assert!(
+        st.pick_endpoint(&svc, 80, &client(), ip("10.96.0.1"))
+            .is_none(),
+        "the only endpoint is behind a network gateway"
+    );
+    // A same-network endpoint next to it gets every connection.
+    endpoint(&st, "local", "10.0.0.4", |_| {});
+    assert_eq!(spread(&st, 80, &client(), 50).get("local"), Some(&50));
+    assert_eq!(spread(&st, 80, &client(), 50).get("gated"), None);
+}
+
 #[test]
 fn lb_routing_preferences() {
     let st = ProxyState::new();
