@@ -174,6 +174,7 @@ pub async fn start_on(
             cfg.keepalive_interval,
             cfg.keepalive_retries,
         )),
+        user_timeout: cfg.tcp_user_timeout(),
         netns: None,
     };
     let h2 = Arc::new(H2Config {

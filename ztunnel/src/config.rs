@@ -92,7 +92,6 @@ pub struct Config {
     /// `AUTH_TOKEN` as given (a path or a literal token). Never shown in the config dump.
     #[serde(skip_serializing)]
     pub auth_token: Option<String>,
-    pub xds_on_demand: bool,
     /// Extra gRPC metadata from `XDS_HEADER_<name>` / `CA_HEADER_<name>`.
     pub xds_headers: Vec<(String, String)>,
     pub ca_headers: Vec<(String, String)>,
@@ -118,12 +117,10 @@ pub struct Config {
     pub secret_ttl: Duration,
     /// Ambit: `rustls` (default) or `boring`.
     pub tls_backend: String,
-    pub tls12_enabled: bool,
     pub crl_path: Option<PathBuf>,
 
     pub packet_mark: Option<u32>,
     pub enable_orig_src: Option<bool>,
-    pub enable_proxy: bool,
     pub worker_threads: usize,
     /// Ambit's own (`AMBIT_WORKER_SPILL_PERCENT`): a worker busier than this share of one CPU takes no new
     /// connections while another is below it; `None` (`off`) leaves each connection on the worker whose listener
@@ -140,6 +137,7 @@ pub struct Config {
     pub keepalive_time: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_retries: u32,
+    /// Sets `TCP_USER_TIMEOUT` on proxy sockets, as upstream: see [`Config::tcp_user_timeout`].
     pub user_timeout_enabled: bool,
 
     pub termination_deadline: Duration,
@@ -201,6 +199,20 @@ impl Env<'_> {
     fn duration(&self, var: &str, default: Duration) -> Result<Duration, ConfigError> {
         self.get(var)
             .map_or(Ok(default), |v| parse_duration(var, v))
+    }
+
+    /// A boolean upstream setting that Ambit only supports at `supported`: any other value is a start-up error
+    /// saying so (an unknown value is the usual parse error).
+    fn unsupported(&self, var: &str, supported: bool, why: &str) -> Result<(), ConfigError> {
+        if self.bool(var, supported)? == supported {
+            return Ok(());
+        }
+        let value = self.get(var).unwrap_or_default();
+        Err(ConfigError::invalid(
+            var,
+            value,
+            format!("not supported by Ambit: {why}; unset it or set {supported}"),
+        ))
     }
 
     /// Every `<prefix><name>=<value>` entry as `(name, value)`, sorted by name.
@@ -333,6 +345,23 @@ impl Config {
             ));
         }
 
+        // Upstream settings Ambit does not implement: refused rather than accepted and ignored.
+        e.unsupported(
+            "TLS12_ENABLED",
+            false,
+            "Ambit's mTLS is TLS 1.3 only (HBONE peers always negotiate 1.3)",
+        )?;
+        e.unsupported(
+            "XDS_ON_DEMAND",
+            false,
+            "Ambit subscribes to every Address; on-demand (delta) address lookups are not implemented",
+        )?;
+        e.unsupported(
+            "ENABLE_PROXY",
+            true,
+            "running without the proxy listeners (xDS, DNS and admin only) is not implemented",
+        )?;
+
         Ok(Config {
             proxy_mode,
             proxy_workload_info,
@@ -343,7 +372,6 @@ impl Config {
             alt_xds_hostname: e.opt("ALT_XDS_HOSTNAME"),
             alt_ca_hostname: e.opt("ALT_CA_HOSTNAME"),
             auth_token: e.opt("AUTH_TOKEN"),
-            xds_on_demand: e.bool("XDS_ON_DEMAND", false)?,
             xds_headers: e.prefixed("XDS_HEADER_"),
             ca_headers: e.prefixed("CA_HEADER_"),
             cluster_id,
@@ -362,11 +390,9 @@ impl Config {
             local_ca_dir,
             secret_ttl: e.duration("SECRET_TTL", Duration::from_secs(24 * 3600))?,
             tls_backend,
-            tls12_enabled: e.bool("TLS12_ENABLED", false)?,
             crl_path: e.get("CRL_PATH").map(PathBuf::from),
             packet_mark,
             enable_orig_src: e.opt_bool("ENABLE_ORIG_SRC")?,
-            enable_proxy: e.bool("ENABLE_PROXY", true)?,
             worker_threads: worker_threads(&e, cpus)?,
             worker_spill_percent: worker_spill_percent(&e)?,
             pool_max_streams_per_conn: e.num("POOL_MAX_STREAMS_PER_CONNECTION", 100)?,
@@ -439,6 +465,14 @@ impl Config {
         env.entry("ISTIO_META_CLUSTER_ID".to_owned())
             .or_insert_with(|| self.cluster_id.clone());
         env
+    }
+
+    /// `TCP_USER_TIMEOUT` for proxy sockets when `USER_TIMEOUT_ENABLED`: as upstream, the time keepalive takes to
+    /// give up on a silent peer (`KEEPALIVE_TIME + KEEPALIVE_RETRIES * KEEPALIVE_INTERVAL`), so a peer that stops
+    /// acknowledging data is dropped as soon as one that stops answering probes is.
+    pub fn tcp_user_timeout(&self) -> Option<Duration> {
+        self.user_timeout_enabled
+            .then(|| self.keepalive_time + self.keepalive_interval * self.keepalive_retries)
     }
 
     /// The DNS proxy runs when the proxy metadata asks for DNS capture (as upstream: `ISTIO_META_DNS_CAPTURE`).

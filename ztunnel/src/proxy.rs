@@ -302,3 +302,27 @@ pub fn spoofed_source(pi: &ProxyInputs, peer: IpAddr) -> Option<SocketAddr> {
 }
 
 pub use hbone::copy_bidirectional as copy_hbone;
+
+/// Resolves when an authorization change (see [`ProxyState::policy_changes`]) denies the live inbound connection
+/// `conn` to `dst` (re-read by uid, so a changed policy list counts). `changes` is subscribed before the
+/// connection's first check. Shared by HBONE streams and plaintext inbound.
+pub(crate) async fn recheck_policy(
+    pi: &ProxyInputs,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    dst: &Workload,
+    conn: &crate::rbac::Connection,
+) -> RbacDenied {
+    loop {
+        if changes.changed().await.is_err() {
+            // The state is gone: nothing will change any more.
+            std::future::pending::<()>().await;
+        }
+        let current = pi.state.workload_by_uid(&dst.uid);
+        let w = current.as_deref().unwrap_or(dst);
+        if let Err(denied) = pi.state.assert_rbac(w, conn) {
+            tracing::info!(src.addr = %conn.src, dst.addr = %conn.dst, reason = %denied,
+                "closing connection after an authorization change");
+            return denied;
+        }
+    }
+}

@@ -112,24 +112,24 @@ impl ProxyState {
                     w.uid = name.to_owned();
                 }
                 debug!(name, uid = %w.uid, "workload upserted");
-                // The policies that select a workload arrive with the workload, not with the policy: a change of
-                // the list must re-check live connections just as a policy change does (the two resources of one
-                // new policy can arrive in either order).
-                let policies_changed = store
-                    .workloads
-                    .get(&w.uid)
-                    .is_some_and(|old| old.authorization_policies != w.authorization_policies);
-                store.bind_name(name, store::Named::Workload(w.uid.clone()));
-                store.insert_workload(w);
-                if policies_changed {
-                    drop(store);
+                // The policies that select a workload arrive with the workload, not with the policy, and the two
+                // resources of one new policy can arrive in either order: a workload that is new, or whose
+                // policy list, namespace or identity changed, re-checks live connections as a policy change does.
+                let unbound = store.bind_name(name, store::Named::Workload(w.uid.clone()));
+                let changed = store.insert_workload(w);
+                drop(store);
+                if unbound || changed {
                     self.bump_policies();
                 }
             }
             AddressResource::Service(s) => {
                 debug!(name, service = %s.key(), "service upserted");
-                store.bind_name(name, store::Named::Service(s.key()));
+                let unbound = store.bind_name(name, store::Named::Service(s.key()));
                 store.insert_service(s);
+                drop(store);
+                if unbound {
+                    self.bump_policies();
+                }
             }
         }
         Ok(())
@@ -150,7 +150,7 @@ impl ProxyState {
                 policy.key()
             };
             debug!(name, policy = %key, "policy upserted");
-            store.bind_name(name, store::Named::Policy(key.clone()));
+            let _ = store.bind_name(name, store::Named::Policy(key.clone()));
             store.insert_policy(key, policy);
         }
         self.bump_policies();
@@ -159,8 +159,8 @@ impl ProxyState {
 
     /// Removes the resource `name`: a workload uid first, then a `namespace/hostname` service, then a policy.
     pub fn remove(&self, name: &str) {
-        let policy_removed = self.write().remove_named(name);
-        if policy_removed {
+        let authz_changed = self.write().remove_named(name);
+        if authz_changed {
             self.bump_policies();
         }
     }
@@ -171,9 +171,12 @@ impl ProxyState {
         self.bump_policies();
     }
 
-    /// Adds or replaces a workload directly (tests, tools).
+    /// Adds or replaces a workload directly (tests, tools); re-checks live connections as an xDS update does.
     pub fn insert_workload(&self, w: Workload) {
-        self.write().insert_workload(w);
+        let changed = self.write().insert_workload(w);
+        if changed {
+            self.bump_policies();
+        }
     }
 
     /// Adds or replaces a service directly (tests, tools).
@@ -187,7 +190,9 @@ impl ProxyState {
         self.bump_policies();
     }
 
-    /// Bumped on every authorization change (and on local config reloads): the proxy re-checks live connections.
+    /// Bumped on every authorization change: a policy added, changed or removed, a workload added or removed or
+    /// changed in what selects its policies (see `store::authz_inputs_changed`), and every local config reload.
+    /// Every live inbound connection (HBONE and plaintext) re-checks its authorization when it moves.
     pub fn policy_changes(&self) -> watch::Receiver<u64> {
         self.inner.policy_version.subscribe()
     }

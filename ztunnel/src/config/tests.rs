@@ -50,6 +50,7 @@ fn defaults() {
     assert_eq!(c.keepalive_interval, Duration::from_secs(180));
     assert_eq!(c.keepalive_retries, 9);
     assert!(!c.user_timeout_enabled);
+    assert_eq!(c.tcp_user_timeout(), None);
     assert_eq!(c.termination_deadline, Duration::from_secs(5));
     assert!(
         c.ipv6_enabled && !c.socks5_enabled && c.enable_response_baggage && c.localhost_app_tunnel
@@ -114,9 +115,9 @@ fn strings_and_identity() {
         ("SERVICE_ACCOUNT", "ztunnel"),
         ("INSTANCE_IP", "10.0.0.9"),
         ("TLS_BACKEND", "boring"),
-        ("TLS12_ENABLED", "true"),
+        ("TLS12_ENABLED", "false"),
         ("CRL_PATH", "/etc/crl.pem"),
-        ("XDS_ON_DEMAND", "true"),
+        ("XDS_ON_DEMAND", "false"),
     ]);
     assert_eq!(c.xds_root_ca, "SYSTEM");
     assert_eq!(c.ca_root_ca, "/etc/ca.pem");
@@ -136,7 +137,6 @@ fn strings_and_identity() {
     assert_eq!(c.service_account.as_deref(), Some("ztunnel"));
     assert_eq!(c.instance_ip.as_deref(), Some("10.0.0.9"));
     assert_eq!(c.tls_backend, "boring");
-    assert!(c.tls12_enabled && c.xds_on_demand);
     assert_eq!(c.crl_path, Some(PathBuf::from("/etc/crl.pem")));
     assert!(c.is_local_node("node-a") && !c.is_local_node("node-b"));
     assert!(cfg(&[]).is_local_node("anything"));
@@ -257,7 +257,7 @@ fn numbers_durations_bools() {
         ("LOCALHOST_APP_TUNNEL", "false"),
         ("INPOD_UDS", "/tmp/zt.sock"),
         ("INPOD_PORT_REUSE", "false"),
-        ("ENABLE_PROXY", "false"),
+        ("ENABLE_PROXY", "true"),
     ]);
     assert_eq!(c.secret_ttl, Duration::from_secs(5400));
     assert_eq!(c.packet_mark, Some(7));
@@ -279,13 +279,35 @@ fn numbers_durations_bools() {
     );
     assert_eq!(c.keepalive_retries, 3);
     assert!(c.user_timeout_enabled && c.socks5_enabled);
-    assert!(
-        !c.enable_response_baggage
-            && !c.localhost_app_tunnel
-            && !c.inpod_port_reuse
-            && !c.enable_proxy
-    );
+    // keepalive time + retries * interval, as upstream (used even with keepalive itself off).
+    assert_eq!(c.tcp_user_timeout(), Some(Duration::from_secs(60 + 3 * 10)));
+    assert!(!c.enable_response_baggage && !c.localhost_app_tunnel && !c.inpod_port_reuse);
     assert_eq!(c.inpod_uds, PathBuf::from("/tmp/zt.sock"));
+}
+
+/// Upstream settings Ambit does not implement are refused at start with the reason, not accepted and ignored;
+/// their supported value (the default) is accepted, and a malformed value is the usual parse error.
+#[test]
+fn unsupported_settings_are_refused() {
+    for (var, bad, good) in [
+        ("TLS12_ENABLED", "true", "false"),
+        ("XDS_ON_DEMAND", "true", "false"),
+        ("ENABLE_PROXY", "false", "true"),
+    ] {
+        let e = err(&[(var, bad)]);
+        assert!(
+            e.starts_with(&format!("{var}=\"{bad}\": not supported by Ambit: ")),
+            "{e}"
+        );
+        assert!(e.ends_with(&format!("unset it or set {good}")), "{e}");
+        cfg(&[(var, good)]);
+        assert!(
+            err(&[(var, "perhaps")]).contains("expected true or false"),
+            "{var}"
+        );
+    }
+    // `1` is `true` for these as for every boolean.
+    assert!(err(&[("TLS12_ENABLED", "1")]).contains("not supported by Ambit"));
 }
 
 #[test]

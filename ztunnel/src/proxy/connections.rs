@@ -13,8 +13,8 @@
 //! connection (80 ns with a host to copy) in a std-only model of the shard, against tens of microseconds for
 //! accepting and connecting a TCP connection.
 //!
-//! Policy re-checks of live connections do not go through here: each inbound connection watches the policy
-//! generation itself (`inbound::recheck_policy`).
+//! Policy re-checks of live connections do not go through here: each inbound connection (HBONE stream or
+//! plaintext) watches the authorization generation itself (`proxy::recheck_policy`).
 
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};

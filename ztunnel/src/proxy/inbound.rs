@@ -1,7 +1,7 @@
 //! Inbound HBONE on 15008: mTLS as the destination workload, then HTTP/2 CONNECT streams, each checked as in
 //! spec 1.5 (authority, destination, L4 authorization) before it is joined to the local application.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,10 +15,13 @@ use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info, warn};
 
 use super::connections::Protocol;
-use super::{ProxyError, ProxyInputs, headers, is_illegal_target_port, socket, spoofed_source};
+use super::{
+    ProxyError, ProxyInputs, headers, is_illegal_target_port, recheck_policy, socket,
+    spoofed_source,
+};
 use crate::metrics::{Peer, Reporter, TrafficLabels};
 use crate::rbac::Connection;
-use crate::state::Workload;
+use crate::state::{AppTunnelProtocol, Workload};
 
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,6 +145,8 @@ async fn stream(
         service.as_deref(),
         true,
     );
+    // Subscribed before the first check, so a change between the check and the copy is not missed.
+    let changes = pi.state.policy_changes();
     if let Err(denied) = pi.state.assert_rbac(&dst_workload, &conn) {
         pi.metrics.failed_early(labels, "DENY");
         return refuse(
@@ -159,8 +164,13 @@ async fn stream(
     } else {
         Protocol::Tcp
     };
-    let _live = pi.track_inbound(peer, for_host, target, protocol);
-    let connect = pi.sockets.connect(target, spoofed_source(&pi, peer.ip()));
+    let (dial, src) = match localhost_app_tunnel(&pi, &dst_workload, target) {
+        // The workload's own application tunnel listens on loopback: dial it there, from loopback.
+        Some(dial) => (dial, None),
+        None => (target, spoofed_source(&pi, peer.ip())),
+    };
+    let _live = pi.track_inbound(peer, for_host, dial, protocol);
+    let connect = pi.sockets.connect(dial, src);
     let mut upstream = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -200,7 +210,7 @@ async fn stream(
     };
     let result = tokio::select! {
         r = hbone::copy_bidirectional(h2, &mut upstream) => r.map_err(ProxyError::Hbone),
-        denied = recheck_policy(&pi, &dst_workload, &conn) => Err(ProxyError::Denied(denied)),
+        denied = recheck_policy(&pi, changes, &dst_workload, &conn) => Err(ProxyError::Denied(denied)),
         _ = drain.forced() => Err(ProxyError::Io(std::io::Error::other("drained"))),
     };
     let (recv, sent) = match &result {
@@ -280,6 +290,25 @@ fn resolve_target(
     Ok(SocketAddr::new(dialed, port))
 }
 
+/// `LOCALHOST_APP_TUNNEL` (default on), as upstream: a workload whose application tunnel speaks PROXY protocol is
+/// reached on loopback at the tunnel port, so the tunnel cannot be used without going through ztunnel. `None`
+/// when the setting is off or the workload has no such tunnel (authorization still sees the pod address).
+fn localhost_app_tunnel(
+    pi: &ProxyInputs,
+    dst: &Workload,
+    target: SocketAddr,
+) -> Option<SocketAddr> {
+    let tunnel = dst.application_tunnel.as_ref()?;
+    if !pi.cfg.localhost_app_tunnel || tunnel.protocol != AppTunnelProtocol::Proxy {
+        return None;
+    }
+    let loopback = match target {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    Some(SocketAddr::new(loopback, target.port()))
+}
+
 /// True when `ip` belongs to a workload or service whose waypoint is this workload (the sandwich case). Every
 /// waypoint the service may use counts, and any workload of that waypoint (not only the one load balancing picks).
 fn is_waypoint_for(pi: &ProxyInputs, me: &Workload, ip: IpAddr) -> bool {
@@ -310,25 +339,4 @@ fn is_waypoint_for(pi: &ProxyInputs, me: &Workload, ip: IpAddr) -> bool {
 fn forwarded_host(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get("forwarded")?.to_str().ok()?;
     headers::forwarded_host(value).filter(|h| !h.is_empty())
-}
-
-/// Resolves when a policy change denies this live connection.
-async fn recheck_policy(
-    pi: &ProxyInputs,
-    dst: &Workload,
-    conn: &Connection,
-) -> crate::rbac::RbacDenied {
-    let mut changes = pi.state.policy_changes();
-    loop {
-        if changes.changed().await.is_err() {
-            // The state is gone: nothing will change any more.
-            std::future::pending::<()>().await;
-        }
-        let current = pi.state.workload_by_uid(&dst.uid);
-        let w = current.as_deref().unwrap_or(dst);
-        if let Err(denied) = pi.state.assert_rbac(w, conn) {
-            info!(src.addr = %conn.src, dst.addr = %conn.dst, reason = %denied, "closing connection after policy change");
-            return denied;
-        }
-    }
 }

@@ -1,5 +1,6 @@
 //! Inbound plaintext on 15006: connections from outside the mesh, redirected in the pod. No identity, so any
-//! policy that needs a principal or namespace denies them (this is how STRICT PeerAuthentication works).
+//! policy that needs a principal or namespace denies them (this is how STRICT PeerAuthentication works). A live
+//! connection is re-checked on every authorization change, as HBONE streams are, and closed once denied.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use tokio::net::TcpStream;
 use tracing::{Instrument, info, warn};
 
 use super::connections::Protocol;
-use super::{ProxyError, ProxyInputs, is_illegal_target_port, socket, spoofed_source};
+use super::{
+    ProxyError, ProxyInputs, is_illegal_target_port, recheck_policy, socket, spoofed_source,
+};
 use crate::metrics::{Peer, Reporter, TrafficLabels};
 use crate::rbac::Connection;
 
@@ -63,6 +66,8 @@ async fn proxy(
         src_identity: None,
         dst,
     };
+    // Subscribed before the first check, so a change between the check and the copy is not missed.
+    let changes = pi.state.policy_changes();
     if let Err(denied) = pi.state.assert_rbac(&dst_workload, &conn) {
         pi.metrics.failed_early(labels, "DENY");
         return Err(denied.into());
@@ -78,6 +83,7 @@ async fn proxy(
     };
     let copied = tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(downstream, &mut upstream, 64 * 1024, 64 * 1024) => r.map_err(ProxyError::Io),
+        denied = recheck_policy(pi, changes, &dst_workload, &conn) => Err(ProxyError::Denied(denied)),
         _ = drain.forced() => Err(ProxyError::Io(std::io::Error::other("drained"))),
     };
     match copied {

@@ -40,8 +40,12 @@ pub(super) struct Store {
 impl Store {
     // ----- workloads -----
 
-    pub(super) fn insert_workload(&mut self, w: Workload) {
-        if let Some(old) = self.workloads.remove(&w.uid) {
+    /// Adds or replaces `w`; returns whether authorization decisions may have changed (see
+    /// [`authz_inputs_changed`]), so live connections must be re-checked.
+    pub(super) fn insert_workload(&mut self, w: Workload) -> bool {
+        let old = self.workloads.remove(&w.uid);
+        let authz_changed = authz_inputs_changed(old.as_deref(), &w);
+        if let Some(old) = old {
             self.unindex_workload(&old);
         }
         let w = Arc::new(w);
@@ -74,6 +78,7 @@ impl Store {
             }
         }
         self.workloads.insert(w.uid.clone(), w);
+        authz_changed
     }
 
     fn unindex_workload(&mut self, w: &Workload) {
@@ -193,11 +198,13 @@ impl Store {
     // ----- names, removal, local config -----
 
     /// Records that resource `name` now refers to `named`; if it referred to something else before, that goes.
-    pub(super) fn bind_name(&mut self, name: &str, named: Named) {
-        if let Some(previous) = self.names.insert(name.to_owned(), named.clone())
-            && previous != named
-        {
-            self.remove(&previous);
+    /// Returns whether that removed a workload or a policy (authorization may have changed).
+    pub(super) fn bind_name(&mut self, name: &str, named: Named) -> bool {
+        match self.names.insert(name.to_owned(), named.clone()) {
+            Some(previous) if previous != named => {
+                self.remove(&previous) && !matches!(previous, Named::Service(_))
+            }
+            _ => false,
         }
     }
 
@@ -209,13 +216,16 @@ impl Store {
         }
     }
 
-    /// Removes resource `name`; returns whether a policy went away.
+    /// Removes resource `name`; returns whether a workload or a policy went away (authorization may have
+    /// changed: a workload removed and added back must be re-checked like any other update).
     pub(super) fn remove_named(&mut self, name: &str) -> bool {
         if let Some(named) = self.names.remove(name) {
-            self.remove(&named);
-            return matches!(named, Named::Policy(_));
+            return self.remove(&named) && !matches!(named, Named::Service(_));
         }
-        if self.remove_workload(name) || self.remove_service(name) {
+        if self.remove_workload(name) {
+            return true;
+        }
+        if self.remove_service(name) {
             return false;
         }
         self.policies.remove(name).is_some()
@@ -336,4 +346,18 @@ impl Store {
             "stagedServices": staged,
         })
     }
+}
+
+/// Whether replacing `old` by `new` can change an authorization decision: a new workload, or a change of what
+/// selects policies for it (namespace, its WORKLOAD_SELECTOR list) or of who it is (name, identity). Endpoint
+/// health, locality and the like cannot, and do not wake every live connection.
+fn authz_inputs_changed(old: Option<&Workload>, new: &Workload) -> bool {
+    let Some(old) = old else {
+        return true;
+    };
+    old.namespace != new.namespace
+        || old.name != new.name
+        || old.service_account != new.service_account
+        || old.trust_domain != new.trust_domain
+        || old.authorization_policies != new.authorization_policies
 }

@@ -570,10 +570,26 @@ fn policy_changes_are_signalled() {
     assert!(rx.has_changed().unwrap());
     rx.mark_unchanged();
     assert!(st.policy("ns/p").is_some());
+    // A new workload bumps: the policy it names may have arrived before it (item order is not guaranteed).
     st.insert_address("w", addr_w(pb_workload("w", &[])))
         .unwrap();
-    assert!(!rx.has_changed().unwrap(), "workload changes do not bump");
-    // ...unless the policies selecting the workload change (they travel with the workload).
+    assert!(rx.has_changed().unwrap(), "a new workload");
+    rx.mark_unchanged();
+    st.insert_address("w", addr_w(pb_workload("w", &[])))
+        .unwrap();
+    assert!(!rx.has_changed().unwrap(), "the same workload again");
+    // Health and the like do not decide authorization and do not wake live connections.
+    let mut unhealthy = pb_workload("w", &[]);
+    unhealthy.status = pb::WorkloadStatus::Unhealthy as i32;
+    st.insert_address("w", addr_w(unhealthy)).unwrap();
+    assert!(!rx.has_changed().unwrap(), "a health change");
+    // Its identity does.
+    let mut other_sa = pb_workload("w", &[]);
+    other_sa.service_account = "other".into();
+    st.insert_address("w", addr_w(other_sa)).unwrap();
+    assert!(rx.has_changed().unwrap(), "a service account change");
+    rx.mark_unchanged();
+    // So do the policies selecting the workload (they travel with the workload).
     let mut selected = pb_workload("w", &[]);
     selected.authorization_policies = vec!["ns/p".into()];
     st.insert_address("w", addr_w(selected.clone())).unwrap();
@@ -584,6 +600,12 @@ fn policy_changes_are_signalled() {
     rx.mark_unchanged();
     st.insert_address("w", addr_w(selected)).unwrap();
     assert!(!rx.has_changed().unwrap(), "the same list again");
+    // Removing a workload bumps (it may come back with another list, as a new workload).
+    st.remove("w");
+    assert!(rx.has_changed().unwrap(), "a workload removed");
+    rx.mark_unchanged();
+    st.remove("w");
+    assert!(!rx.has_changed().unwrap(), "nothing left to remove");
     st.remove("ns/p");
     assert!(rx.has_changed().unwrap());
     assert!(st.policy("ns/p").is_none());

@@ -1,0 +1,394 @@
+//! Inbound behaviour of a whole ztunnel. Live inbound connections are re-checked when authorization changes, and
+//! closed once denied: HBONE streams and plaintext connections on 15006 on a policy change, and on a workload
+//! update (the policies that select a workload travel with its Address, which may arrive after the policy).
+//! PROXY-protocol application tunnels are dialled on loopback (`LOCALHOST_APP_TUNNEL`).
+//!
+//! One server ztunnel per test on 127.0.<net>.3 (dedicated mode, local config), a real mTLS HBONE client with a
+//! certificate from the same local CA, and an echo application. The plaintext test needs `SO_ORIGINAL_DST`, so it
+//! runs as root in a network namespace of its own with an iptables DNAT rule, and says loudly when it skipped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_core::Identity;
+use ambit_core::ca::LocalCa;
+use ambit_core::hbone::{self, H2Config, HboneClient, HboneError, PoolKey};
+use ambit_core::tls::{TlsBackend, TlsConnector, WorkloadCert};
+use ambit_ztunnel::app::{self, Running};
+use ambit_ztunnel::config::{Config, LocalXds, ProxyMode, WorkloadInfo};
+use ambit_ztunnel::localconfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// Generous: the machine is small and shared.
+const WAIT: Duration = Duration::from_secs(30);
+const SERVER_UID: &str = "cluster1//v1/Pod/default/server";
+
+fn world(net: u8, tunnel_port: Option<u16>) -> String {
+    let tunnel = tunnel_port
+        .map(|p| format!("  applicationTunnel: {{protocol: PROXY, port: {p}}}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+workloads:
+- uid: {SERVER_UID}
+  name: server
+  namespace: default
+  serviceAccount: server
+  trustDomain: cluster.local
+  clusterId: cluster1
+  workloadIps: [127.0.{net}.3]
+  protocol: HBONE
+{tunnel}"#
+    )
+}
+
+fn config(net: u8, tunnel_port: Option<u16>, ca_dir: &std::path::Path) -> Config {
+    let ip: IpAddr = format!("127.0.{net}.3").parse().unwrap();
+    let mut cfg = Config::for_tests();
+    cfg.proxy_mode = ProxyMode::Dedicated;
+    cfg.proxy_workload_info = Some(WorkloadInfo {
+        namespace: "default".into(),
+        name: "server".into(),
+        service_account: "server".into(),
+    });
+    cfg.local_xds = Some(LocalXds::Inline(world(net, tunnel_port)));
+    cfg.xds_address = None;
+    cfg.ca_address = None;
+    cfg.fake_ca = false;
+    cfg.local_ca_dir = Some(ca_dir.to_path_buf());
+    cfg.socks5_enabled = false;
+    cfg.outbound_addr = SocketAddr::new(ip, 0);
+    cfg.inbound_addr = SocketAddr::new(ip, 0);
+    cfg.hbone_addr = SocketAddr::new(ip, 15008);
+    cfg.socks5_addr = SocketAddr::new(ip, 0);
+    cfg.admin_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.stats_addr = SocketAddr::new(ip, 0);
+    cfg.readiness_addr = SocketAddr::new(ip, 0);
+    cfg.packet_mark = None;
+    cfg
+}
+
+struct Server {
+    zt: Running,
+    ip: IpAddr,
+    ca_dir: tempfile::TempDir,
+}
+
+async fn server(net: u8) -> Server {
+    server_with(net, |_| {}).await
+}
+
+async fn server_with(net: u8, edit: impl FnOnce(&mut Config)) -> Server {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(net, None, ca_dir.path());
+    edit(&mut cfg);
+    let zt = app::start(cfg, ambit_core::logging::LogHandle::noop(), None)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !zt.readiness.is_ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready: {:?}",
+            zt.readiness.pending()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Server {
+        zt,
+        ip: format!("127.0.{net}.3").parse().unwrap(),
+        ca_dir,
+    }
+}
+
+/// An echo application "in" the server pod.
+async fn echo(ip: IpAddr) -> SocketAddr {
+    let l = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Adds (or replaces) the policies of `yaml` (the local config format) through the state's writer.
+fn add_policies(zt: &Running, yaml: &str) {
+    for p in localconfig::parse(yaml).unwrap().policies {
+        zt.state.insert_policy(p);
+    }
+}
+
+/// A DENY of everything reaching the server workload, with or without a peer identity.
+const DENY_ALL: &str = r#"
+policies:
+- name: deny-all
+  namespace: default
+  scope: Namespace
+  action: Deny
+  rules: [[]]
+"#;
+
+/// A DENY of the client identity that applies only to workloads that name it (WORKLOAD_SELECTOR scope).
+const DENY_CLIENT_SELECTED: &str = r#"
+policies:
+- name: deny-client
+  namespace: default
+  scope: WorkloadSelector
+  action: Deny
+  rules:
+  - - - principals: [{Exact: "cluster.local/ns/default/sa/client"}]
+"#;
+
+async fn round_trip(s: &mut (impl AsyncRead + AsyncWrite + Unpin), payload: &[u8]) {
+    s.write_all(payload).await.unwrap();
+    let mut back = vec![0u8; payload.len()];
+    tokio::time::timeout(WAIT, s.read_exact(&mut back))
+        .await
+        .expect("echo timed out")
+        .expect("echo failed");
+    assert_eq!(back, payload);
+}
+
+/// The connection is closed by the other side (EOF or reset), not left open.
+async fn assert_closed(s: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
+    let _ = s.write_all(b"anyone?").await;
+    let mut buf = [0u8; 16];
+    loop {
+        match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            // Bytes the echo sent back before the close was decided; keep reading until the end.
+            Ok(Ok(_)) => continue,
+            Err(_) => {
+                panic!("the connection is still open after an authorization change denied it")
+            }
+        }
+    }
+}
+
+// ----- an HBONE client -----
+
+struct DirectConnector {
+    cert: Arc<WorkloadCert>,
+}
+
+#[async_trait::async_trait]
+impl hbone::Connect for DirectConnector {
+    type Io = ambit_core::tls::ClientTlsStream<TcpStream>;
+    async fn connect(&self, key: &PoolKey) -> Result<Self::Io, HboneError> {
+        let tcp = TcpStream::connect(key.dst)
+            .await
+            .map_err(|e| HboneError::Transport(e.to_string()))?;
+        let c = TlsConnector::new(self.cert.clone(), TlsBackend::default())
+            .map_err(|e| HboneError::Tls(e.to_string()))?;
+        c.connect(tcp, &key.dst_identities)
+            .await
+            .map_err(|e| HboneError::Tls(e.to_string()))
+    }
+}
+
+/// Opens an HBONE stream as `default/client` to `target` through the server's ztunnel.
+async fn hbone_stream(s: &Server, target: SocketAddr) -> hbone::H2Stream {
+    try_hbone_stream(s, target).await.expect("allowed stream")
+}
+
+async fn try_hbone_stream(s: &Server, target: SocketAddr) -> Result<hbone::H2Stream, HboneError> {
+    let ca = LocalCa::load_or_create(s.ca_dir.path(), "cluster.local").unwrap();
+    let client_id = Identity::new("cluster.local", "default", "client");
+    let cert = Arc::new(
+        ca.issue_workload(&client_id, Duration::from_secs(3600))
+            .unwrap(),
+    );
+    let client = HboneClient::new(Arc::new(H2Config::default()), DirectConnector { cert });
+    let key = PoolKey {
+        src_identity: client_id,
+        dst_identities: vec![Identity::new("cluster.local", "default", "server")],
+        dst: SocketAddr::new(s.ip, 15008),
+        src_ip: "127.0.0.1".parse().unwrap(),
+    };
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(target.to_string())
+        .body(())
+        .unwrap();
+    let (stream, resp) = client.connect(key, req).await?;
+    assert_eq!(resp.status, http::StatusCode::OK);
+    Ok(stream)
+}
+
+// ----- the tests -----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hbone_stream_is_closed_when_a_policy_change_denies_it() {
+    let s = server(81).await;
+    let target = echo(s.ip).await;
+    let mut stream = hbone_stream(&s, target).await;
+    round_trip(&mut stream, b"before").await;
+    // A policy that does not apply to the server (scope WORKLOAD_SELECTOR, not named by it) changes nothing.
+    add_policies(&s.zt, DENY_CLIENT_SELECTED);
+    round_trip(&mut stream, b"still allowed").await;
+    add_policies(&s.zt, DENY_ALL);
+    assert_closed(&mut stream).await;
+    s.zt.drain().await;
+}
+
+/// The policy arrives first and selects nothing yet; the server's Address naming it arrives later and closes the
+/// live stream. A workload removed and added back (a new workload, as after a resync) is re-checked too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hbone_stream_is_closed_when_a_workload_update_denies_it() {
+    let s = server(82).await;
+    let target = echo(s.ip).await;
+    add_policies(&s.zt, DENY_CLIENT_SELECTED);
+    let original = s.zt.state.workload_by_uid(SERVER_UID).unwrap();
+    let mut selected = original.as_ref().clone();
+    selected.authorization_policies = vec!["default/deny-client".into()];
+
+    // An update of the workload's policy list.
+    let mut first = hbone_stream(&s, target).await;
+    round_trip(&mut first, b"before").await;
+    s.zt.state.insert_workload(selected.clone());
+    assert_closed(&mut first).await;
+
+    // Back to no policy: allowed again. Then removed and added back with the policy.
+    s.zt.state.insert_workload(original.as_ref().clone());
+    let mut second = hbone_stream(&s, target).await;
+    round_trip(&mut second, b"allowed again").await;
+    s.zt.state.remove(SERVER_UID);
+    s.zt.state.insert_workload(selected);
+    assert_closed(&mut second).await;
+    s.zt.drain().await;
+}
+
+/// Plaintext inbound (15006) needs the connection's original destination, so a DNAT rule sends the client's
+/// connection to the application's address to ztunnel's inbound listener, in a network namespace of this test's
+/// own.
+#[test]
+fn plaintext_connection_is_closed_when_a_policy_change_denies_it() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED: plaintext_connection_is_closed_when_a_policy_change_denies_it needs root (netns + iptables)"
+        );
+        return;
+    }
+    // Namespaces are per thread: every thread the runtime and ztunnel start from this one inherits it.
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        run(&["ip", "link", "set", "lo", "up"]);
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(plaintext_recheck(83));
+    })
+    .join()
+    .unwrap();
+}
+
+/// Whether the effective uid is 0 (from `/proc/self/status`: `Uid: real effective saved fs`).
+fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0")
+}
+
+fn run(cmd: &[&str]) {
+    let out = std::process::Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn plaintext_recheck(net: u8) {
+    let s = server(net).await;
+    let target = echo(s.ip).await;
+    let client_ip: IpAddr = format!("127.0.{net}.2").parse().unwrap();
+    // Only the client's connections are redirected: ztunnel's own to the application go straight through.
+    let inbound = s.zt.addresses.inbound;
+    run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-s",
+        &client_ip.to_string(),
+        "-d",
+        &target.ip().to_string(),
+        "--dport",
+        &target.port().to_string(),
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &inbound.to_string(),
+    ]);
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(client_ip, 0)).unwrap();
+    let mut conn = sock.connect(target).await.unwrap();
+    round_trip(&mut conn, b"before").await;
+    let live = s.zt.connections.clone().unwrap();
+    let d = live.dump();
+    assert_eq!(
+        d.inbound.len(),
+        1,
+        "the plaintext connection is live: {d:?}"
+    );
+    assert_eq!(d.inbound[0].actual_dst, target);
+    add_policies(&s.zt, DENY_ALL);
+    assert_closed(&mut conn).await;
+    s.zt.drain().await;
+}
+
+// ----- application tunnels -----
+
+/// A workload with a PROXY-protocol application tunnel is reached on loopback at the tunnel port by default
+/// (upstream's `LOCALHOST_APP_TUNNEL=true`), and at its pod address with the setting off. The application here
+/// listens on loopback only, so only the first can reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_app_tunnel_is_dialled_on_loopback() {
+    for (net, localhost) in [(84, true), (85, false)] {
+        let app = echo("127.0.0.1".parse().unwrap()).await;
+        let s = server_with(net, |cfg| {
+            cfg.localhost_app_tunnel = localhost;
+            cfg.local_xds = Some(LocalXds::Inline(world(net, Some(app.port()))));
+        })
+        .await;
+        // The client addresses the pod; nothing listens on the pod address at that port.
+        let target = SocketAddr::new(s.ip, app.port());
+        let live = s.zt.connections.clone().unwrap();
+        if localhost {
+            let mut stream = hbone_stream(&s, target).await;
+            round_trip(&mut stream, b"through the tunnel").await;
+            let d = live.dump();
+            assert_eq!(d.inbound.len(), 1, "{d:?}");
+            assert_eq!(d.inbound[0].actual_dst, app, "dialled on loopback");
+        } else {
+            let r = try_hbone_stream(&s, target).await;
+            assert!(
+                matches!(r, Err(HboneError::Status(st)) if st == http::StatusCode::SERVICE_UNAVAILABLE),
+                "with LOCALHOST_APP_TUNNEL=false the pod address is dialled (and refused here): {:?}",
+                r.map(|_| ())
+            );
+        }
+        s.zt.drain().await;
+    }
+}
