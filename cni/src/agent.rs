@@ -11,7 +11,8 @@ use tracing::{info, warn};
 use crate::rules;
 use crate::server::{PodInfo, ZdsServer};
 
-/// A pod on this node as the local mesh runtime describes it (`--pods` file; a Kubernetes watcher fills the same).
+/// A pod on this node as the local mesh runtime describes it (`--pods` file), or as [`crate::kube`] builds it
+/// from the API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalPod {
     pub uid: String,
@@ -57,6 +58,12 @@ impl NodeAgent {
         }
     }
 
+    /// Whether the pod with `uid` is captured now (its rules installed).
+    pub fn has_captured(&self, uid: &str) -> bool {
+        self.captured.contains_key(uid)
+    }
+
+    /// Whether the enrollment rule captures `pod` (its netns plays no part).
     pub fn is_captured(&self, pod: &LocalPod) -> bool {
         ambit_core::enrollment::captured(
             &pod.labels,

@@ -3,6 +3,8 @@
 //! pods to the node's ztunnel over ZDS.
 
 pub mod agent;
+pub mod kube;
+pub mod netns;
 pub mod rules;
 pub mod server;
 

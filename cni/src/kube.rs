@@ -1,0 +1,307 @@
+//! Kubernetes mode: the agent watches the pods of its own node (`spec.nodeName` field selector) and every
+//! namespace through kube-rs reflectors, and after each batch of changes brings the node to what they say with
+//! [`NodeAgent::apply`]: the same enrollment rule as the controller, on running pods with an IP whose network
+//! namespace is found ([`NetnsLookup`]).
+//!
+//! Nothing is applied before both initial listings are complete, so a restarted agent never releases a pod only
+//! because it has not read its namespace yet; the first apply captures (and repairs) every enrolled pod that
+//! started before the agent. A pod whose namespace cannot be found yet is retried every [`RETRY`], and logged
+//! once; so is a pod whose redirection failed to install.
+
+pub mod pod;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::kube::api::Api;
+use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use ::kube::runtime::reflector::{self, Store};
+use ::kube::runtime::{WatchStreamExt, watcher};
+use ::kube::{Client, Config};
+use anyhow::Context;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use tracing::{info, warn};
+
+use crate::agent::{LocalPod, NodeAgent};
+use crate::netns::{NetnsLookup, NetnsQuery};
+use pod::{NodePod, PodState};
+
+/// How soon a pod that could not be captured (namespace not found, rules failed) is tried again.
+pub const RETRY: Duration = Duration::from_secs(1);
+
+/// A client from `kubeconfig` or, without one, as kubectl finds it: `KUBECONFIG`, `~/.kube/config`, then the
+/// in-cluster service account. Returns the client and the API server's URL.
+pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<(Client, String)> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => Config::infer()
+            .await
+            .context("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?,
+    };
+    let url = config.cluster_url.to_string();
+    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    Ok((client, url))
+}
+
+/// What the loop needs of a watch event (the object itself is in the reflector's store by then).
+enum Change {
+    Pods(Seen),
+    Namespaces(Seen),
+}
+
+enum Seen {
+    /// A listing completed.
+    Listed,
+    /// An object changed (or a listing is under way).
+    Changed,
+    Failed(watcher::Error),
+}
+
+impl Seen {
+    fn of<K>(ev: Result<watcher::Event<K>, watcher::Error>) -> Seen {
+        match ev {
+            Ok(watcher::Event::InitDone) => Seen::Listed,
+            Ok(_) => Seen::Changed,
+            Err(e) => Seen::Failed(e),
+        }
+    }
+}
+
+/// Watches the API for `node`'s pods and reconciles `agent` until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    node: &str,
+    agent: NodeAgent,
+    lookup: Arc<dyn NetnsLookup>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (namespaces, ns_writer) = reflector::store::<Namespace>();
+    let selector = format!("spec.nodeName={node}");
+    let pod_events = reflector::reflector(
+        pod_writer,
+        watcher(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields(&selector),
+        ),
+    )
+    .default_backoff()
+    .map(|ev| Change::Pods(Seen::of(ev)))
+    .boxed();
+    let ns_events = reflector::reflector(
+        ns_writer,
+        watcher(Api::<Namespace>::all(client), watcher::Config::default()),
+    )
+    .default_backoff()
+    .map(|ev| Change::Namespaces(Seen::of(ev)))
+    .boxed();
+    let mut events = futures::stream::select(pod_events, ns_events);
+    let mut node_state = NodeState::new(agent, lookup, pods, namespaces);
+    let (mut pods_listed, mut namespaces_listed) = (false, false);
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    info!(node, field_selector = %selector, "watching this node's pods and the namespaces");
+    tokio::pin!(shutdown);
+    loop {
+        let change = tokio::select! {
+            _ = &mut shutdown => break,
+            ev = events.next() => match ev {
+                Some(ev) => Some(ev),
+                None => {
+                    warn!("the Kubernetes watches ended");
+                    break;
+                }
+            },
+            _ = sleep_until(retry_at) => None,
+        };
+        // The changes already there go in the same reconcile.
+        let mut batch: Vec<Change> = change.into_iter().collect();
+        while let Some(Some(ev)) = events.next().now_or_never() {
+            batch.push(ev);
+        }
+        for ev in batch {
+            match ev {
+                Change::Pods(Seen::Listed) if !pods_listed => {
+                    pods_listed = true;
+                    info!(
+                        pods = node_state.pods.state().len(),
+                        "initial listing of this node's pods done"
+                    );
+                }
+                Change::Namespaces(Seen::Listed) => namespaces_listed = true,
+                Change::Pods(Seen::Failed(e)) => {
+                    warn!(error = %e, "watching pods failed; retrying with backoff")
+                }
+                Change::Namespaces(Seen::Failed(e)) => {
+                    warn!(error = %e, "watching namespaces failed; retrying with backoff")
+                }
+                _ => {}
+            }
+        }
+        if pods_listed && namespaces_listed {
+            let behind = node_state.reconcile().await;
+            retry_at = behind.then(|| tokio::time::Instant::now() + RETRY);
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The reconcile side of the loop: the reflectors' stores, the namespaces found so far and what was logged.
+struct NodeState {
+    agent: NodeAgent,
+    lookup: Arc<dyn NetnsLookup>,
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+    /// uid → its network namespace, as found (checked with `still_valid` before each reuse).
+    netns: HashMap<String, PathBuf>,
+    /// Enrolled pods whose namespace is not found yet (logged once each).
+    waiting: HashSet<String>,
+    /// Pods that cannot be read (logged once each).
+    unreadable: HashSet<String>,
+}
+
+impl NodeState {
+    fn new(
+        agent: NodeAgent,
+        lookup: Arc<dyn NetnsLookup>,
+        pods: Store<Pod>,
+        namespaces: Store<Namespace>,
+    ) -> NodeState {
+        NodeState {
+            agent,
+            lookup,
+            pods,
+            namespaces,
+            netns: HashMap::new(),
+            waiting: HashSet::new(),
+            unreadable: HashSet::new(),
+        }
+    }
+
+    /// The enrolled running pods, with their namespace's labels (netns still empty).
+    fn enrolled(&mut self) -> Vec<LocalPod> {
+        let labels: HashMap<String, BTreeMap<String, String>> = self
+            .namespaces
+            .state()
+            .iter()
+            .filter_map(|n| {
+                let name = n.metadata.name.clone()?;
+                Some((name, n.metadata.labels.clone().unwrap_or_default()))
+            })
+            .collect();
+        let none = BTreeMap::new();
+        let mut unreadable = HashSet::new();
+        let mut out = Vec::new();
+        for p in self.pods.state() {
+            let pod = match NodePod::try_from(p.as_ref()) {
+                Ok(pod) => pod,
+                Err(e) => {
+                    let key = format!(
+                        "{}/{}",
+                        p.metadata.namespace.as_deref().unwrap_or_default(),
+                        p.metadata.name.as_deref().unwrap_or_default()
+                    );
+                    if !self.unreadable.contains(&key) {
+                        warn!(pod = %key, error = %e, "ignoring a pod that cannot be read");
+                    }
+                    unreadable.insert(key);
+                    continue;
+                }
+            };
+            if pod.state != PodState::Running {
+                continue;
+            }
+            let ns_labels = labels.get(&pod.namespace).unwrap_or(&none);
+            let local = pod.local(ns_labels, PathBuf::new());
+            if self.agent.is_captured(&local) {
+                out.push(local);
+            }
+        }
+        self.unreadable = unreadable;
+        out
+    }
+
+    /// Brings the node to the stores. Returns whether a pod that should be captured is not (retry soon).
+    async fn reconcile(&mut self) -> bool {
+        let enrolled = self.enrolled();
+        let queries: Vec<(NetnsQuery, Option<PathBuf>)> = enrolled
+            .iter()
+            .map(|p| {
+                let query = NetnsQuery {
+                    uid: p.uid.clone(),
+                    annotations: p.annotations.clone(),
+                };
+                (query, self.netns.get(&p.uid).cloned())
+            })
+            .collect();
+        let lookup = Arc::clone(&self.lookup);
+        let found = tokio::task::spawn_blocking(move || {
+            let mut found = BTreeMap::new();
+            let mut unknown = Vec::new();
+            for (query, known) in queries {
+                match known {
+                    Some(path) if lookup.still_valid(&query, &path) => {
+                        found.insert(query.uid, Ok(path));
+                    }
+                    _ => unknown.push(query),
+                }
+            }
+            if !unknown.is_empty() {
+                found.extend(lookup.find(&unknown));
+            }
+            found
+        })
+        .await;
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "the network-namespace lookup failed");
+                return true;
+            }
+        };
+        let mut behind = false;
+        let mut netns = HashMap::new();
+        let mut pods = Vec::with_capacity(enrolled.len());
+        for mut pod in enrolled {
+            match found.get(&pod.uid) {
+                Some(Ok(path)) => {
+                    if self.waiting.remove(&pod.uid) {
+                        info!(pod.namespace = %pod.namespace, pod.name = %pod.name, netns = %path.display(),
+                            "found the pod's network namespace");
+                    }
+                    netns.insert(pod.uid.clone(), path.clone());
+                    pod.netns = path.clone();
+                    pods.push(pod);
+                }
+                Some(Err(e)) => {
+                    behind = true;
+                    if self.waiting.insert(pod.uid.clone()) {
+                        warn!(pod.namespace = %pod.namespace, pod.name = %pod.name, reason = %e,
+                            "the pod's network namespace is not found yet; retrying");
+                    }
+                }
+                None => behind = true,
+            }
+        }
+        // Pods that left (or stopped being enrolled) are no longer waited for.
+        self.waiting.retain(|uid| found.contains_key(uid));
+        self.netns = netns;
+        self.agent.apply(&pods).await;
+        behind || pods.iter().any(|p| !self.agent.has_captured(&p.uid))
+    }
+}
