@@ -12,16 +12,14 @@ pub mod pod;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::kube::api::Api;
-use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::runtime::reflector::{self, Store};
 use ::kube::runtime::{WatchStreamExt, watcher};
-use ::kube::{Client, Config};
-use anyhow::Context;
+use ::kube::Client;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use tracing::{info, warn};
@@ -32,26 +30,6 @@ use pod::{NodePod, PodState};
 
 /// How soon a pod that could not be captured (namespace not found, rules failed) is tried again.
 pub const RETRY: Duration = Duration::from_secs(1);
-
-/// A client from `kubeconfig` or, without one, as kubectl finds it: `KUBECONFIG`, `~/.kube/config`, then the
-/// in-cluster service account. Returns the client and the API server's URL.
-pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<(Client, String)> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("kubeconfig {}", path.display()))?
-        }
-        None => Config::infer()
-            .await
-            .context("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?,
-    };
-    let url = config.cluster_url.to_string();
-    let client = Client::try_from(config).context("building the Kubernetes client")?;
-    Ok((client, url))
-}
 
 /// What the loop needs of a watch event (the object itself is in the reflector's store by then).
 enum Change {

@@ -138,7 +138,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             kubeconfig,
             netns,
         } => {
-            let (client, url) = ambit_cni::kube::client(kubeconfig.as_deref()).await?;
+            let (client, url) = ambit_core::kube::client(kubeconfig.as_deref()).await?;
             let lookup: Arc<dyn NetnsLookup> = match netns {
                 NetnsSource::Proc(root) => Arc::new(ProcNetns::new(root)),
                 NetnsSource::Annotation => {

@@ -18,7 +18,7 @@ use ambit_controller::ca::{Subject, TokenAuthority};
 use ambit_controller::compute::ComputeConfig;
 use ambit_controller::compute::deployer::DeployerConfig;
 use ambit_controller::leader::{LeaderConfig, LeaderElector};
-use ambit_controller::sources::kube::{self, KubeSource};
+use ambit_controller::sources::kube::KubeSource;
 use ambit_controller::status_writer::StatusWriter;
 use ambit_core::ca::LocalCa;
 use anyhow::Context;
@@ -421,7 +421,7 @@ fn main() -> anyhow::Result<()> {
         let mut status_task = None;
         let mut leader_task = None;
         let running = if cfg.manifests.is_empty() {
-            let (client, url) = kube::client(kubeconfig.as_deref()).await?;
+            let (client, url) = ambit_core::kube::client(kubeconfig.as_deref()).await?;
             tracing::info!(api_server = %url, write_status, "watching the Kubernetes API");
             let source = Box::new(KubeSource::new(client.clone()).with_crd_retry(crd_retry));
             let leader = leader.filter(|_| write_status);

@@ -12,6 +12,8 @@ pub mod hbone;
 pub mod hostname;
 pub mod identity;
 pub mod jwt;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod logging;
 pub mod metrics;
 pub mod rbac;

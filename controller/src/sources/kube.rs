@@ -9,15 +9,12 @@
 pub mod tracker;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use ::kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::runtime::{WatchStreamExt, watcher};
-use ::kube::{Client, Config};
+use ::kube::Client;
 use ambit_core::drain::DrainWatcher;
-use anyhow::Context;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -56,26 +53,6 @@ const AMBIT: &str = "ambit.dev";
 
 /// How often a kind whose CRD is not installed is listed again, by default.
 pub const DEFAULT_CRD_RETRY: Duration = Duration::from_secs(5);
-
-/// A client from `kubeconfig` (with its current context) or, without one, as kubectl finds it: `KUBECONFIG`,
-/// `~/.kube/config`, then the in-cluster service account. Returns the client and the API server's URL.
-pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<(Client, String)> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("kubeconfig {}", path.display()))?
-        }
-        None => Config::infer()
-            .await
-            .context("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?,
-    };
-    let url = config.cluster_url.to_string();
-    let client = Client::try_from(config).context("building the Kubernetes client")?;
-    Ok((client, url))
-}
 
 /// Watches the Kubernetes API.
 pub struct KubeSource {
