@@ -329,7 +329,7 @@ impl XdsHandler for StoreHandler {
 }
 
 /// One xDS resource of a type the waypoint subscribes to, decoded and converted (an error is its NACK reason).
-fn decode_resource(type_url: &str, name: &str, bytes: &[u8]) -> Result<Resource, String> {
+pub fn decode_resource(type_url: &str, name: &str, bytes: &[u8]) -> Result<Resource, String> {
     use ambit_proto::type_url as t;
     use ambit_proto::waypoint as pb;
     fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, String> {
