@@ -5,6 +5,8 @@
 //! use the TLS configuration cached inside it. The backend (rustls, or BoringSSL with the `tls-boring` feature) is
 //! chosen at run time with [`TlsBackend`].
 
+mod crl;
+mod policy;
 mod stream;
 #[cfg(feature = "tls-boring")]
 mod with_boring;
@@ -18,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::identity::Identity;
 
+pub use crl::{CrlError, CrlStore, DEFAULT_CRL_POLL};
+pub use policy::{CompliancePolicy, TlsPolicy};
 pub use stream::{ClientTlsStream, ServerTlsStream};
 pub use workload::{CertSummary, WorkloadCert};
 
@@ -44,6 +48,11 @@ pub enum TlsError {
     UnknownBackend(String),
     #[error("TLS backend {0} is not compiled in")]
     BackendUnavailable(&'static str),
+    #[error("unknown COMPLIANCE_POLICY {0:?} (expected \"\" or \"pqc\")")]
+    UnknownCompliancePolicy(String),
+    /// A combination of settings this build cannot honour.
+    #[error("unsupported TLS setting: {0}")]
+    Unsupported(String),
     #[error("generating a certificate request: {0}")]
     Csr(String),
     /// We refused the peer's certificate during the handshake.
@@ -77,6 +86,8 @@ pub enum PeerCheckError {
     TrustDomainMismatch { expected: String, got: Vec<String> },
     #[error("peer presented no certificate")]
     NoCertificate,
+    #[error("peer certificate (or one of its issuers) is revoked by the configured CRL")]
+    Revoked,
 }
 
 /// Which TLS library runs the handshakes.
@@ -165,14 +176,25 @@ enum AcceptorInner {
 }
 
 impl TlsAcceptor {
-    /// Cheap: uses the configuration cached in `cert` (built on first use).
+    /// Cheap: uses the configuration cached in `cert` (built on first use), under the process policy
+    /// ([`TlsPolicy::install`]).
     pub fn new(cert: Arc<WorkloadCert>, backend: TlsBackend) -> Result<Self, TlsError> {
+        Self::with_policy(cert, backend, TlsPolicy::process())
+    }
+
+    /// Like [`TlsAcceptor::new`] with an explicit policy.
+    pub fn with_policy(
+        cert: Arc<WorkloadCert>,
+        backend: TlsBackend,
+        policy: &TlsPolicy,
+    ) -> Result<Self, TlsError> {
+        policy.check_backend(backend)?;
         let inner = match backend {
             TlsBackend::Rustls => AcceptorInner::Rustls(tokio_rustls::TlsAcceptor::from(
-                with_rustls::configs(&cert)?.server.clone(),
+                with_rustls::configs(&cert, policy)?.server.clone(),
             )),
             #[cfg(feature = "tls-boring")]
-            TlsBackend::Boring => AcceptorInner::Boring(with_boring::contexts(&cert)?),
+            TlsBackend::Boring => AcceptorInner::Boring(with_boring::contexts(&cert, policy)?),
         };
         Ok(TlsAcceptor { inner })
     }
@@ -205,12 +227,23 @@ enum ConnectorInner {
 }
 
 impl TlsConnector {
-    /// Cheap: uses the configuration cached in `cert` (built on first use).
+    /// Cheap: uses the configuration cached in `cert` (built on first use), under the process policy
+    /// ([`TlsPolicy::install`]).
     pub fn new(cert: Arc<WorkloadCert>, backend: TlsBackend) -> Result<Self, TlsError> {
+        Self::with_policy(cert, backend, TlsPolicy::process())
+    }
+
+    /// Like [`TlsConnector::new`] with an explicit policy.
+    pub fn with_policy(
+        cert: Arc<WorkloadCert>,
+        backend: TlsBackend,
+        policy: &TlsPolicy,
+    ) -> Result<Self, TlsError> {
+        policy.check_backend(backend)?;
         let inner = match backend {
-            TlsBackend::Rustls => ConnectorInner::Rustls(with_rustls::configs(&cert)?),
+            TlsBackend::Rustls => ConnectorInner::Rustls(with_rustls::configs(&cert, policy)?),
             #[cfg(feature = "tls-boring")]
-            TlsBackend::Boring => ConnectorInner::Boring(with_boring::contexts(&cert)?),
+            TlsBackend::Boring => ConnectorInner::Boring(with_boring::contexts(&cert, policy)?),
         };
         Ok(TlsConnector { inner })
     }

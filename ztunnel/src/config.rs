@@ -117,7 +117,10 @@ pub struct Config {
     pub secret_ttl: Duration,
     /// Ambit: `rustls` (default) or `boring`.
     pub tls_backend: String,
+    /// Revocation lists checked on every mTLS handshake, both directions; re-read when the file changes.
     pub crl_path: Option<PathBuf>,
+    /// `COMPLIANCE_POLICY`: `""` (none) or `pqc` (key exchange X25519MLKEM768 only).
+    pub compliance_policy: String,
 
     pub packet_mark: Option<u32>,
     pub enable_orig_src: Option<bool>,
@@ -344,6 +347,30 @@ impl Config {
                 "expected rustls or boring",
             ));
         }
+        let crl_path = e.get("CRL_PATH").map(PathBuf::from);
+        if crl_path.is_some() && tls_backend == "boring" {
+            return Err(ConfigError::invalid(
+                "CRL_PATH",
+                &crl_path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                "CRL checking is implemented for TLS_BACKEND=rustls only",
+            ));
+        }
+        let compliance_policy = e.string("COMPLIANCE_POLICY", "");
+        let compliance_policy = match compliance_policy.parse::<ambit_core::tls::CompliancePolicy>()
+        {
+            Ok(ambit_core::tls::CompliancePolicy::Pqc) => "pqc".to_owned(),
+            Ok(ambit_core::tls::CompliancePolicy::Default) => String::new(),
+            Err(_) => {
+                return Err(ConfigError::invalid(
+                    "COMPLIANCE_POLICY",
+                    &compliance_policy,
+                    "expected \"\" or pqc",
+                ));
+            }
+        };
 
         // Upstream settings Ambit does not implement: refused rather than accepted and ignored.
         e.unsupported(
@@ -390,7 +417,8 @@ impl Config {
             local_ca_dir,
             secret_ttl: e.duration("SECRET_TTL", Duration::from_secs(24 * 3600))?,
             tls_backend,
-            crl_path: e.get("CRL_PATH").map(PathBuf::from),
+            crl_path,
+            compliance_policy,
             packet_mark,
             enable_orig_src: e.opt_bool("ENABLE_ORIG_SRC")?,
             worker_threads: worker_threads(&e, cpus)?,

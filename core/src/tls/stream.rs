@@ -43,6 +43,8 @@ macro_rules! tls_stream {
             pub(super) inner: Inner<$rustls, BoringStream<IO>>,
             pub(super) peer: Option<Identity>,
             pub(super) alpn: Option<Vec<u8>>,
+            /// The key exchange group agreed on.
+            pub(super) group: Option<String>,
         }
 
         impl<IO> $name<IO> {
@@ -54,6 +56,11 @@ macro_rules! tls_stream {
             /// The ALPN protocol agreed on (`Some(b"h2")`), or `None` when the peer offered none.
             pub fn alpn_protocol(&self) -> Option<&[u8]> {
                 self.alpn.as_deref()
+            }
+
+            /// The key exchange group agreed on, as IANA names it (`X25519MLKEM768`, `X25519`, `P-256`...).
+            pub fn key_exchange_group(&self) -> Option<&str> {
+                self.group.as_deref()
             }
         }
 

@@ -2,18 +2,25 @@
 //!
 //! BoringSSL does not let TLS 1.3 suites be chosen one by one; the FIPS 202205 compliance policy limits them to
 //! AES-128-GCM and AES-256-GCM (and key exchange to P-256/P-384, which every rustls peer offers).
+//!
+//! `COMPLIANCE_POLICY=pqc` keeps that policy (suites, signature algorithms, versions) and then replaces its groups
+//! with X25519MLKEM768 alone. FIPS 202205 itself does not list X25519MLKEM768 (BoringSSL's newer FIPS 202609 policy
+//! does, next to ML-KEM-1024, P-256 and P-384, but the `boring` crate does not expose it); a FIPS-validated
+//! BoringSSL module older than ML-KEM support would refuse the group. CRLs are not supported by this backend:
+//! [`super::TlsPolicy::check_backend`] refuses them at start.
 
 use std::sync::{Arc, Mutex};
 
 use boring::pkey::PKey;
 use boring::ssl::{
-    AlpnError, CompliancePolicy, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions,
-    SslSessionCacheMode, SslVerifyMode, SslVersion,
+    AlpnError, CompliancePolicy as BoringPolicy, Ssl, SslContext, SslContextBuilder, SslMethod,
+    SslOptions, SslSessionCacheMode, SslVerifyMode, SslVersion,
 };
 use boring::x509::X509;
 use boring::x509::store::X509StoreBuilder;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::policy::{CompliancePolicy, TlsPolicy};
 use super::stream::Inner;
 use super::{ClientTlsStream, PeerCheckError, ServerTlsStream, TlsError, WorkloadCert};
 use crate::identity::Identity;
@@ -28,32 +35,38 @@ pub(crate) struct Contexts {
     trust_domain: String,
 }
 
-/// The contexts of `cert`, built on first use.
-pub(crate) fn contexts(cert: &WorkloadCert) -> Result<Arc<Contexts>, TlsError> {
-    if let Some(c) = cert.boring.get() {
-        return Ok(c.clone());
-    }
-    let built = Arc::new(Contexts {
-        server: build(cert, true)?,
-        client: build(cert, false)?,
-        trust_domain: cert.identity().trust_domain.clone(),
-    });
-    Ok(cert.boring.get_or_init(|| built).clone())
+/// The contexts of `cert` under `policy`, built on first use.
+pub(crate) fn contexts(cert: &WorkloadCert, policy: &TlsPolicy) -> Result<Arc<Contexts>, TlsError> {
+    cert.boring.get_or_build(policy, || {
+        Ok(Contexts {
+            server: build(cert, true, policy.compliance)?,
+            client: build(cert, false, policy.compliance)?,
+            trust_domain: cert.identity().trust_domain.clone(),
+        })
+    })
 }
 
 fn cfg(what: &str) -> impl Fn(boring::error::ErrorStack) -> TlsError + '_ {
     move |e| TlsError::Config(format!("boring {what}: {e}"))
 }
 
-fn build(cert: &WorkloadCert, server: bool) -> Result<SslContext, TlsError> {
+fn build(
+    cert: &WorkloadCert,
+    server: bool,
+    compliance: CompliancePolicy,
+) -> Result<SslContext, TlsError> {
     let mut b = SslContextBuilder::new(SslMethod::tls()).map_err(cfg("context"))?;
     // The policy first: it sets its own version range, which we then narrow to TLS 1.3.
-    b.set_compliance_policy(CompliancePolicy::FIPS_202205)
+    b.set_compliance_policy(BoringPolicy::FIPS_202205)
         .map_err(cfg("compliance policy"))?;
     b.set_min_proto_version(Some(SslVersion::TLS1_3))
         .map_err(cfg("min version"))?;
     b.set_max_proto_version(Some(SslVersion::TLS1_3))
         .map_err(cfg("max version"))?;
+    if compliance == CompliancePolicy::Pqc {
+        b.set_curves_list("X25519MLKEM768")
+            .map_err(cfg("pqc key exchange groups"))?;
+    }
 
     let mut chain = cert.chain_der().iter();
     let leaf = chain
@@ -175,10 +188,12 @@ where
         .await
         .map_err(|e| handshake_error(&slot, e))?;
     let (peer, alpn) = peer_and_alpn(stream.ssl());
+    let group = stream.ssl().curve_name().map(str::to_owned);
     Ok(ServerTlsStream {
         inner: Inner::Boring(stream),
         peer,
         alpn,
+        group,
     })
 }
 
@@ -202,9 +217,11 @@ where
         .await
         .map_err(|e| handshake_error(&slot, e))?;
     let (peer, alpn) = peer_and_alpn(stream.ssl());
+    let group = stream.ssl().curve_name().map(str::to_owned);
     Ok(ClientTlsStream {
         inner: Inner::Boring(stream),
         peer,
         alpn,
+        group,
     })
 }

@@ -4,29 +4,48 @@ use std::sync::{Arc, LazyLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, verify_server_cert_signed_by_trust_anchor};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::{CryptoProvider, SupportedKxGroup, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, ParsedCertificate, WebPkiClientVerifier};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    RootCertStore, ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, NamedGroup,
+    OtherError, RootCertStore, ServerConfig, SignatureScheme,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::crl::CrlStore;
+use super::policy::{CompliancePolicy, TlsPolicy};
 use super::stream::Inner;
 use super::{ALPN_H2, ClientTlsStream, PeerCheckError, ServerTlsStream, TlsError, WorkloadCert};
 use crate::identity::Identity;
 
-/// aws-lc-rs restricted to the workload policy: TLS 1.3 AES-256-GCM and AES-128-GCM only.
-static PROVIDER: LazyLock<Arc<CryptoProvider>> = LazyLock::new(|| {
+/// aws-lc-rs restricted to the workload policy: TLS 1.3 AES-256-GCM and AES-128-GCM only, the provider's default
+/// key exchange groups (X25519MLKEM768 first).
+static PROVIDER: LazyLock<Arc<CryptoProvider>> = LazyLock::new(|| Arc::new(workload_provider()));
+
+/// [`PROVIDER`] with key exchange limited to X25519MLKEM768 (`COMPLIANCE_POLICY=pqc`).
+static PQC_PROVIDER: LazyLock<Arc<CryptoProvider>> = LazyLock::new(|| {
+    let mut provider = workload_provider();
+    provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768];
+    Arc::new(provider)
+});
+
+fn workload_provider() -> CryptoProvider {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites = vec![
         rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
         rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
     ];
-    Arc::new(provider)
-});
+    provider
+}
+
+fn provider(compliance: CompliancePolicy) -> Arc<CryptoProvider> {
+    match compliance {
+        CompliancePolicy::Default => PROVIDER.clone(),
+        CompliancePolicy::Pqc => PQC_PROVIDER.clone(),
+    }
+}
 
 /// Never sent (SNI is disabled) and never checked; rustls wants some name.
 static DUMMY_NAME: LazyLock<ServerName<'static>> =
@@ -38,20 +57,16 @@ pub(crate) struct Configs {
     /// Complete except for the per-connection identity verifier.
     client: ClientConfig,
     roots: Arc<RootCertStore>,
+    crl: Option<Arc<CrlStore>>,
 }
 
-/// The configs of `cert`, built on first use.
-pub(crate) fn configs(cert: &WorkloadCert) -> Result<Arc<Configs>, TlsError> {
-    if let Some(c) = cert.rustls.get() {
-        return Ok(c.clone());
-    }
-    let built = Arc::new(build(cert)?);
-    // A concurrent builder may have won; either result is equivalent.
-    Ok(cert.rustls.get_or_init(|| built).clone())
+/// The configs of `cert` under `policy`, built on first use.
+pub(crate) fn configs(cert: &WorkloadCert, policy: &TlsPolicy) -> Result<Arc<Configs>, TlsError> {
+    cert.rustls.get_or_build(policy, || build(cert, policy))
 }
 
-fn build(cert: &WorkloadCert) -> Result<Configs, TlsError> {
-    let provider = PROVIDER.clone();
+fn build(cert: &WorkloadCert, policy: &TlsPolicy) -> Result<Configs, TlsError> {
+    let provider = provider(policy.compliance);
     let mut roots = RootCertStore::empty();
     for root in cert.roots_der() {
         roots
@@ -78,6 +93,8 @@ fn build(cert: &WorkloadCert) -> Result<Configs, TlsError> {
     let verifier = Arc::new(TrustDomainVerifier {
         inner: webpki,
         trust_domain: cert.identity().trust_domain.clone(),
+        roots: roots.clone(),
+        crl: policy.crl.clone(),
     });
     let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -93,6 +110,7 @@ fn build(cert: &WorkloadCert) -> Result<Configs, TlsError> {
         roots: roots.clone(),
         algs: algs(),
         expected: Vec::new(),
+        crl: policy.crl.clone(),
     });
     let mut client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -109,6 +127,7 @@ fn build(cert: &WorkloadCert) -> Result<Configs, TlsError> {
         server: Arc::new(server),
         client,
         roots,
+        crl: policy.crl.clone(),
     })
 }
 
@@ -130,10 +149,12 @@ where
         .and_then(|c| c.first())
         .and_then(|leaf| first_identity(leaf));
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let group = group_name(conn.negotiated_key_exchange_group());
     Ok(ServerTlsStream {
         inner: Inner::Rustls(stream),
         peer,
         alpn,
+        group,
     })
 }
 
@@ -154,6 +175,7 @@ where
             roots: configs.roots.clone(),
             algs: algs(),
             expected: expected.to_vec(),
+            crl: configs.crl.clone(),
         }));
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let stream = connector
@@ -166,10 +188,23 @@ where
         .and_then(|c| c.first())
         .and_then(|leaf| first_identity(leaf));
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let group = group_name(conn.negotiated_key_exchange_group());
     Ok(ClientTlsStream {
         inner: Inner::Rustls(stream),
         peer,
         alpn,
+        group,
+    })
+}
+
+/// The IANA name of the key exchange group, as both backends spell it (`X25519MLKEM768`, `secp256r1`...).
+fn group_name(group: Option<&'static dyn SupportedKxGroup>) -> Option<String> {
+    group.map(|g| match g.name() {
+        NamedGroup::X25519MLKEM768 => "X25519MLKEM768".to_owned(),
+        NamedGroup::X25519 => "X25519".to_owned(),
+        NamedGroup::secp256r1 => "P-256".to_owned(),
+        NamedGroup::secp384r1 => "P-384".to_owned(),
+        other => format!("{other:?}"),
     })
 }
 
@@ -194,6 +229,9 @@ fn handshake_error(e: std::io::Error) -> TlsError {
                 None => TlsError::PeerRejected(PeerCheckError::Untrusted(other.to_string())),
             }
         }
+        rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
+            TlsError::PeerRejected(PeerCheckError::Revoked)
+        }
         rustls::Error::InvalidCertificate(cert) => {
             TlsError::PeerRejected(PeerCheckError::Untrusted(format!("{cert:?}")))
         }
@@ -208,11 +246,53 @@ fn reject(check: PeerCheckError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(check))))
 }
 
-/// Server side: webpki client-auth verification against our roots, then the trust-domain check.
+/// Checks the chain against the CRLs in force (the leaf and every intermediate), after the ordinary chain check
+/// passed. Like upstream: a certificate no CRL speaks for is accepted, and stale CRLs still count.
+fn check_revocation(
+    crl: Option<&CrlStore>,
+    roots: &RootCertStore,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    usage: webpki::KeyUsage,
+) -> Result<(), rustls::Error> {
+    let Some(crl) = crl else { return Ok(()) };
+    let set = crl.snapshot();
+    let refs: Vec<&webpki::CertRevocationList<'_>> = set.crls.iter().collect();
+    let Ok(builder) = webpki::RevocationOptionsBuilder::new(&refs) else {
+        // No CRL in the file: nothing is revoked.
+        return Ok(());
+    };
+    let revocation = builder
+        .with_depth(webpki::RevocationCheckDepth::Chain)
+        .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+        .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+        .build();
+    let cert = webpki::EndEntityCert::try_from(end_entity)
+        .map_err(|e| reject(PeerCheckError::Untrusted(e.to_string())))?;
+    match cert.verify_for_usage(
+        algs().all,
+        &roots.roots,
+        intermediates,
+        now,
+        usage,
+        Some(revocation),
+        None,
+    ) {
+        Ok(_) => Ok(()),
+        Err(webpki::Error::CertRevoked) => Err(reject(PeerCheckError::Revoked)),
+        Err(e) => Err(reject(PeerCheckError::Untrusted(e.to_string()))),
+    }
+}
+
+/// Server side: webpki client-auth verification against our roots, the revocation check, then the trust-domain
+/// check.
 #[derive(Debug)]
 struct TrustDomainVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
+    roots: Arc<RootCertStore>,
+    crl: Option<Arc<CrlStore>>,
 }
 
 impl ClientCertVerifier for TrustDomainVerifier {
@@ -229,6 +309,14 @@ impl ClientCertVerifier for TrustDomainVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
+        check_revocation(
+            self.crl.as_deref(),
+            &self.roots,
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+        )?;
         super::check_trust_domain(end_entity, &self.trust_domain).map_err(reject)?;
         Ok(ClientCertVerified::assertion())
     }
@@ -256,12 +344,14 @@ impl ClientCertVerifier for TrustDomainVerifier {
     }
 }
 
-/// Client side: chain to our roots with serverAuth usage, no host name check, one SPIFFE SAN must be expected.
+/// Client side: chain to our roots with serverAuth usage, the revocation check, no host name check, one SPIFFE
+/// SAN must be expected.
 #[derive(Debug)]
 struct IdentityVerifier {
     roots: Arc<RootCertStore>,
     algs: WebPkiSupportedAlgorithms,
     expected: Vec<Identity>,
+    crl: Option<Arc<CrlStore>>,
 }
 
 impl ServerCertVerifier for IdentityVerifier {
@@ -280,6 +370,14 @@ impl ServerCertVerifier for IdentityVerifier {
             intermediates,
             now,
             self.algs.all,
+        )?;
+        check_revocation(
+            self.crl.as_deref(),
+            &self.roots,
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
         )?;
         super::check_expected(end_entity, &self.expected).map_err(reject)?;
         Ok(ServerCertVerified::assertion())

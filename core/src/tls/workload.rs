@@ -1,6 +1,5 @@
 //! [`WorkloadCert`]: one identity's key, chain and roots, parsed once when the CA answers.
 
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -8,6 +7,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use super::TlsError;
+use super::policy::{PolicyCache, TlsPolicy};
 use crate::identity::Identity;
 
 /// What the admin dump and the certificate manager need to know about one certificate of a chain.
@@ -32,9 +32,9 @@ pub struct WorkloadCert {
     chain: Vec<CertSummary>,
     roots: Vec<CertSummary>,
     key_der: PrivatePkcs8KeyDer<'static>,
-    pub(super) rustls: OnceLock<Arc<super::with_rustls::Configs>>,
+    pub(super) rustls: PolicyCache<super::with_rustls::Configs>,
     #[cfg(feature = "tls-boring")]
-    pub(super) boring: OnceLock<Arc<super::with_boring::Contexts>>,
+    pub(super) boring: PolicyCache<super::with_boring::Contexts>,
 }
 
 impl std::fmt::Debug for WorkloadCert {
@@ -105,13 +105,13 @@ impl WorkloadCert {
             chain,
             roots,
             key_der,
-            rustls: OnceLock::new(),
+            rustls: PolicyCache::default(),
             #[cfg(feature = "tls-boring")]
-            boring: OnceLock::new(),
+            boring: PolicyCache::default(),
         };
         // Builds the default backend's configs now: this checks that the key matches the leaf and that the roots
         // are usable, so a bad response is refused when it arrives rather than at the first handshake.
-        super::with_rustls::configs(&cert)?;
+        super::with_rustls::configs(&cert, TlsPolicy::process())?;
         Ok(cert)
     }
 

@@ -116,7 +116,6 @@ fn strings_and_identity() {
         ("INSTANCE_IP", "10.0.0.9"),
         ("TLS_BACKEND", "boring"),
         ("TLS12_ENABLED", "false"),
-        ("CRL_PATH", "/etc/crl.pem"),
         ("XDS_ON_DEMAND", "false"),
     ]);
     assert_eq!(c.xds_root_ca, "SYSTEM");
@@ -137,10 +136,34 @@ fn strings_and_identity() {
     assert_eq!(c.service_account.as_deref(), Some("ztunnel"));
     assert_eq!(c.instance_ip.as_deref(), Some("10.0.0.9"));
     assert_eq!(c.tls_backend, "boring");
-    assert_eq!(c.crl_path, Some(PathBuf::from("/etc/crl.pem")));
+    assert_eq!(c.crl_path, None);
     assert!(c.is_local_node("node-a") && !c.is_local_node("node-b"));
     assert!(cfg(&[]).is_local_node("anything"));
     assert!(err(&[("TLS_BACKEND", "openssl")]).contains("TLS_BACKEND=\"openssl\""));
+}
+
+#[test]
+fn crl_path_and_compliance_policy() {
+    let c = cfg(&[]);
+    assert_eq!(c.crl_path, None);
+    assert_eq!(c.compliance_policy, "");
+    let c = cfg(&[("CRL_PATH", "/etc/crl.pem"), ("COMPLIANCE_POLICY", "pqc")]);
+    assert_eq!(c.crl_path, Some(PathBuf::from("/etc/crl.pem")));
+    assert_eq!(c.compliance_policy, "pqc");
+    assert_eq!(
+        cfg(&[("COMPLIANCE_POLICY", " PQC ")]).compliance_policy,
+        "pqc"
+    );
+    assert_eq!(cfg(&[("COMPLIANCE_POLICY", "")]).compliance_policy, "");
+    assert!(err(&[("COMPLIANCE_POLICY", "fips")]).contains("COMPLIANCE_POLICY=\"fips\""));
+    // BoringSSL has no CRL support here: refused at start instead of silently not checking.
+    let e = err(&[("TLS_BACKEND", "boring"), ("CRL_PATH", "/etc/crl.pem")]);
+    assert!(e.contains("CRL_PATH") && e.contains("rustls"), "{e}");
+    // pqc works with both backends.
+    assert_eq!(
+        cfg(&[("TLS_BACKEND", "boring"), ("COMPLIANCE_POLICY", "pqc")]).compliance_policy,
+        "pqc"
+    );
 }
 
 #[test]

@@ -1,0 +1,388 @@
+//! `CRL_PATH`: real mTLS handshakes refuse a revoked peer (leaf or intermediate) in both directions, accept the
+//! others, and pick up a rewritten CRL file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_core::Identity;
+use ambit_core::ca::LocalCa;
+use ambit_core::tls::{
+    ClientTlsStream, CrlError, CrlStore, PeerCheckError, ServerTlsStream, TlsAcceptor, TlsBackend,
+    TlsConnector, TlsError, TlsPolicy, WorkloadCert,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+};
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, DuplexStream};
+
+const TTL: Duration = Duration::from_secs(3600);
+const TD: &str = "cluster.local";
+
+fn id(sa: &str) -> Identity {
+    Identity::new(TD, "demo", sa)
+}
+
+/// A CA written in the plug-in layout, with the issuers kept so the test can sign CRLs.
+struct TestCa {
+    _dir: tempfile::TempDir,
+    ca: LocalCa,
+    root: Issuer<'static, KeyPair>,
+    /// Set when leaves are signed by an intermediate.
+    intermediate: Option<(Issuer<'static, KeyPair>, SerialNumber)>,
+}
+
+fn ca_params(cn: &str, serial: u8) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::OrganizationName, TD);
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.serial_number = Some(SerialNumber::from_slice(&[0x10, serial]));
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(1);
+    p
+}
+
+fn test_ca(with_intermediate: bool) -> TestCa {
+    let dir = tempfile::tempdir().unwrap();
+    let root_key = KeyPair::generate().unwrap();
+    let root_params = ca_params("test root", 1);
+    let root_cert = root_params.self_signed(&root_key).unwrap();
+    let root_pem = root_cert.pem();
+    let root_key_pem = root_key.serialize_pem();
+    let root = Issuer::new(root_params, root_key);
+    let (ca_cert, ca_key, chain, intermediate) = if with_intermediate {
+        let key = KeyPair::generate().unwrap();
+        let params = ca_params("test intermediate", 2);
+        let serial = params.serial_number.clone().unwrap();
+        let cert = params.signed_by(&key, &root).unwrap();
+        let pem = cert.pem();
+        let key_pem = key.serialize_pem();
+        let issuer = Issuer::new(params, key);
+        (
+            pem.clone(),
+            key_pem,
+            format!("{pem}{root_pem}"),
+            Some((issuer, serial)),
+        )
+    } else {
+        (root_pem.clone(), root_key_pem, root_pem.clone(), None)
+    };
+    let ca_dir = dir.path().join("ca");
+    std::fs::create_dir(&ca_dir).unwrap();
+    std::fs::write(ca_dir.join("root-cert.pem"), &root_pem).unwrap();
+    std::fs::write(ca_dir.join("ca-cert.pem"), ca_cert).unwrap();
+    std::fs::write(ca_dir.join("ca-key.pem"), ca_key).unwrap();
+    std::fs::write(ca_dir.join("cert-chain.pem"), chain).unwrap();
+    let ca = LocalCa::load_or_create(&ca_dir, TD).unwrap();
+    TestCa {
+        _dir: dir,
+        ca,
+        root,
+        intermediate,
+    }
+}
+
+impl TestCa {
+    fn issue(&self, sa: &str) -> Arc<WorkloadCert> {
+        Arc::new(self.ca.issue_workload(&id(sa), TTL).unwrap())
+    }
+
+    /// The issuer of the leaves (the intermediate when there is one).
+    fn leaf_issuer(&self) -> &Issuer<'static, KeyPair> {
+        self.intermediate.as_ref().map_or(&self.root, |(i, _)| i)
+    }
+}
+
+fn serial(cert: &WorkloadCert) -> SerialNumber {
+    SerialNumber::from_slice(&hex_decode(&cert.serial_hex()))
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    let s = if s.len() % 2 == 1 {
+        format!("0{s}")
+    } else {
+        s.to_owned()
+    };
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// A PEM CRL by `issuer` revoking `serials`.
+fn crl_pem(issuer: &Issuer<'static, KeyPair>, number: u8, serials: &[SerialNumber]) -> String {
+    let now = OffsetDateTime::now_utc();
+    let params = CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(5),
+        next_update: now + time::Duration::hours(1),
+        crl_number: SerialNumber::from_slice(&[number]),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| RevokedCertParams {
+                serial_number: s.clone(),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    params.signed_by(issuer).unwrap().pem().unwrap()
+}
+
+/// Replaces the file's contents in one step, like a Kubernetes volume update.
+fn write_atomically(path: &Path, contents: &str) {
+    let tmp: PathBuf = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn crl_policy(path: &Path) -> (TlsPolicy, Arc<CrlStore>) {
+    let store = CrlStore::load(path).unwrap();
+    let policy = TlsPolicy {
+        crl: Some(store.clone()),
+        ..TlsPolicy::default()
+    };
+    (policy, store)
+}
+
+type Outcome = (
+    Result<ServerTlsStream<DuplexStream>, TlsError>,
+    Result<ClientTlsStream<DuplexStream>, TlsError>,
+);
+
+async fn handshake(
+    server: Arc<WorkloadCert>,
+    server_policy: &TlsPolicy,
+    client: Arc<WorkloadCert>,
+    client_policy: &TlsPolicy,
+    expected: Identity,
+) -> Outcome {
+    let acceptor = TlsAcceptor::with_policy(server, TlsBackend::Rustls, server_policy).unwrap();
+    let connector = TlsConnector::with_policy(client, TlsBackend::Rustls, client_policy).unwrap();
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let server = tokio::spawn(async move { acceptor.accept(a).await });
+    let client = tokio::spawn(async move { connector.connect(b, &[expected]).await });
+    let (s, c) = tokio::join!(server, client);
+    (s.unwrap(), c.unwrap())
+}
+
+fn assert_revoked<T: std::fmt::Debug>(r: &Result<T, TlsError>, what: &str) {
+    match r {
+        Err(TlsError::PeerRejected(PeerCheckError::Revoked)) => {}
+        other => panic!("{what}: expected a revoked-peer rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn server_refuses_revoked_client_and_accepts_good_one() {
+    let ca = test_ca(false);
+    let server = ca.issue("server");
+    let good = ca.issue("good");
+    let revoked = ca.issue("revoked");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crl.pem");
+    std::fs::write(&path, crl_pem(ca.leaf_issuer(), 1, &[serial(&revoked)])).unwrap();
+    let (policy, store) = crl_policy(&path);
+    assert_eq!(store.len(), 1);
+    let plain = TlsPolicy::default();
+
+    let (s, c) = handshake(server.clone(), &policy, good, &plain, id("server")).await;
+    let s = s.expect("good client accepted");
+    c.expect("good client connected");
+    assert_eq!(s.peer_identity(), Some(id("good")));
+
+    let (s, c) = handshake(server, &policy, revoked, &plain, id("server")).await;
+    assert_revoked(&s, "server side");
+    // TLS 1.3: the client may finish before the server has judged its certificate; then the server's alert ends
+    // the connection at the first read.
+    if let Ok(mut c) = c {
+        let mut buf = [0u8; 16];
+        let read = c.read(&mut buf).await;
+        assert!(
+            matches!(read, Err(_) | Ok(0)),
+            "the revoked client must not get a usable connection: {read:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_refuses_revoked_server() {
+    let ca = test_ca(false);
+    let good_server = ca.issue("server");
+    let revoked_server = ca.issue("server");
+    let client = ca.issue("client");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crl.pem");
+    std::fs::write(
+        &path,
+        crl_pem(ca.leaf_issuer(), 1, &[serial(&revoked_server)]),
+    )
+    .unwrap();
+    let (policy, _) = crl_policy(&path);
+    let plain = TlsPolicy::default();
+
+    let (s, c) = handshake(good_server, &plain, client.clone(), &policy, id("server")).await;
+    s.expect("server accepted");
+    assert_eq!(c.expect("good server").peer_identity(), Some(id("server")));
+
+    let (s, c) = handshake(revoked_server, &plain, client, &policy, id("server")).await;
+    assert_revoked(&c, "client side");
+    assert!(
+        s.is_err(),
+        "the client aborted, so the server has no connection"
+    );
+}
+
+#[tokio::test]
+async fn revoked_intermediate_refuses_every_leaf_under_it() {
+    let ca = test_ca(true);
+    let server = ca.issue("server");
+    let client = ca.issue("client");
+    let (_, intermediate_serial) = ca.intermediate.as_ref().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crl.pem");
+    // Two CRLs in one file: the root's, revoking the intermediate, and the intermediate's own (empty).
+    let both = format!(
+        "{}{}",
+        crl_pem(&ca.root, 1, std::slice::from_ref(intermediate_serial)),
+        crl_pem(ca.leaf_issuer(), 1, &[])
+    );
+    std::fs::write(&path, both).unwrap();
+    let (policy, store) = crl_policy(&path);
+    assert_eq!(store.len(), 2);
+
+    let (s, _) = handshake(
+        server.clone(),
+        &policy,
+        client.clone(),
+        &TlsPolicy::default(),
+        id("server"),
+    )
+    .await;
+    assert_revoked(&s, "server side, revoked intermediate");
+    let (_, c) = handshake(
+        server.clone(),
+        &TlsPolicy::default(),
+        client.clone(),
+        &policy,
+        id("server"),
+    )
+    .await;
+    assert_revoked(&c, "client side, revoked intermediate");
+
+    // Without that revocation the same chains are fine.
+    write_atomically(&path, &crl_pem(&ca.root, 2, &[]));
+    assert!(store.reload().unwrap());
+    let (s, c) = handshake(server, &policy, client, &policy, id("server")).await;
+    s.expect("accepted once the intermediate is no longer revoked");
+    c.expect("connected once the intermediate is no longer revoked");
+}
+
+#[tokio::test]
+async fn rewritten_crl_is_picked_up_by_the_watcher() {
+    let ca = test_ca(false);
+    let server = ca.issue("server");
+    let first = ca.issue("first");
+    let second = ca.issue("second");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crl.pem");
+    std::fs::write(&path, crl_pem(ca.leaf_issuer(), 1, &[serial(&first)])).unwrap();
+    let (policy, store) = crl_policy(&path);
+    let watcher = store.watch(Duration::from_millis(100));
+    let plain = TlsPolicy::default();
+
+    let (s, _) = handshake(server.clone(), &policy, first.clone(), &plain, id("server")).await;
+    assert_revoked(&s, "first before the rewrite");
+
+    // Now revoke `second` instead of `first`.
+    write_atomically(&path, &crl_pem(ca.leaf_issuer(), 2, &[serial(&second)]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, _) = handshake(
+            server.clone(),
+            &policy,
+            second.clone(),
+            &plain,
+            id("server"),
+        )
+        .await;
+        if matches!(s, Err(TlsError::PeerRejected(PeerCheckError::Revoked))) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rewritten CRL was not picked up within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, _) = handshake(server.clone(), &policy, first.clone(), &plain, id("server")).await;
+    s.expect("first is no longer revoked");
+
+    // A broken rewrite keeps the last good CRL: `second` stays refused, `first` accepted.
+    write_atomically(
+        &path,
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    );
+    // Whoever reads the new contents first (the watcher or this call) fails to parse them; a second look at the
+    // same contents reports "unchanged". It can never report a successful change.
+    let r = store.reload();
+    assert!(
+        matches!(r, Err(CrlError::Parse { .. }) | Ok(false)),
+        "broken CRL file: {r:?}"
+    );
+    assert_eq!(store.len(), 1, "the last good CRL stays in force");
+    let (s, _) = handshake(server.clone(), &policy, second, &plain, id("server")).await;
+    assert_revoked(&s, "second after a broken rewrite");
+    let (s, _) = handshake(server, &policy, first, &plain, id("server")).await;
+    s.expect("first after a broken rewrite");
+    watcher.abort();
+}
+
+#[test]
+fn unparsable_crl_is_a_load_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crl.pem");
+    std::fs::write(
+        &path,
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    let e = CrlStore::load(&path).unwrap_err();
+    assert!(e.to_string().contains("crl.pem"), "{e}");
+}
+
+#[cfg(feature = "tls-boring")]
+#[tokio::test]
+async fn boring_with_crl_is_refused_up_front() {
+    let ca = test_ca(false);
+    let cert = ca.issue("server");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crl.pem");
+    std::fs::write(&path, "").unwrap();
+    let (policy, _) = crl_policy(&path);
+    assert!(matches!(
+        policy.check_backend(TlsBackend::Boring),
+        Err(TlsError::Unsupported(_))
+    ));
+    assert!(matches!(
+        TlsAcceptor::with_policy(cert.clone(), TlsBackend::Boring, &policy),
+        Err(TlsError::Unsupported(_))
+    ));
+    assert!(matches!(
+        TlsConnector::with_policy(cert, TlsBackend::Boring, &policy),
+        Err(TlsError::Unsupported(_))
+    ));
+}
