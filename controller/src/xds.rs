@@ -230,6 +230,10 @@ pub struct TypeStatus {
     /// The last NACK: its nonce and the client's error.
     pub nacked_nonce: String,
     pub nack_error: String,
+    /// Resources (added or changed) and removals sent on this connection so far, over all its responses: what a
+    /// (re)connection cost. A client reconnecting with `initial_resource_versions` to an unchanged state gets 0.
+    pub resources_sent: u64,
+    pub removals_sent: u64,
 }
 
 /// The ADS service. Cheap to clone; every clone shares the snapshot, metrics and connection table.

@@ -139,6 +139,10 @@ impl Connection {
                 break;
             }
         }
+        self.close();
+    }
+
+    fn close(&self) {
         tracing::debug!(conn.id = self.id, node.id = %self.info.node_id, "xds stream closed");
         self.metrics.connected.dec();
         if let Ok(mut t) = self.table.lock() {
@@ -216,6 +220,19 @@ impl Connection {
             }
         }
         let first = !self.types.contains_key(&req.type_url);
+        if first
+            && !req.initial_resource_versions.is_empty()
+            && self.snapshots.borrow().generation == 0
+        {
+            // A client that holds resources (reconnecting to a just restarted controller) waits until the first
+            // state is computed: answered from the empty placeholder (generation 0), it would be told that
+            // everything it holds is gone. A clone waits, so the change still counts as unseen for the other
+            // types (a push follows). The sender goes when the controller loop stops (drain): then we close.
+            let mut computed = self.snapshots.clone();
+            if computed.wait_for(|s| s.generation > 0).await.is_err() {
+                return Err(Closed);
+            }
+        }
         let state = self.types.entry(req.type_url.clone()).or_default();
         if first {
             state.sent = req.initial_resource_versions.clone().into_iter().collect();
@@ -382,6 +399,8 @@ impl Connection {
         let status = self.info.types.entry(type_url.to_owned()).or_default();
         status.sent_nonce = nonce.clone();
         status.sent_generation = snap.generation;
+        status.resources_sent += resources.len() as u64;
+        status.removals_sent += removed.len() as u64;
         let resp = DeltaDiscoveryResponse {
             system_version_info: snap.generation.to_string(),
             resources,
