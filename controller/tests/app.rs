@@ -3,72 +3,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, SystemTime};
 
-use ambit_controller::app::{self, Config};
+use ambit_controller::app::Config;
 use ambit_controller::ca::{Subject, TokenAuthority};
-use ambit_controller::compute::ComputeConfig;
-use ambit_core::ca::LocalCa;
-use ambit_proto::ca::IstioCertificateRequest;
 use ambit_proto::ca::istio_certificate_service_client::IstioCertificateServiceClient;
 use ambit_proto::type_url::{ADDRESS, AUTHORIZATION};
 use ambit_proto::xds::DeltaDiscoveryRequest;
-use ambit_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-
-const MANIFESTS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}\n---\n\
-apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec: {nodeName: node1, serviceAccountName: client}\nstatus: {podIP: 10.0.0.1}\n---\n\
-apiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: demo, labels: {app: server}}\nspec: {nodeName: node2, serviceAccountName: server}\nstatus: {podIP: 10.0.0.2}\n";
-
-const POLICY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-client, namespace: demo}\n\
-spec: {action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]}]}\n";
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
-fn csr(uri: &str) -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![rcgen::SanType::URI(
-        rcgen::string::Ia5String::try_from(uri).unwrap(),
-    )];
-    params.serialize_request(&key).unwrap().pem().unwrap()
-}
+use support::{MANIFESTS, POLICY, http_get};
 
 #[tokio::test]
 async fn serves_xds_and_certificates_over_tls_and_reloads_manifests() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let manifests = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     std::fs::write(manifests.path().join("demo.yaml"), MANIFESTS).unwrap();
-    let cfg = Config {
-        manifests: vec![manifests.path().to_path_buf()],
-        state_dir: state.path().to_path_buf(),
-        tls_sans: vec!["localhost".into(), "127.0.0.1".into()],
-        listen: "127.0.0.1".parse().unwrap(),
-        xds_port: 0,
-        secure_port: 0,
-        monitoring_port: 0,
-        compute: ComputeConfig::default(),
-        debounce: Duration::from_millis(20),
-        require_xds_token: true,
-        drain_deadline: Duration::from_secs(1),
-        deploy_dir: None,
-    };
-    let ca = Arc::new(LocalCa::load_or_create(&state.path().join("ca"), "cluster.local").unwrap());
-    let running = app::start(cfg, ca).await.unwrap();
-    let mut ready = running.outputs.ready.clone();
-    ready.wait_for(|r| *r).await.unwrap();
+    let running = support::start_ready(support::config(manifests.path(), state.path())).await;
     assert!(
         http_get(running.monitoring_addr, "/ready")
             .await
@@ -83,36 +34,14 @@ async fn serves_xds_and_certificates_over_tls_and_reloads_manifests() {
         Duration::from_secs(600),
         SystemTime::now(),
     );
-    let root = std::fs::read_to_string(state.path().join("root-cert.pem")).unwrap();
-    let channel = Channel::from_shared(format!("https://{}", running.secure_addr))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&root))
-                .domain_name("localhost"),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let root = support::root_pem(state.path());
+    let channel = support::secure_channel(&running, &root).await;
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
 
     // CA: node1 may get the client's identity (client runs on node1), not the server's.
     let mut ca_client = IstioCertificateServiceClient::new(channel.clone());
     let ask = |id: &str| {
-        let mut req = tonic::Request::new(IstioCertificateRequest {
-            csr: csr(id),
-            validity_duration: 3600,
-            metadata: Some(prost_types::Struct {
-                fields: [(
-                    "ImpersonatedIdentity".to_owned(),
-                    prost_types::Value {
-                        kind: Some(prost_types::value::Kind::StringValue(id.to_owned())),
-                    },
-                )]
-                .into(),
-            }),
-        });
+        let mut req = tonic::Request::new(support::cert_request(id, true));
         req.metadata_mut().insert("authorization", bearer.clone());
         req
     };
@@ -131,15 +60,9 @@ async fn serves_xds_and_certificates_over_tls_and_reloads_manifests() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
     // xDS over TLS with the token.
-    let mut xds = AggregatedDiscoveryServiceClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut req = tonic::Request::new(ReceiverStream::new(rx));
-    req.metadata_mut().insert("authorization", bearer.clone());
-    let mut stream = xds
-        .delta_aggregated_resources(req)
+    let (tx, mut stream) = support::open_delta(channel, Some(bearer.clone()))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     for t in [ADDRESS, AUTHORIZATION] {
         tx.send(DeltaDiscoveryRequest {
             type_url: t.into(),
@@ -208,30 +131,16 @@ apiVersion: v1\nkind: Service\nmetadata: {name: server, namespace: demo}\nspec: 
 /// the Gateway's and the bound Service's status.
 #[tokio::test]
 async fn writes_waypoint_deployments_and_serves_status() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let manifests = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let deploy = tempfile::tempdir().unwrap();
     std::fs::write(deploy.path().join("other.yaml"), "kind: Untouched\n").unwrap();
     std::fs::write(manifests.path().join("wp.yaml"), WAYPOINT).unwrap();
-    let cfg = Config {
-        manifests: vec![manifests.path().to_path_buf()],
-        state_dir: state.path().to_path_buf(),
-        tls_sans: vec!["localhost".into()],
-        listen: "127.0.0.1".parse().unwrap(),
-        xds_port: 0,
-        secure_port: 0,
-        monitoring_port: 0,
-        compute: ComputeConfig::default(),
-        debounce: Duration::from_millis(20),
-        require_xds_token: true,
-        drain_deadline: Duration::from_secs(1),
+    let running = support::start_ready(Config {
         deploy_dir: Some(deploy.path().to_path_buf()),
-    };
-    let ca = Arc::new(LocalCa::load_or_create(&state.path().join("ca"), "cluster.local").unwrap());
-    let running = app::start(cfg, ca).await.unwrap();
-    let mut ready = running.outputs.ready.clone();
-    ready.wait_for(|r| *r).await.unwrap();
+        ..support::config(manifests.path(), state.path())
+    })
+    .await;
 
     let file = deploy.path().join("waypoint-demo.waypoint.yaml");
     for _ in 0..200 {

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -35,15 +37,6 @@ impl CsrSigner for EchoSigner {
             "root\n".to_owned(),
         ])
     }
-}
-
-fn csr(uri: &str) -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![rcgen::SanType::URI(
-        rcgen::string::Ia5String::try_from(uri).unwrap(),
-    )];
-    params.serialize_request(&key).unwrap().pem().unwrap()
 }
 
 struct Ca {
@@ -93,20 +86,7 @@ impl Ca {
         identity: &str,
         impersonate: bool,
     ) -> Result<Vec<String>, tonic::Code> {
-        let metadata = impersonate.then(|| prost_types::Struct {
-            fields: [(
-                "ImpersonatedIdentity".to_owned(),
-                prost_types::Value {
-                    kind: Some(prost_types::value::Kind::StringValue(identity.to_owned())),
-                },
-            )]
-            .into(),
-        });
-        let mut req = tonic::Request::new(IstioCertificateRequest {
-            csr: csr(identity),
-            validity_duration: 3600,
-            metadata,
-        });
+        let mut req = tonic::Request::new(support::cert_request(identity, impersonate));
         if let Some(t) = token {
             req.metadata_mut()
                 .insert("authorization", format!("Bearer {t}").parse().unwrap());
@@ -155,17 +135,9 @@ async fn node_token_gets_its_own_pods_identities_only() {
     );
     // The CSR must ask for the impersonated identity.
     let mut req = tonic::Request::new(IstioCertificateRequest {
-        csr: csr(S2),
+        csr: support::csr(S2),
         validity_duration: 60,
-        metadata: Some(prost_types::Struct {
-            fields: [(
-                "ImpersonatedIdentity".to_owned(),
-                prost_types::Value {
-                    kind: Some(prost_types::value::Kind::StringValue(S1.to_owned())),
-                },
-            )]
-            .into(),
-        }),
+        metadata: Some(support::impersonating(S1)),
     });
     req.metadata_mut()
         .insert("authorization", format!("Bearer {n1}").parse().unwrap());

@@ -3,27 +3,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use ambit_controller::app::{self, Config};
 use ambit_controller::ca::{Subject, TokenAuthority};
-use ambit_controller::compute::ComputeConfig;
-use ambit_core::ca::LocalCa;
 use ambit_core::grpc::{ControlPlaneConfig, IstioCaClient, RootCa, TokenSource};
 use ambit_core::readiness::Readiness;
 use ambit_core::signer::{CsrSigner, SignError};
 use ambit_core::xds::{Rejection, XdsClient, XdsHandler, XdsUpdate};
 use ambit_core::{Identity, drain};
 use ambit_proto::type_url::{ADDRESS, AUTHORIZATION};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const MANIFESTS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}\n---\n\
-apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec: {nodeName: node1, serviceAccountName: client}\nstatus: {podIP: 10.0.0.1}\n---\n\
-apiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: demo, labels: {app: server}}\nspec: {nodeName: node2, serviceAccountName: server}\nstatus: {podIP: 10.0.0.2}\n";
-
-const POLICY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-client, namespace: demo}\n\
-spec: {action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]}]}\n";
+use support::{MANIFESTS, POLICY, http_get};
 
 /// Records what it is given; rejects one workload to exercise NACKs.
 #[derive(Default)]
@@ -62,16 +54,6 @@ impl Recorder {
     }
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 /// Polls until `f` holds; the deadline is generous because CI may share its two cores with other builds.
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -86,26 +68,10 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ztunnel_clients_get_config_and_certificates_from_the_controller() {
-    ambit_core::tls::install_default_provider();
     let manifests = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     std::fs::write(manifests.path().join("demo.yaml"), MANIFESTS).unwrap();
-    let cfg = Config {
-        manifests: vec![manifests.path().to_path_buf()],
-        state_dir: state.path().to_path_buf(),
-        tls_sans: vec!["localhost".into(), "127.0.0.1".into()],
-        listen: "127.0.0.1".parse().unwrap(),
-        xds_port: 0,
-        secure_port: 0,
-        monitoring_port: 0,
-        compute: ComputeConfig::default(),
-        debounce: Duration::from_millis(20),
-        require_xds_token: true,
-        drain_deadline: Duration::from_secs(1),
-        deploy_dir: None,
-    };
-    let ca = Arc::new(LocalCa::load_or_create(&state.path().join("ca"), "cluster.local").unwrap());
-    let running = app::start(cfg, ca).await.unwrap();
+    let running = support::start(support::config(manifests.path(), state.path())).await;
     let token = TokenAuthority::load_or_create(state.path()).unwrap().issue(
         Subject::Node("node1".into()),
         Duration::from_secs(600),

@@ -4,25 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_controller::app::{self, Config};
-use ambit_controller::compute::ComputeConfig;
-use ambit_core::ca::LocalCa;
-use ambit_proto::ca::IstioCertificateRequest;
 use ambit_proto::ca::istio_certificate_service_client::IstioCertificateServiceClient;
 use ambit_proto::type_url::ADDRESS;
 use ambit_proto::xds::DeltaDiscoveryRequest;
-use ambit_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-
-const MANIFESTS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}\n---\n\
-apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec: {nodeName: node1, serviceAccountName: client}\nstatus: {podIP: 10.0.0.1}\n";
 
 const CLIENT: &str = "spiffe://cluster.local/ns/demo/sa/client";
 
@@ -62,22 +53,12 @@ fn header_from_file(path: &Path) -> MetadataValue<tonic::metadata::Ascii> {
     })
 }
 
-fn csr(uri: &str) -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![rcgen::SanType::URI(
-        rcgen::string::Ia5String::try_from(uri).unwrap(),
-    )];
-    params.serialize_request(&key).unwrap().pem().unwrap()
-}
-
 #[tokio::test]
 async fn token_files_from_the_cli_are_accepted_as_they_are() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let manifests = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
-    std::fs::write(manifests.path().join("demo.yaml"), MANIFESTS).unwrap();
+    std::fs::write(manifests.path().join("demo.yaml"), support::MANIFESTS).unwrap();
 
     // `controller token --node node1 > node-token` and `controller token --pod demo/client -o pod-token`.
     let node_file = files.path().join("node-token");
@@ -115,57 +96,15 @@ async fn token_files_from_the_cli_are_accepted_as_they_are() {
     let pod_header = header_from_file(&pod_file);
 
     // The controller on the same state directory (so the same token key).
-    let cfg = Config {
-        manifests: vec![manifests.path().to_path_buf()],
-        state_dir: state.path().to_path_buf(),
-        tls_sans: vec!["localhost".into()],
-        listen: "127.0.0.1".parse().unwrap(),
-        xds_port: 0,
-        secure_port: 0,
-        monitoring_port: 0,
-        compute: ComputeConfig::default(),
-        debounce: Duration::from_millis(20),
-        require_xds_token: true,
-        drain_deadline: Duration::from_secs(1),
-        deploy_dir: None,
-    };
-    let ca = Arc::new(LocalCa::load_or_create(&state.path().join("ca"), "cluster.local").unwrap());
-    let running = app::start(cfg, ca).await.unwrap();
-    let mut ready = running.outputs.ready.clone();
-    tokio::time::timeout(Duration::from_secs(60), ready.wait_for(|r| *r))
-        .await
-        .expect("controller ready within 60 s")
-        .unwrap();
-    let root = std::fs::read_to_string(state.path().join("root-cert.pem")).unwrap();
-    let channel = Channel::from_shared(format!("https://{}", running.secure_addr))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&root))
-                .domain_name("localhost"),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let running = support::start_ready(support::config(manifests.path(), state.path())).await;
+    let root = support::root_pem(state.path());
+    let channel = support::secure_channel(&running, &root).await;
 
     // CA: the node file gets the identity of a pod on node1 (impersonated, as a shared ztunnel asks), the pod file
     // that pod's identity.
     let mut ca_client = IstioCertificateServiceClient::new(channel.clone());
     let ask = |header: &MetadataValue<tonic::metadata::Ascii>, impersonate: bool| {
-        let mut req = tonic::Request::new(IstioCertificateRequest {
-            csr: csr(CLIENT),
-            validity_duration: 3600,
-            metadata: impersonate.then(|| prost_types::Struct {
-                fields: [(
-                    "ImpersonatedIdentity".to_owned(),
-                    prost_types::Value {
-                        kind: Some(prost_types::value::Kind::StringValue(CLIENT.to_owned())),
-                    },
-                )]
-                .into(),
-            }),
-        });
+        let mut req = tonic::Request::new(support::cert_request(CLIENT, impersonate));
         req.metadata_mut().insert("authorization", header.clone());
         req
     };
@@ -184,21 +123,15 @@ async fn token_files_from_the_cli_are_accepted_as_they_are() {
     }
 
     // xDS on the secure port with the pod file's bytes: the stream opens and the subscription is answered.
-    let mut xds = AggregatedDiscoveryServiceClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut req = tonic::Request::new(ReceiverStream::new(rx));
-    req.metadata_mut().insert("authorization", pod_header);
+    let (tx, mut stream) = support::open_delta(channel, Some(pod_header))
+        .await
+        .expect("xDS accepts the token file");
     tx.send(DeltaDiscoveryRequest {
         type_url: ADDRESS.into(),
         ..Default::default()
     })
     .await
     .unwrap();
-    let mut stream = xds
-        .delta_aggregated_resources(req)
-        .await
-        .expect("xDS accepts the token file")
-        .into_inner();
     let first = tokio::time::timeout(Duration::from_secs(60), stream.message())
         .await
         .expect("an answer within 60 s")

@@ -10,10 +10,12 @@
 //! * [`three_pods`]: the `ThreePods` topology of the L7 benchmark (client, waypoint, server on a bridge);
 //! * [`localconfig`]: ztunnel local-config YAML (upstream's format);
 //! * [`capture`] and [`pcap`]: tcpdump on a veth and a pcap reader with the "only HBONE on the wire" checks;
+//! * [`kube`]: the `ambit-apiserver` binary and `kubectl` against it, for the tests in Kubernetes mode;
 //! * [`prom`]: a Prometheus text-format reader for asserting on metrics;
 //! * [`tools`]: readers for `iperf3 -J` and `wrk --latency` output (used by the benchmark).
 
 pub mod capture;
+pub mod kube;
 pub mod local;
 pub mod localconfig;
 pub mod netns;

@@ -11,13 +11,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ambit_e2e::TestDir;
+use ambit_e2e::kube::{ApiServer, apply, binary, kubectl, label, set_pod_phase};
 use ambit_e2e::process::Process;
-use ambit_e2e::topology::{poll, sibling_binary};
+use ambit_e2e::topology::poll;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
@@ -114,52 +114,6 @@ spec:
   endpoints: [{address: 192.0.2.10}]
 ";
 
-fn binary(env: &str, name: &str) -> Result<PathBuf> {
-    sibling_binary(env, name).with_context(|| {
-        format!("{name} binary not found: cargo build -p ambit-controller -p ambit-apiserver (or set {env})")
-    })
-}
-
-fn kubectl_bin() -> PathBuf {
-    std::env::var_os("KUBECTL")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("kubectl"))
-}
-
-/// `kubectl --kubeconfig <kc> <args>`, with stdin from `input` when given; fails unless it succeeds.
-fn kubectl(kc: &Path, args: &[&str], input: Option<&str>) -> Result<String> {
-    let mut cmd = Command::new(kubectl_bin());
-    // Discovery cached next to the kubeconfig, not in the user's ~/.kube.
-    let cache = kc.with_file_name("kubectl-cache");
-    cmd.arg("--kubeconfig")
-        .arg(kc)
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(args);
-    cmd.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .context("run kubectl (apt-get install kubernetes-client)")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.unwrap_or_default().as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "kubectl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn apply(kc: &Path, yaml: &str) -> Result<String> {
-    kubectl(kc, &["apply", "-f", "-"], Some(yaml))
-}
-
 /// A plain HTTP/1.1 GET: (status code, body).
 fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -218,36 +172,24 @@ fn workload<'a>(resources: &'a Value, ns: &str, name: &str) -> Option<&'a Value>
 
 struct Cluster {
     dir: TestDir,
-    kubeconfig: PathBuf,
     // Field order is drop order: the controller goes before the API server.
     controller: Option<Process>,
-    _apiserver: Process,
+    apiserver: ApiServer,
 }
 
 impl Cluster {
     fn start(dir: TestDir) -> Result<Cluster> {
-        let kubeconfig = dir.join("kubeconfig");
-        let mut cmd = Command::new(binary("AMBIT_APISERVER_BIN", "ambit-apiserver")?);
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--bookmark-seconds",
-            "1",
-            "--kubeconfig",
-        ])
-        .arg(&kubeconfig)
-        .env("NO_COLOR", "1");
-        let apiserver = Process::spawn("apiserver", cmd, dir.path())?;
-        poll("the API server's kubeconfig", WAIT, || {
-            Ok(apiserver.output().contains("listening on").then_some(()))
-        })?;
+        let apiserver = ApiServer::start(dir.path())?;
         // The controller's own namespace, where its leader Lease lives (as in a cluster running istiod).
-        kubectl(&kubeconfig, &["create", "namespace", "istio-system"], None)?;
+        kubectl(
+            apiserver.kubeconfig(),
+            &["create", "namespace", "istio-system"],
+            None,
+        )?;
         Ok(Cluster {
             dir,
-            kubeconfig,
             controller: None,
-            _apiserver: apiserver,
+            apiserver,
         })
     }
 
@@ -275,9 +217,13 @@ impl Cluster {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<(Process, SocketAddr)> {
-        let mut cmd = Command::new(binary("AMBIT_CONTROLLER_BIN", "controller")?);
+        let mut cmd = Command::new(binary(
+            "AMBIT_CONTROLLER_BIN",
+            "controller",
+            "ambit-controller",
+        )?);
         cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+            .arg(self.apiserver.kubeconfig())
             .arg("--state-dir")
             .arg(self.dir.join("controller-state"))
             .args(["--listen", "127.0.0.1", "--tls-san", "localhost"])
@@ -329,26 +275,12 @@ fn until<T>(
 }
 
 fn scenario(cluster: &mut Cluster) -> Result<()> {
-    let kc = cluster.kubeconfig.clone();
+    let kc = cluster.apiserver.kubeconfig().to_owned();
     let kc = kc.as_path();
     // Before the controller: one CRD, an ambient namespace and a pod whose IP is in its status.
     apply(kc, AUTHZ_CRD)?;
     apply(kc, WORKLOADS)?;
-    kubectl(
-        kc,
-        &[
-            "patch",
-            "pod",
-            "web",
-            "-n",
-            "demo",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"phase":"Running","podIP":"10.1.0.5","podIPs":[{"ip":"10.1.0.5"}]}}"#,
-        ],
-        None,
-    )?;
+    set_pod_phase(kc, "demo", "web", "Running", "10.1.0.5")?;
 
     let started = Instant::now();
     let monitoring = cluster.start_controller()?;
@@ -380,25 +312,16 @@ fn scenario(cluster: &mut Cluster) -> Result<()> {
     ensure!(w["serviceAccount"] == "web" && w["node"] == "node1", "{w}");
 
     // Unlabelling the namespace takes the pod out of the mesh (it stays as a plain-text workload, as in istiod).
-    kubectl(
-        kc,
-        &["label", "namespace", "demo", "istio.io/dataplane-mode-"],
-        None,
-    )?;
+    label(kc, &["namespace", "demo"], "istio.io/dataplane-mode-")?;
     until("the pod no longer captured", monitoring, |r| {
         workload(r, "demo", "web")
             .filter(|w| w["tunnelProtocol"] != "HBONE")
             .map(|_| ())
     })?;
-    kubectl(
+    label(
         kc,
-        &[
-            "label",
-            "namespace",
-            "demo",
-            "istio.io/dataplane-mode=ambient",
-        ],
-        None,
+        &["namespace", "demo"],
+        "istio.io/dataplane-mode=ambient",
     )?;
     until("the pod captured again", monitoring, |r| {
         workload(r, "demo", "web")

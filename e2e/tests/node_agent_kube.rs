@@ -15,60 +15,26 @@
 //! ambit-cni -p ambit-apiserver`, or `AMBIT_NODE_AGENT_BIN` / `AMBIT_APISERVER_BIN`) and `kubectl` (`KUBECTL`,
 //! else on `PATH`; Debian: `apt-get install kubernetes-client`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use ambit_e2e::TestDir;
+use ambit_e2e::kube::{ApiServer, apply, binary, kubectl, label, set_pod_phase as set_phase};
 use ambit_e2e::netns::Netns;
 use ambit_e2e::process::Process;
-use ambit_e2e::topology::{poll, sibling_binary};
+use ambit_e2e::topology::poll;
 use anyhow::{Context, Result, bail, ensure};
 
 /// Generous: two shared cores, several builds at once.
 const WAIT: Duration = Duration::from_secs(60);
 
 const NODE: &str = "node-a";
+/// The ambient label and its opposites, as `kubectl label` takes them.
+const AMBIENT: &str = "istio.io/dataplane-mode=ambient";
+const OPT_OUT: &str = "istio.io/dataplane-mode=none";
+const UNLABELLED: &str = "istio.io/dataplane-mode-";
 const PROC_NODE: &str = "node-c";
-
-fn binary(env: &str, name: &str) -> Result<PathBuf> {
-    sibling_binary(env, name).with_context(|| {
-        format!(
-            "{name} binary not found: cargo build -p ambit-cni -p ambit-apiserver (or set {env})"
-        )
-    })
-}
-
-/// `kubectl --kubeconfig <kc> <args>`, with `input` on stdin; fails unless it succeeds.
-fn kubectl(kc: &Path, args: &[&str], input: Option<&str>) -> Result<String> {
-    let program = std::env::var_os("KUBECTL")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("kubectl"));
-    let mut child = Command::new(program)
-        .arg("--kubeconfig")
-        .arg(kc)
-        .arg("--cache-dir")
-        .arg(kc.with_file_name("kubectl-cache"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run kubectl (apt-get install kubernetes-client, or set KUBECTL)")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.unwrap_or_default().as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "kubectl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// A pod on `node` in namespace `ns`, its netns annotation set when given.
 fn pod_yaml(ns: &str, name: &str, node: &str, netns: Option<&str>) -> String {
@@ -79,28 +45,6 @@ fn pod_yaml(ns: &str, name: &str, node: &str, netns: Option<&str>) -> String {
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, {annotations}labels: {{app: {name}}}}}\n\
          spec: {{nodeName: {node}, serviceAccountName: {name}, containers: [{{name: app, image: app:1}}]}}\n"
     )
-}
-
-/// Patches the pod's status subresource to `phase` (with a pod IP).
-fn set_phase(kc: &Path, ns: &str, name: &str, phase: &str, ip: &str) -> Result<()> {
-    let patch =
-        format!(r#"{{"status":{{"phase":"{phase}","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#);
-    kubectl(
-        kc,
-        &[
-            "patch",
-            "pod",
-            name,
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &patch,
-        ],
-        None,
-    )?;
-    Ok(())
 }
 
 /// What the agent installs (`cni/src/rules.rs`), as seen inside a namespace.
@@ -151,26 +95,37 @@ impl Redirection {
     }
 }
 
-fn wait_installed(what: &str, netns: &Netns) -> Result<()> {
+/// Waits until what `netns` shows satisfies `done` (as [`Redirection::installed`] or [`Redirection::absent`]).
+fn wait_until(what: &str, netns: &Netns, done: fn(&Redirection) -> bool) -> Result<()> {
     let mut last = None;
     poll(what, WAIT, || {
         let r = Redirection::read(netns.name())?;
-        let done = r.installed();
+        let ok = done(&r);
         last = Some(r);
-        Ok(done.then_some(()))
+        Ok(ok.then_some(()))
     })
     .with_context(|| format!("last seen in {}: {last:?}", netns.name()))
 }
 
+fn wait_installed(what: &str, netns: &Netns) -> Result<()> {
+    wait_until(what, netns, Redirection::installed)
+}
+
 fn wait_absent(what: &str, netns: &Netns) -> Result<()> {
-    let mut last = None;
-    poll(what, WAIT, || {
-        let r = Redirection::read(netns.name())?;
-        let done = r.absent();
-        last = Some(r);
-        Ok(done.then_some(()))
-    })
-    .with_context(|| format!("last seen in {}: {last:?}", netns.name()))
+    wait_until(what, netns, Redirection::absent)
+}
+
+/// Neither the pod of another node nor the pod labelled `none` has rules.
+fn others_untouched(other: &Netns, optout: &Netns) -> Result<()> {
+    ensure!(
+        Redirection::read(other.name())?.absent(),
+        "a pod of another node was touched"
+    );
+    ensure!(
+        Redirection::read(optout.name())?.absent(),
+        "a pod labelled none was captured"
+    );
+    Ok(())
 }
 
 /// Waits until the agent's log has `needle` at least `times` times.
@@ -187,39 +142,26 @@ fn netns_path(ns: &Netns) -> String {
 }
 
 struct Cluster {
-    kubeconfig: PathBuf,
-    _apiserver: Process,
+    apiserver: ApiServer,
 }
 
 impl Cluster {
     fn start(dir: &TestDir) -> Result<Cluster> {
-        let kubeconfig = dir.join("kubeconfig");
-        let mut cmd = Command::new(binary("AMBIT_APISERVER_BIN", "ambit-apiserver")?);
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--bookmark-seconds",
-            "1",
-            "--kubeconfig",
-        ])
-        .arg(&kubeconfig)
-        .env("NO_COLOR", "1");
-        let apiserver = Process::spawn("apiserver", cmd, dir.path())?;
-        poll("the API server's kubeconfig", WAIT, || {
-            Ok(apiserver.output().contains("listening on").then_some(()))
-        })?;
         Ok(Cluster {
-            kubeconfig,
-            _apiserver: apiserver,
+            apiserver: ApiServer::start(dir.path())?,
         })
     }
 
     /// An agent in Kubernetes mode for `node`, its log in `<name>.stdout`/`.stderr`.
     fn agent(&self, dir: &TestDir, name: &str, node: &str, extra: &[&str]) -> Result<Process> {
-        let mut cmd = Command::new(binary("AMBIT_NODE_AGENT_BIN", "ambit-node-agent")?);
+        let mut cmd = Command::new(binary(
+            "AMBIT_NODE_AGENT_BIN",
+            "ambit-node-agent",
+            "ambit-cni",
+        )?);
         cmd.arg("--kube")
             .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+            .arg(self.apiserver.kubeconfig())
             .arg("--zds-socket")
             .arg(dir.join(&format!("{name}.sock")))
             .args(extra)
@@ -246,42 +188,22 @@ fn no_panic(agent: &Process) -> Result<()> {
 }
 
 fn annotation_mode(dir: &TestDir, cluster: &Cluster) -> Result<()> {
-    let kc = cluster.kubeconfig.as_path();
+    let kc = cluster.apiserver.kubeconfig();
     let web = Netns::create("nak-web")?;
     let other = Netns::create("nak-other")?;
     let optout = Netns::create("nak-optout")?;
     // Before the agent: an ambient namespace with a running pod of this node, a running pod of another node, and
     // a pod that opts out.
     kubectl(kc, &["create", "namespace", "demo"], None)?;
-    kubectl(
-        kc,
-        &[
-            "label",
-            "namespace",
-            "demo",
-            "istio.io/dataplane-mode=ambient",
-        ],
-        None,
-    )?;
+    label(kc, &["namespace", "demo"], AMBIENT)?;
     let pods = [
         pod_yaml("demo", "web", NODE, Some(&netns_path(&web))),
         pod_yaml("demo", "other", "node-b", Some(&netns_path(&other))),
         pod_yaml("demo", "optout", NODE, Some(&netns_path(&optout))),
     ]
     .join("---\n");
-    kubectl(kc, &["apply", "-f", "-"], Some(&pods))?;
-    kubectl(
-        kc,
-        &[
-            "label",
-            "pod",
-            "optout",
-            "-n",
-            "demo",
-            "istio.io/dataplane-mode=none",
-        ],
-        None,
-    )?;
+    apply(kc, &pods)?;
+    label(kc, &["pod", "optout", "-n", "demo"], OPT_OUT)?;
     set_phase(kc, "demo", "web", "Running", "10.9.0.5")?;
     set_phase(kc, "demo", "other", "Running", "10.9.0.6")?;
     set_phase(kc, "demo", "optout", "Running", "10.9.0.7")?;
@@ -294,70 +216,24 @@ fn annotation_mode(dir: &TestDir, cluster: &Cluster) -> Result<()> {
     // The pod that started before the agent is captured at its start.
     wait_installed("the running pod captured at start", &web)?;
     wait_logged(&agent, "pod captured", 1)?;
-    ensure!(
-        Redirection::read(other.name())?.absent(),
-        "a pod of another node was touched"
-    );
-    ensure!(
-        Redirection::read(optout.name())?.absent(),
-        "a pod labelled none was captured"
-    );
+    others_untouched(&other, &optout)?;
 
     // Unlabelling the namespace releases the running pod; labelling it again captures it, without a restart.
-    kubectl(
-        kc,
-        &["label", "namespace", "demo", "istio.io/dataplane-mode-"],
-        None,
-    )?;
+    label(kc, &["namespace", "demo"], UNLABELLED)?;
     wait_absent("the pod released after unlabelling its namespace", &web)?;
     wait_logged(&agent, "pod released", 1)?;
-    kubectl(
-        kc,
-        &[
-            "label",
-            "namespace",
-            "demo",
-            "istio.io/dataplane-mode=ambient",
-        ],
-        None,
-    )?;
+    label(kc, &["namespace", "demo"], AMBIENT)?;
     wait_installed("the pod captured again after relabelling", &web)?;
 
     // The pod's own label opts out and back in.
-    kubectl(
-        kc,
-        &[
-            "label",
-            "pod",
-            "web",
-            "-n",
-            "demo",
-            "istio.io/dataplane-mode=none",
-        ],
-        None,
-    )?;
+    label(kc, &["pod", "web", "-n", "demo"], OPT_OUT)?;
     wait_absent("the pod released by its own none label", &web)?;
-    kubectl(
-        kc,
-        &[
-            "label",
-            "pod",
-            "web",
-            "-n",
-            "demo",
-            "istio.io/dataplane-mode-",
-        ],
-        None,
-    )?;
+    label(kc, &["pod", "web", "-n", "demo"], UNLABELLED)?;
     wait_installed("the pod captured after dropping its label", &web)?;
 
     // A pod whose namespace does not exist yet: logged once, retried, captured once it exists.
     let late_path = format!("/var/run/netns/{}nak-late", ambit_e2e::netns::PREFIX);
-    kubectl(
-        kc,
-        &["apply", "-f", "-"],
-        Some(&pod_yaml("demo", "late", NODE, Some(&late_path))),
-    )?;
+    apply(kc, &pod_yaml("demo", "late", NODE, Some(&late_path)))?;
     set_phase(kc, "demo", "late", "Running", "10.9.0.8")?;
     wait_logged(&agent, "network namespace is not found yet", 1)?;
     let late = Netns::create("nak-late")?;
@@ -380,14 +256,7 @@ fn annotation_mode(dir: &TestDir, cluster: &Cluster) -> Result<()> {
         None,
     )?;
     wait_absent("the deleted pod released", &late)?;
-    ensure!(
-        Redirection::read(other.name())?.absent(),
-        "a pod of another node was touched"
-    );
-    ensure!(
-        Redirection::read(optout.name())?.absent(),
-        "a pod labelled none was captured"
-    );
+    others_untouched(&other, &optout)?;
     no_panic(&agent)
 }
 
@@ -440,25 +309,12 @@ impl Drop for PodCgroup {
 }
 
 fn proc_mode(dir: &TestDir, cluster: &Cluster) -> Result<()> {
-    let kc = cluster.kubeconfig.as_path();
+    let kc = cluster.apiserver.kubeconfig();
     let sandbox = Netns::create("nak-proc")?;
     kubectl(kc, &["create", "namespace", "cluster"], None)?;
-    kubectl(
-        kc,
-        &[
-            "label",
-            "namespace",
-            "cluster",
-            "istio.io/dataplane-mode=ambient",
-        ],
-        None,
-    )?;
+    label(kc, &["namespace", "cluster"], AMBIENT)?;
     // No annotation: the agent must find the namespace through /proc.
-    kubectl(
-        kc,
-        &["apply", "-f", "-"],
-        Some(&pod_yaml("cluster", "app", PROC_NODE, None)),
-    )?;
+    apply(kc, &pod_yaml("cluster", "app", PROC_NODE, None))?;
     set_phase(kc, "cluster", "app", "Running", "10.9.1.5")?;
     let uid = kubectl(
         kc,

@@ -3,18 +3,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_core::Identity;
 use ambit_core::ca::LocalCa;
-use ambit_core::hbone::{self, H2Config, HboneClient, HboneError, PoolKey};
-use ambit_core::tls::{TlsBackend, TlsConnector, WorkloadCert};
+use ambit_core::hbone::{HboneError, PoolKey};
+use ambit_core::tls::{TlsBackend, TlsConnector};
 use ambit_ztunnel::app::{self, Running};
-use ambit_ztunnel::config::{Config, LocalXds, ProxyMode, WorkloadInfo};
+use ambit_ztunnel::config::{Config, LocalXds, ProxyMode};
+use support::{connect_request, hbone_client, http_get, wait_ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Two "pods" and their ztunnels. `net` picks a 127.0.<net>.0/24 range so tests can run side by side.
 struct Pair {
@@ -58,27 +61,7 @@ fn config(
     backend: TlsBackend,
 ) -> Config {
     let ip: IpAddr = format!("127.0.{net}.{host}").parse().unwrap();
-    let mut cfg = Config::for_tests();
-    cfg.proxy_mode = ProxyMode::Dedicated;
-    cfg.proxy_workload_info = Some(WorkloadInfo {
-        namespace: "default".into(),
-        name: name.into(),
-        service_account: name.into(),
-    });
-    cfg.local_xds = Some(LocalXds::Inline(yaml));
-    cfg.xds_address = None;
-    cfg.ca_address = None;
-    cfg.fake_ca = false;
-    cfg.local_ca_dir = Some(ca_dir.to_path_buf());
-    cfg.socks5_enabled = true;
-    cfg.outbound_addr = SocketAddr::new(ip, 0);
-    cfg.inbound_addr = SocketAddr::new(ip, 0);
-    cfg.hbone_addr = SocketAddr::new(ip, 15008);
-    cfg.socks5_addr = SocketAddr::new(ip, 0);
-    cfg.admin_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.stats_addr = SocketAddr::new(ip, 0);
-    cfg.readiness_addr = SocketAddr::new(ip, 0);
-    cfg.packet_mark = None;
+    let mut cfg = support::pod_config(ip, name, LocalXds::Inline(yaml), ca_dir);
     cfg.tls_backend = backend.to_string();
     cfg
 }
@@ -88,24 +71,18 @@ async fn pair(net: u8, server_policies: &str) -> Pair {
 }
 
 async fn pair_with(net: u8, server_policies: &str, backend: TlsBackend) -> Pair {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let ca_dir = tempfile::tempdir().unwrap();
     let yaml = config_yaml(net, server_policies);
-    let log = ambit_core::logging::LogHandle::noop();
-    let server = app::start(
-        config(net, 3, "server", yaml.clone(), ca_dir.path(), backend),
-        log.clone(),
-        None,
-    )
-    .await
-    .unwrap();
-    let client = app::start(
-        config(net, 2, "client", yaml, ca_dir.path(), backend),
-        log,
-        None,
-    )
-    .await
-    .unwrap();
+    let server = support::start(config(
+        net,
+        3,
+        "server",
+        yaml.clone(),
+        ca_dir.path(),
+        backend,
+    ))
+    .await;
+    let client = support::start(config(net, 2, "client", yaml, ca_dir.path(), backend)).await;
     Pair {
         client,
         server,
@@ -116,60 +93,18 @@ async fn pair_with(net: u8, server_policies: &str, backend: TlsBackend) -> Pair 
 
 /// An echo server "in" the server pod.
 async fn echo(ip: IpAddr) -> SocketAddr {
-    let l = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
+    support::echo(SocketAddr::new(ip, 0)).await
 }
 
 /// Opens a connection to `dst` through the ztunnel's SOCKS5 listener.
 async fn socks_connect(socks: SocketAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
     let mut s = TcpStream::connect(socks).await?;
-    s.write_all(&[5, 1, 0]).await?;
-    let mut m = [0u8; 2];
-    s.read_exact(&mut m).await?;
-    let IpAddr::V4(v4) = dst.ip() else {
-        panic!("v4 only")
-    };
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&v4.octets());
-    req.extend_from_slice(&dst.port().to_be_bytes());
-    s.write_all(&req).await?;
-    let mut rep = [0u8; 10];
-    s.read_exact(&mut rep).await?;
-    assert_eq!(rep[1], 0, "socks5 reply");
+    support::socks5_handshake(&mut s, dst).await?;
     Ok(s)
-}
-
-/// The whole HTTP/1.1 response (head and body) to `GET path`.
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 async fn metrics(addr: SocketAddr) -> String {
     http_get(addr, "/metrics").await
-}
-
-async fn wait_ready(r: &Running) {
-    for _ in 0..100 {
-        if r.readiness.is_ready() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("not ready: {:?}", r.readiness.pending());
 }
 
 /// Runs once per TLS backend compiled in (rustls; BoringSSL with `--features tls-boring`).
@@ -226,47 +161,6 @@ async fn tunnel_and_metrics(net: u8, backend: TlsBackend) {
         client_metrics.contains("istio_tcp_connections_opened_total{reporter=\"source\""),
         "{client_metrics}"
     );
-}
-
-/// An HBONE client with its own certificate from the shared CA.
-fn hbone_client(
-    ca_dir: &std::path::Path,
-    id: &Identity,
-) -> (HboneClient<DirectConnector>, Arc<WorkloadCert>) {
-    let ca = LocalCa::load_or_create(ca_dir, "cluster.local").unwrap();
-    let cert = Arc::new(ca.issue_workload(id, Duration::from_secs(3600)).unwrap());
-    let client = HboneClient::new(
-        Arc::new(H2Config::default()),
-        DirectConnector { cert: cert.clone() },
-    );
-    (client, cert)
-}
-
-struct DirectConnector {
-    cert: Arc<WorkloadCert>,
-}
-
-#[async_trait::async_trait]
-impl hbone::Connect for DirectConnector {
-    type Io = ambit_core::tls::ClientTlsStream<TcpStream>;
-    async fn connect(&self, key: &PoolKey) -> Result<Self::Io, HboneError> {
-        let tcp = TcpStream::connect(key.dst)
-            .await
-            .map_err(|e| HboneError::Transport(e.to_string()))?;
-        let c = TlsConnector::new(self.cert.clone(), TlsBackend::default())
-            .map_err(|e| HboneError::Tls(e.to_string()))?;
-        c.connect(tcp, &key.dst_identities)
-            .await
-            .map_err(|e| HboneError::Tls(e.to_string()))
-    }
-}
-
-fn connect_request(authority: &str) -> http::Request<()> {
-    http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(authority)
-        .body(())
-        .unwrap()
 }
 
 fn key(src: &Identity, dst: Identity, addr: SocketAddr) -> PoolKey {

@@ -5,26 +5,25 @@
 //!
 //! One server ztunnel per test on 127.0.<net>.3 (dedicated mode, local config), a real mTLS HBONE client with a
 //! certificate from the same local CA, and an echo application. The plaintext test needs `SO_ORIGINAL_DST`, so it
-//! runs as root in a network namespace of its own with an iptables DNAT rule, and says loudly when it skipped.
+//! runs as root in a network namespace of its own with an iptables DNAT rule, and says loudly when it skipped; so
+//! does the test of `SO_ORIGINAL_DST` itself (`proxy::socket::original_dst`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
 
 use ambit_core::Identity;
-use ambit_core::ca::LocalCa;
-use ambit_core::hbone::{self, H2Config, HboneClient, HboneError, PoolKey};
-use ambit_core::tls::{TlsBackend, TlsConnector, WorkloadCert};
-use ambit_ztunnel::app::{self, Running};
-use ambit_ztunnel::config::{Config, LocalXds, ProxyMode, WorkloadInfo};
+use ambit_core::hbone::{self, HboneError, PoolKey};
+use ambit_ztunnel::app::Running;
+use ambit_ztunnel::config::{Config, LocalXds};
 use ambit_ztunnel::localconfig;
+use ambit_ztunnel::proxy::socket::{SocketFactory, original_dst};
+use support::{WAIT, echo, round_trip};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
-/// Generous: the machine is small and shared.
-const WAIT: Duration = Duration::from_secs(30);
 const SERVER_UID: &str = "cluster1//v1/Pod/default/server";
 
 fn world(net: u8, tunnel_port: Option<u16>) -> String {
@@ -48,27 +47,13 @@ workloads:
 
 fn config(net: u8, tunnel_port: Option<u16>, ca_dir: &std::path::Path) -> Config {
     let ip: IpAddr = format!("127.0.{net}.3").parse().unwrap();
-    let mut cfg = Config::for_tests();
-    cfg.proxy_mode = ProxyMode::Dedicated;
-    cfg.proxy_workload_info = Some(WorkloadInfo {
-        namespace: "default".into(),
-        name: "server".into(),
-        service_account: "server".into(),
-    });
-    cfg.local_xds = Some(LocalXds::Inline(world(net, tunnel_port)));
-    cfg.xds_address = None;
-    cfg.ca_address = None;
-    cfg.fake_ca = false;
-    cfg.local_ca_dir = Some(ca_dir.to_path_buf());
+    let mut cfg = support::pod_config(
+        ip,
+        "server",
+        LocalXds::Inline(world(net, tunnel_port)),
+        ca_dir,
+    );
     cfg.socks5_enabled = false;
-    cfg.outbound_addr = SocketAddr::new(ip, 0);
-    cfg.inbound_addr = SocketAddr::new(ip, 0);
-    cfg.hbone_addr = SocketAddr::new(ip, 15008);
-    cfg.socks5_addr = SocketAddr::new(ip, 0);
-    cfg.admin_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.stats_addr = SocketAddr::new(ip, 0);
-    cfg.readiness_addr = SocketAddr::new(ip, 0);
-    cfg.packet_mark = None;
     cfg
 }
 
@@ -83,42 +68,16 @@ async fn server(net: u8) -> Server {
 }
 
 async fn server_with(net: u8, edit: impl FnOnce(&mut Config)) -> Server {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let ca_dir = tempfile::tempdir().unwrap();
     let mut cfg = config(net, None, ca_dir.path());
     edit(&mut cfg);
-    let zt = app::start(cfg, ambit_core::logging::LogHandle::noop(), None)
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !zt.readiness.is_ready() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not ready: {:?}",
-            zt.readiness.pending()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let zt = support::start(cfg).await;
+    support::wait_ready(&zt).await;
     Server {
         zt,
         ip: format!("127.0.{net}.3").parse().unwrap(),
         ca_dir,
     }
-}
-
-/// An echo application "in" the server pod.
-async fn echo(ip: IpAddr) -> SocketAddr {
-    let l = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
 }
 
 /// Adds (or replaces) the policies of `yaml` (the local config format) through the state's writer.
@@ -149,16 +108,6 @@ policies:
   - - - principals: [{Exact: "cluster.local/ns/default/sa/client"}]
 "#;
 
-async fn round_trip(s: &mut (impl AsyncRead + AsyncWrite + Unpin), payload: &[u8]) {
-    s.write_all(payload).await.unwrap();
-    let mut back = vec![0u8; payload.len()];
-    tokio::time::timeout(WAIT, s.read_exact(&mut back))
-        .await
-        .expect("echo timed out")
-        .expect("echo failed");
-    assert_eq!(back, payload);
-}
-
 /// The connection is closed by the other side (EOF or reset), not left open.
 async fn assert_closed(s: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
     let _ = s.write_all(b"anyone?").await;
@@ -177,49 +126,21 @@ async fn assert_closed(s: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
 
 // ----- an HBONE client -----
 
-struct DirectConnector {
-    cert: Arc<WorkloadCert>,
-}
-
-#[async_trait::async_trait]
-impl hbone::Connect for DirectConnector {
-    type Io = ambit_core::tls::ClientTlsStream<TcpStream>;
-    async fn connect(&self, key: &PoolKey) -> Result<Self::Io, HboneError> {
-        let tcp = TcpStream::connect(key.dst)
-            .await
-            .map_err(|e| HboneError::Transport(e.to_string()))?;
-        let c = TlsConnector::new(self.cert.clone(), TlsBackend::default())
-            .map_err(|e| HboneError::Tls(e.to_string()))?;
-        c.connect(tcp, &key.dst_identities)
-            .await
-            .map_err(|e| HboneError::Tls(e.to_string()))
-    }
-}
-
 /// Opens an HBONE stream as `default/client` to `target` through the server's ztunnel.
 async fn hbone_stream(s: &Server, target: SocketAddr) -> hbone::H2Stream {
     try_hbone_stream(s, target).await.expect("allowed stream")
 }
 
 async fn try_hbone_stream(s: &Server, target: SocketAddr) -> Result<hbone::H2Stream, HboneError> {
-    let ca = LocalCa::load_or_create(s.ca_dir.path(), "cluster.local").unwrap();
     let client_id = Identity::new("cluster.local", "default", "client");
-    let cert = Arc::new(
-        ca.issue_workload(&client_id, Duration::from_secs(3600))
-            .unwrap(),
-    );
-    let client = HboneClient::new(Arc::new(H2Config::default()), DirectConnector { cert });
+    let (client, _) = support::hbone_client(s.ca_dir.path(), &client_id);
     let key = PoolKey {
         src_identity: client_id,
         dst_identities: vec![Identity::new("cluster.local", "default", "server")],
         dst: SocketAddr::new(s.ip, 15008),
         src_ip: "127.0.0.1".parse().unwrap(),
     };
-    let req = http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(target.to_string())
-        .body(())
-        .unwrap();
+    let req = support::connect_request(&target.to_string());
     let (stream, resp) = client.connect(key, req).await?;
     assert_eq!(resp.status, http::StatusCode::OK);
     Ok(stream)
@@ -230,7 +151,7 @@ async fn try_hbone_stream(s: &Server, target: SocketAddr) -> Result<hbone::H2Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hbone_stream_is_closed_when_a_policy_change_denies_it() {
     let s = server(81).await;
-    let target = echo(s.ip).await;
+    let target = echo(SocketAddr::new(s.ip, 0)).await;
     let mut stream = hbone_stream(&s, target).await;
     round_trip(&mut stream, b"before").await;
     // A policy that does not apply to the server (scope WORKLOAD_SELECTOR, not named by it) changes nothing.
@@ -246,7 +167,7 @@ async fn hbone_stream_is_closed_when_a_policy_change_denies_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hbone_stream_is_closed_when_a_workload_update_denies_it() {
     let s = server(82).await;
-    let target = echo(s.ip).await;
+    let target = echo(SocketAddr::new(s.ip, 0)).await;
     add_policies(&s.zt, DENY_CLIENT_SELECTED);
     let original = s.zt.state.workload_by_uid(SERVER_UID).unwrap();
     let mut selected = original.as_ref().clone();
@@ -273,74 +194,19 @@ async fn hbone_stream_is_closed_when_a_workload_update_denies_it() {
 /// own.
 #[test]
 fn plaintext_connection_is_closed_when_a_policy_change_denies_it() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED: plaintext_connection_is_closed_when_a_policy_change_denies_it needs root (netns + iptables)"
-        );
-        return;
-    }
-    // Namespaces are per thread: every thread the runtime and ztunnel start from this one inherits it.
-    std::thread::spawn(|| {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        run(&["ip", "link", "set", "lo", "up"]);
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(plaintext_recheck(83));
-    })
-    .join()
-    .unwrap();
-}
-
-/// Whether the effective uid is 0 (from `/proc/self/status`: `Uid: real effective saved fs`).
-fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
-}
-
-fn run(cmd: &[&str]) {
-    let out = std::process::Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    support::as_root_in_own_netns(
+        "plaintext_connection_is_closed_when_a_policy_change_denies_it",
+        || plaintext_recheck(83),
     );
 }
 
 async fn plaintext_recheck(net: u8) {
     let s = server(net).await;
-    let target = echo(s.ip).await;
+    let target = echo(SocketAddr::new(s.ip, 0)).await;
     let client_ip: IpAddr = format!("127.0.{net}.2").parse().unwrap();
     // Only the client's connections are redirected: ztunnel's own to the application go straight through.
     let inbound = s.zt.addresses.inbound;
-    run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-s",
-        &client_ip.to_string(),
-        "-d",
-        &target.ip().to_string(),
-        "--dport",
-        &target.port().to_string(),
-        "-j",
-        "DNAT",
-        "--to-destination",
-        &inbound.to_string(),
-    ]);
+    support::dnat(Some(client_ip), target, inbound);
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind(SocketAddr::new(client_ip, 0)).unwrap();
     let mut conn = sock.connect(target).await.unwrap();
@@ -358,6 +224,33 @@ async fn plaintext_recheck(net: u8) {
     s.zt.drain().await;
 }
 
+/// `SO_ORIGINAL_DST` of a DNATed connection is the address the client dialled, and that of a connection that was
+/// not redirected (conntrack on, as it is wherever redirection rules exist) is the address it reached. Needs root:
+/// a network namespace of its own with an iptables DNAT rule.
+#[test]
+fn original_dst_is_the_address_dialled_before_redirection() {
+    support::as_root_in_own_netns(
+        "original_dst_is_the_address_dialled_before_redirection",
+        || async {
+            let f = SocketFactory::default();
+            let l = f
+                .listen("127.0.0.1:0".parse().unwrap(), false, false)
+                .unwrap();
+            let listening = l.local_addr().unwrap();
+            let dialled: SocketAddr = "127.0.0.7:80".parse().unwrap();
+            support::dnat(None, dialled, listening);
+            let _redirected = f.connect(dialled, None).await.unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            assert_eq!(s.local_addr().unwrap(), listening);
+            assert_eq!(original_dst(&s).unwrap(), dialled);
+
+            let _direct = f.connect(listening, None).await.unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            assert_eq!(original_dst(&s).unwrap(), listening);
+        },
+    );
+}
+
 // ----- application tunnels -----
 
 /// A workload with a PROXY-protocol application tunnel is reached on loopback at the tunnel port by default
@@ -366,7 +259,7 @@ async fn plaintext_recheck(net: u8) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_protocol_app_tunnel_is_dialled_on_loopback() {
     for (net, localhost) in [(84, true), (85, false)] {
-        let app = echo("127.0.0.1".parse().unwrap()).await;
+        let app = echo("127.0.0.1:0".parse().unwrap()).await;
         let s = server_with(net, |cfg| {
             cfg.localhost_app_tunnel = localhost;
             cfg.local_xds = Some(LocalXds::Inline(world(net, Some(app.port()))));

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -13,10 +15,10 @@ use std::time::Duration;
 use ambit_core::Identity;
 use ambit_core::ca::LocalCa;
 use ambit_core::hbone::{self, H2Config, HboneClient, HboneError, PoolKey};
-use ambit_core::tls::{TlsAcceptor, TlsBackend, TlsConnector, WorkloadCert};
-use ambit_ztunnel::app::{self, Running};
-use ambit_ztunnel::config::{Config, LocalXds, ProxyMode, WorkloadInfo};
+use ambit_core::tls::{TlsAcceptor, TlsBackend, WorkloadCert};
+use ambit_ztunnel::config::{Config, LocalXds};
 use http::StatusCode;
+use support::{http_get, round_trip, wait_ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -87,51 +89,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn config(pod: &str, name: &str, xds: LocalXds, ca_dir: &Path) -> Config {
-    let ip = ip(pod);
-    let mut cfg = Config::for_tests();
-    cfg.proxy_mode = ProxyMode::Dedicated;
-    cfg.proxy_workload_info = Some(WorkloadInfo {
-        namespace: "default".into(),
-        name: name.into(),
-        service_account: name.into(),
-    });
-    cfg.local_xds = Some(xds);
-    cfg.xds_address = None;
-    cfg.ca_address = None;
-    cfg.fake_ca = false;
-    cfg.local_ca_dir = Some(ca_dir.to_path_buf());
-    cfg.socks5_enabled = true;
-    cfg.outbound_addr = SocketAddr::new(ip, 0);
-    cfg.inbound_addr = SocketAddr::new(ip, 0);
-    cfg.hbone_addr = SocketAddr::new(ip, 15008);
-    cfg.socks5_addr = SocketAddr::new(ip, 0);
-    cfg.admin_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.stats_addr = SocketAddr::new(ip, 0);
-    cfg.readiness_addr = SocketAddr::new(ip, 0);
-    cfg.packet_mark = None;
-    cfg
-}
-
-async fn wait_ready(r: &Running) {
-    for _ in 0..100 {
-        if r.readiness.is_ready() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("not ready: {:?}", r.readiness.pending());
-}
-
-async fn echo(addr: SocketAddr) {
-    let l = TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    support::pod_config(ip(pod), name, xds, ca_dir)
 }
 
 /// A connection "from the client pod" (bound to its IP) to `dst` through the ztunnel's SOCKS5 listener.
@@ -139,30 +97,8 @@ async fn socks_connect(socks: SocketAddr, dst: SocketAddr) -> TcpStream {
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind(SocketAddr::new(ip(CLIENT), 0)).unwrap();
     let mut s = sock.connect(socks).await.unwrap();
-    s.write_all(&[5, 1, 0]).await.unwrap();
-    let mut m = [0u8; 2];
-    s.read_exact(&mut m).await.unwrap();
-    let IpAddr::V4(v4) = dst.ip() else {
-        panic!("v4 only")
-    };
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&v4.octets());
-    req.extend_from_slice(&dst.port().to_be_bytes());
-    s.write_all(&req).await.unwrap();
-    let mut rep = [0u8; 10];
-    s.read_exact(&mut rep).await.unwrap();
-    assert_eq!(rep[1], 0, "socks5 reply");
+    support::socks5_handshake(&mut s, dst).await.unwrap();
     s
-}
-
-async fn round_trip(s: &mut TcpStream, payload: &[u8]) {
-    s.write_all(payload).await.unwrap();
-    let mut back = vec![0u8; payload.len()];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
-        .await
-        .expect("echo timed out")
-        .unwrap();
-    assert_eq!(back, payload);
 }
 
 /// The connection is closed by the other side (EOF or reset) instead of hanging.
@@ -187,27 +123,6 @@ struct Seen {
     upstream: Result<StatusCode, String>,
 }
 
-struct Connector {
-    cert: Arc<WorkloadCert>,
-    src: IpAddr,
-}
-
-#[async_trait::async_trait]
-impl hbone::Connect for Connector {
-    type Io = ambit_core::tls::ClientTlsStream<TcpStream>;
-    async fn connect(&self, key: &PoolKey) -> Result<Self::Io, HboneError> {
-        let t = |e: std::io::Error| HboneError::Transport(e.to_string());
-        let sock = TcpSocket::new_v4().map_err(t)?;
-        sock.bind(SocketAddr::new(self.src, 0)).map_err(t)?;
-        let tcp = sock.connect(key.dst).await.map_err(t)?;
-        let c = TlsConnector::new(self.cert.clone(), TlsBackend::default())
-            .map_err(|e| HboneError::Tls(e.to_string()))?;
-        c.connect(tcp, &key.dst_identities)
-            .await
-            .map_err(|e| HboneError::Tls(e.to_string()))
-    }
-}
-
 /// A waypoint at `WAYPOINT:15008` with identity `sa/waypoint`: it reports every CONNECT on the channel and, as an
 /// L7 waypoint does, sends it on with its own HBONE to `podIP:15008`, authority `podIP:targetPort` (from
 /// `routes`, keyed by the authority it got). A refused upstream CONNECT is answered 503.
@@ -219,9 +134,9 @@ async fn fake_waypoint(
     let acceptor = TlsAcceptor::new(cert.clone(), TlsBackend::default()).unwrap();
     let client = Arc::new(HboneClient::new(
         Arc::new(H2Config::default()),
-        Connector {
+        support::DirectConnector {
             cert: cert.clone(),
-            src: ip(WAYPOINT),
+            src: Some(ip(WAYPOINT)),
         },
     ));
     let routes = Arc::new(routes);
@@ -328,51 +243,30 @@ fn header<'a>(s: &'a Seen, name: &str) -> &'a str {
         .unwrap()
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_traffic_goes_through_the_waypoint() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let ca_dir = tempfile::tempdir().unwrap();
     let xds_dir = tempfile::tempdir().unwrap();
     let xds_file = xds_dir.path().join("xds.yaml");
     std::fs::write(&xds_file, world(USE_WAYPOINT)).unwrap();
-    let log = ambit_core::logging::LogHandle::noop();
-    let server = app::start(
-        config(
-            SERVER,
-            "server",
-            LocalXds::Inline(world(USE_WAYPOINT)),
-            ca_dir.path(),
-        ),
-        log.clone(),
-        None,
-    )
-    .await
-    .unwrap();
-    let client = app::start(
-        config(
-            CLIENT,
-            "client",
-            LocalXds::Path(xds_file.clone()),
-            ca_dir.path(),
-        ),
-        log,
-        None,
-    )
-    .await
-    .unwrap();
+    let server = support::start(config(
+        SERVER,
+        "server",
+        LocalXds::Inline(world(USE_WAYPOINT)),
+        ca_dir.path(),
+    ))
+    .await;
+    let client = support::start(config(
+        CLIENT,
+        "client",
+        LocalXds::Path(xds_file.clone()),
+        ca_dir.path(),
+    ))
+    .await;
     wait_ready(&server).await;
     wait_ready(&client).await;
-    echo(SocketAddr::new(ip(SERVER), 18080)).await;
-    echo(SocketAddr::new(ip(SERVER), 18081)).await;
+    support::echo(SocketAddr::new(ip(SERVER), 18080)).await;
+    support::echo(SocketAddr::new(ip(SERVER), 18081)).await;
     let ca = LocalCa::load_or_create(ca_dir.path(), "cluster.local").unwrap();
     let waypoint_id = Identity::new("cluster.local", "default", "waypoint");
     let cert = Arc::new(

@@ -1,19 +1,38 @@
-//! What the controller's xDS tests share: a compute from manifest text, a waypoint's node, a delta ADS client
-//! that ACKs what it receives, and an xDS server on a loopback port serving one snapshot channel.
+//! What the controller's tests share: a compute from manifest text, a waypoint's node, a delta ADS client
+//! that ACKs what it receives, and an xDS server on a loopback port serving one snapshot channel; the whole
+//! controller in-process on temporary directories with a TLS channel to its secure port; CSRs and certificate
+//! requests as a ztunnel sends them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
+use ambit_controller::app::{self, Config};
 use ambit_controller::compute::{self, ComputeConfig, Resources};
 use ambit_controller::index::Index;
 use ambit_controller::sources::manifest::ManifestState;
 use ambit_controller::xds::{Snapshot, XdsMetrics, XdsServer};
+use ambit_core::ca::LocalCa;
+use ambit_proto::ca::IstioCertificateRequest;
 use ambit_proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use ambit_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
 use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+/// A namespace in the ambient mesh with a client pod on node1 and a server pod on node2.
+pub const MANIFESTS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}\n---\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec: {nodeName: node1, serviceAccountName: client}\nstatus: {podIP: 10.0.0.1}\n---\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: demo, labels: {app: server}}\nspec: {nodeName: node2, serviceAccountName: server}\nstatus: {podIP: 10.0.0.2}\n";
+
+/// Denies the client pod's identity in `demo`.
+pub const POLICY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-client, namespace: demo}\n\
+spec: {action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]}]}\n";
 
 /// An xDS server for the snapshots sent on the returned channel, and its address.
 pub async fn serve(first: &Resources) -> (watch::Sender<Arc<Snapshot>>, std::net::SocketAddr) {
@@ -70,15 +89,12 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: std::net::SocketAddr) -> Client {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
             .await
             .unwrap();
-        let (tx, rx) = mpsc::channel(8);
-        let stream = client
-            .delta_aggregated_resources(tonic::Request::new(ReceiverStream::new(rx)))
-            .await
-            .unwrap()
-            .into_inner();
+        let (tx, stream) = open_delta(channel, None).await.unwrap();
         Client { tx, stream }
     }
 
@@ -115,8 +131,132 @@ impl Client {
     }
 }
 
+/// Opens a delta ADS stream on `channel`, with `authorization` as that header when given; the requests go on
+/// the returned sender.
+pub async fn open_delta(
+    channel: Channel,
+    authorization: Option<MetadataValue<Ascii>>,
+) -> Result<
+    (
+        mpsc::Sender<DeltaDiscoveryRequest>,
+        tonic::Streaming<DeltaDiscoveryResponse>,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = mpsc::channel(8);
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(value) = authorization {
+        req.metadata_mut().insert("authorization", value);
+    }
+    let stream = AggregatedDiscoveryServiceClient::new(channel)
+        .delta_aggregated_resources(req)
+        .await?
+        .into_inner();
+    Ok((tx, stream))
+}
+
 pub fn names(r: &DeltaDiscoveryResponse) -> Vec<String> {
     let mut n: Vec<String> = r.resources.iter().map(|r| r.name.clone()).collect();
     n.sort();
     n
+}
+
+/// The in-process controller's configuration for `manifests` and `state`: every port picked free on loopback,
+/// a serving certificate for `localhost` and `127.0.0.1`, tokens required for xDS, no deploy directory.
+pub fn config(manifests: &Path, state: &Path) -> Config {
+    Config {
+        manifests: vec![manifests.to_path_buf()],
+        state_dir: state.to_path_buf(),
+        tls_sans: vec!["localhost".into(), "127.0.0.1".into()],
+        listen: "127.0.0.1".parse().unwrap(),
+        xds_port: 0,
+        secure_port: 0,
+        monitoring_port: 0,
+        compute: ComputeConfig::default(),
+        debounce: Duration::from_millis(20),
+        require_xds_token: true,
+        drain_deadline: Duration::from_secs(1),
+        deploy_dir: None,
+    }
+}
+
+/// Starts the controller with a local CA kept in `<state_dir>/ca` (installing the TLS provider first).
+pub async fn start(cfg: Config) -> app::Running {
+    ambit_core::tls::install_default_provider();
+    let ca = Arc::new(LocalCa::load_or_create(&cfg.state_dir.join("ca"), "cluster.local").unwrap());
+    app::start(cfg, ca).await.unwrap()
+}
+
+/// [`start`], then waits (60 s at most) until the controller reports ready.
+pub async fn start_ready(cfg: Config) -> app::Running {
+    let running = start(cfg).await;
+    let mut ready = running.outputs.ready.clone();
+    tokio::time::timeout(Duration::from_secs(60), ready.wait_for(|r| *r))
+        .await
+        .expect("controller ready within 60 s")
+        .unwrap();
+    running
+}
+
+/// The root certificate the controller wrote to its state directory.
+pub fn root_pem(state: &Path) -> String {
+    std::fs::read_to_string(state.join("root-cert.pem")).unwrap()
+}
+
+/// A TLS channel to the controller's secure port, verified against `root` by the name `localhost`.
+pub async fn secure_channel(running: &app::Running, root: &str) -> Channel {
+    Channel::from_shared(format!("https://{}", running.secure_addr))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(root))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// `GET path` over HTTP/1.1 with `Connection: close`; the whole response, head and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// A PEM CSR with a fresh key and `uri` as its only SAN.
+pub fn csr(uri: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from(uri).unwrap(),
+    )];
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+/// The request metadata a shared ztunnel sends to ask for `identity` on a pod's behalf.
+pub fn impersonating(identity: &str) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: [(
+            "ImpersonatedIdentity".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(identity.to_owned())),
+            },
+        )]
+        .into(),
+    }
+}
+
+/// A one-hour certificate request for `identity`, impersonated when `impersonate`, without credentials.
+pub fn cert_request(identity: &str, impersonate: bool) -> IstioCertificateRequest {
+    IstioCertificateRequest {
+        csr: csr(identity),
+        validity_duration: 3600,
+        metadata: impersonate.then(|| impersonating(identity)),
+    }
 }

@@ -2,6 +2,8 @@
 //! status, the other serves and computes but writes nothing; SIGKILL of the leader hands the Lease (and the status
 //! writes) to the standby after the lease expires, SIGTERM of a leader hands it over at once (it releases it).
 
+use std::path::Path;
+
 use nix::sys::signal::Signal;
 
 use super::*;
@@ -163,7 +165,7 @@ fn point_route_at(kc: &Path, backend: &str) -> Result<()> {
 }
 
 fn leader_scenario(cluster: &Cluster, replicas: &mut Vec<Replica>) -> Result<()> {
-    let kc = cluster.kubeconfig.clone();
+    let kc = cluster.apiserver.kubeconfig().to_owned();
     let kc = kc.as_path();
     apply(kc, GATEWAY_API_CRDS)?;
     poll("the Gateway API CRDs served", WAIT, || {

@@ -1,6 +1,8 @@
 //! The status the controller writes back by server-side apply, read with `kubectl get -o json` and compared with
 //! its `/debug/status`.
 
+use std::path::Path;
+
 use super::*;
 
 /// A waypoint (no pod yet, so not programmed), a Service that uses it and a route with the Service as parent.
@@ -121,7 +123,7 @@ fn stay_unwritten(kc: &Path, objects: &[(&str, &str)], before: &[Value]) -> Resu
 }
 
 fn status_scenario(cluster: &mut Cluster) -> Result<()> {
-    let kc = cluster.kubeconfig.clone();
+    let kc = cluster.apiserver.kubeconfig().to_owned();
     let kc = kc.as_path();
     apply(kc, GATEWAY_API_CRDS)?;
     poll("the Gateway API CRDs served", WAIT, || {
