@@ -96,6 +96,11 @@ pub async fn start_on(
         .tls_backend
         .parse()
         .map_err(|e| anyhow::anyhow!("TLS_BACKEND: {e}"))?;
+    ambit_core::tls::TlsPolicy::install_from_settings(
+        cfg.crl_path.as_deref(),
+        &cfg.compliance_policy,
+        tls_backend,
+    )?;
     let certs = CertManager::new(signer(&cfg).await?, cfg.secret_ttl);
     let me = SelfInfo {
         gateway: (cfg.namespace.clone(), cfg.gateway_name.clone()),

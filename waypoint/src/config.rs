@@ -68,6 +68,10 @@ pub struct Config {
     pub local_ca_dir: Option<PathBuf>,
     pub secret_ttl: Duration,
     pub tls_backend: String,
+    /// `CRL_PATH`: peers whose certificate (or an intermediate) this CRL file revokes are refused.
+    pub crl_path: Option<PathBuf>,
+    /// `COMPLIANCE_POLICY`: empty, or `pqc` (key exchange X25519MLKEM768 only).
+    pub compliance_policy: String,
     /// `ISTIO_META_<K>=v` entries, keyed by `<K>`.
     pub proxy_metadata: BTreeMap<String, String>,
 
@@ -165,6 +169,14 @@ impl Config {
         let any = |port: u16| SocketAddr::new(unspecified, port);
         let localhost = |port: u16| SocketAddr::new(loopback, port);
 
+        let compliance_policy = get("COMPLIANCE_POLICY").unwrap_or_default();
+        if let Err(e) = compliance_policy.parse::<ambit_core::tls::CompliancePolicy>() {
+            return Err(invalid(
+                "COMPLIANCE_POLICY",
+                &compliance_policy,
+                e.to_string(),
+            ));
+        }
         let service_account = get("SERVICE_ACCOUNT")
             .or_else(|| get("GATEWAY_NAME"))
             .unwrap_or_else(|| "waypoint".into());
@@ -217,6 +229,8 @@ impl Config {
             local_ca_dir,
             secret_ttl: duration("SECRET_TTL", Duration::from_secs(24 * 3600))?,
             tls_backend: get("TLS_BACKEND").unwrap_or_else(|| "rustls".into()),
+            crl_path: get("CRL_PATH").map(PathBuf::from),
+            compliance_policy,
             proxy_metadata,
             hbone_addr: addr("WAYPOINT_HBONE_ADDR", any(15008))?,
             admin_addr: addr("WAYPOINT_ADMIN_ADDR", localhost(15000))?,
@@ -304,6 +318,25 @@ mod tests {
                 .get("ISTIO_META_CLUSTER_ID")
                 .map(String::as_str),
             Some("c1")
+        );
+    }
+
+    #[test]
+    fn crl_path_and_compliance_policy_are_read_and_checked() {
+        let base = [("FAKE_CA", "true"), ("LOCAL_XDS_PATH", "/x")];
+        let c = Config::from_env(&env(&base)).unwrap();
+        assert_eq!((c.crl_path, c.compliance_policy.as_str()), (None, ""));
+        let mut vars = base.to_vec();
+        vars.extend([("CRL_PATH", "/etc/crl.pem"), ("COMPLIANCE_POLICY", "pqc")]);
+        let c = Config::from_env(&env(&vars)).unwrap();
+        assert_eq!(c.crl_path, Some(PathBuf::from("/etc/crl.pem")));
+        assert_eq!(c.compliance_policy, "pqc");
+        let mut vars = base.to_vec();
+        vars.push(("COMPLIANCE_POLICY", "fips-2099"));
+        let e = Config::from_env(&env(&vars)).unwrap_err();
+        assert!(
+            e.to_string().starts_with("COMPLIANCE_POLICY=\"fips-2099\""),
+            "{e}"
         );
     }
 

@@ -17,7 +17,7 @@ use ambit_core::hbone::{H2Config, HboneClient};
 use ambit_core::logging::LogHandle;
 use ambit_core::readiness::Readiness;
 use ambit_core::signer::CsrSigner;
-use ambit_core::tls::{CompliancePolicy, CrlStore, DEFAULT_CRL_POLL, TlsBackend, TlsPolicy};
+use ambit_core::tls::{TlsBackend, TlsPolicy};
 use ambit_core::xds::{Rejection, XdsClient, XdsHandler, XdsUpdate};
 use ambit_core::{Identity, metrics as core_metrics};
 use anyhow::Context;
@@ -558,29 +558,11 @@ impl Listeners {
     }
 }
 
-/// `CRL_PATH` and `COMPLIANCE_POLICY` become core's process-wide TLS policy, used by every acceptor and connector.
-/// Nothing is installed when neither is set, so several default ztunnels can share a test process.
+/// `CRL_PATH` and `COMPLIANCE_POLICY` become core's process-wide TLS policy, used by every acceptor and connector
+/// (see [`TlsPolicy::install_from_settings`]); the CRL file is polled on the control runtime.
 fn install_tls_policy(cfg: &Config, backend: TlsBackend, control: &Handle) -> anyhow::Result<()> {
-    let compliance: CompliancePolicy = cfg
-        .compliance_policy
-        .parse()
-        .map_err(|e| anyhow::anyhow!("COMPLIANCE_POLICY: {e}"))?;
-    let crl = match &cfg.crl_path {
-        Some(path) => {
-            let store = CrlStore::load(path).context("CRL_PATH")?;
-            info!(path = %path.display(), crls = store.len(), "loaded CRL file");
-            let _runtime = control.enter();
-            drop(store.watch(DEFAULT_CRL_POLL));
-            Some(store)
-        }
-        None => None,
-    };
-    let policy = TlsPolicy { compliance, crl };
-    policy.check_backend(backend)?;
-    if compliance != CompliancePolicy::Default || policy.crl.is_some() {
-        policy.install()?;
-    }
-    Ok(())
+    let _runtime = control.enter();
+    TlsPolicy::install_from_settings(cfg.crl_path.as_deref(), &cfg.compliance_policy, backend)
 }
 
 fn bind_std(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {

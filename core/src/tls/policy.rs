@@ -76,6 +76,36 @@ impl TlsPolicy {
             .map_err(|_| TlsError::Config("a TLS policy is already installed".into()))
     }
 
+    /// `CRL_PATH` and `COMPLIANCE_POLICY` as both proxies read them at start: parsed, checked against `backend`
+    /// and, when either is set, installed as the process policy with the CRL file polled every
+    /// [`DEFAULT_CRL_POLL`](super::DEFAULT_CRL_POLL). Nothing is installed when neither is set, so several proxies
+    /// with default settings can share a (test) process. Must run inside a Tokio runtime when a CRL is given.
+    pub fn install_from_settings(
+        crl_path: Option<&std::path::Path>,
+        compliance: &str,
+        backend: TlsBackend,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let compliance: CompliancePolicy = compliance
+            .parse()
+            .map_err(|e| anyhow::anyhow!("COMPLIANCE_POLICY: {e}"))?;
+        let crl = match crl_path {
+            Some(path) => {
+                let store = CrlStore::load(path).context("CRL_PATH")?;
+                tracing::info!(path = %path.display(), crls = store.len(), "loaded CRL file");
+                drop(store.watch(super::DEFAULT_CRL_POLL));
+                Some(store)
+            }
+            None => None,
+        };
+        let policy = TlsPolicy { compliance, crl };
+        policy.check_backend(backend)?;
+        if compliance != CompliancePolicy::Default || policy.crl.is_some() {
+            policy.install()?;
+        }
+        Ok(())
+    }
+
     /// The installed policy, or the default one (no CRL, no compliance restriction).
     pub fn process() -> &'static TlsPolicy {
         PROCESS_POLICY.get().unwrap_or(&NO_POLICY)
