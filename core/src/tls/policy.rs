@@ -134,13 +134,18 @@ pub(crate) struct PolicyKey {
 
 /// Built configurations of one certificate, one per policy in use (normally exactly one).
 pub(crate) struct PolicyCache<T> {
-    // Held only for a lookup or an insert, never across a build or an await.
+    /// The first policy's entry, read without a lock: every connection of a proxy uses the process policy, so
+    /// this is the one a handshake finds.
+    first: OnceLock<(PolicyKey, Arc<T>)>,
+    /// Any other policy's (tests with explicit policies). Held only for a lookup or an insert, never across a
+    /// build or an await.
     entries: Mutex<Vec<(PolicyKey, TlsPolicy, Arc<T>)>>,
 }
 
 impl<T> Default for PolicyCache<T> {
     fn default() -> Self {
         PolicyCache {
+            first: OnceLock::new(),
             entries: Mutex::new(Vec::new()),
         }
     }
@@ -154,10 +159,19 @@ impl<T> PolicyCache<T> {
         build: impl FnOnce() -> Result<T, E>,
     ) -> Result<Arc<T>, E> {
         let key = policy.cache_key();
+        if let Some((k, hit)) = self.first.get()
+            && *k == key
+        {
+            return Ok(hit.clone());
+        }
         if let Some(hit) = self.lookup(key) {
             return Ok(hit);
         }
         let built = Arc::new(build()?);
+        // The first policy built takes the lock-free slot (the `Arc` of its CRL store stays alive in `entries`).
+        if self.first.get().is_none() {
+            let _ = self.first.set((key, built.clone()));
+        }
         let mut entries = self
             .entries
             .lock()
