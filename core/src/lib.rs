@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod authz;
 pub mod ca;
+pub mod cmdline;
 pub mod cert;
 pub mod dns_forward;
 pub mod drain;

@@ -10,6 +10,11 @@ use anyhow::Context;
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
+    ambit_core::cmdline::handle(
+        "waypoint",
+        "configured from the environment with the variables ztunnel reads where they mean the same (waypoint/src/config.rs)",
+        &[],
+    );
     let env: HashMap<String, String> = std::env::vars().collect();
     let json = env.get("LOG_FORMAT").is_some_and(|f| f == "json");
     let log = ambit_core::logging::init("info", json);

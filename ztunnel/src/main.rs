@@ -11,6 +11,11 @@ use anyhow::Context;
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
+    ambit_core::cmdline::handle(
+        "ztunnel",
+        "configured from the environment, as upstream ztunnel is (ztunnel/src/config.rs; docs/INTEROP.md)",
+        &[&["proxy", "ztunnel"]],
+    );
     let env: HashMap<String, String> = std::env::vars().collect();
     let json = env.get("LOG_FORMAT").is_some_and(|f| f == "json");
     let log = ambit_core::logging::init("info", json);
