@@ -36,7 +36,9 @@ section "system packages"
 # Tools of the e2e tests and the benchmark (with the Python gRPC and WebSocket clients), plus the C toolchain for the BoringSSL backend (cmake; libclang for bindgen).
 packages=(ca-certificates build-essential pkg-config git cmake libclang-dev
           iptables nftables iproute2 iputils-ping netcat-openbsd curl iperf3 wrk nghttp2-client tcpdump tshark
-          procps util-linux python3-grpcio python3-websockets prometheus)
+          procps util-linux python3-grpcio python3-websockets prometheus
+          buildah debootstrap)
+# buildah + debootstrap: the image test (scripts/image-test.sh builds the Containerfile on a debootstrapped base).
 # The embedded API server's kubectl test (apiserver/tests/api/kubectl.rs): Debian's kubectl, unless one is installed.
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 if [ "${AMBIT_TEST_SKIP_APT:-}" = 1 ] || [ $is_root = 0 ]; then
@@ -81,6 +83,13 @@ cargo test --workspace --exclude ambit-e2e
 section "TLS backend parity (core TLS/HBONE tests and whole-ztunnel tunnel test with BoringSSL)"
 cargo test -p ambit-core --features tls-boring
 cargo test -p ambit-ztunnel --features tls-boring --test direct
+
+section "container image (scripts/image-test.sh: Containerfile built with buildah, every binary starts in it)"
+if [ $is_root = 1 ]; then
+  AMBIT_IMAGE_TEST_REQUIRED=1 scripts/image-test.sh
+else
+  scripts/image-test.sh
+fi
 
 # ---------------------------------------------------------------------------------------------------------------
 section "end-to-end tests (network namespaces: ztunnel pair, controller, the local mesh; cargo test -p ambit-e2e)"
