@@ -37,8 +37,9 @@ section "system packages"
 packages=(ca-certificates build-essential pkg-config git cmake libclang-dev
           iptables nftables iproute2 iputils-ping netcat-openbsd curl iperf3 wrk nghttp2-client tcpdump tshark
           procps util-linux python3-grpcio python3-websockets prometheus
-          buildah debootstrap)
-# buildah + debootstrap: the image test (scripts/image-test.sh builds the Containerfile on a debootstrapped base).
+          buildah debootstrap python3-venv)
+# buildah + debootstrap: the image test (scripts/image-test.sh builds the Containerfile on a debootstrapped base);
+# python3-venv: the Helm chart tests (scripts/helm/test.sh installs Helm's library and kubernetes-validate from PyPI).
 # The embedded API server's kubectl test (apiserver/tests/api/kubectl.rs): Debian's kubectl, unless one is installed.
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 if [ "${AMBIT_TEST_SKIP_APT:-}" = 1 ] || [ $is_root = 0 ]; then
@@ -83,6 +84,9 @@ cargo test --workspace --exclude ambit-e2e
 section "TLS backend parity (core TLS/HBONE tests and whole-ztunnel tunnel test with BoringSSL)"
 cargo test -p ambit-core --features tls-boring
 cargo test -p ambit-ztunnel --features tls-boring --test direct
+
+section "Helm charts (scripts/helm/test.sh: the real Helm engine renders and lints every chart; Kubernetes schemas; golden files; env and flags cross-checked against the code)"
+scripts/helm/test.sh
 
 section "container image (scripts/image-test.sh: Containerfile built with buildah, every binary starts in it)"
 if [ $is_root = 1 ]; then
