@@ -157,6 +157,13 @@ try:
 except helm.HelmError as e:
     assert "failureMode must be open or closed" in str(e), e
 
+# Negative: several controller replicas without a shared CA would each mint their own root.
+try:
+    render("controller", {"replicaCount": 2})
+    fail("controller: replicaCount=2 without pluginCA rendered")
+except helm.HelmError as e:
+    assert "needs pluginCA.enabled" in str(e), e
+
 if failures:
     print(f"{len(failures)} failure(s)")
     sys.exit(1)
