@@ -14,7 +14,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
 bin_dir=${1:-$target/debug}
-bins=(ztunnel waypoint controller ambit-node-agent ambit ambit-apiserver)
+bins=(ztunnel waypoint controller ambit-node-agent ambit-cni ambit ambit-apiserver)
 base=localhost/ambit-base:bookworm
 image=localhost/ambit:image-test
 mirror=${AMBIT_DEBIAN_MIRROR:-http://deb.debian.org/debian}

@@ -37,9 +37,10 @@ section "system packages"
 packages=(ca-certificates build-essential pkg-config git cmake libclang-dev
           iptables nftables iproute2 iputils-ping netcat-openbsd curl iperf3 wrk nghttp2-client tcpdump tshark
           procps util-linux python3-grpcio python3-websockets prometheus
-          buildah debootstrap python3-venv)
+          buildah debootstrap python3-venv containernetworking-plugins)
 # buildah + debootstrap: the image test (scripts/image-test.sh builds the Containerfile on a debootstrapped base);
-# python3-venv: the Helm chart tests (scripts/helm/test.sh installs Helm's library and kubernetes-validate from PyPI).
+# python3-venv: the Helm chart tests (scripts/helm/test.sh installs Helm's library and kubernetes-validate from PyPI);
+# containernetworking-plugins: the CNI plugin chained after the real bridge + host-local (cni/tests/plugin.rs).
 # The embedded API server's kubectl test (apiserver/tests/api/kubectl.rs): Debian's kubectl, unless one is installed.
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 if [ "${AMBIT_TEST_SKIP_APT:-}" = 1 ] || [ $is_root = 0 ]; then

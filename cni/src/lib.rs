@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod kube;
 pub mod netns;
+pub mod plugin;
 pub mod rules;
 pub mod server;
 
