@@ -19,14 +19,16 @@ struct Run {
     stderr: String,
 }
 
-fn plugin(env: &[(&str, &str)], stdin: &str) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ambit-cni"));
-    cmd.env_clear()
+/// Execs a CNI plugin binary the way a runtime does: a clean environment, the netconf on stdin.
+fn exec(bin: &Path, env: &[(&str, &str)], stdin: &str) -> Run {
+    let mut child = Command::new(bin)
+        .env_clear()
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn ambit-cni");
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
     child
         .stdin
         .take()
@@ -39,6 +41,10 @@ fn plugin(env: &[(&str, &str)], stdin: &str) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+fn plugin(env: &[(&str, &str)], stdin: &str) -> Run {
+    exec(Path::new(env!("CARGO_BIN_EXE_ambit-cni")), env, stdin)
 }
 
 /// A node agent stand-in: answers each connection with `answer` and reports the requests it got.
@@ -291,30 +297,11 @@ fn chained_after_the_real_bridge_plugin() {
                  "dataDir": dir.path().join("ipam")},
     });
     let env = env_for("ADD", &ns_path);
-    let run_bridge = |env: &[(&str, &str)]| {
-        let mut child = Command::new(bridge)
-            .env_clear()
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(bridge_conf.to_string().as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let bridge_conf = bridge_conf.to_string();
+    let run_bridge = |env: &[(&str, &str)]| exec(bridge, env, &bridge_conf);
     let out = run_bridge(&env);
-    assert!(
-        out.status.success(),
-        "bridge ADD: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let prev: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.code, 0, "bridge ADD: {} {}", out.stdout, out.stderr);
+    let prev: Value = serde_json::from_str(&out.stdout).unwrap();
     assert!(
         prev["ips"][0]["address"]
             .as_str()
@@ -344,5 +331,5 @@ fn chained_after_the_real_bridge_plugin() {
     let run = plugin(&del, &netconf(&socket, "closed", Some(&prev)));
     assert_eq!(run.code, 0, "{}", run.stdout);
     assert_eq!(requests.recv().unwrap().command, PluginCommand::Del);
-    assert!(run_bridge(&del).status.success(), "bridge DEL");
+    assert_eq!(run_bridge(&del).code, 0, "bridge DEL");
 }
