@@ -18,6 +18,8 @@ use anyhow::{Context, Result, bail};
 /// Every namespace of the local mesh starts with this.
 pub const PREFIX: &str = "ambit-l-";
 pub const NET_NS: &str = "ambit-l-net";
+/// The pod bridge's address (locally administered).
+const BRIDGE_MAC: &str = "02:a6:b1:70:00:01";
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// The runtime's readiness probes come from this address, as kubelet's do once istio-cni SNATs them on a node
@@ -106,7 +108,12 @@ pub fn write_resolv_conf(ns: &str, search: &[String]) -> Result<()> {
 pub fn create_network() -> Result<()> {
     create_ns(NET_NS)?;
     let n = NET_NS;
-    ip(&["-n", n, "link", "add", BRIDGE, "type", "bridge"])?;
+    // A fixed address: a bridge without one takes its lowest port's, so it changes as pods' veths join, and pods
+    // that resolved the gateway before keep sending to the old address (dropped as another host's) until their
+    // neighbour entry goes stale, tens of seconds later.
+    ip(&[
+        "-n", n, "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge",
+    ])?;
     ip(&[
         "-n",
         n,
