@@ -3,6 +3,7 @@
 //! pods to the node's ztunnel over ZDS.
 
 pub mod agent;
+pub mod install;
 pub mod kube;
 pub mod netns;
 pub mod plugin;
