@@ -8,6 +8,7 @@
 //! started before the agent. A pod whose namespace cannot be found yet is retried every [`RETRY`], and logged
 //! once; so is a pod whose redirection failed to install.
 
+mod plugin_calls;
 pub mod pod;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -16,16 +17,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::kube::Client;
 use ::kube::api::Api;
 use ::kube::runtime::reflector::{self, Store};
 use ::kube::runtime::{WatchStreamExt, watcher};
-use ::kube::Client;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use tracing::{info, warn};
 
 use crate::agent::{LocalPod, NodeAgent};
 use crate::netns::{NetnsLookup, NetnsQuery};
+use crate::plugin_server::PluginCall;
+use plugin_calls::{Announced, Calls};
 use pod::{NodePod, PodState};
 
 /// How soon a pod that could not be captured (namespace not found, rules failed) is tried again.
@@ -35,6 +38,8 @@ pub const RETRY: Duration = Duration::from_secs(1);
 enum Change {
     Pods(Seen),
     Namespaces(Seen),
+    /// A request of the CNI plugin ([`plugin_calls`]).
+    Plugin(PluginCall),
 }
 
 enum Seen {
@@ -55,12 +60,14 @@ impl Seen {
     }
 }
 
-/// Watches the API for `node`'s pods and reconciles `agent` until `shutdown` completes.
+/// Watches the API for `node`'s pods and reconciles `agent` until `shutdown` completes; answers the CNI plugin's
+/// requests from `plugin` (the [`crate::plugin_server`] channel) when the plugin is installed.
 pub async fn run(
     client: Client,
     node: &str,
     agent: NodeAgent,
     lookup: Arc<dyn NetnsLookup>,
+    mut plugin: Option<tokio::sync::mpsc::Receiver<PluginCall>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let (pods, pod_writer) = reflector::store::<Pod>();
@@ -99,6 +106,13 @@ pub async fn run(
                     break;
                 }
             },
+            call = next_call(&mut plugin) => match call {
+                Some(call) => Some(Change::Plugin(call)),
+                None => {
+                    plugin = None;
+                    None
+                }
+            },
             _ = sleep_until(retry_at) => None,
         };
         // The changes already there go in the same reconcile.
@@ -106,8 +120,10 @@ pub async fn run(
         while let Some(Some(ev)) = events.next().now_or_never() {
             batch.push(ev);
         }
+        let mut calls = Vec::new();
         for ev in batch {
             match ev {
+                Change::Plugin(call) => calls.push(call),
                 Change::Pods(Seen::Listed) if !pods_listed => {
                     pods_listed = true;
                     info!(
@@ -126,9 +142,24 @@ pub async fn run(
             }
         }
         if pods_listed && namespaces_listed {
+            node_state.take_calls(calls);
             let behind = node_state.reconcile().await;
-            retry_at = behind.then(|| tokio::time::Instant::now() + RETRY);
+            node_state.answer_calls();
+            retry_at = (behind || node_state.calls.is_waiting())
+                .then(|| tokio::time::Instant::now() + RETRY);
+        } else {
+            // Nothing is decided before both listings are complete.
+            node_state.calls_before_listing(calls);
         }
+    }
+}
+
+async fn next_call(
+    plugin: &mut Option<tokio::sync::mpsc::Receiver<PluginCall>>,
+) -> Option<PluginCall> {
+    match plugin {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -151,6 +182,9 @@ struct NodeState {
     waiting: HashSet<String>,
     /// Pods that cannot be read (logged once each).
     unreadable: HashSet<String>,
+    /// uid → the sandbox the CNI plugin announced (captured while still `Pending`).
+    announced: HashMap<String, Announced>,
+    calls: Calls,
 }
 
 impl NodeState {
@@ -168,7 +202,18 @@ impl NodeState {
             netns: HashMap::new(),
             waiting: HashSet::new(),
             unreadable: HashSet::new(),
+            announced: HashMap::new(),
+            calls: Calls::default(),
         }
+    }
+
+    fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        self.namespaces
+            .state()
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(namespace))
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default()
     }
 
     /// The enrolled running pods, with their namespace's labels (netns still empty).
@@ -184,6 +229,7 @@ impl NodeState {
             .collect();
         let none = BTreeMap::new();
         let mut unreadable = HashSet::new();
+        let mut present = HashSet::new();
         let mut out = Vec::new();
         for p in self.pods.state() {
             let pod = match NodePod::try_from(p.as_ref()) {
@@ -201,16 +247,23 @@ impl NodeState {
                     continue;
                 }
             };
-            if pod.state != PodState::Running {
-                continue;
-            }
+            let announced = self.announced.get(&pod.uid);
+            let netns = match (&pod.state, announced) {
+                (PodState::Finished | PodState::HostNetwork, _) => continue,
+                (_, Some(a)) => a.netns.clone(),
+                (PodState::Running, None) => PathBuf::new(),
+                (PodState::NotReady, None) => continue,
+            };
+            present.insert(pod.uid.clone());
             let ns_labels = labels.get(&pod.namespace).unwrap_or(&none);
-            let local = pod.local(ns_labels, PathBuf::new());
+            let local = pod.local(ns_labels, netns);
             if self.agent.is_captured(&local) {
                 out.push(local);
             }
         }
         self.unreadable = unreadable;
+        // An announcement ends with its pod.
+        self.announced.retain(|uid, _| present.contains(uid));
         out
     }
 
@@ -219,6 +272,7 @@ impl NodeState {
         let enrolled = self.enrolled();
         let queries: Vec<(NetnsQuery, Option<PathBuf>)> = enrolled
             .iter()
+            .filter(|p| p.netns.as_os_str().is_empty())
             .map(|p| {
                 let query = NetnsQuery {
                     uid: p.uid.clone(),
@@ -256,6 +310,12 @@ impl NodeState {
         let mut netns = HashMap::new();
         let mut pods = Vec::with_capacity(enrolled.len());
         for mut pod in enrolled {
+            if !pod.netns.as_os_str().is_empty() {
+                // Announced by the plugin: the runtime's own path.
+                netns.insert(pod.uid.clone(), pod.netns.clone());
+                pods.push(pod);
+                continue;
+            }
             match found.get(&pod.uid) {
                 Some(Ok(path)) => {
                     if self.waiting.remove(&pod.uid) {

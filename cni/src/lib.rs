@@ -7,6 +7,8 @@ pub mod install;
 pub mod kube;
 pub mod netns;
 pub mod plugin;
+pub mod plugin_install;
+pub mod plugin_server;
 pub mod rules;
 pub mod server;
 

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_cni::install::InstallConfig;
 use ambit_cni::netns::{AnnotationNetns, NETNS_ANNOTATION, NetnsLookup, ProcNetns};
+use ambit_cni::plugin_install as install;
 use ambit_cni::{AgentConfig, LocalPod, NodeAgent, ZdsServer};
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -50,6 +52,39 @@ struct Args {
     /// Namespaces never captured.
     #[arg(long, value_delimiter = ',', default_value = "kube-system")]
     excluded_namespaces: Vec<String>,
+    #[command(flatten)]
+    cni: CniArgs,
+}
+
+/// The chained CNI plugin (Kubernetes mode): installed into the node's CNI configuration, answered on a socket.
+#[derive(clap::Args, Debug)]
+struct CniArgs {
+    /// Install the `ambit-cni` plugin into the node's CNI configuration and answer it, so pods are captured
+    /// before their containers start; removed again when the agent stops.
+    #[arg(long, env = "INSTALL_CNI", default_value_t = false, action = clap::ArgAction::Set)]
+    install_cni: bool,
+    /// Where the node's CNI binaries are (the plugin is copied there).
+    #[arg(long, env = "CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// Where the node's CNI configuration is.
+    #[arg(long, env = "CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// The primary CNI's configuration file; empty: the first one, as the runtime picks it.
+    #[arg(long, env = "CNI_CONF_FILE_NAME", default_value = "")]
+    cni_conf_file_name: String,
+    /// Chain after the primary CNI (the only way Ambit installs: `false` is refused).
+    #[arg(long, env = "CHAINED_CNI_PLUGIN", default_value_t = true, action = clap::ArgAction::Set)]
+    chained_cni_plugin: bool,
+    /// The socket the plugin asks the agent on.
+    #[arg(long, env = "CNI_PLUGIN_SOCKET", default_value = ambit_cni::plugin::DEFAULT_SOCKET)]
+    cni_plugin_socket: PathBuf,
+    /// What the plugin does when the agent cannot capture a pod: `open` (the pod starts uncaptured and is
+    /// captured when the agent can; Istio's behaviour) or `closed` (the pod does not start).
+    #[arg(long, env = "CNI_FAILURE_MODE", default_value = "open")]
+    cni_failure_mode: String,
+    /// The plugin binary to install; default: `ambit-cni` next to this binary.
+    #[arg(long, env = "CNI_PLUGIN_BINARY")]
+    cni_plugin_binary: Option<PathBuf>,
 }
 
 /// Where the node's pods come from.
@@ -74,6 +109,8 @@ struct Config {
     zds_socket: PathBuf,
     source: PodSource,
     agent: AgentConfig,
+    /// The plugin install (Kubernetes mode with INSTALL_CNI).
+    cni: Option<InstallConfig>,
 }
 
 impl Config {
@@ -100,14 +137,50 @@ impl Config {
                 }
             }
         };
+        let cni = args.cni.resolve(&source)?;
         Ok(Config {
             zds_socket: args.zds_socket,
+            cni,
             source,
             agent: AgentConfig {
                 dns_capture: args.dns_capture,
                 excluded_namespaces: args.excluded_namespaces,
             },
         })
+    }
+}
+
+impl CniArgs {
+    fn resolve(self, source: &PodSource) -> anyhow::Result<Option<InstallConfig>> {
+        if !self.install_cni {
+            return Ok(None);
+        }
+        if !matches!(source, PodSource::Kube { .. }) {
+            bail!(
+                "INSTALL_CNI needs Kubernetes mode (the plugin names pods the API knows); drop --pods"
+            );
+        }
+        if !self.chained_cni_plugin {
+            bail!(
+                "CHAINED_CNI_PLUGIN=false: Ambit's plugin only chains after the primary CNI; set it to true \
+                 (the Helm value `chained`)"
+            );
+        }
+        let plugin_binary = match self.cni_plugin_binary {
+            Some(p) => p,
+            None => std::env::current_exe()
+                .context("find this binary's directory for ambit-cni")?
+                .with_file_name(ambit_cni::plugin::PLUGIN_TYPE),
+        };
+        let name = self.cni_conf_file_name.trim();
+        Ok(Some(InstallConfig {
+            bin_dir: self.cni_bin_dir,
+            conf_dir: self.cni_conf_dir,
+            conf_file_name: (!name.is_empty()).then(|| name.to_owned()),
+            plugin_binary,
+            socket: self.cni_plugin_socket,
+            failure_mode: self.cni_failure_mode,
+        }))
     }
 }
 
@@ -150,7 +223,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 }
             };
             info!(api = %url, node = %node, "Kubernetes mode");
-            ambit_cni::kube::run(client, node, agent, lookup, shutdown).await;
+            let plugin = match &config.cni {
+                Some(cni) => Some(install::start(cni)?),
+                None => None,
+            };
+            let (calls, installed) = plugin.unzip();
+            ambit_cni::kube::run(client, node, agent, lookup, calls, shutdown).await;
+            if let Some(installed) = installed {
+                installed.uninstall().await;
+            }
         }
     }
     info!("node agent stopping (pods keep their redirection; a restarted agent takes them over)");
@@ -243,6 +324,28 @@ mod tests {
                 netns: NetnsSource::Annotation
             }
         );
+    }
+
+    #[test]
+    fn the_cni_install_needs_kubernetes_mode_and_chaining() {
+        let c = resolve(
+            &["--install-cni", "true", "--cni-plugin-binary", "/bin/true"],
+            Some("n"),
+        )
+        .unwrap();
+        let cni = c.cni.unwrap();
+        assert_eq!(cni.socket, PathBuf::from(ambit_cni::plugin::DEFAULT_SOCKET));
+        assert_eq!(cni.conf_file_name, None);
+        assert_eq!(cni.failure_mode, "open");
+        assert_eq!(resolve(&[], Some("n")).unwrap().cni, None);
+        let e = resolve(&["--install-cni", "true", "--pods", "/p"], None).unwrap_err();
+        assert!(e.to_string().contains("Kubernetes mode"), "{e}");
+        let e = resolve(
+            &["--install-cni", "true", "--chained-cni-plugin", "false"],
+            Some("n"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("CHAINED_CNI_PLUGIN"), "{e}");
     }
 
     #[test]

@@ -221,6 +221,14 @@ pub enum PluginResponse {
     Error { message: String },
 }
 
+impl PluginResponse {
+    pub fn error(message: impl Into<String>) -> PluginResponse {
+        PluginResponse::Error {
+            message: message.into(),
+        }
+    }
+}
+
 /// Sends `req` to the agent at `socket` and reads its answer, all within `timeout`.
 pub fn ask_agent(
     socket: &Path,

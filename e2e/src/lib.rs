@@ -22,6 +22,7 @@ pub mod netns;
 pub mod pcap;
 pub mod process;
 pub mod prom;
+pub mod redirection;
 pub mod runner;
 pub mod testdir;
 pub mod three_pods;

@@ -23,6 +23,7 @@ use ambit_e2e::TestDir;
 use ambit_e2e::kube::{ApiServer, apply, binary, kubectl, label, set_pod_phase as set_phase};
 use ambit_e2e::netns::Netns;
 use ambit_e2e::process::Process;
+use ambit_e2e::redirection::{Redirection, wait_absent, wait_installed};
 use ambit_e2e::topology::poll;
 use anyhow::{Context, Result, bail, ensure};
 
@@ -45,74 +46,6 @@ fn pod_yaml(ns: &str, name: &str, node: &str, netns: Option<&str>) -> String {
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, {annotations}labels: {{app: {name}}}}}\n\
          spec: {{nodeName: {node}, serviceAccountName: {name}, containers: [{{name: app, image: app:1}}]}}\n"
     )
-}
-
-/// What the agent installs (`cni/src/rules.rs`), as seen inside a namespace.
-#[derive(Debug, PartialEq, Eq)]
-struct Redirection {
-    /// The nat table's inbound REDIRECT to 15006 and outbound to 15001.
-    nat: bool,
-    /// Any ISTIO_* chain in any table.
-    chains: bool,
-    /// The policy-routing rule `fwmark 0x111/0xfff lookup 100`.
-    rule: bool,
-}
-
-impl Redirection {
-    fn read(netns: &str) -> Result<Redirection> {
-        let run = |args: &[&str]| -> Result<String> {
-            let out = Command::new("ip")
-                .args(["netns", "exec", netns])
-                .args(args)
-                .output()
-                .with_context(|| format!("ip netns exec {netns} {args:?}"))?;
-            ensure!(
-                out.status.success(),
-                "ip netns exec {netns} {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        };
-        let save = run(&["iptables-save"])?;
-        let rules = run(&["ip", "rule"])?;
-        Ok(Redirection {
-            nat: save.contains("-A ISTIO_PRERT")
-                && save.contains("--to-ports 15006")
-                && save.contains("--to-ports 15001"),
-            chains: save.contains("ISTIO_"),
-            rule: rules
-                .lines()
-                .any(|l| l.contains("fwmark 0x111/0xfff") && l.contains("lookup 100")),
-        })
-    }
-
-    fn installed(&self) -> bool {
-        self.nat && self.chains && self.rule
-    }
-
-    fn absent(&self) -> bool {
-        !self.nat && !self.chains && !self.rule
-    }
-}
-
-/// Waits until what `netns` shows satisfies `done` (as [`Redirection::installed`] or [`Redirection::absent`]).
-fn wait_until(what: &str, netns: &Netns, done: fn(&Redirection) -> bool) -> Result<()> {
-    let mut last = None;
-    poll(what, WAIT, || {
-        let r = Redirection::read(netns.name())?;
-        let ok = done(&r);
-        last = Some(r);
-        Ok(ok.then_some(()))
-    })
-    .with_context(|| format!("last seen in {}: {last:?}", netns.name()))
-}
-
-fn wait_installed(what: &str, netns: &Netns) -> Result<()> {
-    wait_until(what, netns, Redirection::installed)
-}
-
-fn wait_absent(what: &str, netns: &Netns) -> Result<()> {
-    wait_until(what, netns, Redirection::absent)
 }
 
 /// Neither the pod of another node nor the pod labelled `none` has rules.

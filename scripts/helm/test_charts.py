@@ -12,8 +12,6 @@ for f in (ROOT / "scripts/helm/values").glob("*.yaml"):
 K8S = "1.33"
 # Env set for a component that its binary does not read yet (reason each).
 ALLOW = {
-    "cni": {"INSTALL_CNI", "CNI_BIN_DIR", "CNI_CONF_DIR", "CNI_CONF_FILE_NAME", "CHAINED_CNI_PLUGIN",
-            "CNI_PLUGIN_SOCKET", "CNI_FAILURE_MODE"},  # CNI plugin install: being written by another engineer
     "*": {"RUST_LOG"},  # read by tracing-subscriber's EnvFilter
 }
 SRC = {"controller": ["controller/src"], "ztunnel": ["ztunnel/src", "core/src"], "cni": ["cni/src"]}
@@ -156,6 +154,13 @@ try:
     fail("cni: failureMode=maybe rendered")
 except helm.HelmError as e:
     assert "failureMode must be open or closed" in str(e), e
+
+# Negative: the plugin only chains (the node agent refuses CHAINED_CNI_PLUGIN=false too).
+try:
+    render("cni", {"chained": False})
+    fail("cni: chained=false rendered")
+except helm.HelmError as e:
+    assert "chained: false is not supported" in str(e), e
 
 # Negative: several controller replicas without a shared CA would each mint their own root.
 try:
