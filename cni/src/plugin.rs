@@ -114,7 +114,12 @@ pub struct NetConf {
 
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
-        let v: Value = serde_json::from_slice(stdin).map_err(|e| {
+        NetConf::from_json(serde_json::from_slice(stdin))
+    }
+
+    /// From the decoded stdin (or why it did not decode).
+    fn from_json(v: Result<Value, serde_json::Error>) -> Result<NetConf, CniError> {
+        let v = v.map_err(|e| {
             CniError::new(code::DECODE, "invalid network configuration", e.to_string())
         })?;
         let obj = v.as_object().ok_or_else(|| {
@@ -235,17 +240,26 @@ pub fn ask_agent(
     req: &PluginRequest,
     timeout: Duration,
 ) -> Result<PluginResponse, String> {
+    let deadline = std::time::Instant::now() + timeout;
+    // What is left of `timeout` (never zero: a zero timeout means none to the socket calls).
+    let left = || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_millis(1))
+    };
     let mut stream = UnixStream::connect(socket)
         .map_err(|e| format!("connect to the node agent at {}: {e}", socket.display()))?;
     stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .set_write_timeout(Some(left()))
         .map_err(|e| e.to_string())?;
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     line.push(b'\n');
     stream
         .write_all(&line)
         .map_err(|e| format!("write to the node agent: {e}"))?;
+    stream
+        .set_read_timeout(Some(left()))
+        .map_err(|e| e.to_string())?;
     let mut answer = String::new();
     BufReader::new(stream)
         .read_line(&mut answer)
@@ -272,13 +286,15 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: &[u8], timeout: Duration
             exit_code: 0,
         };
     }
+    let json = serde_json::from_slice::<Value>(stdin);
     // The version to answer errors in, when the config can be read at all.
-    let version = serde_json::from_slice::<Value>(stdin)
+    let version = json
+        .as_ref()
         .ok()
         .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_owned))
         .unwrap_or_else(|| "1.0.0".to_owned());
     let mut log = String::new();
-    match handle(&command, &env, stdin, timeout, &mut log) {
+    match handle(&command, &env, json, timeout, &mut log) {
         Ok(stdout) => Outcome {
             stdout,
             stderr: log,
@@ -295,11 +311,11 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: &[u8], timeout: Duration
 fn handle(
     command: &str,
     env: &impl Fn(&str) -> Option<String>,
-    stdin: &[u8],
+    json: Result<Value, serde_json::Error>,
     timeout: Duration,
     log: &mut String,
 ) -> Result<String, CniError> {
-    let conf = match NetConf::parse(stdin) {
+    let conf = match NetConf::from_json(json) {
         Ok(conf) => conf,
         // DEL succeeds whatever it is given: the agent also releases pods that leave its pod source.
         Err(e) if command == "DEL" => {
@@ -319,24 +335,18 @@ fn handle(
             )
         })
     };
-    let prev = || {
-        conf.prev_result
-            .as_ref()
-            .map(Value::to_string)
-            .unwrap_or_else(|| serde_json::json!({"cniVersion": conf.cni_version}).to_string())
-    };
     match command {
         "ADD" => {
             let container_id = required("CNI_CONTAINERID")?;
             let netns = required("CNI_NETNS")?;
             let pod = parse_cni_args(&env("CNI_ARGS").unwrap_or_default())?;
-            if conf.prev_result.is_none() {
+            let Some(prev) = conf.prev_result.as_ref() else {
                 return Err(CniError::new(
                     code::UNSUPPORTED_FIELD,
                     "ambit-cni is a chained plugin",
                     "no prevResult: put it after the primary plugin in a conflist",
                 ));
-            }
+            };
             let req = PluginRequest {
                 command: PluginCommand::Add,
                 container_id,
@@ -370,7 +380,8 @@ fn handle(
                     )),
                 }
             }
-            Ok(prev())
+            // The primary's result, unchanged: this plugin adds no interface or address.
+            Ok(prev.to_string())
         }
         "DEL" => {
             // DEL never fails: the agent also releases pods that leave its pod source.
