@@ -12,11 +12,13 @@
 //! with `AMBIT_E2E_REQUIRED=1`).
 
 use std::io::Write;
-use std::path::Path;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ambit_e2e::TestDir;
+use ambit_e2e::capture::Capture;
 use ambit_e2e::kube::{ApiServer, binary, kubectl, label};
 use ambit_e2e::netns::Netns;
 use ambit_e2e::process::Process;
@@ -46,6 +48,8 @@ const PRIMARY: &str = r#"{
 /// previous one's result), DEL in reverse. Returns the last result, or the failing plugin's output.
 struct Runtime {
     path: String,
+    /// The node's network namespace, where the plugins run (the bridge lives there).
+    node: String,
 }
 
 impl Runtime {
@@ -76,7 +80,9 @@ impl Runtime {
                 .map(|d| Path::new(d).join(&kind))
                 .find(|p| p.exists())
                 .with_context(|| format!("no {kind} in {}", self.path))?;
-            let mut child = Command::new(&bin)
+            let mut child = Command::new("/usr/sbin/ip")
+                .args(["netns", "exec", &self.node])
+                .arg(&bin)
                 .env_clear()
                 .envs([
                     ("CNI_COMMAND", command),
@@ -195,38 +201,12 @@ fn scenario(dir: &TestDir) -> Result<()> {
     std::fs::write(&conflist, &primary)?;
     let socket = dir.join("run/cni.sock");
 
-    let mut cmd = Command::new(binary(
-        "AMBIT_NODE_AGENT_BIN",
-        "ambit-node-agent",
-        "ambit-cni",
-    )?);
-    cmd.arg("--kube")
-        .arg("--kubeconfig")
-        .arg(kc)
-        .arg("--zds-socket")
-        .arg(dir.join("zds.sock"))
-        .envs([
-            ("INSTALL_CNI", "true".into()),
-            ("CNI_BIN_DIR", bin_dir.to_string_lossy().into_owned()),
-            ("CNI_CONF_DIR", conf_dir.to_string_lossy().into_owned()),
-            ("CNI_PLUGIN_SOCKET", socket.to_string_lossy().into_owned()),
-            (
-                "CNI_PLUGIN_BINARY",
-                binary("AMBIT_CNI_BIN", "ambit-cni", "ambit-cni")?
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
-            ("NODE_NAME", NODE.into()),
-            ("NO_COLOR", "1".into()),
-            ("RUST_LOG", "info,kube=warn".into()),
-        ]);
-    let mut agent = Process::spawn("agent", cmd, dir.path())?;
-    poll("the plugin installed", WAIT, || {
-        Ok(agent
-            .output()
-            .contains("CNI plugin installed")
-            .then_some(()))
-    })?;
+    let node = Paths {
+        bin_dir: bin_dir.clone(),
+        conf_dir: conf_dir.clone(),
+        socket: socket.clone(),
+    };
+    let mut agent = start_agent(dir, kc, &node, "agent", "open")?;
     let installed = bin_dir.join("ambit-cni");
     ensure!(installed.exists(), "{} not installed", installed.display());
     let entries = plugin_entries(&conflist)?;
@@ -235,14 +215,10 @@ fn scenario(dir: &TestDir) -> Result<()> {
         "our entry in {}: {entries:?}",
         conflist.display()
     );
-    poll("the agent's first listing", WAIT, || {
-        Ok(agent
-            .output()
-            .contains("initial listing of this node's pods done")
-            .then_some(()))
-    })?;
+    let node_ns = Netns::create("cni-node")?;
     let runtime = Runtime {
         path: format!("{}:{DEBIAN_CNI}", bin_dir.display()),
+        node: node_ns.name().to_owned(),
     };
 
     // An enrolled pod: captured by its ADD, before anything runs in it.
@@ -282,11 +258,17 @@ fn scenario(dir: &TestDir) -> Result<()> {
     kubectl(kc, &["create", "namespace", "plain"], None)?;
     let plain_ns = Netns::create("cni-plain")?;
     let plain = pending_pod(kc, "plain", "app", &plain_ns)?;
-    runtime.run(&conflist, "ADD", &plain)?;
+    let plain_result = runtime.run(&conflist, "ADD", &plain)?;
     ensure!(
         Redirection::read(plain_ns.name())?.absent(),
         "an unenrolled pod was captured"
     );
+    no_packet_leaves(
+        dir,
+        &node_ns,
+        (&web_ns, &result),
+        (&plain_ns, &plain_result),
+    )?;
 
     // The primary rewrites its file: our entry comes back.
     std::fs::write(&conflist, &primary)?;
@@ -301,7 +283,48 @@ fn scenario(dir: &TestDir) -> Result<()> {
     wait_absent("the deleted sandbox released", &web_ns)?;
     runtime.run(&conflist, "DEL", &plain)?;
 
-    // The agent stops: the primary's file exactly as it was, the binary gone.
+    // The agent killed (no uninstall): the entry stays, and the plugin's failure mode decides. `open`: the pod
+    // starts, uncaptured.
+    agent.stop_with(Signal::SIGKILL, Duration::from_secs(5));
+    ensure!(
+        plugin_entries(&conflist)?.len() == 1,
+        "a killed agent's entry vanished"
+    );
+    let late_ns = Netns::create("cni-late")?;
+    let late = pending_pod(kc, "demo", "late", &late_ns)?;
+    runtime
+        .run(&conflist, "ADD", &late)
+        .context("failure_mode open with the agent down")?;
+    ensure!(
+        Redirection::read(late_ns.name())?.absent(),
+        "captured with the agent down?"
+    );
+    // `closed` (an agent configured so, then killed): the pod does not start, with the plugin's own error code.
+    let mut strict_agent = start_agent(dir, kc, &node, "agent-closed", "closed")?;
+    ensure!(
+        plugin_entries(&conflist)?
+            .first()
+            .map(|e| e["failure_mode"].clone())
+            == Some(json!("closed")),
+        "the restarted agent did not update the entry: {:?}",
+        plugin_entries(&conflist)?
+    );
+    strict_agent.stop_with(Signal::SIGKILL, Duration::from_secs(5));
+    let strict_ns = Netns::create("cni-strict")?;
+    let strict = pending_pod(kc, "demo", "strict", &strict_ns)?;
+    let refused = runtime
+        .run(&conflist, "ADD", &strict)
+        .err()
+        .context("failure_mode closed let a pod start with the agent down")?;
+    ensure!(
+        format!("{refused:#}").contains("\"code\":100"),
+        "not the plugin's agent error: {refused:#}"
+    );
+    runtime.run(&conflist, "DEL", &late)?;
+    runtime.run(&conflist, "DEL", &strict)?;
+
+    // A third agent, then a clean stop: after two kills the backup still gives the primary's file back exactly.
+    let mut agent = start_agent(dir, kc, &node, "agent-last", "open")?;
     let status = agent.stop_with(Signal::SIGTERM, Duration::from_secs(20));
     ensure!(
         status.is_some_and(|s| s.success()),
@@ -314,8 +337,108 @@ fn scenario(dir: &TestDir) -> Result<()> {
         "not restored byte-for-byte:\n{restored}\nwanted:\n{primary}"
     );
     ensure!(!installed.exists(), "the plugin binary was left behind");
-    let log = agent.output();
-    ensure!(!log.contains("panicked"), "the agent panicked: {log}");
+    for a in [&agent, &strict_agent] {
+        ensure!(
+            !a.output().contains("panicked"),
+            "{} panicked: {}",
+            a.name(),
+            a.output()
+        );
+    }
+    Ok(())
+}
+
+/// Where the node agent installs and listens.
+struct Paths {
+    bin_dir: PathBuf,
+    conf_dir: PathBuf,
+    socket: PathBuf,
+}
+
+/// The node agent as the cni chart runs it, in Kubernetes mode; returns once it installed the plugin and listed
+/// the node's pods.
+fn start_agent(
+    dir: &TestDir,
+    kc: &Path,
+    node: &Paths,
+    name: &str,
+    failure_mode: &str,
+) -> Result<Process> {
+    let mut cmd = Command::new(binary(
+        "AMBIT_NODE_AGENT_BIN",
+        "ambit-node-agent",
+        "ambit-cni",
+    )?);
+    cmd.arg("--kube")
+        .arg("--kubeconfig")
+        .arg(kc)
+        .arg("--zds-socket")
+        .arg(dir.join("zds.sock"))
+        .envs([
+            ("INSTALL_CNI", "true".into()),
+            ("CNI_BIN_DIR", node.bin_dir.to_string_lossy().into_owned()),
+            ("CNI_CONF_DIR", node.conf_dir.to_string_lossy().into_owned()),
+            (
+                "CNI_PLUGIN_SOCKET",
+                node.socket.to_string_lossy().into_owned(),
+            ),
+            ("CNI_FAILURE_MODE", failure_mode.to_owned()),
+            (
+                "CNI_PLUGIN_BINARY",
+                binary("AMBIT_CNI_BIN", "ambit-cni", "ambit-cni")?
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            ("NODE_NAME", NODE.into()),
+            ("NO_COLOR", "1".into()),
+            ("RUST_LOG", "info,kube=warn".into()),
+        ]);
+    let agent = Process::spawn(name, cmd, dir.path())?;
+    poll(
+        &format!("{name}: the plugin installed and the first listing"),
+        WAIT,
+        || {
+            let log = agent.output();
+            Ok((log.contains("CNI plugin installed")
+                && log.contains("initial listing of this node's pods done"))
+            .then_some(()))
+        },
+    )?;
+    Ok(agent)
+}
+
+/// From each sandbox a connection to the node's bridge address: the captured pod's is redirected inside the pod
+/// (to ztunnel's outbound port, nothing listening here), so none of its packets reaches the bridge; the other
+/// pod's SYN does.
+fn no_packet_leaves(
+    dir: &TestDir,
+    node: &Netns,
+    captured: (&Netns, &Value),
+    plain: (&Netns, &Value),
+) -> Result<()> {
+    let ip = |r: &Value| -> Result<Ipv4Addr> {
+        let cidr = r["ips"][0]["address"].as_str().context("no address")?;
+        Ok(cidr.split('/').next().unwrap_or_default().parse()?)
+    };
+    let (web_ip, plain_ip) = (ip(captured.1)?, ip(plain.1)?);
+    let gateway = r#"http://10.214.0.1:9/"#;
+    let capture = Capture::start(node, "ambitcni1", dir.path(), "bridge")?;
+    for ns in [captured.0, plain.0] {
+        // Both fail (nothing listens): what matters is where the SYN went.
+        let _ = ns.output(&["curl", "-s", "--max-time", "2", gateway]);
+    }
+    let segments = capture.stop()?;
+    let from = |a: Ipv4Addr| segments.iter().filter(|s| *s.src.ip() == a).count();
+    ensure!(
+        from(plain_ip) > 0,
+        "the uncaptured pod's SYN is not in the bridge capture: the check sees nothing ({} segments)",
+        segments.len()
+    );
+    ensure!(
+        from(web_ip) == 0,
+        "{} packets of the captured pod reached the bridge",
+        from(web_ip)
+    );
     Ok(())
 }
 
