@@ -186,7 +186,7 @@ impl CniArgs {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _log = ambit_core::logging::init("info", false);
+    let _log = ambit_core::logging::init("info", ambit_core::logging::json_from_env());
     let config = Config::resolve(args)?;
     // kube-client builds its TLS config with the process-level provider (see build notes).
     ambit_core::tls::install_default_provider();

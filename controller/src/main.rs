@@ -387,12 +387,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Analyze(c)) => return analyze_once(c),
         None => {}
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let _log = ambit_core::logging::init("info", ambit_core::logging::json_from_env());
     // Several rustls providers may be compiled in; pick one explicitly (see build notes).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let ca_dir = cli

@@ -23,6 +23,11 @@ pub struct LogHandle {
     inner: Option<Arc<(Handle, String)>>,
 }
 
+/// Whether the process environment asks for JSON lines (`LOG_FORMAT=json`, what the charts' `logAsJson` sets).
+pub fn json_from_env() -> bool {
+    std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json")
+}
+
 /// Installs the global subscriber. `json` selects JSON lines (`LOG_FORMAT=json`).
 pub fn init(default_filter: &str, json: bool) -> LogHandle {
     let initial = std::env::var("RUST_LOG").unwrap_or_else(|_| default_filter.to_owned());

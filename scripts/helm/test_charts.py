@@ -14,7 +14,7 @@ K8S = "1.33"
 ALLOW = {
     "*": {"RUST_LOG"},  # read by tracing-subscriber's EnvFilter
 }
-SRC = {"controller": ["controller/src"], "ztunnel": ["ztunnel/src", "core/src"], "cni": ["cni/src"]}
+SRC = {"controller": ["controller/src", "core/src"], "ztunnel": ["ztunnel/src", "core/src"], "cni": ["cni/src", "core/src"]}
 failures = []
 
 
