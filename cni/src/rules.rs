@@ -6,6 +6,7 @@
 //! nftables either way. Each table is written in one `iptables-restore --noflush` transaction, so a pod is never
 //! half-redirected. Commands run inside the pod's namespace with `nsenter --net=<path>`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -124,16 +125,17 @@ fn in_netns(netns: &Path, argv: &[&str], stdin: Option<&str>) -> Result<String, 
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Installs the rules and the policy routing in the namespace at `netns`. Idempotent: whatever an earlier
-/// install left is replaced.
+/// Installs the rules and the policy routing in the namespace at `netns`. Idempotent: rules already exactly in
+/// place are left alone (a restarted agent taking its pods over changes nothing, so there is no moment without
+/// redirection, when traffic would bypass ztunnel); anything else an earlier install left is replaced.
 pub fn install(netns: &Path, dns_capture: bool) -> Result<(), RulesError> {
-    remove_iptables(netns);
     in_netns(netns, &["ip", "link", "set", "lo", "up"], None)?;
-    in_netns(
-        netns,
-        &["iptables-restore", "-w", "--noflush"],
-        Some(&ruleset(dns_capture)),
-    )?;
+    let want = ruleset(dns_capture);
+    let current = save(netns).unwrap_or_default();
+    if !already_installed(&current, &want) {
+        remove_iptables(netns);
+        in_netns(netns, &["iptables-restore", "-w", "--noflush"], Some(&want))?;
+    }
     in_netns(
         netns,
         &[
@@ -149,23 +151,78 @@ pub fn install(netns: &Path, dns_capture: bool) -> Result<(), RulesError> {
         ],
         None,
     )?;
-    let _ = remove_rule(netns);
-    in_netns(
-        netns,
-        &[
-            "ip",
-            "rule",
-            "add",
-            "fwmark",
-            ORIG_SRC_MARK,
-            "pref",
-            RULE_PREF,
-            "lookup",
-            ROUTE_TABLE,
-        ],
-        None,
-    )?;
+    let rules = ip_rules(netns).unwrap_or_default();
+    if count_our_rule(&rules) != 1 {
+        while remove_rule(netns).is_ok() {}
+        in_netns(
+            netns,
+            &[
+                "ip",
+                "rule",
+                "add",
+                "fwmark",
+                ORIG_SRC_MARK,
+                "pref",
+                RULE_PREF,
+                "lookup",
+                ROUTE_TABLE,
+            ],
+            None,
+        )?;
+    }
     Ok(())
+}
+
+/// How many times `ip rule` output holds our policy-routing rule.
+fn count_our_rule(ip_rules: &str) -> usize {
+    let fwmark = format!("fwmark {ORIG_SRC_MARK} lookup {ROUTE_TABLE}");
+    ip_rules
+        .lines()
+        .filter(|l| l.starts_with(&format!("{RULE_PREF}:")) && l.contains(&fwmark))
+        .count()
+}
+
+/// The `-A` lines of an `iptables-save` (or `iptables-restore`) text, per table.
+fn rules_by_table(text: &str) -> BTreeMap<&str, Vec<&str>> {
+    let mut out: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut table = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix('*') {
+            table = Some(t);
+            out.entry(t).or_default();
+        } else if line == "COMMIT" {
+            table = None;
+        } else if let Some(t) = table
+            && line.starts_with("-A ")
+        {
+            out.entry(t).or_default().push(line);
+        }
+    }
+    out
+}
+
+/// Whether `save` (`iptables-save` of the pod) holds exactly what `ruleset` installs: in every table one jump to
+/// each of our chains and our chains' rules in order. Any difference (a stale version, a duplicate jump after a
+/// crash, another formatting by another iptables backend) means reinstall.
+pub fn already_installed(save: &str, ruleset: &str) -> bool {
+    let (have, want) = (rules_by_table(save), rules_by_table(ruleset));
+    CHAINS.iter().all(|(table, jumps)| {
+        let (Some(have), Some(want)) = (have.get(table), want.get(table)) else {
+            return false;
+        };
+        jumps.iter().all(|(builtin, chain)| {
+            let jump = format!("-A {builtin} -j {chain}");
+            let prefix = format!("-A {chain} ");
+            let ours = |lines: &[&str]| -> Vec<String> {
+                lines
+                    .iter()
+                    .filter(|l| l.starts_with(&prefix))
+                    .map(|l| (*l).to_owned())
+                    .collect()
+            };
+            have.iter().filter(|l| **l == jump).count() == 1 && ours(have) == ours(want)
+        })
+    })
 }
 
 fn remove_rule(netns: &Path) -> Result<String, RulesError> {
@@ -236,4 +293,45 @@ pub fn save(netns: &Path) -> Result<String, RulesError> {
 /// `ip rule` inside the namespace.
 pub fn ip_rules(netns: &Path) -> Result<String, RulesError> {
     in_netns(netns, &["ip", "rule"], None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_in_place_is_recognised_and_any_difference_is_not() {
+        let want = ruleset(true);
+        assert!(already_installed(&want, &want));
+        // Other software's rules in the built-in chains do not matter.
+        let with_others = want.replace(
+            "-A PREROUTING -j ISTIO_PRERT\n",
+            "-A PREROUTING -j ISTIO_PRERT\n-A PREROUTING -p udp -j ACCEPT\n",
+        );
+        assert!(already_installed(&with_others, &want));
+        // A duplicate jump (a crash between writes), another version's rules, a missing table: reinstall.
+        let twice = want.replacen(
+            "-A OUTPUT -j ISTIO_OUTPUT\n",
+            "-A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -j ISTIO_OUTPUT\n",
+            1,
+        );
+        assert!(!already_installed(&twice, &want));
+        assert!(!already_installed(&ruleset(false), &want));
+        assert!(!already_installed(&want.replace("15006", "15007"), &want));
+        let no_raw = &want[..want.find("*raw").unwrap_or(want.len())];
+        assert!(!already_installed(no_raw, &want));
+        assert!(!already_installed("", &want));
+    }
+
+    #[test]
+    fn our_policy_rule_is_counted_in_ip_rule_output() {
+        let one = "0:\tfrom all lookup local\n32764:\tfrom all fwmark 0x111/0xfff lookup 100\n32766:\tfrom all lookup main\n";
+        assert_eq!(count_our_rule(one), 1);
+        let two = format!("{one}32764:\tfrom all fwmark 0x111/0xfff lookup 100\n");
+        assert_eq!(count_our_rule(&two), 2);
+        assert_eq!(
+            count_our_rule("32765:\tfrom all fwmark 0x111/0xfff lookup 100\n"),
+            0
+        );
+    }
 }

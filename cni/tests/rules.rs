@@ -82,6 +82,45 @@ fn install_twice_then_remove_twice() {
         "{ip_rules}"
     );
 
+    // Installed again over itself (a restarted agent taking the pod over): nothing is rewritten, so there is no
+    // moment without redirection. A rule's counters, set by hand, survive the reinstall.
+    let set = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", p.display()))
+        .args([
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-R",
+            "ISTIO_PRERT",
+            "1",
+            "-c",
+            "5",
+            "7",
+            "-s",
+            "169.254.7.127/32",
+            "-p",
+            "tcp",
+            "-m",
+            "tcp",
+            "-j",
+            "ACCEPT",
+        ])
+        .status()
+        .unwrap();
+    assert!(set.success());
+    rules::install(&p, true).unwrap();
+    let counted = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", p.display()))
+        .args(["iptables-save", "-c", "-t", "nat"])
+        .output()
+        .unwrap();
+    let counted = String::from_utf8_lossy(&counted.stdout);
+    assert!(
+        counted.contains("[5:7] -A ISTIO_PRERT -s 169.254.7.127/32"),
+        "the rules were rewritten by a reinstall:\n{counted}"
+    );
+
     rules::remove(&p).unwrap();
     rules::remove(&p).unwrap();
     let saved = rules::save(&p).unwrap();

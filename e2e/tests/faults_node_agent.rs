@@ -1,0 +1,279 @@
+//! Faults survived (issue 15): the node agent restarted. On the local mesh (one node), a client makes sequential
+//! requests to a Service through the mesh, each on a new connection, while the node's agent is
+//! - SIGKILLed (the runtime restarts it): the pods' redirection stays in place and every request succeeds; the new
+//!   agent takes the pods over again without releasing them;
+//! - frozen (SIGSTOP) while a new pod is added, then killed: the pod cannot be captured while the agent is down,
+//!   and the restarted agent captures it (its rules appear, its ztunnel holds it, it becomes ready).
+//!
+//! Zero failed requests over the whole run, and the server's ztunnel counted them as mesh connections (so the load
+//! did not pass because the redirection silently went away).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ambit_e2e::e2e_test;
+use ambit_e2e::local::{LocalMesh, NET_NS, WAIT, run_on_mesh};
+use ambit_e2e::prom;
+use ambit_e2e::redirection::Redirection;
+use ambit_e2e::topology::poll;
+use anyhow::{Context, Result, bail, ensure};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const NS: &str = "demo";
+/// Requests that must succeed after each step.
+const PER_PHASE: u64 = 10;
+
+const APPS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: server, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  template:
+    metadata: {labels: {app: server}}
+    spec:
+      serviceAccountName: server
+      containers:
+      - name: echo
+        command: [ambit, echo, --http-port, "8080"]
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: demo}
+spec:
+  selector: {app: server}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client, namespace: demo}
+spec:
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      serviceAccountName: client
+      containers: [{name: sleep, command: [sleep, infinity]}]
+"#;
+
+const LATE: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: late, namespace: demo}
+spec:
+  selector: {matchLabels: {app: late}}
+  template:
+    metadata: {labels: {app: late}}
+    spec:
+      serviceAccountName: late
+      containers:
+      - name: echo
+        command: [ambit, echo, --http-port, "8080"]
+        ports: [{name: http, containerPort: 8080}]
+"#;
+
+/// The pid of the node agent of the mesh under `state_dir` (its pod file is in the state directory).
+fn node_agent_pid(state_dir: &Path) -> Result<i32> {
+    let needle = state_dir.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_agent = argv
+            .first()
+            .is_some_and(|a| a.ends_with("ambit-node-agent"));
+        if is_agent && argv.iter().any(|a| a.contains(&needle)) {
+            return Ok(pid);
+        }
+    }
+    bail!("no ambit-node-agent process for {needle}")
+}
+
+/// A different agent process than `old` is running (the runtime restarted it).
+fn restarted(state_dir: &Path, old: i32) -> Result<i32> {
+    poll("the node agent restarted", WAIT, || {
+        Ok(node_agent_pid(state_dir).ok().filter(|p| *p != old))
+    })
+}
+
+/// Waits until the node agent's log (every run of it, appended) has `needle` `times` times.
+fn wait_logged(state_dir: &Path, needle: &str, times: usize) -> Result<()> {
+    let log = state_dir.join("logs/node-agent-node-1.log");
+    poll(
+        &format!("{times}x {needle:?} in {}", log.display()),
+        WAIT,
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            Ok((text.matches(needle).count() >= times).then_some(()))
+        },
+    )
+}
+
+struct Load {
+    stop: AtomicBool,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    last_error: std::sync::Mutex<String>,
+}
+
+impl Load {
+    fn run(&self, mesh: &LocalMesh) {
+        while !self.stop.load(Ordering::Relaxed) {
+            match mesh.curl(NS, "deploy/client", "http://server.demo/") {
+                Ok(_) => {
+                    self.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut last) = self.last_error.lock() {
+                        *last = format!("{e:#}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for `n` more successful requests.
+    fn more(&self, n: u64, what: &str) -> Result<()> {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        poll(&format!("{n} requests {what}"), WAIT, || {
+            Ok((self.ok.load(Ordering::Relaxed) >= target).then_some(()))
+        })
+        .with_context(|| {
+            format!(
+                "{} ok, {} failed, last error: {}",
+                self.ok.load(Ordering::Relaxed),
+                self.failed.load(Ordering::Relaxed),
+                self.last_error
+                    .lock()
+                    .map(|l| l.clone())
+                    .unwrap_or_default()
+            )
+        })
+    }
+}
+
+fn server_connections(mesh: &LocalMesh) -> Result<f64> {
+    let ip = mesh.node_ip("node-1")?;
+    let metrics = mesh.get_in(NET_NS, &format!("http://{ip}:15020/metrics"))?;
+    Ok(prom::sum(
+        &prom::parse(&metrics),
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("destination_workload", "server"),
+            ("source_workload", "client"),
+        ],
+    ))
+}
+
+fn scenario(mesh: &LocalMesh, manifests: &Path) -> Result<()> {
+    let state_dir = mesh.state_dir().to_owned();
+    let before = server_connections(mesh)?;
+    let load = Load {
+        stop: AtomicBool::new(false),
+        ok: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        last_error: std::sync::Mutex::new(String::new()),
+    };
+    let result = std::thread::scope(|s| {
+        s.spawn(|| load.run(mesh));
+        let steps = || -> Result<()> {
+            load.more(PER_PHASE, "before any fault")?;
+
+            // Killed: the runtime restarts it; the pods stay redirected throughout.
+            let first = node_agent_pid(&state_dir)?;
+            kill(Pid::from_raw(first), Signal::SIGKILL)?;
+            let second = restarted(&state_dir, first)?;
+            // The new agent has taken the pods over and handed them to ztunnel again (its ZDS snapshot).
+            wait_logged(&state_dir, "snapshot sent", 2)?;
+            load.more(PER_PHASE, "after the agent was killed and restarted")?;
+
+            // Frozen while a pod is added, then killed: the restarted agent captures the new pod.
+            kill(Pid::from_raw(second), Signal::SIGSTOP)?;
+            std::fs::write(manifests.join("late.yaml"), LATE)?;
+            let late = mesh.one_pod(NS, "late", WAIT)?;
+            // The agent cannot act: the pod stays unredirected while it is down.
+            std::thread::sleep(Duration::from_secs(2));
+            ensure!(
+                Redirection::read(&late.netns)?.absent(),
+                "the late pod was captured with the agent frozen"
+            );
+            load.more(PER_PHASE, "with the agent frozen")?;
+            kill(Pid::from_raw(second), Signal::SIGKILL)?;
+            restarted(&state_dir, second)?;
+            poll("the late pod captured by the restarted agent", WAIT, || {
+                Ok(Redirection::read(&late.netns)?.installed().then_some(()))
+            })?;
+            poll("the late pod ready (its ztunnel holds it)", WAIT, || {
+                let state = mesh.state()?;
+                let ready = state["pods"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|m| m.values())
+                    .any(|p| p["name"] == late.name.as_str() && p["ready"] == true);
+                Ok(ready.then_some(()))
+            })?;
+            load.more(PER_PHASE, "after the second restart")?;
+            Ok(())
+        };
+        let r = steps();
+        load.stop.store(true, Ordering::Relaxed);
+        r
+    });
+    result?;
+    let (ok, failed) = (
+        load.ok.load(Ordering::Relaxed),
+        load.failed.load(Ordering::Relaxed),
+    );
+    ensure!(
+        failed == 0,
+        "{failed} of {} requests failed across the agent restarts; last: {}",
+        ok + failed,
+        load.last_error
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    );
+    let through = server_connections(mesh)? - before;
+    eprintln!(
+        "node agent restarts: {ok} requests, {failed} failed, {through} mesh connections at the server"
+    );
+    ensure!(
+        through >= ok as f64,
+        "{ok} requests succeeded but the server's ztunnel counted {through} mesh connections: \
+         some went around the mesh"
+    );
+    Ok(())
+}
+
+#[test]
+fn node_agent_restarts_lose_no_request_and_capture_what_came_meanwhile() {
+    e2e_test("local-faults-node-agent", |dir| {
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        std::fs::write(manifests.join("apps.yaml"), APPS)?;
+        run_on_mesh(
+            dir.path(),
+            &manifests,
+            1,
+            |mesh| scenario(mesh, &manifests).context("node agent restarts"),
+            |_| String::new(),
+        )
+    });
+}
