@@ -1,6 +1,10 @@
 //! The ZDS server (spec 4.1): hands this node's captured pods to its ztunnel.
 //!
-//! One ztunnel at a time; a new connection replaces the old one. Per connection: `ZdsHello`, then the snapshot
+//! One ztunnel at a time; a new connection replaces the old one (a ztunnel upgrade: the new process connects while
+//! the old still serves). The replaced connection is kept open but silent, so the old ztunnel keeps its pods'
+//! listeners beside the new one's (both `SO_REUSEPORT`) until it is told to stop, rather than seeing a closed
+//! connection, reconnecting and taking the pods back; when the newest ztunnel leaves, the kept one is closed too,
+//! so it reconnects and gets a fresh snapshot. Per connection: `ZdsHello`, then the snapshot
 //! (`AddWorkload` with the pod's namespace descriptor, or `KeepWorkload` when the namespace file cannot be opened),
 //! `SnapshotSent`, then `AddWorkload`/`DelWorkload` as pods come and go. One message in flight; each waits at
 //! most 5 s for its ack. The pods known survive reconnections: a new ztunnel gets them all in its snapshot.
@@ -82,6 +86,8 @@ async fn serve(
 ) {
     let mut pods: BTreeMap<String, PodInfo> = BTreeMap::new();
     let mut next: Option<ZdsSocket> = None;
+    // The connection the current one replaced: open, not written to (see the module doc).
+    let mut replaced: Option<ZdsSocket> = None;
     loop {
         let sock = match next.take() {
             Some(s) => s,
@@ -113,11 +119,21 @@ async fn serve(
         info!("ztunnel connected");
         match session(&sock, &listener, &mut pods, &mut events, &mut drain).await {
             Ok(Some(replacement)) => {
-                info!("a new ztunnel connection replaces the current one");
+                info!(
+                    "a new ztunnel connection replaces the current one; the old one is kept open until the new one leaves"
+                );
                 next = Some(replacement);
+                // An older kept connection (a second upgrade before the first finished) is closed now.
+                drop(replaced.replace(sock));
             }
-            Ok(None) => info!("ztunnel disconnected"),
-            Err(e) => warn!(error = %e, "zds session ended"),
+            Ok(None) => {
+                info!("ztunnel disconnected");
+                drop(replaced.take());
+            }
+            Err(e) => {
+                warn!(error = %e, "zds session ended");
+                drop(replaced.take());
+            }
         }
     }
 }

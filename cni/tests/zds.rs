@@ -202,3 +202,55 @@ async fn a_ztunnel_that_never_acks_is_dropped() {
     let calls = wait_for(&rec, 2).await;
     assert_eq!(calls, vec!["start a demo/pod-a/sa", "retain [\"a\"]"]);
 }
+
+/// A ztunnel upgrade: the new process connects while the old one still serves. The new one gets the snapshot and
+/// every change from then on; the old one's connection stays open and silent, so it neither reconnects (taking the
+/// pods back) nor loses its pods' listeners before it is told to stop. When the new one leaves, the old one is
+/// disconnected too, reconnects and gets a fresh snapshot.
+#[tokio::test]
+async fn a_new_ztunnel_takes_over_and_the_old_keeps_its_connection_until_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("zds.sock");
+    let (_agent_trigger, agent_drain) = ambit_core::drain::new();
+    let server = ZdsServer::start(&sock, agent_drain).unwrap();
+    server.add(pod("a", "/proc/self/ns/net")).await.unwrap();
+
+    let old = Arc::new(Recorder::default());
+    let (_old_trigger, old_drain) = ambit_core::drain::new();
+    tokio::spawn(inpod::run(sock.clone(), old.clone(), None, old_drain));
+    assert_eq!(
+        wait_for(&old, 2).await,
+        vec!["start a demo/pod-a/sa", "retain [\"a\"]"]
+    );
+
+    let new = Arc::new(Recorder::default());
+    let (new_trigger, new_drain) = ambit_core::drain::new();
+    let new_client = tokio::spawn(inpod::run(sock.clone(), new.clone(), None, new_drain));
+    assert_eq!(
+        wait_for(&new, 2).await,
+        vec!["start a demo/pod-a/sa", "retain [\"a\"]"]
+    );
+    server.add(pod("b", "/proc/self/ns/net")).await.unwrap();
+    assert_eq!(new.calls()[2..], ["start b demo/pod-b/sa".to_owned()]);
+    // Long enough for a reconnect (its backoff starts at 10 ms) and a second snapshot to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        old.calls().len(),
+        2,
+        "the old ztunnel reconnected or was sent more: {:?}",
+        old.calls()
+    );
+
+    new_trigger.drain(Duration::from_secs(1)).await;
+    new_client.await.unwrap();
+    let calls = wait_for(&old, 5).await;
+    assert_eq!(
+        calls[2..],
+        [
+            "start a demo/pod-a/sa".to_owned(),
+            "start b demo/pod-b/sa".to_owned(),
+            "retain [\"a\", \"b\"]".to_owned()
+        ],
+        "the old ztunnel, disconnected when the new one left, reconnects for a fresh snapshot"
+    );
+}
