@@ -74,8 +74,10 @@ impl NodeAgent {
         )
     }
 
-    /// Brings the node to `pods`: captures newly enrolled pods, releases pods that left or opted out.
-    pub async fn apply(&mut self, pods: &[LocalPod]) {
+    /// Brings the node to `pods`: captures newly enrolled pods, releases pods that left or opted out. Returns the
+    /// uids of the pods captured now whose namespace had no redirection yet (pods already redirected, as a
+    /// restarted agent finds them, are not among them).
+    pub async fn apply(&mut self, pods: &[LocalPod]) -> Vec<String> {
         let wanted: HashMap<&str, &LocalPod> = pods
             .iter()
             .filter(|p| self.is_captured(p))
@@ -96,11 +98,19 @@ impl NodeAgent {
                 self.release(&pod).await;
             }
         }
+        let mut redirected_now = Vec::new();
         for (uid, pod) in wanted {
-            if !self.captured.contains_key(uid) && self.capture(pod).await {
+            if self.captured.contains_key(uid) {
+                continue;
+            }
+            if let Some(written) = self.capture(pod).await {
                 self.captured.insert(uid.to_owned(), pod.clone());
+                if written {
+                    redirected_now.push(uid.to_owned());
+                }
             }
         }
+        redirected_now
     }
 
     fn dns_capture(&self, pod: &LocalPod) -> bool {
@@ -115,8 +125,9 @@ impl NodeAgent {
         }
     }
 
-    /// Hands the pod to ztunnel (so its listeners are up), then redirects its traffic.
-    async fn capture(&self, pod: &LocalPod) -> bool {
+    /// Hands the pod to ztunnel (so its listeners are up), then redirects its traffic. `Some(written)` when
+    /// captured: whether the rules had to be written.
+    async fn capture(&self, pod: &LocalPod) -> Option<bool> {
         let info = PodInfo {
             uid: pod.uid.clone(),
             name: pod.name.clone(),
@@ -130,18 +141,18 @@ impl NodeAgent {
         let netns = pod.netns.clone();
         let dns = self.dns_capture(pod);
         match tokio::task::spawn_blocking(move || rules::install(&netns, dns)).await {
-            Ok(Ok(())) => {
-                info!(pod.namespace = %pod.namespace, pod.name = %pod.name, "pod captured");
-                true
+            Ok(Ok(written)) => {
+                info!(pod.namespace = %pod.namespace, pod.name = %pod.name, rules_written = written, "pod captured");
+                Some(written)
             }
             Ok(Err(e)) => {
                 warn!(pod.name = %pod.name, error = %e, "installing the redirection failed");
                 let _ = self.zds.remove(&pod.uid).await;
-                false
+                None
             }
             Err(e) => {
                 warn!(error = %e, "rules task failed");
-                false
+                None
             }
         }
     }

@@ -8,6 +8,7 @@
 //! started before the agent. A pod whose namespace cannot be found yet is retried every [`RETRY`], and logged
 //! once; so is a pod whose redirection failed to install.
 
+mod events;
 mod plugin_calls;
 pub mod pod;
 
@@ -83,6 +84,9 @@ pub async fn run(
     .default_backoff()
     .map(|ev| Change::Pods(Seen::of(ev)))
     .boxed();
+    let uncaptured = plugin
+        .is_some()
+        .then(|| events::UncapturedEvents::new(client.clone(), node));
     let ns_events = reflector::reflector(
         ns_writer,
         watcher(Api::<Namespace>::all(client), watcher::Config::default()),
@@ -92,6 +96,7 @@ pub async fn run(
     .boxed();
     let mut events = futures::stream::select(pod_events, ns_events);
     let mut node_state = NodeState::new(agent, lookup, pods, namespaces);
+    node_state.uncaptured = uncaptured;
     let (mut pods_listed, mut namespaces_listed) = (false, false);
     let mut retry_at: Option<tokio::time::Instant> = None;
     info!(node, field_selector = %selector, "watching this node's pods and the namespaces");
@@ -185,6 +190,8 @@ struct NodeState {
     /// uid → the sandbox the CNI plugin announced (captured while still `Pending`).
     announced: HashMap<String, Announced>,
     calls: Calls,
+    /// With the plugin installed: the Event for pods found running unredirected ([`events`]).
+    uncaptured: Option<events::UncapturedEvents>,
 }
 
 impl NodeState {
@@ -204,6 +211,7 @@ impl NodeState {
             unreadable: HashSet::new(),
             announced: HashMap::new(),
             calls: Calls::default(),
+            uncaptured: None,
         }
     }
 
@@ -339,7 +347,16 @@ impl NodeState {
         // Pods that left (or stopped being enrolled) are no longer waited for.
         self.waiting.retain(|uid| found.contains_key(uid));
         self.netns = netns;
-        self.agent.apply(&pods).await;
+        let redirected_now = self.agent.apply(&pods).await;
+        if let Some(events) = &self.uncaptured {
+            // Announced pods were captured at their ADD, before they started.
+            for pod in pods
+                .iter()
+                .filter(|p| redirected_now.contains(&p.uid) && !self.announced.contains_key(&p.uid))
+            {
+                events.started_uncaptured(pod).await;
+            }
+        }
         behind || pods.iter().any(|p| !self.agent.has_captured(&p.uid))
     }
 }

@@ -266,7 +266,7 @@ async fn watch_file(
         }
         match serde_json::from_slice::<Vec<LocalPod>>(&bytes) {
             Ok(pods) => {
-                agent.apply(&pods).await;
+                let _ = agent.apply(&pods).await;
                 last = Some(bytes);
             }
             // Keep the last good list; say what is wrong once per change.

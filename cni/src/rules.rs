@@ -128,11 +128,14 @@ fn in_netns(netns: &Path, argv: &[&str], stdin: Option<&str>) -> Result<String, 
 /// Installs the rules and the policy routing in the namespace at `netns`. Idempotent: rules already exactly in
 /// place are left alone (a restarted agent taking its pods over changes nothing, so there is no moment without
 /// redirection, when traffic would bypass ztunnel); anything else an earlier install left is replaced.
-pub fn install(netns: &Path, dns_capture: bool) -> Result<(), RulesError> {
+///
+/// Returns whether the iptables rules had to be written (`false`: the pod was already redirected).
+pub fn install(netns: &Path, dns_capture: bool) -> Result<bool, RulesError> {
     in_netns(netns, &["ip", "link", "set", "lo", "up"], None)?;
     let want = ruleset(dns_capture);
     let current = save(netns).unwrap_or_default();
-    if !already_installed(&current, &want) {
+    let written = !already_installed(&current, &want);
+    if written {
         remove_iptables(netns);
         in_netns(netns, &["iptables-restore", "-w", "--noflush"], Some(&want))?;
     }
@@ -170,7 +173,7 @@ pub fn install(netns: &Path, dns_capture: bool) -> Result<(), RulesError> {
             None,
         )?;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// How many times `ip rule` output holds our policy-routing rule.

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use ambit_e2e::TestDir;
 use ambit_e2e::capture::Capture;
-use ambit_e2e::kube::{ApiServer, binary, kubectl, label};
+use ambit_e2e::kube::{ApiServer, binary, kubectl, label, set_pod_phase};
 use ambit_e2e::netns::Netns;
 use ambit_e2e::process::Process;
 use ambit_e2e::redirection::{Redirection, wait_absent};
@@ -132,8 +132,10 @@ struct SandboxPod {
 
 /// A `Pending` pod of this node in the API (no status: the kubelet has not started it).
 fn pending_pod(kc: &Path, ns: &str, name: &str, sandbox: &Netns) -> Result<SandboxPod> {
+    let netns = sandbox.name();
     let yaml = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\n\
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}, \
+         annotations: {{ambit.dev/netns: /var/run/netns/{netns}}}}}\n\
          spec: {{nodeName: {NODE}, serviceAccountName: {name}, containers: [{{name: app, image: app:1}}]}}\n"
     );
     kubectl(kc, &["apply", "-f", "-"], Some(&yaml))?;
@@ -299,8 +301,41 @@ fn scenario(dir: &TestDir) -> Result<()> {
         Redirection::read(late_ns.name())?.absent(),
         "captured with the agent down?"
     );
+    // The pod runs (uncaptured); the next agent captures it and says so with a Warning Event on the pod.
+    set_pod_phase(kc, "demo", "late", "Running", "10.214.0.99")?;
     // `closed` (an agent configured so, then killed): the pod does not start, with the plugin's own error code.
     let mut strict_agent = start_agent(dir, kc, &node, "agent-closed", "closed")?;
+    poll("the late pod captured after it started", WAIT, || {
+        Ok(Redirection::read(late_ns.name())?.installed().then_some(()))
+    })?;
+    poll("the StartedUncaptured Event on the late pod", WAIT, || {
+        let events = kubectl(
+            kc,
+            &[
+                "get",
+                "events.events.k8s.io",
+                "-n",
+                "demo",
+                "-o",
+                "jsonpath={range .items[*]}{.reason} {.regarding.name}{\"\\n\"}{end}",
+            ],
+            None,
+        )?;
+        Ok(events
+            .lines()
+            .any(|l| l.trim() == "StartedUncaptured late")
+            .then_some(()))
+    })?;
+    ensure!(
+        !kubectl(
+            kc,
+            &["get", "events.events.k8s.io", "-n", "demo", "-o", "name"],
+            None
+        )?
+        .lines()
+        .any(|l| l.contains("web")),
+        "an Event for a pod captured at its ADD"
+    );
     ensure!(
         plugin_entries(&conflist)?
             .first()
@@ -369,7 +404,9 @@ fn start_agent(
         "ambit-node-agent",
         "ambit-cni",
     )?);
+    // Running pods' namespaces from the netns annotation (there are no pod processes in cgroups here).
     cmd.arg("--kube")
+        .arg("--netns-from-annotation")
         .arg("--kubeconfig")
         .arg(kc)
         .arg("--zds-socket")
