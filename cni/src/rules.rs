@@ -157,23 +157,24 @@ pub fn install(netns: &Path, dns_capture: bool) -> Result<bool, RulesError> {
     let rules = ip_rules(netns).unwrap_or_default();
     if count_our_rule(&rules) != 1 {
         while remove_rule(netns).is_ok() {}
-        in_netns(
-            netns,
-            &[
-                "ip",
-                "rule",
-                "add",
-                "fwmark",
-                ORIG_SRC_MARK,
-                "pref",
-                RULE_PREF,
-                "lookup",
-                ROUTE_TABLE,
-            ],
-            None,
-        )?;
+        in_netns(netns, &rule_argv("add"), None)?;
     }
     Ok(written)
+}
+
+/// `ip rule <verb>` of our policy-routing rule.
+fn rule_argv(verb: &str) -> [&str; 9] {
+    [
+        "ip",
+        "rule",
+        verb,
+        "fwmark",
+        ORIG_SRC_MARK,
+        "pref",
+        RULE_PREF,
+        "lookup",
+        ROUTE_TABLE,
+    ]
 }
 
 /// How many times `ip rule` output holds our policy-routing rule.
@@ -229,21 +230,7 @@ pub fn already_installed(save: &str, ruleset: &str) -> bool {
 }
 
 fn remove_rule(netns: &Path) -> Result<String, RulesError> {
-    in_netns(
-        netns,
-        &[
-            "ip",
-            "rule",
-            "del",
-            "fwmark",
-            ORIG_SRC_MARK,
-            "pref",
-            RULE_PREF,
-            "lookup",
-            ROUTE_TABLE,
-        ],
-        None,
-    )
+    in_netns(netns, &rule_argv("del"), None)
 }
 
 /// Deletes the jumps and chains (errors ignored: each may already be gone).
