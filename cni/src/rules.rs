@@ -136,7 +136,10 @@ pub fn install(netns: &Path, dns_capture: bool) -> Result<bool, RulesError> {
     let current = save(netns).unwrap_or_default();
     let written = !already_installed(&current, &want);
     if written {
-        remove_iptables(netns);
+        // A new pod's namespace has nothing of ours: skip the removal's ~18 failing commands (the CNI ADD waits).
+        if current.contains("ISTIO_") {
+            remove_iptables(netns);
+        }
         in_netns(netns, &["iptables-restore", "-w", "--noflush"], Some(&want))?;
     }
     in_netns(
@@ -155,8 +158,11 @@ pub fn install(netns: &Path, dns_capture: bool) -> Result<bool, RulesError> {
         None,
     )?;
     let rules = ip_rules(netns).unwrap_or_default();
-    if count_our_rule(&rules) != 1 {
-        while remove_rule(netns).is_ok() {}
+    let ours = count_our_rule(&rules);
+    if ours != 1 {
+        for _ in 0..ours {
+            let _ = remove_rule(netns);
+        }
         in_netns(netns, &rule_argv("add"), None)?;
     }
     Ok(written)

@@ -232,7 +232,10 @@ fn scenario(dir: &TestDir) -> Result<()> {
     )?;
     let web_ns = Netns::create("cni-web")?;
     let web = pending_pod(kc, "demo", "web", &web_ns)?;
+    let started = std::time::Instant::now();
     let result = runtime.run(&conflist, "ADD", &web)?;
+    // Reported, not asserted (timing belongs in benchmarks): the whole chain, bridge + host-local + ambit-cni.
+    eprintln!("CNI ADD of an enrolled pod (whole chain): {:?}", started.elapsed());
     let redirection = Redirection::read(web_ns.name())?;
     ensure!(
         redirection.installed(),
@@ -260,7 +263,9 @@ fn scenario(dir: &TestDir) -> Result<()> {
     kubectl(kc, &["create", "namespace", "plain"], None)?;
     let plain_ns = Netns::create("cni-plain")?;
     let plain = pending_pod(kc, "plain", "app", &plain_ns)?;
+    let started = std::time::Instant::now();
     let plain_result = runtime.run(&conflist, "ADD", &plain)?;
+    eprintln!("CNI ADD of an unenrolled pod (whole chain): {:?}", started.elapsed());
     ensure!(
         Redirection::read(plain_ns.name())?.absent(),
         "an unenrolled pod was captured"
