@@ -132,6 +132,7 @@ fn in_netns(netns: &Path, argv: &[&str], stdin: Option<&str>) -> Result<String, 
 /// Returns whether the iptables rules had to be written (`false`: the pod was already redirected).
 pub fn install(netns: &Path, dns_capture: bool) -> Result<bool, RulesError> {
     in_netns(netns, &["ip", "link", "set", "lo", "up"], None)?;
+    migrate_requests(netns)?;
     let want = ruleset(dns_capture);
     let current = save(netns).unwrap_or_default();
     let written = !already_installed(&current, &want);
@@ -181,6 +182,29 @@ fn rule_argv(verb: &str) -> [&str; 9] {
         "lookup",
         ROUTE_TABLE,
     ]
+}
+
+/// `net.ipv4.tcp_migrate_req=1` in the pod's namespace: when a ztunnel closes its listeners (an upgrade: the new
+/// process has bound the same ports with `SO_REUSEPORT`), the connections still in their accept queues move to the
+/// new process's listeners instead of being reset. Written from a thread that enters the namespace (`/proc/sys/net`
+/// is the calling thread's namespace's), so the image needs no `sysctl` binary.
+pub fn migrate_requests(netns: &Path) -> Result<(), RulesError> {
+    let fail = |message: String| RulesError::Command {
+        command: format!("net.ipv4.tcp_migrate_req=1 in {}", netns.display()),
+        message,
+    };
+    let ns = std::fs::File::open(netns).map_err(|e| fail(e.to_string()))?;
+    std::thread::spawn(move || -> Result<(), String> {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+        match std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", b"1") {
+            // A kernel before 5.14 has no such setting: an upgrade then resets what was queued, as upstream's does.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r.map_err(|e| e.to_string()),
+        }
+    })
+    .join()
+    .map_err(|_| fail("the thread panicked".to_owned()))?
+    .map_err(fail)
 }
 
 /// How many times `ip rule` output holds our policy-routing rule.

@@ -140,3 +140,81 @@ fn dns_capture_off_leaves_port_53_alone() {
     assert!(!saved.contains("CT --zone"), "{saved}");
     assert!(saved.contains("--to-ports 15001"), "{saved}");
 }
+
+/// Two listeners on one port with `SO_REUSEPORT` (an old and a new ztunnel in a pod during an upgrade), connections
+/// completed by the kernel but not accepted yet, then the first listener closes (the old ztunnel drains): with the
+/// setting `install` writes, every queued connection is handed to the second listener; without it, those queued on
+/// the first are reset.
+#[test]
+fn queued_connections_move_to_the_new_listener_when_the_old_one_closes() {
+    let Some(ns) = TestNs::create("migrate") else {
+        return;
+    };
+    let p = ns.path();
+    let lo = Command::new("ip")
+        .args(["-n", &ns.0, "link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(lo.success());
+    let in_ns = |f: fn() -> (usize, usize)| {
+        let file = std::fs::File::open(ns.path()).unwrap();
+        std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    };
+    // Returns (connections made, connections the second listener accepted after the first closed).
+    fn upgrade() -> (usize, usize) {
+        use socket2::{Domain, Socket, Type};
+        let listener = |addr: std::net::SocketAddr| {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s.bind(&addr.into()).unwrap();
+            s.listen(128).unwrap();
+            std::net::TcpListener::from(s)
+        };
+        let old = listener("127.0.0.1:0".parse().unwrap());
+        let addr = old.local_addr().unwrap();
+        let new = listener(addr);
+        // From many source ports, so the kernel's hash puts some on each listener.
+        let clients: Vec<_> = (0..40)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(old);
+        new.set_nonblocking(true).unwrap();
+        let mut accepted = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while accepted < clients.len() && std::time::Instant::now() < deadline {
+            match new.accept() {
+                Ok(_) => accepted += 1,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        (clients.len(), accepted)
+    }
+    let (made, kept) = in_ns(upgrade);
+    assert!(
+        kept < made,
+        "without tcp_migrate_req every connection survived ({kept} of {made}): the check cannot see the difference"
+    );
+    rules::install(&p, true).unwrap();
+    let value = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "cat",
+            "/proc/sys/net/ipv4/tcp_migrate_req",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&value.stdout).trim(), "1");
+    let (made, kept) = in_ns(upgrade);
+    assert_eq!(
+        kept, made,
+        "queued connections lost when the old listener closed"
+    );
+}
