@@ -277,9 +277,12 @@ pub async fn start_on(
 
     // Ops servers on the control runtime.
     let (shutdown_tx, shutdown) = tokio::sync::mpsc::channel(1);
-    let admin_listener = bind_std(cfg.admin_addr)?;
-    let stats_listener = bind_std(cfg.stats_addr)?;
-    let ready_listener = bind_std(cfg.readiness_addr)?;
+    // With port reuse (INPOD_PORT_REUSE, the default) a second ztunnel in the same namespace, the new process of a
+    // rolling restart, binds these beside this one; each answers for itself while both run.
+    let reuse = cfg.inpod_port_reuse;
+    let admin_listener = bind_std(cfg.admin_addr, reuse)?;
+    let stats_listener = bind_std(cfg.stats_addr, reuse)?;
+    let ready_listener = bind_std(cfg.readiness_addr, reuse)?;
     let addresses = Addresses {
         admin: admin_listener.local_addr()?,
         stats: stats_listener.local_addr()?,
@@ -451,7 +454,7 @@ impl ProxyShared {
         };
         let addr = self.cfg.dns_proxy_addr;
         let udp = sockets
-            .udp_bind(addr)
+            .udp_bind(addr, self.cfg.inpod_port_reuse)
             .with_context(|| format!("DNS proxy: bind udp {addr}"))?;
         let tcp = sockets
             .listen(addr, false, self.cfg.inpod_port_reuse)
@@ -565,10 +568,23 @@ fn install_tls_policy(cfg: &Config, backend: TlsBackend, control: &Handle) -> an
     TlsPolicy::install_from_settings(cfg.crl_path.as_deref(), &cfg.compliance_policy, backend)
 }
 
-fn bind_std(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+fn bind_std(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<std::net::TcpListener> {
+    let bind = || -> std::io::Result<std::net::TcpListener> {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        s.set_reuse_address(true)?;
+        if reuse_port {
+            s.set_reuse_port(true)?;
+        }
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        s.set_nonblocking(true)?;
+        Ok(s.into())
+    };
+    bind().with_context(|| format!("bind {addr}"))
 }
 
 fn control_plane(

@@ -75,7 +75,14 @@ impl SocketFactory {
     }
 
     /// A UDP socket bound to `addr` (in the pod's namespace in shared mode), marked like every proxy socket.
-    pub fn udp_bind(&self, addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+    /// `reuse_port`: as the pod's TCP listeners (`INPOD_PORT_REUSE`): during a rolling restart the old and the new
+    /// ztunnel's sockets share the queries, and when the old one closes its socket the rest go to the new one (with
+    /// only `SO_REUSEADDR` the kernel may keep delivering to the socket about to close).
+    pub fn udp_bind(
+        &self,
+        addr: SocketAddr,
+        reuse_port: bool,
+    ) -> io::Result<tokio::net::UdpSocket> {
         let make = || {
             let domain = if addr.is_ipv4() {
                 socket2::Domain::IPV4
@@ -92,6 +99,9 @@ impl SocketFactory {
             s.set_mark(mark)?;
         }
         s.set_reuse_address(true)?;
+        if reuse_port {
+            s.set_reuse_port(true)?;
+        }
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         tokio::net::UdpSocket::from_std(s.into())
