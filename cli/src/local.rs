@@ -54,8 +54,29 @@ pub enum LocalCommand {
     /// Gateways, routes, Services or pods as the mesh's API server holds them, with the status the controller
     /// computed.
     Get(get::GetArgs),
+    /// Restart a mesh component without dropping connections: `ztunnel` starts a new process beside the old one
+    /// on each node (or `--node`), hands it the pods, then lets the old one drain.
+    Restart(RestartArgs),
     /// Stop everything and remove every namespace, link, rule and process of the mesh.
     Down,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RestartArgs {
+    /// What to restart.
+    #[arg(value_enum)]
+    pub component: RestartComponent,
+    /// Only this node's (default: every node's, one after the other).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// How long to wait for each node's restart to finish.
+    #[arg(long, default_value = "120", value_parser = parse_secs)]
+    pub timeout: Duration,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartComponent {
+    Ztunnel,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -260,6 +281,32 @@ pub fn run(args: LocalArgs) -> Result<i32> {
             Ok(0)
         }
         LocalCommand::Get(g) => get::run(&args.dir, &g),
+        LocalCommand::Restart(r) => {
+            let state = State::load(&args.dir)?;
+            let nodes: Vec<String> = match &r.node {
+                Some(n) if state.nodes.iter().any(|x| &x.name == n) => vec![n.clone()],
+                Some(n) => bail!(
+                    "no node {n:?} in the local mesh (nodes: {})",
+                    state
+                        .nodes
+                        .iter()
+                        .map(|x| x.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => state.nodes.iter().map(|x| x.name.clone()).collect(),
+            };
+            let RestartComponent::Ztunnel = r.component;
+            for node in nodes {
+                supervisor::request_ztunnel_restart(
+                    &args.dir,
+                    std::slice::from_ref(&node),
+                    r.timeout,
+                )?;
+                println!("ztunnel on {node} restarted (the old process drained)");
+            }
+            Ok(0)
+        }
         LocalCommand::Down => {
             require_root()?;
             down(&args.dir)?;

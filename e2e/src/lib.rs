@@ -16,6 +16,7 @@
 
 pub mod capture;
 pub mod kube;
+pub mod load;
 pub mod local;
 pub mod localconfig;
 pub mod netns;

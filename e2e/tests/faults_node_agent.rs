@@ -9,10 +9,10 @@
 //! did not pass because the redirection silently went away).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ambit_e2e::e2e_test;
+use ambit_e2e::load::RequestLoop;
 use ambit_e2e::local::{LocalMesh, NET_NS, WAIT, run_on_mesh};
 use ambit_e2e::prom;
 use ambit_e2e::redirection::Redirection;
@@ -124,50 +124,6 @@ fn wait_logged(state_dir: &Path, needle: &str, times: usize) -> Result<()> {
     )
 }
 
-struct Load {
-    stop: AtomicBool,
-    ok: AtomicU64,
-    failed: AtomicU64,
-    last_error: std::sync::Mutex<String>,
-}
-
-impl Load {
-    fn run(&self, mesh: &LocalMesh) {
-        while !self.stop.load(Ordering::Relaxed) {
-            match mesh.curl(NS, "deploy/client", "http://server.demo/") {
-                Ok(_) => {
-                    self.ok.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    self.failed.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut last) = self.last_error.lock() {
-                        *last = format!("{e:#}");
-                    }
-                }
-            }
-        }
-    }
-
-    /// Waits for `n` more successful requests.
-    fn more(&self, n: u64, what: &str) -> Result<()> {
-        let target = self.ok.load(Ordering::Relaxed) + n;
-        poll(&format!("{n} requests {what}"), WAIT, || {
-            Ok((self.ok.load(Ordering::Relaxed) >= target).then_some(()))
-        })
-        .with_context(|| {
-            format!(
-                "{} ok, {} failed, last error: {}",
-                self.ok.load(Ordering::Relaxed),
-                self.failed.load(Ordering::Relaxed),
-                self.last_error
-                    .lock()
-                    .map(|l| l.clone())
-                    .unwrap_or_default()
-            )
-        })
-    }
-}
-
 fn server_connections(mesh: &LocalMesh) -> Result<f64> {
     let ip = mesh.node_ip("node-1")?;
     let metrics = mesh.get_in(NET_NS, &format!("http://{ip}:15020/metrics"))?;
@@ -185,14 +141,9 @@ fn server_connections(mesh: &LocalMesh) -> Result<f64> {
 fn scenario(mesh: &LocalMesh, manifests: &Path) -> Result<()> {
     let state_dir = mesh.state_dir().to_owned();
     let before = server_connections(mesh)?;
-    let load = Load {
-        stop: AtomicBool::new(false),
-        ok: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        last_error: std::sync::Mutex::new(String::new()),
-    };
+    let load = RequestLoop::default();
     let result = std::thread::scope(|s| {
-        s.spawn(|| load.run(mesh));
+        s.spawn(|| load.run(mesh, NS, "deploy/client", "http://server.demo/"));
         let steps = || -> Result<()> {
             load.more(PER_PHASE, "before any fault")?;
 
@@ -233,22 +184,15 @@ fn scenario(mesh: &LocalMesh, manifests: &Path) -> Result<()> {
             Ok(())
         };
         let r = steps();
-        load.stop.store(true, Ordering::Relaxed);
+        load.stop();
         r
     });
     result?;
-    let (ok, failed) = (
-        load.ok.load(Ordering::Relaxed),
-        load.failed.load(Ordering::Relaxed),
-    );
+    let (ok, failed, last) = load.totals();
     ensure!(
         failed == 0,
-        "{failed} of {} requests failed across the agent restarts; last: {}",
-        ok + failed,
-        load.last_error
-            .lock()
-            .map(|l| l.clone())
-            .unwrap_or_default()
+        "{failed} of {} requests failed across the agent restarts; first errors:\n{last}",
+        ok + failed
     );
     let through = server_connections(mesh)? - before;
     eprintln!(

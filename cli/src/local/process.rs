@@ -71,6 +71,46 @@ impl Proc {
         Ok(())
     }
 
+    /// The same process, not started: the new one of a rolling restart (same namespace, command, env and log).
+    pub fn respawn(&self) -> Proc {
+        Proc::new(
+            &self.name,
+            &self.netns,
+            self.argv.clone(),
+            self.env.clone(),
+            self.log.clone(),
+        )
+    }
+
+    /// The log file the process appends to.
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
+    /// Whether the process has exited (reaped), without waiting.
+    pub fn exited(&mut self) -> bool {
+        match &mut self.child {
+            None => true,
+            Some(c) => match c.try_wait() {
+                Ok(Some(_)) => {
+                    self.child = None;
+                    true
+                }
+                _ => false,
+            },
+        }
+    }
+
+    /// SIGKILL to its process group, then reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -111,7 +151,7 @@ impl Proc {
     }
 
     /// Asks its process group to stop (SIGTERM).
-    fn terminate(&self) {
+    pub fn terminate(&self) {
         if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
         }

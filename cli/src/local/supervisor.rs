@@ -22,6 +22,9 @@ use super::process::{Proc, stop_all};
 use super::{NodeState, PodState, ServiceState, State, UpArgs, pid_alive};
 
 mod readiness;
+mod rollout;
+
+pub use rollout::request as request_ztunnel_restart;
 
 const SERVICE_CIDR_BASE: [u8; 3] = [10, 96, 0];
 
@@ -42,6 +45,8 @@ struct Supervisor {
     creds: MeshCredentials,
     /// `<ns>/<name>` of the waypoint Gateways in the manifests, which `up` waits for.
     waypoint_gateways: Vec<String>,
+    /// Rolling ztunnel restarts in progress ([`rollout`]).
+    rollouts: Vec<rollout::Rollout>,
 }
 
 /// Runs the mesh until SIGTERM/SIGINT.
@@ -135,6 +140,7 @@ pub fn run(dir: &Path, up: &UpArgs) -> Result<()> {
         deploy_dir,
         probes: HashMap::new(),
         waypoint_gateways: Vec::new(),
+        rollouts: Vec::new(),
         creds: MeshCredentials {
             root_cert: dir.join("controller/root-cert.pem"),
             trust_domain: "cluster.local".to_owned(),
@@ -159,6 +165,8 @@ impl Supervisor {
             for p in self.system.iter_mut() {
                 changed |= p.supervise();
             }
+            self.take_rollout_requests();
+            self.advance_rollouts();
             for (key, p) in self.pods.iter_mut() {
                 if p.supervise() {
                     changed = true;
@@ -690,6 +698,9 @@ impl Supervisor {
         // namespaces.
         let mut pods: Vec<Proc> = self.pods.drain().map(|(_, p)| p).collect();
         stop_all(&mut pods, Duration::from_secs(3));
+        // An old ztunnel still draining from a rolling restart stops with the rest.
+        self.system
+            .extend(self.rollouts.drain(..).map(rollout::Rollout::into_old));
         stop_all(&mut self.system, Duration::from_secs(5));
         super::sweep(&self.dir);
     }
