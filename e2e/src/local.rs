@@ -392,3 +392,43 @@ impl Echo {
         out
     }
 }
+
+/// An ambient namespace `demo` with an echo `server` Deployment behind Service `server` (port 80) and a `client`
+/// Deployment that sleeps: the fault tests' load runs from the client to the server.
+pub const DEMO_APPS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: server, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  template:
+    metadata: {labels: {app: server}}
+    spec:
+      serviceAccountName: server
+      containers:
+      - name: echo
+        command: [ambit, echo, --http-port, "8080"]
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: demo}
+spec:
+  selector: {app: server}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client, namespace: demo}
+spec:
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      serviceAccountName: client
+      containers: [{name: sleep, command: [sleep, infinity]}]
+"#;

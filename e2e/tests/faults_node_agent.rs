@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ambit_e2e::e2e_test;
 use ambit_e2e::load::RequestLoop;
-use ambit_e2e::local::{LocalMesh, NET_NS, WAIT, run_on_mesh};
+use ambit_e2e::local::{DEMO_APPS, LocalMesh, NET_NS, WAIT, run_on_mesh};
 use ambit_e2e::prom;
 use ambit_e2e::redirection::Redirection;
 use ambit_e2e::topology::poll;
@@ -24,44 +24,6 @@ use nix::unistd::Pid;
 const NS: &str = "demo";
 /// Requests that must succeed after each step.
 const PER_PHASE: u64 = 10;
-
-const APPS: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: server, namespace: demo}
-spec:
-  selector: {matchLabels: {app: server}}
-  template:
-    metadata: {labels: {app: server}}
-    spec:
-      serviceAccountName: server
-      containers:
-      - name: echo
-        command: [ambit, echo, --http-port, "8080"]
-        ports: [{name: http, containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: server, namespace: demo}
-spec:
-  selector: {app: server}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: client, namespace: demo}
-spec:
-  selector: {matchLabels: {app: client}}
-  template:
-    metadata: {labels: {app: client}}
-    spec:
-      serviceAccountName: client
-      containers: [{name: sleep, command: [sleep, infinity]}]
-"#;
 
 const LATE: &str = r#"
 apiVersion: apps/v1
@@ -211,7 +173,7 @@ fn node_agent_restarts_lose_no_request_and_capture_what_came_meanwhile() {
     e2e_test("local-faults-node-agent", |dir| {
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests)?;
-        std::fs::write(manifests.join("apps.yaml"), APPS)?;
+        std::fs::write(manifests.join("apps.yaml"), DEMO_APPS)?;
         run_on_mesh(
             dir.path(),
             &manifests,

@@ -11,50 +11,12 @@ use std::path::Path;
 
 use ambit_e2e::e2e_test;
 use ambit_e2e::load::RequestLoop;
-use ambit_e2e::local::{LocalMesh, run_on_mesh};
+use ambit_e2e::local::{DEMO_APPS, LocalMesh, run_on_mesh};
 use anyhow::{Context, Result, ensure};
 
 const NS: &str = "demo";
 /// Requests that must succeed after each step.
 const PER_PHASE: u64 = 10;
-
-const APPS: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: server, namespace: demo}
-spec:
-  selector: {matchLabels: {app: server}}
-  template:
-    metadata: {labels: {app: server}}
-    spec:
-      serviceAccountName: server
-      containers:
-      - name: echo
-        command: [ambit, echo, --http-port, "8080"]
-        ports: [{name: http, containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: server, namespace: demo}
-spec:
-  selector: {app: server}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: client, namespace: demo}
-spec:
-  selector: {matchLabels: {app: client}}
-  template:
-    metadata: {labels: {app: client}}
-    spec:
-      serviceAccountName: client
-      containers: [{name: sleep, command: [sleep, infinity]}]
-"#;
 
 const STRICT: &str = r#"
 apiVersion: security.istio.io/v1
@@ -144,7 +106,7 @@ fn a_ztunnel_restarted_under_load_fails_no_new_connection() {
     e2e_test("local-faults-ztunnel-restart", |dir| {
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests)?;
-        std::fs::write(manifests.join("apps.yaml"), APPS)?;
+        std::fs::write(manifests.join("apps.yaml"), DEMO_APPS)?;
         std::fs::write(manifests.join("strict.yaml"), STRICT)?;
         run_on_mesh(dir.path(), &manifests, 1, scenario, |_| String::new())
     });
