@@ -354,3 +354,86 @@ async fn drain_lets_open_streams_finish() {
         "graceful drain finished before the deadline"
     );
 }
+
+/// An echo server whose every TCP connection has its own drain trigger (as two processes behind one port, the
+/// old one draining during a restart): returns the address and the triggers, in accept order.
+async fn per_connection_server() -> (SocketAddr, Arc<std::sync::Mutex<Vec<drain::DrainTrigger>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let triggers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let t = triggers.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let (trigger, watcher) = drain::new();
+            t.lock().unwrap().push(trigger);
+            tokio::spawn(hbone::serve(
+                s,
+                Arc::new(H2Config::default()),
+                watcher,
+                |_parts, responder: hbone::Responder| async move {
+                    let mut s = responder.accept(http::HeaderMap::new()).unwrap();
+                    let (mut r, mut w) = tokio::io::split(&mut s);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                },
+            ));
+        }
+    });
+    (addr, triggers)
+}
+
+/// One byte there and back through a new CONNECT stream.
+async fn round_trip(client: &HboneClient<Tcp>, addr: SocketAddr) -> Result<(), HboneError> {
+    let (s, _) = client
+        .connect(key(addr, "a"), connect_req("10.0.0.1:80"))
+        .await?;
+    let (mut app, mut proxy_side) = socket_pair().await;
+    let copy = tokio::spawn(async move { hbone::copy_bidirectional(s, &mut proxy_side).await });
+    app.write_all(b"x").await?;
+    app.shutdown().await?;
+    let mut reply = Vec::new();
+    app.read_to_end(&mut reply).await?;
+    assert_eq!(reply, b"x");
+    let _ = copy.await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_draining_peer_costs_no_new_stream() {
+    let (addr, triggers) = per_connection_server().await;
+    let tcp = Tcp::default();
+    let client = HboneClient::new(Arc::new(H2Config::default()), tcp.clone());
+    // A long stream keeps the first connection alive through its drain, so the pool still holds it when the
+    // GOAWAY arrives: the window in which a new stream used to fail.
+    let (long, _) = client
+        .connect(key(addr, "a"), connect_req("10.0.0.1:80"))
+        .await
+        .unwrap();
+    let first = triggers.lock().unwrap().remove(0);
+    let drained = tokio::spawn(first.drain(Duration::from_secs(10)));
+    let mut tries = 0;
+    while tcp.dials.load(Ordering::SeqCst) < 2 {
+        tries += 1;
+        assert!(tries <= 500, "the client never moved to a new connection");
+        if let Err(e) = round_trip(&client, addr).await {
+            panic!("stream {tries} failed while the peer drained: {e}");
+        }
+        tokio::task::yield_now().await;
+    }
+    // The new connection serves the next streams, and the long stream on the draining one still works.
+    round_trip(&client, addr).await.unwrap();
+    assert_eq!(tcp.dials.load(Ordering::SeqCst), 2);
+    let (mut app, mut proxy_side) = socket_pair().await;
+    let copy = tokio::spawn(async move { hbone::copy_bidirectional(long, &mut proxy_side).await });
+    app.write_all(b"late").await.unwrap();
+    app.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    app.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"late");
+    copy.await.unwrap().unwrap();
+    assert!(
+        drained.await.unwrap(),
+        "the draining connection finished within its deadline"
+    );
+}

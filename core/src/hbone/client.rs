@@ -104,27 +104,64 @@ impl<C: Connect> HboneClient<C> {
     }
 
     /// Opens a CONNECT stream for `request` (method CONNECT, `:authority` from its URI, its headers as given).
+    ///
+    /// A stream the peer did not process — its connection ended or is going away before the stream left (a GOAWAY
+    /// arrived, as when the peer drains for a restart), a GOAWAY excluded it, or it was refused — is opened again on
+    /// another connection, up to [`ATTEMPTS`] times in all: a peer's graceful drain costs no new connection.
+    /// Nothing of the tunnel's payload has been sent at that point (bytes follow the 200), so a second attempt
+    /// cannot duplicate data.
     pub async fn connect(
         &self,
         key: PoolKey,
         request: http::Request<()>,
     ) -> Result<(H2Stream, http::response::Parts), HboneError> {
-        let conn = match self.checkout(&key) {
+        let (parts, ()) = request.into_parts();
+        let mut attempt = 1;
+        loop {
+            match self.attempt(&key, rebuild(&parts)).await {
+                Err(Attempt::Unprocessed(e)) if attempt < ATTEMPTS => {
+                    debug!(dst = %key.dst, error = %e, attempt, "hbone stream not processed by the peer; trying another connection");
+                    attempt += 1;
+                }
+                Err(Attempt::Unprocessed(e)) | Err(Attempt::Failed(e)) => return Err(e),
+                Ok(ok) => return Ok(ok),
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        key: &PoolKey,
+        request: http::Request<()>,
+    ) -> Result<(H2Stream, http::response::Parts), Attempt> {
+        let conn = match self.checkout(key) {
             Some(c) => c,
-            None => self.establish(&key).await?,
+            None => self.establish(key).await.map_err(Attempt::Failed)?,
         };
         let guard = ActiveGuard(conn.clone());
-        let mut send = match conn.send.clone().ready().await {
-            Ok(s) => s,
-            Err(e) => {
-                conn.closed.store(true, Ordering::Release);
-                return Err(e.into());
-            }
+        // The connection cannot open a stream (it has ended, or a GOAWAY came): the request never left, so it goes
+        // to another connection, and this one leaves the pool whatever the reason.
+        let retire = |e: h2::Error| {
+            conn.closed.store(true, Ordering::Release);
+            Attempt::Unprocessed(e.into())
         };
-        let (response, stream) = send.send_request(request, false)?;
-        let (parts, body) = response.await?.into_parts();
+        let mut send = conn.send.clone().ready().await.map_err(retire)?;
+        let (response, stream) = send.send_request(request, false).map_err(retire)?;
+        // The request was sent: only the peer's word that it did not process it makes another attempt safe.
+        let response = response.await.map_err(|e| {
+            let retry = not_processed(&e);
+            if retry || e.is_io() {
+                conn.closed.store(true, Ordering::Release);
+            }
+            if retry {
+                Attempt::Unprocessed(e.into())
+            } else {
+                Attempt::Failed(e.into())
+            }
+        })?;
+        let (parts, body) = response.into_parts();
         if parts.status != http::StatusCode::OK {
-            return Err(HboneError::Status(parts.status));
+            return Err(Attempt::Failed(HboneError::Status(parts.status)));
         }
         Ok((H2Stream::new(stream, body, Some(Box::new(guard))), parts))
     }
@@ -228,6 +265,34 @@ impl<C: Connect> HboneClient<C> {
         }
         Ok(conn)
     }
+}
+
+/// How many connections one CONNECT may try when peers refuse it unprocessed.
+pub const ATTEMPTS: u32 = 3;
+
+/// One try of [`HboneClient::connect`].
+enum Attempt {
+    /// The peer did not process the stream: safe to open it again elsewhere.
+    Unprocessed(HboneError),
+    Failed(HboneError),
+}
+
+/// Whether `e` says the peer never processed the stream (RFC 9113 §6.8: a GOAWAY covers only the streams up to its
+/// last stream id; REFUSED_STREAM, §8.7, means not processed at all). A GOAWAY from the peer also ends streams it did
+/// process if the connection closes before they answer; those carry no payload yet either, so retrying them is safe.
+fn not_processed(e: &h2::Error) -> bool {
+    (e.is_go_away() && e.is_remote())
+        || (e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM))
+}
+
+/// A copy of a bodiless request (an `http::Request` is not `Clone`).
+fn rebuild(parts: &http::request::Parts) -> http::Request<()> {
+    let mut req = http::Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
 }
 
 /// Drops closed and long-idle connections, then the least recently used idle ones beyond `capacity`.
