@@ -4,8 +4,8 @@
 //! starts a new ztunnel beside the old one, the node agent hands it the pods, and the old one drains. STRICT mTLS
 //! in the namespace, so a request that went around ztunnel would fail rather than pass.
 //!
-//! Asserted: at most one request per restart fails (the drain race below; usually none); the ztunnel's pid changes each time and the old process is
-//! gone; the new one serves the pods (requests keep succeeding after the old exited).
+//! Asserted: no request fails; the ztunnel's pid changes each time and the old process is gone; the new one serves
+//! the pods (requests keep succeeding after the old exited).
 
 use std::path::Path;
 
@@ -18,7 +18,7 @@ const NS: &str = "demo";
 /// Requests that must succeed after each step.
 const PER_PHASE: u64 = 10;
 /// Rolling restarts in a run.
-const ROUNDS: u64 = 2;
+const ROUNDS: u64 = 4;
 
 const STRICT: &str = r#"
 apiVersion: security.istio.io/v1
@@ -95,11 +95,13 @@ fn scenario(mesh: &LocalMesh) -> Result<()> {
     result?;
     let (ok, failed, last) = load.totals();
     eprintln!("ztunnel restarts: {ok} requests, {failed} failed");
-    // Not yet zero: a connection the old ztunnel accepts just as it starts draining can be closed unanswered
-    // (`curl: (52) Empty reply`; 1 of 86 in one CI run, 0 in the other runs). At most one per restart is allowed
-    // until that race in the drain is fixed (docs/RELIABILITY.md); anything more is a regression.
+    // Zero. Two races cost a request in about one restart of ten before they were fixed: the old process's pods
+    // were cut unsignalled when its ZDS client let go of them first (their connections closed at once, "Empty
+    // reply" or a reset), and a CONNECT the pool sent on a connection its draining peer had just told to go away
+    // failed instead of moving to another connection (core/tests/hbone.rs). Without either fix a few runs of
+    // this test fail.
     ensure!(
-        failed <= ROUNDS,
+        failed == 0,
         "{failed} of {} requests failed across {ROUNDS} ztunnel restarts; first errors:\n{last}",
         ok + failed
     );
@@ -107,7 +109,7 @@ fn scenario(mesh: &LocalMesh) -> Result<()> {
 }
 
 #[test]
-fn a_ztunnel_restarted_under_load_loses_at_most_a_draining_connection() {
+fn a_ztunnel_restarted_under_load_loses_no_request() {
     e2e_test("local-faults-ztunnel-restart", |dir| {
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests)?;

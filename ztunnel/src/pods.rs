@@ -61,17 +61,17 @@ impl PodProxies {
             pending: Mutex::new(HashMap::new()),
             metrics,
         });
-        let weak = Arc::downgrade(&pods);
+        // A strong reference: the ZDS client, the other owner, returns on the same signal, and were this the last
+        // one the pods' triggers would be dropped unsignalled — every connection cut at once instead of drained.
+        let owner = pods.clone();
         tokio::spawn(async move {
             let mut drain = drain;
             drain.signaled().await;
-            if let Some(pods) = weak.upgrade() {
-                let all: Vec<RunningPod> = pods.take(|_| true);
-                pods.counted_stops(all.len());
-                let deadline = pods.shared.cfg.termination_deadline;
-                drop(pods);
-                futures::future::join_all(all.into_iter().map(|p| p.trigger.drain(deadline))).await;
-            }
+            let all: Vec<RunningPod> = owner.take(|_| true);
+            owner.counted_stops(all.len());
+            let deadline = owner.shared.cfg.termination_deadline;
+            drop(owner);
+            futures::future::join_all(all.into_iter().map(|p| p.trigger.drain(deadline))).await;
             // `drain` (a watcher of ztunnel's own drain) is held until here, so ztunnel waits for its pods.
             drop(drain);
         });
