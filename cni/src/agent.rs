@@ -2,36 +2,14 @@
 //! labels) to redirection rules inside each captured pod and the pod's hand-off to ztunnel. Label changes take
 //! effect on running pods: enrolling installs the rules and hands the pod over, releasing does the reverse.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::rules;
 use crate::server::{PodInfo, ZdsServer};
+use ambit_core::redirect as rules;
 
-/// A pod on this node as the local mesh runtime describes it (`--pods` file), or as [`crate::kube`] builds it
-/// from the API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LocalPod {
-    pub uid: String,
-    pub name: String,
-    pub namespace: String,
-    #[serde(default = "default_sa")]
-    pub service_account: String,
-    pub netns: PathBuf,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default)]
-    pub namespace_labels: BTreeMap<String, String>,
-}
-
-fn default_sa() -> String {
-    "default".to_owned()
-}
+pub use ambit_core::local_pod::LocalPod;
 
 /// Pod annotation overriding DNS capture (`true`/`false`).
 pub const DNS_CAPTURE_ANNOTATION: &str = "ambient.istio.io/dns-capture";

@@ -9,7 +9,6 @@ pub mod netns;
 pub mod plugin;
 pub mod plugin_install;
 pub mod plugin_server;
-pub mod rules;
 pub mod server;
 
 pub use agent::{AgentConfig, LocalPod, NodeAgent};

@@ -3,8 +3,8 @@
 pub mod admin;
 pub mod authz;
 pub mod ca;
-pub mod cmdline;
 pub mod cert;
+pub mod cmdline;
 pub mod dns_forward;
 pub mod drain;
 pub mod enrollment;
@@ -15,10 +15,12 @@ pub mod identity;
 pub mod jwt;
 #[cfg(feature = "kube")]
 pub mod kube;
+pub mod local_pod;
 pub mod logging;
 pub mod metrics;
 pub mod rbac;
 pub mod readiness;
+pub mod redirect;
 pub mod runtime;
 pub mod signal;
 pub mod signer;

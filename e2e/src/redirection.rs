@@ -1,4 +1,4 @@
-//! What the node agent installs in a pod's network namespace (`cni/src/rules.rs`), as `iptables-save` and
+//! What the node agent installs in a pod's network namespace (`core/src/redirect.rs`), as `iptables-save` and
 //! `ip rule` inside it show it.
 
 use std::process::Command;
@@ -12,7 +12,7 @@ use crate::topology::poll;
 /// Generous: two shared cores, several builds at once.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// What the agent installs (`cni/src/rules.rs`), as seen inside a namespace.
+/// What the agent installs (`core/src/redirect.rs`), as seen inside a namespace.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Redirection {
     /// The nat table's inbound REDIRECT to 15006 and outbound to 15001.

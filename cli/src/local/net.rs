@@ -23,7 +23,7 @@ const BRIDGE_MAC: &str = "02:a6:b1:70:00:01";
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// The runtime's readiness probes come from this address, as kubelet's do once istio-cni SNATs them on a node
-/// (`ambit_cni::rules::PROBE_SOURCE`): captured pods let it through to the app.
+/// (`ambit_core::redirect::PROBE_SOURCE`): captured pods let it through to the app.
 pub const PROBE_SOURCE: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
 const BRIDGE: &str = "br0";
 const SERVICES_CHAIN: &str = "AMBIT-SERVICES";

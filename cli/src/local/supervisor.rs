@@ -670,7 +670,7 @@ impl Supervisor {
                 if s.node != node.name {
                     continue;
                 }
-                list.push(ambit_cni::LocalPod {
+                list.push(ambit_core::local_pod::LocalPod {
                     uid: s.uid.clone(),
                     name: pod.name.clone(),
                     namespace: pod.namespace.clone(),

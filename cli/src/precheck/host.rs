@@ -251,7 +251,7 @@ fn kernel(root: bool) -> Vec<Check> {
         netns_fix,
     )];
     out.push(
-        match ambit_cni::rules::install(&ns.path(), true).and_then(|_| ambit_cni::rules::save(&ns.path())) {
+        match ambit_core::redirect::install(&ns.path(), true).and_then(|_| ambit_core::redirect::save(&ns.path())) {
             Ok(rules) if rules.contains("--to-ports 15001") => Check::pass(
                 "AMB1107",
                 "redirection",

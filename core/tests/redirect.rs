@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use ambit_cni::rules;
+use ambit_core::redirect as rules;
 
 struct TestNs(String);
 
