@@ -261,7 +261,7 @@ impl Worker {
                 Ok(cert) => {
                     backoff.reset();
                     self.priority.set(Priority::Background);
-                    let wait = until(cert.refresh_at());
+                    let wait = refresh_wait(&cert);
                     tracing::info!(
                         identity = %self.id,
                         cert.serial = %cert.serial_hex(),
@@ -321,6 +321,13 @@ impl Worker {
 
 fn sign_reason(e: &SignError) -> String {
     e.to_string()
+}
+
+/// How long a newly issued `cert` is served before the next is asked for: half the validity it has left. Not
+/// half of `not_after - not_before`: a CA back-dates `not_before` against clock skew (ours by 60 s), which would put
+/// a short certificate's half-life in the past — a 20 s `SECRET_TTL` would then be renewed at once, forever.
+fn refresh_wait(cert: &WorkloadCert) -> Duration {
+    until(cert.not_after()) / 2
 }
 
 /// Time from now until `at` (zero if past).

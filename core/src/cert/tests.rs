@@ -105,29 +105,25 @@ async fn at_most_eight_in_flight() {
     assert_eq!(mgr.identities().len(), 12);
 }
 
+/// Serves `cert` and expects the next request half its remaining validity later (within a second).
+async fn expect_refresh_after(signer: &FakeSigner, calls: usize, after: Duration) {
+    tokio::time::sleep(after - Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(signer.calls(), calls, "not yet at {after:?} - 1 s");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(signer.calls(), calls + 1, "refreshed by {after:?} + 1 s");
+}
+
 #[tokio::test(start_paused = true)]
-async fn refreshes_at_half_life() {
+async fn refreshes_at_half_the_remaining_validity() {
     let signer = FakeSigner::new(true);
-    // Lifetime = ttl + the CA's 60 s back-dating = 260 s, so half-life is 130 s after not_before = 70 s from now.
     let mgr = CertManager::new(signer.clone(), Duration::from_secs(200));
     let mut rx = mgr.subscribe(&id("a"));
     let first = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
     assert_eq!(signer.calls(), 1);
-    let wait = first
-        .refresh_at()
-        .duration_since(SystemTime::now())
-        .unwrap();
-    assert!(
-        wait <= Duration::from_secs(70) && wait > Duration::from_secs(65),
-        "{wait:?}"
-    );
     rx.borrow_and_update();
-    tokio::time::sleep(wait - Duration::from_secs(2)).await;
-    settle().await;
-    assert_eq!(signer.calls(), 1, "not yet");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    settle().await;
-    assert_eq!(signer.calls(), 2, "refreshed at half-life");
+    expect_refresh_after(&signer, 1, Duration::from_secs(100)).await;
     assert!(rx.has_changed().unwrap(), "subscribers see the rotation");
     let second = rx.borrow_and_update().clone().unwrap();
     assert_ne!(second.serial_hex(), first.serial_hex());
@@ -136,15 +132,25 @@ async fn refreshes_at_half_life() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_short_ttl_is_not_renewed_at_once() {
+    // 20 s of validity, back-dated 60 s by the CA: its half-life (not_before + 40 s) is already past when it
+    // arrives. It must still be served for 10 s, not replaced in a loop.
+    let signer = FakeSigner::new(true);
+    let mgr = CertManager::new(signer.clone(), Duration::from_secs(20));
+    mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
+    expect_refresh_after(&signer, 1, Duration::from_secs(10)).await;
+    // Now 1 s after the second was issued.
+    expect_refresh_after(&signer, 2, Duration::from_secs(9)).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn backs_off_and_keeps_serving_old_cert() {
     let signer = FakeSigner::new(true);
     let mgr = CertManager::new(signer.clone(), Duration::from_secs(200));
     let first = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
     signer.fail_next.store(3, Ordering::SeqCst);
-    let wait = first
-        .refresh_at()
-        .duration_since(SystemTime::now())
-        .unwrap();
+    // Half the validity left (the clock the certificate is read with is the real one, not the paused one).
+    let wait = first.not_after().duration_since(SystemTime::now()).unwrap() / 2;
     tokio::time::sleep(wait + Duration::from_millis(100)).await;
     settle().await;
     assert_eq!(signer.calls(), 2, "refresh attempted and failed");

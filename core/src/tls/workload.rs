@@ -128,15 +128,6 @@ impl WorkloadCert {
         self.leaf().not_after
     }
 
-    /// Half-life of the leaf: `not_before + (not_after - not_before) / 2`.
-    pub fn refresh_at(&self) -> SystemTime {
-        let lifetime = self
-            .not_after()
-            .duration_since(self.not_before())
-            .unwrap_or(Duration::ZERO);
-        self.not_before() + lifetime / 2
-    }
-
     pub fn is_expired(&self) -> bool {
         SystemTime::now() >= self.not_after()
     }
