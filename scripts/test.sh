@@ -36,7 +36,7 @@ section "system packages"
 # Tools of the e2e tests and the benchmark (with the Python gRPC and WebSocket clients), plus the C toolchain for the BoringSSL backend (cmake; libclang for bindgen).
 packages=(ca-certificates build-essential pkg-config git cmake libclang-dev
           iptables nftables iproute2 iputils-ping netcat-openbsd curl iperf3 wrk nghttp2-client tcpdump tshark
-          procps util-linux python3-grpcio python3-websockets prometheus
+          procps util-linux openssl python3-grpcio python3-websockets prometheus
           buildah debootstrap python3-venv containernetworking-plugins)
 # buildah + debootstrap: the image test (scripts/image-test.sh builds the Containerfile on a debootstrapped base);
 # python3-venv: the Helm chart tests (scripts/helm/test.sh installs Helm's library and kubernetes-validate from PyPI);

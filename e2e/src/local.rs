@@ -20,6 +20,8 @@ pub struct LocalMesh {
     state_dir: PathBuf,
     pub manifests: PathBuf,
     up: bool,
+    /// Set for `ambit local up` (the components' settings it hands on, as a chart's `env` would).
+    env: Vec<(String, String)>,
 }
 
 /// The `ambit` binary of this build (next to the test executable) or `AMBIT_BIN`.
@@ -32,6 +34,16 @@ pub fn ambit_bin() -> Result<PathBuf> {
 impl LocalMesh {
     /// `ambit local up -f <manifests>` with its state under `dir`; returns once the mesh is ready.
     pub fn up(dir: &Path, manifests: &Path, nodes: usize) -> Result<LocalMesh> {
+        Self::up_with_env(dir, manifests, nodes, &[])
+    }
+
+    /// [`LocalMesh::up`] with `env` set for `ambit local up`.
+    pub fn up_with_env(
+        dir: &Path,
+        manifests: &Path,
+        nodes: usize,
+        env: &[(&str, &str)],
+    ) -> Result<LocalMesh> {
         let bin = ambit_bin()?;
         let state_dir = dir.join("local-state");
         let mut mesh = LocalMesh {
@@ -39,6 +51,10 @@ impl LocalMesh {
             state_dir,
             manifests: manifests.to_owned(),
             up: false,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         mesh.start(nodes)?;
         Ok(mesh)
@@ -66,6 +82,7 @@ impl LocalMesh {
     fn ambit(&self) -> Command {
         let mut c = Command::new(&self.bin);
         c.arg("local").arg("--dir").arg(&self.state_dir);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -272,7 +289,19 @@ pub fn run_on_mesh(
     scenario: impl FnOnce(&LocalMesh) -> Result<()>,
     report: impl FnOnce(&LocalMesh) -> String,
 ) -> Result<()> {
-    let mut mesh = LocalMesh::up(dir, manifests, nodes)?;
+    run_on_mesh_with_env(dir, manifests, nodes, &[], scenario, report)
+}
+
+/// [`run_on_mesh`] with `env` set for `ambit local up`.
+pub fn run_on_mesh_with_env(
+    dir: &Path,
+    manifests: &Path,
+    nodes: usize,
+    env: &[(&str, &str)],
+    scenario: impl FnOnce(&LocalMesh) -> Result<()>,
+    report: impl FnOnce(&LocalMesh) -> String,
+) -> Result<()> {
+    let mut mesh = LocalMesh::up_with_env(dir, manifests, nodes, env)?;
     let result = scenario(&mesh);
     if result.is_err() {
         eprintln!("{}", mesh.logs());
@@ -392,6 +421,14 @@ impl Echo {
         out
     }
 }
+
+/// STRICT mTLS in the demo namespace: a request that went around ztunnel would be refused rather than pass.
+pub const STRICT_DEMO: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: demo}
+spec: {mtls: {mode: STRICT}}
+"#;
 
 /// An ambient namespace `demo` with an echo `server` Deployment behind Service `server` (port 80) and a `client`
 /// Deployment that sleeps: the fault tests' load runs from the client to the server.

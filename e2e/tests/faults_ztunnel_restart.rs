@@ -11,7 +11,7 @@ use std::path::Path;
 
 use ambit_e2e::e2e_test;
 use ambit_e2e::load::RequestLoop;
-use ambit_e2e::local::{DEMO_APPS, LocalMesh, run_on_mesh};
+use ambit_e2e::local::{DEMO_APPS, LocalMesh, STRICT_DEMO, run_on_mesh};
 use anyhow::{Context, Result, ensure};
 
 const NS: &str = "demo";
@@ -19,13 +19,6 @@ const NS: &str = "demo";
 const PER_PHASE: u64 = 10;
 /// Rolling restarts in a run.
 const ROUNDS: u64 = 4;
-
-const STRICT: &str = r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: strict, namespace: demo}
-spec: {mtls: {mode: STRICT}}
-"#;
 
 /// The pids of the running ztunnel processes of the mesh under `state_dir`.
 fn ztunnel_pids(state_dir: &Path) -> Result<Vec<i32>> {
@@ -114,7 +107,7 @@ fn a_ztunnel_restarted_under_load_loses_no_request() {
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests)?;
         std::fs::write(manifests.join("apps.yaml"), DEMO_APPS)?;
-        std::fs::write(manifests.join("strict.yaml"), STRICT)?;
+        std::fs::write(manifests.join("strict.yaml"), STRICT_DEMO)?;
         run_on_mesh(dir.path(), &manifests, 1, scenario, |_| String::new())
     });
 }

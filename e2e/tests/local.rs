@@ -7,7 +7,7 @@ use std::path::Path;
 
 use ambit_e2e::capture::Capture;
 use ambit_e2e::e2e_test;
-use ambit_e2e::local::{LocalMesh, NET_NS, WAIT, leftovers, run_on_mesh};
+use ambit_e2e::local::{LocalMesh, NET_NS, STRICT_DEMO, WAIT, leftovers, run_on_mesh};
 use ambit_e2e::pcap;
 use ambit_e2e::prom;
 use ambit_e2e::topology::poll;
@@ -139,13 +139,6 @@ spec:
   selector: {matchLabels: {app: server}}
   action: DENY
   rules: [{to: [{operation: {ports: ["9090"]}}]}]
-"#;
-
-const STRICT: &str = r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: strict, namespace: demo}
-spec: {mtls: {mode: STRICT}}
 "#;
 
 fn write_manifests(dir: &Path) -> Result<std::path::PathBuf> {
@@ -435,7 +428,7 @@ fn scenario(mesh: &LocalMesh, dir: &Path) -> Result<()> {
     })?;
 
     // STRICT mTLS: plaintext from the uncaptured pod is refused, the mesh keeps working.
-    std::fs::write(mesh.manifests.join("strict.yaml"), STRICT)?;
+    std::fs::write(mesh.manifests.join("strict.yaml"), STRICT_DEMO)?;
     let legacy_url = format!("http://{}:8080/", servers[0].ip);
     poll("uncaptured -> captured refused under STRICT", WAIT, || {
         Ok(mesh

@@ -312,11 +312,16 @@ impl Supervisor {
                 ("ISTIO_META_DNS_CAPTURE", "true".to_owned()),
                 ("RUST_LOG", "info".to_owned()),
             ];
+            let env = env
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .chain(passed_through(ZTUNNEL_PASSED_THROUGH))
+                .collect();
             let mut zt = Proc::new(
                 &format!("ztunnel/{}", node.name),
                 &node.netns,
                 vec![s(&self.bins.ztunnel)],
-                env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                env,
                 self.dir.join(format!("logs/ztunnel-{}.log", node.name)),
             );
             zt.start()?;
@@ -710,12 +715,19 @@ impl Supervisor {
 /// user set them for `ambit local up` (as istiod's env in a cluster).
 fn controller_env() -> Vec<(String, String)> {
     let mut env = vec![("RUST_LOG".to_owned(), "info".to_owned())];
-    for key in ["PILOT_AUTO_ALLOW_WAYPOINT_POLICY"] {
-        if let Ok(v) = std::env::var(key) {
-            env.push((key.to_owned(), v));
-        }
-    }
+    env.extend(passed_through(&["PILOT_AUTO_ALLOW_WAYPOINT_POLICY"]));
     env
+}
+
+/// The ztunnel settings `ambit local up` hands on from its own environment (as the ztunnel chart's `env` on a
+/// cluster): the certificate lifetime asked of the CA, and how long a draining ztunnel keeps its connections.
+const ZTUNNEL_PASSED_THROUGH: &[&str] = &["SECRET_TTL", "CONNECTION_TERMINATION_DEADLINE"];
+
+/// Those of `keys` set in this process's environment, with their values.
+fn passed_through(keys: &[&str]) -> Vec<(String, String)> {
+    keys.iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect()
 }
 
 fn set(obj: &mut Value, path: &[&str], value: Value) {
