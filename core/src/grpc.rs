@@ -203,6 +203,9 @@ pub fn connect(cfg: &ControlPlaneConfig) -> Result<AuthChannel, GrpcError> {
     Ok(InterceptedService::new(channel, AuthInterceptor::new(cfg)))
 }
 
+/// How long one certificate request may wait for the CA's answer.
+pub const CA_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `istio.v1.auth.IstioCertificateService` client.
 pub struct IstioCaClient {
     client: IstioCertificateServiceClient<AuthChannel>,
@@ -252,18 +255,26 @@ impl CsrSigner for IstioCaClient {
             validity_duration: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
             metadata,
         };
-        let resp = self
-            .client
-            .clone()
-            .create_certificate(req)
-            .await
-            .map_err(|s| match s.code() {
-                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-                    SignError::Unauthenticated(s.message().to_owned())
-                }
-                tonic::Code::InvalidArgument => SignError::Invalid(s.message().to_owned()),
-                _ => SignError::Unavailable(format!("{}: {}", s.code(), s.message())),
-            })?;
+        // A CA that accepted the connection but does not answer (stopped, overloaded) must not hold the request
+        // until the HTTP/2 keepalive gives up (40 s): the certificate manager retries, and a renewal is due.
+        let resp = tokio::time::timeout(
+            CA_REQUEST_TIMEOUT,
+            self.client.clone().create_certificate(req),
+        )
+        .await
+        .map_err(|_| {
+            SignError::Unavailable(format!(
+                "no answer from the CA in {} s",
+                CA_REQUEST_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|s| match s.code() {
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                SignError::Unauthenticated(s.message().to_owned())
+            }
+            tonic::Code::InvalidArgument => SignError::Invalid(s.message().to_owned()),
+            _ => SignError::Unavailable(format!("{}: {}", s.code(), s.message())),
+        })?;
         let chain = resp.into_inner().cert_chain;
         if chain.len() < 2 {
             return Err(SignError::Invalid("no root certificate present".into()));
