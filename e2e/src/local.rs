@@ -86,6 +86,34 @@ impl LocalMesh {
         c
     }
 
+    /// The pids of this mesh's running `binary` processes (`ztunnel`, `ambit-node-agent`, `ambit-controller`):
+    /// argv[0] names the binary and the mesh's state directory is in its arguments or environment.
+    pub fn pids(&self, binary: &str) -> Result<Vec<i32>> {
+        let needle = self.state_dir.to_string_lossy().into_owned();
+        let suffix = format!("/{binary}");
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let (Ok(cmdline), Ok(environ)) = (
+                std::fs::read(format!("/proc/{pid}/cmdline")),
+                std::fs::read(format!("/proc/{pid}/environ")),
+            ) else {
+                continue;
+            };
+            let argv0 =
+                String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default())
+                    .into_owned();
+            let ours = String::from_utf8_lossy(&cmdline).contains(&needle)
+                || String::from_utf8_lossy(&environ).contains(&needle);
+            if (argv0 == binary || argv0.ends_with(&suffix)) && ours {
+                pids.push(pid);
+            }
+        }
+        Ok(pids)
+    }
+
     /// The mesh's state directory (`ambit local --dir`, `AMBIT_LOCAL_DIR` for other commands).
     pub fn state_dir(&self) -> &Path {
         &self.state_dir

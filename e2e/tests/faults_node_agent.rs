@@ -41,35 +41,18 @@ spec:
         ports: [{name: http, containerPort: 8080}]
 "#;
 
-/// The pid of the node agent of the mesh under `state_dir` (its pod file is in the state directory).
-fn node_agent_pid(state_dir: &Path) -> Result<i32> {
-    let needle = state_dir.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc")? {
-        let Ok(entry) = entry else { continue };
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let argv: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_agent = argv
-            .first()
-            .is_some_and(|a| a.ends_with("ambit-node-agent"));
-        if is_agent && argv.iter().any(|a| a.contains(&needle)) {
-            return Ok(pid);
-        }
+/// The pid of the mesh's node agent.
+fn node_agent_pid(mesh: &LocalMesh) -> Result<i32> {
+    match mesh.pids("ambit-node-agent")?.as_slice() {
+        [pid] => Ok(*pid),
+        pids => bail!("node agent processes: {pids:?}"),
     }
-    bail!("no ambit-node-agent process for {needle}")
 }
 
 /// A different agent process than `old` is running (the runtime restarted it).
-fn restarted(state_dir: &Path, old: i32) -> Result<i32> {
+fn restarted(mesh: &LocalMesh, old: i32) -> Result<i32> {
     poll("the node agent restarted", WAIT, || {
-        Ok(node_agent_pid(state_dir).ok().filter(|p| *p != old))
+        Ok(node_agent_pid(mesh).ok().filter(|p| *p != old))
     })
 }
 
@@ -110,9 +93,9 @@ fn scenario(mesh: &LocalMesh, manifests: &Path) -> Result<()> {
             load.more(PER_PHASE, "before any fault")?;
 
             // Killed: the runtime restarts it; the pods stay redirected throughout.
-            let first = node_agent_pid(&state_dir)?;
+            let first = node_agent_pid(mesh)?;
             kill(Pid::from_raw(first), Signal::SIGKILL)?;
-            let second = restarted(&state_dir, first)?;
+            let second = restarted(mesh, first)?;
             // The new agent has taken the pods over and handed them to ztunnel again (its ZDS snapshot).
             wait_logged(&state_dir, "snapshot sent", 2)?;
             load.more(PER_PHASE, "after the agent was killed and restarted")?;
@@ -129,7 +112,7 @@ fn scenario(mesh: &LocalMesh, manifests: &Path) -> Result<()> {
             );
             load.more(PER_PHASE, "with the agent frozen")?;
             kill(Pid::from_raw(second), Signal::SIGKILL)?;
-            restarted(&state_dir, second)?;
+            restarted(mesh, second)?;
             poll("the late pod captured by the restarted agent", WAIT, || {
                 Ok(Redirection::read(&late.netns)?.installed().then_some(()))
             })?;

@@ -7,8 +7,6 @@
 //! Asserted: no request fails; the ztunnel's pid changes each time and the old process is gone; the new one serves
 //! the pods (requests keep succeeding after the old exited).
 
-use std::path::Path;
-
 use ambit_e2e::e2e_test;
 use ambit_e2e::load::RequestLoop;
 use ambit_e2e::local::{DEMO_APPS, LocalMesh, STRICT_DEMO, run_on_mesh};
@@ -19,29 +17,6 @@ const NS: &str = "demo";
 const PER_PHASE: u64 = 10;
 /// Rolling restarts in a run.
 const ROUNDS: u64 = 4;
-
-/// The pids of the running ztunnel processes of the mesh under `state_dir`.
-fn ztunnel_pids(state_dir: &Path) -> Result<Vec<i32>> {
-    let needle = state_dir.to_string_lossy().into_owned();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let (Ok(cmdline), Ok(environ)) = (
-            std::fs::read(format!("/proc/{pid}/cmdline")),
-            std::fs::read(format!("/proc/{pid}/environ")),
-        ) else {
-            continue;
-        };
-        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-        let is_ztunnel = String::from_utf8_lossy(argv0).ends_with("/ztunnel");
-        if is_ztunnel && String::from_utf8_lossy(&environ).contains(&needle) {
-            pids.push(pid);
-        }
-    }
-    Ok(pids)
-}
 
 fn restart(mesh: &LocalMesh) -> Result<()> {
     let out = mesh.ambit_cli(&["local", "restart", "ztunnel", "--node", "node-1"])?;
@@ -55,7 +30,6 @@ fn restart(mesh: &LocalMesh) -> Result<()> {
 }
 
 fn scenario(mesh: &LocalMesh) -> Result<()> {
-    let state_dir = mesh.state_dir().to_owned();
     let load = RequestLoop::default();
     // The Service VIP, not its name: what is asserted is new connections. (A DNS query over UDP that sits in the
     // old process's socket when it closes is lost, and the client's resolver asks again after its timeout — 5 s for
@@ -66,13 +40,13 @@ fn scenario(mesh: &LocalMesh) -> Result<()> {
         let steps = || -> Result<()> {
             load.more(PER_PHASE, "before the restart")?;
             for round in 1..=ROUNDS {
-                let before = ztunnel_pids(&state_dir)?;
+                let before = mesh.pids("ztunnel")?;
                 ensure!(
                     before.len() == 1,
                     "ztunnels before round {round}: {before:?}"
                 );
                 restart(mesh).with_context(|| format!("round {round}"))?;
-                let after = ztunnel_pids(&state_dir)?;
+                let after = mesh.pids("ztunnel")?;
                 ensure!(
                     after.len() == 1 && after != before,
                     "round {round}: ztunnel pids {before:?} before, {after:?} after (the old one must be gone)"
