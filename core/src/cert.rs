@@ -6,6 +6,7 @@
 
 mod dump;
 mod gate;
+mod metrics;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -149,6 +150,22 @@ impl CertManager {
         }
     }
 
+    /// Registers `workload_certificates{state}` (valid, expired, pending) in `registry`.
+    pub fn register_metrics(
+        self: &Arc<Self>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) {
+        registry.register_collector(Box::new(metrics::CertCollector(Arc::downgrade(self))));
+    }
+
+    /// Every tracked identity's published state.
+    fn states(&self) -> Vec<Published> {
+        self.lock()
+            .values()
+            .map(|e| e.state.borrow().clone())
+            .collect()
+    }
+
     /// Stops tracking `id`: its refresh stops and subscribers see `None`.
     pub fn forget(&self, id: &Identity) {
         let removed = self.lock().remove(id);
@@ -252,6 +269,8 @@ struct Worker {
 impl Worker {
     async fn run(self) {
         let mut backoff = Backoff::new();
+        // Whether the expiry of the certificate held was logged (once per expiry).
+        let mut expiry_reported = false;
         loop {
             let result = {
                 let _permit = self.gate.acquire(self.priority.clone()).await;
@@ -260,6 +279,7 @@ impl Worker {
             let wait = match result {
                 Ok(cert) => {
                     backoff.reset();
+                    expiry_reported = false;
                     self.priority.set(Priority::Background);
                     let wait = refresh_wait(&cert);
                     tracing::info!(
@@ -279,9 +299,22 @@ impl Worker {
                 Err(err) => {
                     let mut wait = backoff.next();
                     let old = self.state.borrow().cert.clone();
-                    if let Some(old) = old.filter(|c| !c.is_expired()) {
-                        // Retry no later than the old certificate's expiry.
-                        wait = wait.min(until(old.not_after()));
+                    match &old {
+                        Some(old) if !old.is_expired() => {
+                            // Retry no later than the old certificate's expiry.
+                            wait = wait.min(until(old.not_after()));
+                        }
+                        Some(old) if !expiry_reported => {
+                            expiry_reported = true;
+                            tracing::error!(
+                                identity = %self.id,
+                                cert.serial = %old.serial_hex(),
+                                error = %err,
+                                "workload certificate expired and the CA has not renewed it: connections of this \
+                                 identity are refused until it does"
+                            );
+                        }
+                        _ => {}
                     }
                     tracing::warn!(identity = %self.id, error = %err, retry.in_ms = wait.as_millis() as u64, "certificate request failed");
                     self.state.send_modify(|p| {

@@ -116,6 +116,7 @@ pub async fn start_on(
     let mut registry = Registry::default();
     core_metrics::register_build_info(&mut registry, "waypoint");
     core_metrics::register_process_metrics(&mut registry);
+    certs.register_metrics(&mut registry);
     if let Some(path) = &cfg.local_xds_path {
         let initial = localconfig::load(path)
             .with_context(|| format!("LOCAL_XDS_PATH {}", path.display()))?;

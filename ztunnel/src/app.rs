@@ -139,6 +139,7 @@ pub async fn start_on(
     let mut registry = Registry::default();
     core_metrics::register_build_info(&mut registry, "ztunnel");
     core_metrics::register_process_metrics(&mut registry);
+    certs.register_metrics(&mut registry);
     crate::metrics::runtime::RuntimeCollector::register(&mut registry, &workers);
     match &cfg.xds_address {
         Some(address) => {

@@ -266,3 +266,52 @@ fn serial_numbers_in_decimal() {
     assert_eq!(dump::decimal_serial("00"), "0");
     assert_eq!(dump::decimal_serial("not hex"), "not hex");
 }
+
+fn scrape(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+    out
+}
+
+/// Real time: the certificate's clock is the system's. A 2 s certificate, the CA down from its first renewal on.
+#[tokio::test]
+async fn an_expired_certificate_fails_closed_and_is_counted() {
+    let signer = FakeSigner::new(true);
+    let mgr = CertManager::new(signer.clone(), Duration::from_secs(2));
+    let mut registry = prometheus_client::registry::Registry::default();
+    mgr.register_metrics(&mut registry);
+    let first = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
+    mgr.prefetch(&id("b"));
+    signer.fail_next.store(1000, Ordering::SeqCst);
+    let text = scrape(&registry);
+    assert!(
+        text.contains("workload_certificates{state=\"valid\"} 1"),
+        "{text}"
+    );
+    // Still served while valid, though its renewal (at 1 s) failed.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(signer.calls() >= 2, "the renewal was attempted");
+    let served = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
+    assert!(Arc::ptr_eq(&served, &first));
+    // Expired: refused, and counted as such.
+    let wait = first
+        .not_after()
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(200)).await;
+    let err = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap_err();
+    assert!(err.to_string().contains("CA down"), "{err}");
+    let text = scrape(&registry);
+    assert!(
+        text.contains("workload_certificates{state=\"expired\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("workload_certificates{state=\"valid\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("workload_certificates{state=\"pending\"} 1"),
+        "b never got one: {text}"
+    );
+}

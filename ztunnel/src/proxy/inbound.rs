@@ -120,6 +120,22 @@ async fn stream(
             );
         }
     };
+    // Fail closed: the HBONE connection was set up while the destination's certificate was valid; once it has
+    // expired unrenewed, its streams are refused like a new handshake would be.
+    if let Err(e) = pi
+        .certs
+        .fetch(&dst_workload.identity(), Priority::RealTime)
+        .await
+    {
+        let why = format!("certificate of {}: {e}", dst_workload.identity());
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            responder,
+            peer,
+            &authority_str,
+            &why,
+        );
+    }
     let target = match resolve_target(&pi, &dst_workload, &authority, local.ip()) {
         Ok(t) => t,
         Err((status, why)) => return refuse(status, responder, peer, &authority_str, &why),
