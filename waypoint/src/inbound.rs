@@ -86,7 +86,17 @@ async fn connection(
         let proxy = proxy.clone();
         let peer_id = peer_id.clone();
         let drain = stream_drain.clone();
-        async move { stream(proxy, parts, responder, peer_id, drain).await }
+        let me = me.clone();
+        async move {
+            // Fail closed, as ztunnel: once the waypoint's certificate expired unrenewed, streams on connections
+            // set up while it was valid are refused like a new handshake would be.
+            if let Err(e) = proxy.certs.fetch(&me, Priority::RealTime).await {
+                warn!(target: "access", error = %e, "connection refused: the waypoint's certificate");
+                responder.reject(StatusCode::SERVICE_UNAVAILABLE);
+                return;
+            }
+            stream(proxy, parts, responder, peer_id, drain).await
+        }
     })
     .await?;
     Ok(())
