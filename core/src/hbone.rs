@@ -31,6 +31,10 @@ pub struct H2Config {
     pub pool_capacity: usize,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// How long a new server connection may take to complete its handshakes (TLS where the proxy terminates it,
+    /// then the HTTP/2 preface and SETTINGS) before it is closed: a peer that connects and stalls holds a socket
+    /// and a task for this long at most.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for H2Config {
@@ -48,6 +52,7 @@ impl Default for H2Config {
             pool_capacity: 500,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -28,7 +28,6 @@ use crate::metrics::{Report, RequestLabels, TcpLabels};
 use crate::route::pick_weighted;
 use crate::state::{AppProtocol, Target};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts HBONE connections until drained; each runs on the runtime this is called on.
 pub async fn serve(
@@ -77,7 +76,7 @@ async fn connection(
     let me = proxy.cfg.identity();
     let cert = proxy.certs.fetch(&me, Priority::RealTime).await?;
     let acceptor = TlsAcceptor::new(cert, tls_backend)?;
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+    let tls = tokio::time::timeout(h2.handshake_timeout, acceptor.accept(tcp))
         .await
         .map_err(|_| anyhow::anyhow!("TLS handshake timed out"))??;
     let peer_id = tls.peer_identity();

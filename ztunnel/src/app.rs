@@ -185,6 +185,7 @@ pub async fn start_on(
         frame_size: cfg.http2_frame_size,
         pool_max_streams_per_conn: cfg.pool_max_streams_per_conn,
         pool_idle_timeout: cfg.pool_unused_release_timeout,
+        handshake_timeout: cfg.handshake_timeout,
         ..H2Config::default()
     });
     // In-pod mode connects to local applications from the peer's address by default, as upstream does (the in-pod

@@ -132,6 +132,9 @@ pub struct Config {
 
     pub pool_max_streams_per_conn: u32,
     pub pool_unused_release_timeout: Duration,
+    /// Ambit's own (`AMBIT_HANDSHAKE_TIMEOUT`, 10 s): how long an inbound HBONE connection may take for its TLS
+    /// handshake and then its HTTP/2 preface before it is closed.
+    pub handshake_timeout: Duration,
     pub http2_stream_window: u32,
     pub http2_connection_window: u32,
     pub http2_frame_size: u32,
@@ -426,6 +429,7 @@ impl Config {
             pool_max_streams_per_conn: e.num("POOL_MAX_STREAMS_PER_CONNECTION", 100)?,
             pool_unused_release_timeout: e
                 .duration("POOL_UNUSED_RELEASE_TIMEOUT", Duration::from_secs(300))?,
+            handshake_timeout: e.duration("AMBIT_HANDSHAKE_TIMEOUT", Duration::from_secs(10))?,
             http2_stream_window: e.num("HTTP2_STREAM_WINDOW_SIZE", 4 * 1024 * 1024)?,
             http2_connection_window: e.num("HTTP2_CONNECTION_WINDOW_SIZE", 16 * 1024 * 1024)?,
             http2_frame_size: e.num("HTTP2_FRAME_SIZE", 1024 * 1024)?,

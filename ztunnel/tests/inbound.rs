@@ -285,3 +285,65 @@ async fn proxy_protocol_app_tunnel_is_dialled_on_loopback() {
         s.zt.drain().await;
     }
 }
+
+/// Slowloris on the HBONE port: connections that stall in the TLS handshake (nothing sent, or half a record) or
+/// after it (mTLS done, no HTTP/2 preface) are closed once the handshake timeout passes, and while they are held
+/// a real stream still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_are_closed_and_do_not_hold_up_others() {
+    let timeout = std::time::Duration::from_millis(800);
+    let s = server_with(84, |c| c.handshake_timeout = timeout).await;
+    let target = echo(SocketAddr::new(s.ip, 0)).await;
+    let hbone = SocketAddr::new(s.ip, 15008);
+    let mut stalled = Vec::new();
+    for i in 0..60 {
+        let mut c = tokio::net::TcpStream::connect(hbone).await.unwrap();
+        if i % 2 == 1 {
+            // The first 5 bytes of a TLS record announcing a 512-byte ClientHello that never comes.
+            c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+        }
+        stalled.push(c);
+    }
+    let client_id = Identity::new("cluster.local", "default", "client");
+    let (_, cert) = support::hbone_client(s.ca_dir.path(), &client_id);
+    let mut silent_after_tls = Vec::new();
+    for _ in 0..10 {
+        let tcp = tokio::net::TcpStream::connect(hbone).await.unwrap();
+        let tls = ambit_core::tls::TlsConnector::new(cert.clone(), Default::default())
+            .unwrap()
+            .connect(tcp, &[Identity::new("cluster.local", "default", "server")])
+            .await
+            .expect("mTLS with the server's ztunnel");
+        silent_after_tls.push(tls);
+    }
+    // Held open, they slow nothing else down.
+    let mut stream = hbone_stream(&s, target).await;
+    round_trip(&mut stream, b"served beside the stalled ones").await;
+    let started = std::time::Instant::now();
+    for c in &mut stalled {
+        assert_closed_by_peer(c).await;
+    }
+    for c in &mut silent_after_tls {
+        assert_closed_by_peer(c).await;
+    }
+    assert!(
+        started.elapsed() >= timeout / 2,
+        "closed before the handshake timeout, so not by it"
+    );
+    // The stream opened while they were held is untouched.
+    round_trip(&mut stream, b"still served").await;
+    s.zt.drain().await;
+}
+
+/// The peer closes the connection (EOF or reset) within [`WAIT`] without our sending anything.
+async fn assert_closed_by_peer(s: &mut (impl AsyncRead + Unpin)) {
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            // TLS session tickets or the server's HTTP/2 SETTINGS: read on to the end.
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("a stalled connection is still open after {WAIT:?}"),
+        }
+    }
+}

@@ -48,15 +48,22 @@ where
     H: Fn(http::request::Parts, Responder) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    let mut conn = h2::server::Builder::new()
+    let conn = h2::server::Builder::new()
         .initial_window_size(cfg.stream_window)
         .initial_connection_window_size(cfg.connection_window)
         .max_frame_size(cfg.frame_size)
         .max_header_list_size(cfg.server_max_header_list)
         .max_concurrent_streams(cfg.server_max_concurrent_streams)
         .max_send_buffer_size(cfg.server_send_buffer)
-        .handshake::<_, Bytes>(io)
+        .handshake::<_, Bytes>(io);
+    let mut conn = tokio::time::timeout(cfg.handshake_timeout, conn)
         .await
+        .map_err(|_| {
+            HboneError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no HTTP/2 preface in time",
+            ))
+        })?
         .map_err(HboneError::Handshake)?;
     let dead = super::client::keepalive(conn.ping_pong(), &cfg);
     tokio::pin!(dead);

@@ -24,7 +24,6 @@ use crate::rbac::Connection;
 use crate::state::{AppTunnelProtocol, Workload};
 
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one TCP connection accepted on the HBONE port.
 pub async fn handle(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr, drain: DrainWatcher) {
@@ -56,7 +55,7 @@ async fn serve(
         .map_err(|e| ProxyError::Certificate(id.clone(), e.to_string()))?;
     let acceptor =
         TlsAcceptor::new(cert, pi.tls_backend).map_err(|e| ProxyError::Tls(e.to_string()))?;
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+    let tls = tokio::time::timeout(pi.h2.handshake_timeout, acceptor.accept(tcp))
         .await
         .map_err(|_| ProxyError::Tls("handshake timed out".into()))?
         .map_err(|e| ProxyError::Tls(e.to_string()))?;
