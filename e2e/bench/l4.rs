@@ -3,7 +3,7 @@
 //! the same rounds. Needs root, `iperf3` and `wrk`; run it through `scripts/bench.sh` (release build).
 //!
 //! ```text
-//! ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] [--parallel N] [--out DIR]
+//! ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] [--parallel N] [--new-connections] [--out DIR]
 //!             [--modes direct,ztunnel,relay] [--ztunnel PATH] [--compare PATH] [--http PATH]
 //!             [--ztunnel-env KEY=VALUE]...
 //! ```
@@ -35,6 +35,9 @@ struct Args {
     duration: u64,
     /// wrk's connections (`-c`).
     connections: u32,
+    /// `--new-connections`: every request on a new TCP connection (`-H 'Connection: close'`), so each one is a
+    /// new connection through the ztunnels (an HBONE stream each; the mTLS connection between them is pooled).
+    close: bool,
     rounds: usize,
     count_secs: u64,
     /// Streams of the second iperf3 run (`-P`); 0: no second run.
@@ -49,7 +52,7 @@ struct Args {
 }
 
 const USAGE: &str = "ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] \
-[--parallel N] [--out DIR] [--modes direct,ztunnel,relay] [--ztunnel PATH] [--compare PATH] [--http PATH] \
+[--parallel N] [--new-connections] [--out DIR] [--modes direct,ztunnel,relay] [--ztunnel PATH] [--compare PATH] [--http PATH] \
 [--ztunnel-env KEY=VALUE]...";
 
 /// What the bench gives both binaries besides `TwoPods`' own dedicated-mode settings (which include
@@ -76,6 +79,7 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         duration: 10,
         connections: 8,
+        close: false,
         rounds: 3,
         count_secs: 5,
         parallel: 0,
@@ -94,6 +98,7 @@ fn parse_args() -> Result<Args> {
             "--duration" => args.duration = value()?.parse().context("--duration")?,
             "--rounds" => args.rounds = value()?.parse().context("--rounds")?,
             "--connections" => args.connections = value()?.parse().context("--connections")?,
+            "--new-connections" => args.close = true,
             "--count-secs" => args.count_secs = value()?.parse().context("--count-secs")?,
             "--parallel" => args.parallel = value()?.parse().context("--parallel")?,
             "--out" => args.out = PathBuf::from(value()?),
@@ -150,14 +155,16 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-fn wrk(pods: &TwoPods, connections: u32, secs: u64) -> Result<(String, WrkResult)> {
+fn wrk(pods: &TwoPods, connections: u32, close: bool, secs: u64) -> Result<(String, WrkResult)> {
     let url = format!("http://{B_IP}:{HTTP_PORT}/");
     let dur = format!("{secs}s");
     let c = connections.to_string();
-    let out = pods
-        .a()
-        .ns()
-        .output(&["wrk", "-c", &c, "-t", "2", "-d", &dur, "--latency", &url])?;
+    let mut argv = vec!["wrk", "-c", &c, "-t", "2", "-d", &dur, "--latency"];
+    if close {
+        argv.extend(["-H", "Connection: close"]);
+    }
+    argv.push(&url);
+    let out = pods.a().ns().output(&argv)?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let result = tools::parse_wrk(&text).with_context(|| format!("wrk: {text}"))?;
     Ok((text, result))
@@ -168,6 +175,7 @@ fn count_per_request(
     dir: &TestDir,
     pods: &TwoPods,
     connections: u32,
+    close: bool,
     secs: u64,
     tag: &str,
 ) -> Option<PerRequest> {
@@ -195,7 +203,7 @@ fn count_per_request(
         .stderr(std::process::Stdio::null())
         .spawn()
         .ok()?;
-    let run = wrk(pods, connections, secs);
+    let run = wrk(pods, connections, close, secs);
     let pid = nix::unistd::Pid::from_raw(i32::try_from(perf.id()).ok()?);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).ok()?;
     perf.wait().ok()?;
@@ -289,7 +297,8 @@ fn measure(
         "== round {round}, {name}: wrk -c {} -t 2 -d {secs}s --latency",
         args.connections
     );
-    let (text, wrk) = wrk(&pods, args.connections, secs).with_context(|| tag.clone())?;
+    let (text, wrk) =
+        wrk(&pods, args.connections, args.close, secs).with_context(|| tag.clone())?;
     std::fs::write(dir.join(&format!("wrk-{tag}.txt")), &text).context("save wrk output")?;
     if wrk.errors > 0 {
         eprintln!("warning: {tag}: wrk reported {} errors", wrk.errors);
@@ -299,7 +308,14 @@ fn measure(
             "== round {round}, {name}: counting with perf stat, {}s",
             args.count_secs
         );
-        count_per_request(dir, &pods, args.connections, args.count_secs, &tag)
+        count_per_request(
+            dir,
+            &pods,
+            args.connections,
+            args.close,
+            args.count_secs,
+            &tag,
+        )
     } else {
         None
     };
@@ -412,8 +428,14 @@ fn run() -> Result<()> {
             .to_string(),
         upstream_bin: args.compare.as_ref().map(|p| p.display().to_string()),
         wrk_command: format!(
-            "wrk -c {} -t 2 -d {}s --latency",
-            args.connections, args.duration
+            "wrk -c {} -t 2 -d {}s --latency{}",
+            args.connections,
+            args.duration,
+            if args.close {
+                " -H 'Connection: close'"
+            } else {
+                ""
+            }
         ),
         iperf_command: if args.parallel > 1 {
             format!(
@@ -451,6 +473,7 @@ mod tests {
         Args {
             duration: 1,
             connections: 8,
+            close: false,
             rounds: 1,
             count_secs: 0,
             parallel: 0,
