@@ -133,7 +133,8 @@ pub struct Config {
     pub pool_max_streams_per_conn: u32,
     pub pool_unused_release_timeout: Duration,
     /// Ambit's own (`AMBIT_HANDSHAKE_TIMEOUT`, 10 s): how long an inbound HBONE connection may take for its TLS
-    /// handshake and then its HTTP/2 preface before it is closed.
+    /// handshake and then its HTTP/2 preface, and a SOCKS5 client for its greeting and request, before it is
+    /// closed.
     pub handshake_timeout: Duration,
     pub http2_stream_window: u32,
     pub http2_connection_window: u32,

@@ -1,6 +1,7 @@
-//! Inbound behaviour of a whole ztunnel. Live inbound connections are re-checked when authorization changes, and
-//! closed once denied: HBONE streams and plaintext connections on 15006 on a policy change, and on a workload
-//! update (the policies that select a workload travel with its Address, which may arrive after the policy).
+//! Inbound behaviour of a whole ztunnel, and what it does with clients that stall in a handshake. Live inbound
+//! connections are re-checked when authorization changes, and closed once denied: HBONE streams and plaintext
+//! connections on 15006 on a policy change, and on a workload update (the policies that select a workload travel
+//! with its Address, which may arrive after the policy).
 //! PROXY-protocol application tunnels are dialled on loopback (`LOCALHOST_APP_TUNNEL`).
 //!
 //! One server ztunnel per test on 127.0.<net>.3 (dedicated mode, local config), a real mTLS HBONE client with a
@@ -346,4 +347,36 @@ async fn assert_closed_by_peer(s: &mut (impl AsyncRead + Unpin)) {
             Err(_) => panic!("a stalled connection is still open after {WAIT:?}"),
         }
     }
+}
+
+/// Slowloris on the SOCKS5 port: a client that connects and sends nothing, or only the greeting, is closed once
+/// the handshake timeout passes, and a real SOCKS5 client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_socks5_clients_are_closed() {
+    let timeout = std::time::Duration::from_millis(800);
+    let s = server_with(85, |c| {
+        c.socks5_enabled = true;
+        c.handshake_timeout = timeout;
+    })
+    .await;
+    let socks = s.zt.addresses.socks5.expect("socks5 listener");
+    let mut stalled = Vec::new();
+    for i in 0..20 {
+        let mut c = tokio::net::TcpStream::connect(socks).await.unwrap();
+        if i % 2 == 1 {
+            // Version 5, one method, no authentication: then nothing.
+            c.write_all(&[5, 1, 0]).await.unwrap();
+        }
+        stalled.push(c);
+    }
+    // Not a mesh address: SOCKS5 dials it directly; served beside the stalled clients.
+    let outside = echo("127.0.85.9:0".parse().unwrap()).await;
+    let mut c = tokio::net::TcpStream::connect(socks).await.unwrap();
+    support::socks5_handshake(&mut c, outside).await.unwrap();
+    round_trip(&mut c, b"served").await;
+    for c in &mut stalled {
+        assert_closed_by_peer(c).await;
+    }
+    round_trip(&mut c, b"still served").await;
+    s.zt.drain().await;
 }

@@ -39,7 +39,16 @@ pub async fn handle(
     peer: SocketAddr,
     drain: DrainWatcher,
 ) {
-    match handshake(&mut stream).await {
+    // A client that connects and stalls is let go after the handshake timeout, as on the HBONE port.
+    let handshake =
+        match tokio::time::timeout(pi.cfg.handshake_timeout, handshake(&mut stream)).await {
+            Ok(r) => r,
+            Err(_) => Err(Socks5Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no SOCKS5 greeting and request in time",
+            ))),
+        };
+    match handshake {
         Ok(dst) => outbound::handle(pi, stream, peer, dst, drain).await,
         Err(e) => {
             let rep = match e {
