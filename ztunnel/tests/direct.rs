@@ -633,3 +633,71 @@ async fn inbound_streams_show_the_dialled_service() {
     eventually("the second stream deregisters", || server.is_empty()).await;
     let _ = p.client;
 }
+
+/// An application that reads 1 KiB of each connection and then resets it (TCP RST).
+async fn resetting_app(ip: IpAddr) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0))
+        .await
+        .unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read_exact(&mut buf).await;
+                reset(s);
+            });
+        }
+    });
+    addr
+}
+
+/// Closes `s` with a TCP RST instead of a FIN.
+fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
+/// Peers that reset mid-stream: applications on either side abort their connections (TCP RST) in the middle of a
+/// transfer. Both ztunnels let go of every one (their registries of live connections empty) and serve the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_mid_stream_leave_nothing_behind() {
+    let p = pair(66, "").await;
+    wait_ready(&p.client).await;
+    wait_ready(&p.server).await;
+    let client = p.client.connections.clone().unwrap();
+    let server = p.server.connections.clone().unwrap();
+    let socks = p.client.addresses.socks5.unwrap();
+    let target = echo(p.server_ip).await;
+    let resetting = resetting_app(p.server_ip).await;
+    // The client application resets, with data in flight both ways.
+    for _ in 0..20 {
+        let mut c = socks_connect(socks, target).await.unwrap();
+        c.write_all(&[7u8; 64 * 1024]).await.unwrap();
+        let mut buf = [0u8; 1024];
+        c.read_exact(&mut buf).await.unwrap();
+        reset(c);
+    }
+    // The server application resets after 1 KiB, while the client is still sending.
+    for _ in 0..20 {
+        let mut c = socks_connect(socks, resetting).await.unwrap();
+        let _ = c.write_all(&[7u8; 64 * 1024]).await;
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(support::WAIT, c.read(&mut buf))
+            .await
+            .expect("the client's connection is closed after the server application reset");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    }
+    eventually("the client ztunnel let go of every connection", || {
+        client.is_empty()
+    })
+    .await;
+    eventually("the server ztunnel let go of every stream", || {
+        server.is_empty()
+    })
+    .await;
+    let mut c = socks_connect(socks, target).await.unwrap();
+    support::round_trip(&mut c, b"after the resets").await;
+}
