@@ -45,6 +45,24 @@ impl Threads {
     }
 }
 
+/// Raises this process's soft limit of open files to its hard limit, as upstream ztunnel does: every proxied
+/// connection costs one or two descriptors, and a soft limit of 1024 (a common default outside containers) would
+/// refuse connections long before memory runs short. Returns the (old, new) soft limit when it changed.
+pub fn raise_fd_limit() -> Option<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
+        return None;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => Some((soft, hard)),
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "could not raise the open-file limit");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

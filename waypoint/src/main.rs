@@ -18,6 +18,9 @@ fn main() -> anyhow::Result<()> {
     let env: HashMap<String, String> = std::env::vars().collect();
     let json = env.get("LOG_FORMAT").is_some_and(|f| f == "json");
     let log = ambit_core::logging::init("info", json);
+    if let Some((from, to)) = ambit_core::runtime::raise_fd_limit() {
+        tracing::info!(from, to, "raised the soft open-file limit to the hard one");
+    }
     ambit_core::tls::install_default_provider();
     let cfg = Config::from_env(&env).context("configuration")?;
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
