@@ -41,6 +41,8 @@ pub enum CertError {
     BadResponse { identity: String, reason: String },
     #[error("certificate manager stopped tracking {0}")]
     Forgotten(String),
+    #[error("the certificate of {identity} expired and was not renewed: {reason}")]
+    Expired { identity: String, reason: String },
 }
 
 impl CertError {
@@ -49,6 +51,7 @@ impl CertError {
             CertError::Sign { retryable, .. } => *retryable,
             CertError::BadResponse { .. } => true,
             CertError::Forgotten(_) => false,
+            CertError::Expired { .. } => true,
         }
     }
 }
@@ -139,6 +142,28 @@ impl CertManager {
                 (_, Some(err)) => Err(err.clone()),
                 _ => continue,
             };
+        }
+    }
+
+    /// Fails when `id` holds a certificate that has expired (none valid replaced it): the data path's fail-closed
+    /// check for connections and streams that reuse a connection set up while it was valid. Synchronous and
+    /// allocation-free, so it adds nothing to a connection's future; an identity not tracked yet, or still waiting
+    /// for its first certificate, passes (the handshake that needs one waits for it).
+    pub fn check_unexpired(&self, id: &Identity) -> Result<(), CertError> {
+        let entries = self.lock();
+        let Some(entry) = entries.get(id) else {
+            return Ok(());
+        };
+        let state = entry.state.borrow();
+        match &state.cert {
+            Some(cert) if cert.is_expired() => Err(CertError::Expired {
+                identity: id.to_string(),
+                reason: state
+                    .error
+                    .as_ref()
+                    .map_or_else(|| "renewal pending".to_owned(), ToString::to_string),
+            }),
+            _ => Ok(()),
         }
     }
 

@@ -28,7 +28,6 @@ use crate::metrics::{Report, RequestLabels, TcpLabels};
 use crate::route::pick_weighted;
 use crate::state::{AppProtocol, Target};
 
-
 /// Accepts HBONE connections until drained; each runs on the runtime this is called on.
 pub async fn serve(
     proxy: Arc<Proxy>,
@@ -89,7 +88,7 @@ async fn connection(
         async move {
             // Fail closed, as ztunnel: once the waypoint's certificate expired unrenewed, streams on connections
             // set up while it was valid are refused like a new handshake would be.
-            if let Err(e) = proxy.certs.fetch(&me, Priority::RealTime).await {
+            if let Err(e) = proxy.certs.check_unexpired(&me) {
                 warn!(target: "access", error = %e, "connection refused: the waypoint's certificate");
                 responder.reject(StatusCode::SERVICE_UNAVAILABLE);
                 return;

@@ -293,6 +293,9 @@ async fn an_expired_certificate_fails_closed_and_is_counted() {
     assert!(signer.calls() >= 2, "the renewal was attempted");
     let served = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap();
     assert!(Arc::ptr_eq(&served, &first));
+    assert!(mgr.check_unexpired(&id("a")).is_ok());
+    assert!(mgr.check_unexpired(&id("b")).is_ok(), "still waiting for its first one");
+    assert!(mgr.check_unexpired(&id("untracked")).is_ok());
     // Expired: refused, and counted as such.
     let wait = first
         .not_after()
@@ -301,6 +304,8 @@ async fn an_expired_certificate_fails_closed_and_is_counted() {
     tokio::time::sleep(wait + Duration::from_millis(200)).await;
     let err = mgr.fetch(&id("a"), Priority::RealTime).await.unwrap_err();
     assert!(err.to_string().contains("CA down"), "{err}");
+    let err = mgr.check_unexpired(&id("a")).unwrap_err();
+    assert!(matches!(err, CertError::Expired { .. }), "{err}");
     let text = scrape(&registry);
     assert!(
         text.contains("workload_certificates{state=\"expired\"} 1"),

@@ -121,11 +121,7 @@ async fn stream(
     };
     // Fail closed: the HBONE connection was set up while the destination's certificate was valid; once it has
     // expired unrenewed, its streams are refused like a new handshake would be.
-    if let Err(e) = pi
-        .certs
-        .fetch(&dst_workload.identity(), Priority::RealTime)
-        .await
-    {
+    if let Err(e) = pi.certs.check_unexpired(&dst_workload.identity()) {
         let why = format!("certificate of {}: {e}", dst_workload.identity());
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ambit_core::Identity;
-use ambit_core::cert::Priority;
 use ambit_core::drain::DrainWatcher;
 use ambit_core::hbone::PoolKey;
 use tokio::net::TcpStream;
@@ -234,7 +233,7 @@ async fn proxy(
             };
             // Fail closed: a pooled connection was set up while the source's certificate was valid; once it has
             // expired unrenewed (the CA unreachable past its lifetime), no new connection goes out on its name.
-            if let Err(e) = pi.certs.fetch(&key.src_identity, Priority::RealTime).await {
+            if let Err(e) = pi.certs.check_unexpired(&key.src_identity) {
                 let e = ProxyError::Certificate(key.src_identity.clone(), e.to_string());
                 guard.fail(e.response_flag());
                 return Err(e);
