@@ -3,7 +3,7 @@
 //! the same rounds. Needs root, `iperf3` and `wrk`; run it through `scripts/bench.sh` (release build).
 //!
 //! ```text
-//! ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] [--parallel N] [--new-connections] [--out DIR]
+//! ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] [--parallel N] [--idle-connections N] [--new-connections] [--out DIR]
 //!             [--modes direct,ztunnel,relay] [--ztunnel PATH] [--compare PATH] [--http PATH]
 //!             [--ztunnel-env KEY=VALUE]...
 //! ```
@@ -28,6 +28,7 @@ use ambit_e2e::topology::{
 use ambit_e2e::{Mode, TestDir, TwoPods, TwoPodsOptions, is_root};
 use anyhow::{Context, Result, bail, ensure};
 
+mod l4_idle;
 mod l4_report;
 use l4_report::*;
 
@@ -42,6 +43,8 @@ struct Args {
     count_secs: u64,
     /// Streams of the second iperf3 run (`-P`); 0: no second run.
     parallel: u32,
+    /// `--idle-connections N`: memory per idle connection with N open through each ztunnel pair; 0: not measured.
+    idle: u32,
     out: PathBuf,
     modes: Vec<Mode>,
     ztunnel: Option<PathBuf>,
@@ -52,7 +55,7 @@ struct Args {
 }
 
 const USAGE: &str = "ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] \
-[--parallel N] [--new-connections] [--out DIR] [--modes direct,ztunnel,relay] [--ztunnel PATH] [--compare PATH] [--http PATH] \
+[--parallel N] [--idle-connections N] [--new-connections] [--out DIR] [--modes direct,ztunnel,relay] [--ztunnel PATH] [--compare PATH] [--http PATH] \
 [--ztunnel-env KEY=VALUE]...";
 
 /// What the bench gives both binaries besides `TwoPods`' own dedicated-mode settings (which include
@@ -83,6 +86,7 @@ fn parse_args() -> Result<Args> {
         rounds: 3,
         count_secs: 5,
         parallel: 0,
+        idle: 0,
         out: PathBuf::from("target/bench"),
         modes: vec![Mode::Direct, Mode::Ztunnel],
         ztunnel: None,
@@ -101,6 +105,7 @@ fn parse_args() -> Result<Args> {
             "--new-connections" => args.close = true,
             "--count-secs" => args.count_secs = value()?.parse().context("--count-secs")?,
             "--parallel" => args.parallel = value()?.parse().context("--parallel")?,
+            "--idle-connections" => args.idle = value()?.parse().context("--idle-connections")?,
             "--out" => args.out = PathBuf::from(value()?),
             "--ztunnel" => args.ztunnel = Some(PathBuf::from(value()?)),
             "--compare" => args.compare = Some(PathBuf::from(value()?)),
@@ -320,6 +325,15 @@ fn measure(
         None
     };
     let ztunnels_rss_after_kib = rss_sum(&ztunnels);
+    let ztunnels_kib_per_idle_connection = if args.idle > 0 && !ztunnels.is_empty() {
+        eprintln!("== round {round}, {name}: {} idle connections", args.idle);
+        Some(
+            l4_idle::kib_per_connection(dir, &pods, &ztunnels, args.idle)
+                .with_context(|| tag.clone())?,
+        )
+    } else {
+        None
+    };
     // Each pod set's ztunnel logs are overwritten by the next one's; keep them per mode and round.
     for pod in [pods.a(), pods.b()] {
         let log = pod.ztunnel_log();
@@ -338,6 +352,7 @@ fn measure(
         ztunnels_cpu_us_per_mb,
         ztunnels_rss_rest_kib,
         ztunnels_rss_after_kib,
+        ztunnels_kib_per_idle_connection,
     })
 }
 
@@ -477,6 +492,7 @@ mod tests {
             rounds: 1,
             count_secs: 0,
             parallel: 0,
+            idle: 0,
             out: PathBuf::new(),
             modes,
             ztunnel: Some(PathBuf::from("/ambit/ztunnel")),

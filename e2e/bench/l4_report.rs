@@ -40,6 +40,8 @@ pub struct ModeResult {
     /// Sum of both ztunnels' `VmRSS`: once ready, before any load, and after the last wrk run.
     pub ztunnels_rss_rest_kib: Option<u64>,
     pub ztunnels_rss_after_kib: Option<u64>,
+    /// `--idle-connections N`: both ztunnels' RSS growth with N idle connections open through them, per connection.
+    pub ztunnels_kib_per_idle_connection: Option<f64>,
 }
 
 /// One mode against direct: per round, or the medians of the rounds (`round` 0).
@@ -184,6 +186,12 @@ const FIGURES: &[Figure] = &[
         unit: "MiB",
         higher_is_better: false,
         read: |m| kib_to_mib(m.ztunnels_rss_after_kib),
+    },
+    Figure {
+        name: "ztunnels' memory per idle connection (both)",
+        unit: "KiB",
+        higher_is_better: false,
+        read: |m| m.ztunnels_kib_per_idle_connection,
     },
 ];
 
@@ -484,6 +492,7 @@ mod tests {
             ztunnels_cpu_us_per_mb: None,
             ztunnels_rss_rest_kib: None,
             ztunnels_rss_after_kib: None,
+            ztunnels_kib_per_idle_connection: None,
         }
     }
 

@@ -249,7 +249,10 @@ async fn proxy(
                 .header("traceparent", headers::traceparent())
                 .body(())
                 .map_err(|e| ProxyError::Io(std::io::Error::other(e)))?;
-            let (stream, _resp) = match pi.hbone.connect(key, request).await {
+            // Boxed: the CONNECT future (pool checkout, and on a miss the TCP, TLS and HTTP/2 handshakes) is large
+            // and lives only until the stream is open; inline, it would size this connection's task for its whole
+            // life (measured: `ambit-bench --idle-connections`, docs/PERFORMANCE.md).
+            let (stream, _resp) = match Box::pin(pi.hbone.connect(key, request)).await {
                 Ok(ok) => ok,
                 Err(e) => {
                     let e = ProxyError::Hbone(e);
