@@ -308,6 +308,20 @@ impl Drop for LocalMesh {
     }
 }
 
+/// The fault tests' mesh: one node running [`DEMO_APPS`] under STRICT mTLS ([`STRICT_DEMO`]), its manifests in
+/// `<dir>/manifests`, `env` set for `ambit local up`; then `scenario`, as [`run_on_mesh`].
+pub fn run_strict_demo(
+    dir: &crate::TestDir,
+    env: &[(&str, &str)],
+    scenario: impl FnOnce(&LocalMesh) -> Result<()>,
+) -> Result<()> {
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(manifests.join("apps.yaml"), DEMO_APPS)?;
+    std::fs::write(manifests.join("strict.yaml"), STRICT_DEMO)?;
+    run_on_mesh_with_env(dir.path(), &manifests, 1, env, scenario, |_| String::new())
+}
+
 /// A test's whole life on a local mesh: `ambit local up` on `manifests` with `nodes` nodes, `scenario`, on failure
 /// the components' logs and whatever `report` adds (dumps), then `down` and the check that nothing is left.
 pub fn run_on_mesh(

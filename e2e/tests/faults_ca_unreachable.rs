@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ambit_e2e::e2e_test;
 use ambit_e2e::load::RequestLoop;
-use ambit_e2e::local::{DEMO_APPS, LocalMesh, NET_NS, STRICT_DEMO, run_on_mesh_with_env};
+use ambit_e2e::local::{LocalMesh, NET_NS, run_strict_demo};
 use ambit_e2e::topology::poll;
 use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::{Signal, kill};
@@ -129,18 +129,7 @@ fn scenario(mesh: &LocalMesh) -> Result<()> {
 #[test]
 fn an_unreachable_ca_serves_valid_certificates_then_fails_closed() {
     e2e_test("local-faults-ca-unreachable", |dir| {
-        let manifests = dir.join("manifests");
-        std::fs::create_dir_all(&manifests)?;
-        std::fs::write(manifests.join("apps.yaml"), DEMO_APPS)?;
-        std::fs::write(manifests.join("strict.yaml"), STRICT_DEMO)?;
         let ttl = format!("{}s", TTL.as_secs());
-        run_on_mesh_with_env(
-            dir.path(),
-            &manifests,
-            1,
-            &[("SECRET_TTL", &ttl)],
-            scenario,
-            |_| String::new(),
-        )
+        run_strict_demo(dir, &[("SECRET_TTL", &ttl)], scenario)
     });
 }

@@ -9,7 +9,7 @@
 
 use ambit_e2e::e2e_test;
 use ambit_e2e::load::RequestLoop;
-use ambit_e2e::local::{DEMO_APPS, LocalMesh, STRICT_DEMO, run_on_mesh};
+use ambit_e2e::local::{LocalMesh, run_strict_demo};
 use anyhow::{Context, Result, ensure};
 
 const NS: &str = "demo";
@@ -78,10 +78,6 @@ fn scenario(mesh: &LocalMesh) -> Result<()> {
 #[test]
 fn a_ztunnel_restarted_under_load_loses_no_request() {
     e2e_test("local-faults-ztunnel-restart", |dir| {
-        let manifests = dir.join("manifests");
-        std::fs::create_dir_all(&manifests)?;
-        std::fs::write(manifests.join("apps.yaml"), DEMO_APPS)?;
-        std::fs::write(manifests.join("strict.yaml"), STRICT_DEMO)?;
-        run_on_mesh(dir.path(), &manifests, 1, scenario, |_| String::new())
+        run_strict_demo(dir, &[], scenario)
     });
 }
