@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ambit_e2e::runner::{E2eLock, check_tools};
-use ambit_e2e::tools::{self, WrkResult, cpu_ns, rss_sum};
+use ambit_e2e::tools::{self, WrkResult, cpu_ns, fd_sum, rss_sum};
 use ambit_e2e::topology::{
     B_IP, HTTP_BIN_ENV, HTTP_PORT, IPERF_PORT, default_ztunnel_bin, sibling_binary,
 };
@@ -279,6 +279,7 @@ fn measure(
         .flatten()
         .collect();
     let ztunnels_rss_rest_kib = rss_sum(&ztunnels);
+    let ztunnels_fds_rest = fd_sum(&ztunnels);
 
     let secs = args.duration;
     eprintln!("== round {round}, {name}: iperf3, 1 stream, {secs}s");
@@ -325,6 +326,12 @@ fn measure(
         None
     };
     let ztunnels_rss_after_kib = rss_sum(&ztunnels);
+    // The last connections' closes reach the ztunnels a moment after wrk has its answers.
+    std::thread::sleep(Duration::from_millis(500));
+    let ztunnels_fds_after = fd_sum(&ztunnels);
+    if let (Some(a), Some(b)) = (ztunnels_fds_rest, ztunnels_fds_after) {
+        eprintln!("   ztunnels' open fds: {a} at rest, {b} after the load");
+    }
     let ztunnels_kib_per_idle_connection = if args.idle > 0 && !ztunnels.is_empty() {
         eprintln!("== round {round}, {name}: {} idle connections", args.idle);
         Some(
@@ -352,6 +359,8 @@ fn measure(
         ztunnels_cpu_us_per_mb,
         ztunnels_rss_rest_kib,
         ztunnels_rss_after_kib,
+        ztunnels_fds_rest,
+        ztunnels_fds_after,
         ztunnels_kib_per_idle_connection,
     })
 }

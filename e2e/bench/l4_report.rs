@@ -40,6 +40,11 @@ pub struct ModeResult {
     /// Sum of both ztunnels' `VmRSS`: once ready, before any load, and after the last wrk run.
     pub ztunnels_rss_rest_kib: Option<u64>,
     pub ztunnels_rss_after_kib: Option<u64>,
+    /// Both ztunnels' open file descriptors once ready and after the last wrk run (with `--new-connections`,
+    /// after tens of thousands of connections opened and closed through them: what is left is the pooled HBONE
+    /// connections and whatever leaked).
+    pub ztunnels_fds_rest: Option<u64>,
+    pub ztunnels_fds_after: Option<u64>,
     /// `--idle-connections N`: both ztunnels' RSS growth with N idle connections open through them, per connection.
     pub ztunnels_kib_per_idle_connection: Option<f64>,
 }
@@ -186,6 +191,12 @@ const FIGURES: &[Figure] = &[
         unit: "MiB",
         higher_is_better: false,
         read: |m| kib_to_mib(m.ztunnels_rss_after_kib),
+    },
+    Figure {
+        name: "ztunnels' open fds after load (both)",
+        unit: "count",
+        higher_is_better: false,
+        read: |m| m.ztunnels_fds_after.map(|n| n as f64),
     },
     Figure {
         name: "ztunnels' memory per idle connection (both)",
@@ -492,6 +503,8 @@ mod tests {
             ztunnels_cpu_us_per_mb: None,
             ztunnels_rss_rest_kib: None,
             ztunnels_rss_after_kib: None,
+            ztunnels_fds_rest: None,
+            ztunnels_fds_after: None,
             ztunnels_kib_per_idle_connection: None,
         }
     }

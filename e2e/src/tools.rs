@@ -224,6 +224,16 @@ pub fn rss_sum(pids: &[u32]) -> Option<u64> {
     (!v.is_empty()).then(|| v.iter().sum())
 }
 
+/// The open file descriptors of `pids` together (entries of `/proc/<pid>/fd`); `None` if none could be read.
+pub fn fd_sum(pids: &[u32]) -> Option<u64> {
+    let v: Vec<u64> = pids
+        .iter()
+        .filter_map(|&p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+        .map(|d| d.count() as u64)
+        .collect();
+    (!v.is_empty()).then(|| v.iter().sum())
+}
+
 /// The median of `v` (the mean of the middle two for an even count); NaN for none.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
