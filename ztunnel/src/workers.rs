@@ -72,8 +72,8 @@ impl Workers {
         self.load[i].store(per_mille, Ordering::Relaxed);
     }
 
-    /// The worker that should run a connection just accepted on worker `on`: the first one under the spill
-    /// threshold, else the least busy (`on` itself on a tie, which saves the hand-over). With the choice off, `on`.
+    /// The worker that should run a connection just accepted on worker `on`: the first one not busier than the
+    /// spill threshold (so 100 % never spills: a thread cannot be busier than one CPU), else the least busy (`on` itself on a tie, which saves the hand-over). With the choice off, `on`.
     pub fn pick(&self, on: usize) -> usize {
         if self.handles.len() < 2 {
             return on;
@@ -82,7 +82,7 @@ impl Workers {
             return on;
         };
         let n = self.handles.len();
-        if let Some(first) = (0..n).find(|&i| self.load(i) < spill_at) {
+        if let Some(first) = (0..n).find(|&i| self.load(i) <= spill_at) {
             return first;
         }
         // Everyone is past the threshold: the least busy, preferring the accepting worker on a tie.
@@ -153,8 +153,10 @@ mod tests {
         let w = workers(3);
         // Idle: everything on worker 0, wherever it was accepted.
         assert_eq!((w.pick(0), w.pick(1), w.pick(2)), (0, 0, 0));
-        // Worker 0 busy: the next one takes new connections.
+        // At the threshold: still worker 0. Past it: the next one takes new connections.
         w.set_load(0, 700);
+        assert_eq!(w.pick(1), 0);
+        w.set_load(0, 710);
         assert_eq!((w.pick(0), w.pick(2)), (1, 1));
         w.set_load(1, 900);
         assert_eq!(w.pick(1), 2);
@@ -165,6 +167,17 @@ mod tests {
         assert_eq!(w.pick(1), 2);
         w.set_load(1, 800);
         assert_eq!((w.pick(1), w.pick(2), w.pick(0)), (1, 2, 1));
+    }
+
+    #[test]
+    fn a_threshold_of_100_percent_never_spills() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let w = Workers::new(vec![rt.handle().clone(), rt.handle().clone()], Some(100));
+        // A saturated worker (samples are capped at one CPU) keeps taking connections.
+        w.set_load(0, 1000);
+        assert_eq!((w.pick(0), w.pick(1)), (0, 0));
     }
 
     #[test]
