@@ -293,7 +293,7 @@ async fn proxy_protocol_app_tunnel_is_dialled_on_loopback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_handshakes_are_closed_and_do_not_hold_up_others() {
     let timeout = std::time::Duration::from_millis(800);
-    let s = server_with(84, |c| c.handshake_timeout = timeout).await;
+    let s = server_with(86, |c| c.handshake_timeout = timeout).await;
     let target = echo(SocketAddr::new(s.ip, 0)).await;
     let hbone = SocketAddr::new(s.ip, 15008);
     let mut stalled = Vec::new();
@@ -354,7 +354,7 @@ async fn assert_closed_by_peer(s: &mut (impl AsyncRead + Unpin)) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_socks5_clients_are_closed() {
     let timeout = std::time::Duration::from_millis(800);
-    let s = server_with(85, |c| {
+    let s = server_with(87, |c| {
         c.socks5_enabled = true;
         c.handshake_timeout = timeout;
     })
@@ -370,7 +370,7 @@ async fn stalled_socks5_clients_are_closed() {
         stalled.push(c);
     }
     // Not a mesh address: SOCKS5 dials it directly; served beside the stalled clients.
-    let outside = echo("127.0.85.9:0".parse().unwrap()).await;
+    let outside = echo("127.0.87.9:0".parse().unwrap()).await;
     let mut c = tokio::net::TcpStream::connect(socks).await.unwrap();
     support::socks5_handshake(&mut c, outside).await.unwrap();
     round_trip(&mut c, b"served").await;
