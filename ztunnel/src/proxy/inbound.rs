@@ -63,11 +63,27 @@ async fn serve(
     debug!(src.identity = ?peer_id.as_ref().map(|i| i.to_string()), "mTLS established");
     let h2 = pi.h2.clone();
     let stream_drain = drain.clone();
+    let cert_id = Arc::new(id);
     hbone::serve(tls, h2, drain, move |parts, responder| {
         let pi = pi.clone();
         let peer_id = peer_id.clone();
         let drain = stream_drain.clone();
-        async move { stream(pi, parts, responder, peer, peer_id, local, drain).await }
+        let cert_id = cert_id.clone();
+        async move {
+            // Fail closed: this connection was set up while its certificate was valid; once that expired
+            // unrenewed, its streams are refused as a new handshake would be.
+            if let Err(e) = pi.certs.check_unexpired(&cert_id) {
+                let authority = parts.uri.authority().map_or("", |a| a.as_str()).to_owned();
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    responder,
+                    peer,
+                    &authority,
+                    &e.to_string(),
+                );
+            }
+            stream(pi, parts, responder, peer, peer_id, local, drain).await
+        }
     })
     .await
     .map_err(ProxyError::Hbone)
@@ -119,18 +135,6 @@ async fn stream(
             );
         }
     };
-    // Fail closed: the HBONE connection was set up while the destination's certificate was valid; once it has
-    // expired unrenewed, its streams are refused like a new handshake would be.
-    if let Err(e) = pi.certs.check_unexpired(&dst_workload.identity()) {
-        let why = format!("certificate of {}: {e}", dst_workload.identity());
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            responder,
-            peer,
-            &authority_str,
-            &why,
-        );
-    }
     let target = match resolve_target(&pi, &dst_workload, &authority, local.ip()) {
         Ok(t) => t,
         Err((status, why)) => return refuse(status, responder, peer, &authority_str, &why),
