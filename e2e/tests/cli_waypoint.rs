@@ -9,55 +9,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_e2e::e2e_test;
-use ambit_e2e::local::{Echo, LocalMesh, WAIT, run_on_mesh};
+use ambit_e2e::local::{DEMO_APPS, Echo, LocalMesh, WAIT, run_on_mesh};
 use ambit_e2e::topology::poll;
 use anyhow::{Result, ensure};
 
 const NS: &str = "demo";
 const UP: Duration = Duration::from_secs(90);
 
-const MANIFESTS: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: server, namespace: demo}
-spec:
-  selector: {matchLabels: {app: server}}
-  template:
-    metadata: {labels: {app: server}}
-    spec:
-      serviceAccountName: server
-      containers:
-      - name: echo
-        command: [ambit, echo, --http-port, "8080"]
-        ports: [{name: http, containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: server, namespace: demo}
-spec:
-  selector: {app: server}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: client, namespace: demo}
-spec:
-  selector: {matchLabels: {app: client}}
-  template:
-    metadata: {labels: {app: client}}
-    spec:
-      serviceAccountName: client
-      containers: [{name: sleep, command: [sleep, infinity]}]
-"#;
-
 fn manifests(dir: &Path) -> Result<PathBuf> {
     let m = dir.join("manifests");
     std::fs::create_dir_all(&m)?;
-    std::fs::write(m.join("demo.yaml"), MANIFESTS)?;
+    std::fs::write(m.join("demo.yaml"), DEMO_APPS)?;
     Ok(m)
 }
 
