@@ -177,8 +177,26 @@ impl LocalCa {
         identity: &Identity,
         ttl: Duration,
     ) -> Result<WorkloadCert, CaError> {
+        self.sign_workload(leaf_params(identity, ttl)?)
+    }
+
+    /// A workload certificate for `identity` valid exactly over `[not_before, not_after]`, which may lie in the
+    /// past or the future: for tests of how peers treat expired and not-yet-valid certificates.
+    pub fn issue_workload_valid_between(
+        &self,
+        identity: &Identity,
+        not_before: std::time::SystemTime,
+        not_after: std::time::SystemTime,
+    ) -> Result<WorkloadCert, CaError> {
+        let mut params = leaf_params(identity, Duration::ZERO)?;
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        self.sign_workload(params)
+    }
+
+    fn sign_workload(&self, params: CertificateParams) -> Result<WorkloadCert, CaError> {
         let key = new_key()?;
-        let leaf = leaf_params(identity, ttl)?
+        let leaf = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| CaError::Generate(e.to_string()))?;
         let mut chain = vec![leaf.der().clone()];

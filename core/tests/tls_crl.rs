@@ -8,101 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_core::Identity;
-use ambit_core::ca::LocalCa;
 use ambit_core::tls::{
     ClientTlsStream, CrlError, CrlStore, PeerCheckError, ServerTlsStream, TlsAcceptor, TlsBackend,
     TlsConnector, TlsError, TlsPolicy, WorkloadCert,
 };
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
-    KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+    CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevokedCertParams, SerialNumber,
 };
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, DuplexStream};
 
-const TTL: Duration = Duration::from_secs(3600);
-const TD: &str = "cluster.local";
+mod support;
 
-fn id(sa: &str) -> Identity {
-    Identity::new(TD, "demo", sa)
-}
-
-/// A CA written in the plug-in layout, with the issuers kept so the test can sign CRLs.
-struct TestCa {
-    _dir: tempfile::TempDir,
-    ca: LocalCa,
-    root: Issuer<'static, KeyPair>,
-    /// Set when leaves are signed by an intermediate.
-    intermediate: Option<(Issuer<'static, KeyPair>, SerialNumber)>,
-}
-
-fn ca_params(cn: &str, serial: u8) -> CertificateParams {
-    let mut p = CertificateParams::default();
-    p.distinguished_name.push(DnType::OrganizationName, TD);
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p.serial_number = Some(SerialNumber::from_slice(&[0x10, serial]));
-    let now = OffsetDateTime::now_utc();
-    p.not_before = now - time::Duration::hours(1);
-    p.not_after = now + time::Duration::days(1);
-    p
-}
-
-fn test_ca(with_intermediate: bool) -> TestCa {
-    let dir = tempfile::tempdir().unwrap();
-    let root_key = KeyPair::generate().unwrap();
-    let root_params = ca_params("test root", 1);
-    let root_cert = root_params.self_signed(&root_key).unwrap();
-    let root_pem = root_cert.pem();
-    let root_key_pem = root_key.serialize_pem();
-    let root = Issuer::new(root_params, root_key);
-    let (ca_cert, ca_key, chain, intermediate) = if with_intermediate {
-        let key = KeyPair::generate().unwrap();
-        let params = ca_params("test intermediate", 2);
-        let serial = params.serial_number.clone().unwrap();
-        let cert = params.signed_by(&key, &root).unwrap();
-        let pem = cert.pem();
-        let key_pem = key.serialize_pem();
-        let issuer = Issuer::new(params, key);
-        (
-            pem.clone(),
-            key_pem,
-            format!("{pem}{root_pem}"),
-            Some((issuer, serial)),
-        )
-    } else {
-        (root_pem.clone(), root_key_pem, root_pem.clone(), None)
-    };
-    let ca_dir = dir.path().join("ca");
-    std::fs::create_dir(&ca_dir).unwrap();
-    std::fs::write(ca_dir.join("root-cert.pem"), &root_pem).unwrap();
-    std::fs::write(ca_dir.join("ca-cert.pem"), ca_cert).unwrap();
-    std::fs::write(ca_dir.join("ca-key.pem"), ca_key).unwrap();
-    std::fs::write(ca_dir.join("cert-chain.pem"), chain).unwrap();
-    let ca = LocalCa::load_or_create(&ca_dir, TD).unwrap();
-    TestCa {
-        _dir: dir,
-        ca,
-        root,
-        intermediate,
-    }
-}
-
-impl TestCa {
-    fn issue(&self, sa: &str) -> Arc<WorkloadCert> {
-        Arc::new(self.ca.issue_workload(&id(sa), TTL).unwrap())
-    }
-
-    /// The issuer of the leaves (the intermediate when there is one).
-    fn leaf_issuer(&self) -> &Issuer<'static, KeyPair> {
-        self.intermediate.as_ref().map_or(&self.root, |(i, _)| i)
-    }
-}
+use support::{id, test_ca};
 
 fn serial(cert: &WorkloadCert) -> SerialNumber {
     SerialNumber::from_slice(&hex_decode(&cert.serial_hex()))

@@ -287,20 +287,6 @@ async fn tls12_only_client_is_refused() {
 }
 
 #[tokio::test]
-async fn client_without_certificate_is_refused() {
-    tls::install_default_provider();
-    let ca = LocalCa::generate("cluster.local").unwrap();
-    let server_cert = issue(&ca, &id("cluster.local", "server"));
-    for backend in TlsBackend::all() {
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots_of(&ca))
-            .with_no_client_auth();
-        let (s, _c) = raw_client_against(server_cert.clone(), *backend, config).await;
-        assert!(s.is_err(), "{backend}: {s:?}");
-    }
-}
-
-#[tokio::test]
 async fn client_offering_only_other_alpn_is_refused() {
     tls::install_default_provider();
     let ca = LocalCa::generate("cluster.local").unwrap();

@@ -160,6 +160,11 @@ fn handshake_error<S>(slot: &Slot, e: tokio_boring::HandshakeError<S>) -> TlsErr
         .take();
     match recorded {
         Some(check) => TlsError::PeerRejected(check),
+        // FAIL_IF_NO_PEER_CERT ends the handshake before the callback runs; the error stack's reason (a stable
+        // BoringSSL name, reachable only through the message) is what says so.
+        None if e.to_string().contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") => {
+            TlsError::PeerRejected(PeerCheckError::NoCertificate)
+        }
         None => TlsError::Handshake(format!("boring: {e}")),
     }
 }
