@@ -1,0 +1,148 @@
+//! In-process: the waypoint's HBONE port refuses source ztunnels whose certificate is expired, not yet valid, from
+//! another trust domain or from a CA it does not trust, and keeps serving good ones after each. (How each refusal
+//! reads, per TLS backend, is pinned by `ambit-core`'s `tls_peer_certs`; this shows the waypoint's listener uses
+//! that check.) Addresses are 127.0.93.x.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ambit_core::Identity;
+use ambit_core::ca::LocalCa;
+use ambit_core::hbone::{Connect, H2Config, HboneClient, HboneError, PoolKey};
+use ambit_core::tls::{ClientTlsStream, TlsBackend, TlsConnector, WorkloadCert};
+use tokio::net::TcpStream;
+
+const NET: u8 = 93;
+const REVIEWS: &str = "reviews.demo.svc.cluster.local:9080";
+
+fn config() -> String {
+    format!(
+        r#"
+services:
+- {{name: reviews, namespace: demo, hostname: reviews.demo.svc.cluster.local, vips: [10.96.93.20],
+   ports: [{{port: 9080, targetPort: 18081, protocol: http1}}],
+   waypoint: {{namespace: demo, hostname: waypoint.demo.svc.cluster.local}}}}
+workloads:
+- {{uid: client, name: client-0, namespace: demo, serviceAccount: client, ips: [127.0.{NET}.2], workloadName: client}}
+- {{uid: v1, name: backend-0, namespace: demo, ips: [127.0.{NET}.21], tunnel: NONE,
+   services: {{demo/reviews.demo.svc.cluster.local: {{9080: 18081}}}}}}
+"#
+    )
+}
+
+/// Dials with one fixed certificate, whatever it is.
+struct Fixed(Arc<WorkloadCert>);
+
+#[async_trait::async_trait]
+impl Connect for Fixed {
+    type Io = ClientTlsStream<TcpStream>;
+
+    async fn connect(&self, key: &PoolKey) -> Result<Self::Io, HboneError> {
+        let tcp = TcpStream::connect(key.dst)
+            .await
+            .map_err(|e| HboneError::Transport(e.to_string()))?;
+        TlsConnector::new(self.0.clone(), TlsBackend::Rustls)
+            .unwrap()
+            .connect(tcp, &key.dst_identities)
+            .await
+            .map_err(|e| HboneError::Tls(e.to_string()))
+    }
+}
+
+fn at(secs: i64) -> SystemTime {
+    let d = Duration::from_secs(secs.unsigned_abs());
+    if secs < 0 {
+        SystemTime::now() - d
+    } else {
+        SystemTime::now() + d
+    }
+}
+
+/// The first line of a GET to reviews through the waypoint by a client holding `cert`.
+async fn get(source: &support::Source, cert: Arc<WorkloadCert>) -> Result<String, HboneError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let client = HboneClient::new(Arc::new(H2Config::default()), Fixed(cert));
+    let key = PoolKey {
+        src_identity: source.me.clone(),
+        dst_identities: vec![source.waypoint.clone()],
+        dst: source.waypoint_addr,
+        src_ip: source.client_addr.ip(),
+    };
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(REVIEWS)
+        .header("forwarded", format!("for=\"{}\"", source.client_addr))
+        .body(())
+        .unwrap();
+    let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), client.connect(key, req))
+        .await
+        .expect("a refused client is answered, not left hanging")?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn bad_source_certificates_are_refused_and_good_ones_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let file = dir.path().join("waypoint.yaml");
+    std::fs::write(&file, config()).unwrap();
+    let (_waypoint, source) = support::start_waypoint(
+        &ca_dir,
+        &file,
+        format!("127.0.{NET}.2:40000").parse().unwrap(),
+        &[],
+    )
+    .await;
+    support::http_backend(format!("127.0.{NET}.21:18081").parse().unwrap(), "backend").await;
+
+    let ca = LocalCa::load_or_create(&ca_dir, "cluster.local").unwrap();
+    let cert = |td: &str, from: i64, until: i64| {
+        let id = Identity::new(td, "demo", "client");
+        Arc::new(
+            ca.issue_workload_valid_between(&id, at(from), at(until))
+                .unwrap(),
+        )
+    };
+    let rogue = {
+        // From a CA the waypoint does not trust; the client itself trusts the waypoint's root.
+        let other = LocalCa::generate("cluster.local").unwrap();
+        let id = source.me.clone();
+        let (key, csr) = ambit_core::tls::generate_csr(&id).unwrap();
+        let mut chain = other
+            .sign_csr(&csr, &id, Duration::from_secs(3600))
+            .unwrap();
+        chain.last_mut().unwrap().push_str(&ca.root_pem());
+        Arc::new(WorkloadCert::from_istio_chain(&chain, &key).unwrap())
+    };
+    let hour = 3600;
+    let bad = [
+        ("expired", cert("cluster.local", -2 * hour, -hour)),
+        ("not yet valid", cert("cluster.local", hour, 2 * hour)),
+        ("another trust domain", cert("other.local", -hour, hour)),
+        ("an untrusted CA", rogue),
+    ];
+    let good = cert("cluster.local", -hour, hour);
+    for (what, bad) in bad {
+        match get(&source, bad).await {
+            Err(e) if e.to_string().contains("fatal alert") => {
+                eprintln!("source certificate {what}: refused ({e})")
+            }
+            Err(e) => panic!("a source certificate that is {what}: not refused by TLS but {e}"),
+            Ok(line) => panic!("a source certificate that is {what} was served: {line}"),
+        }
+        let line = get(&source, good.clone())
+            .await
+            .unwrap_or_else(|e| panic!("a good source after one {what} was refused: {e}"));
+        assert_eq!(line, "HTTP/1.1 200 OK", "after one {what}");
+    }
+}
