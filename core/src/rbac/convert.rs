@@ -17,26 +17,34 @@ pub enum PolicyError {
     UnknownAction(i32),
 }
 
-fn string_matches(list: Vec<pb::StringMatch>) -> Vec<StringMatch> {
+fn string_matches(list: Vec<pb::StringMatch>, bad: &mut bool) -> Vec<StringMatch> {
     use pb::string_match::MatchType;
-    list.into_iter()
+    let n = list.len();
+    let out: Vec<StringMatch> = list
+        .into_iter()
         .filter_map(|m| match m.match_type? {
             MatchType::Exact(s) => Some(StringMatch::Exact(s)),
             MatchType::Prefix(s) => Some(StringMatch::Prefix(s)),
             MatchType::Suffix(s) => Some(StringMatch::Suffix(s)),
             MatchType::Presence(_) => Some(StringMatch::Presence()),
         })
-        .collect()
+        .collect();
+    *bad |= out.len() != n;
+    out
 }
 
-fn cidrs(list: Vec<pb::Address>) -> Vec<IpNet> {
-    list.into_iter()
+fn cidrs(list: Vec<pb::Address>, bad: &mut bool) -> Vec<IpNet> {
+    let n = list.len();
+    let out: Vec<IpNet> = list
+        .into_iter()
         .filter_map(|a| {
             let ip = ip_from_bytes(&a.address)?;
             let len = u8::try_from(a.length).ok()?;
             IpNet::new(ip, len).ok().map(|n| n.trunc())
         })
-        .collect()
+        .collect();
+    *bad |= out.len() != n;
+    out
 }
 
 /// A 4- or 16-byte address; anything else is no address.
@@ -47,10 +55,14 @@ fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
     <[u8; 16]>::try_from(b).ok().map(IpAddr::from)
 }
 
-fn ports(list: Vec<u32>) -> Vec<u16> {
-    list.into_iter()
+fn ports(list: Vec<u32>, bad: &mut bool) -> Vec<u16> {
+    let n = list.len();
+    let out: Vec<u16> = list
+        .into_iter()
         .filter_map(|p| u16::try_from(p).ok())
-        .collect()
+        .collect();
+    *bad |= out.len() != n;
+    out
 }
 
 fn service_accounts(list: Vec<pb::ServiceAccountMatch>) -> Vec<ServiceAccountMatch> {
@@ -64,20 +76,25 @@ fn service_accounts(list: Vec<pb::ServiceAccountMatch>) -> Vec<ServiceAccountMat
 
 impl From<pb::Match> for Match {
     fn from(m: pb::Match) -> Self {
-        Match {
-            namespaces: string_matches(m.namespaces),
-            not_namespaces: string_matches(m.not_namespaces),
-            principals: string_matches(m.principals),
-            not_principals: string_matches(m.not_principals),
-            source_ips: cidrs(m.source_ips),
-            not_source_ips: cidrs(m.not_source_ips),
-            destination_ips: cidrs(m.destination_ips),
-            not_destination_ips: cidrs(m.not_destination_ips),
-            destination_ports: ports(m.destination_ports),
-            not_destination_ports: ports(m.not_destination_ports),
-            service_accounts: service_accounts(m.service_accounts),
-            not_service_accounts: service_accounts(m.not_service_accounts),
-        }
+        convert_match(m, &mut false)
+    }
+}
+
+/// Sets `bad` when an entry could not be read and was dropped.
+fn convert_match(m: pb::Match, bad: &mut bool) -> Match {
+    Match {
+        namespaces: string_matches(m.namespaces, bad),
+        not_namespaces: string_matches(m.not_namespaces, bad),
+        principals: string_matches(m.principals, bad),
+        not_principals: string_matches(m.not_principals, bad),
+        source_ips: cidrs(m.source_ips, bad),
+        not_source_ips: cidrs(m.not_source_ips, bad),
+        destination_ips: cidrs(m.destination_ips, bad),
+        not_destination_ips: cidrs(m.not_destination_ips, bad),
+        destination_ports: ports(m.destination_ports, bad),
+        not_destination_ports: ports(m.not_destination_ports, bad),
+        service_accounts: service_accounts(m.service_accounts),
+        not_service_accounts: service_accounts(m.not_service_accounts),
     }
 }
 
@@ -95,14 +112,38 @@ impl TryFrom<pb::Authorization> for Authorization {
             Ok(pb::Action::Deny) => PolicyAction::Deny,
             Err(_) => return Err(PolicyError::UnknownAction(p.action)),
         };
+        // Fail closed: an ALLOW rule holding an entry that cannot be read is dropped (it allows less); a DENY rule
+        // keeps its other entries (it denies more).
         let rules = p
             .rules
             .into_iter()
-            .map(|rule| {
-                rule.clauses
+            .enumerate()
+            .filter_map(|(i, rule)| {
+                let mut bad = false;
+                let clauses: Vec<Vec<Match>> = rule
+                    .clauses
                     .into_iter()
-                    .map(|c| c.matches.into_iter().map(Match::from).collect())
-                    .collect()
+                    .map(|c| {
+                        c.matches
+                            .into_iter()
+                            .map(|m| convert_match(m, &mut bad))
+                            .collect()
+                    })
+                    .collect();
+                if !bad {
+                    return Some(clauses);
+                }
+                let policy = format!("{}/{}", p.namespace, p.name);
+                match action {
+                    PolicyAction::Allow => {
+                        tracing::warn!(%policy, rule = i, "ALLOW rule with an entry that cannot be read: rule dropped");
+                        None
+                    }
+                    PolicyAction::Deny => {
+                        tracing::warn!(%policy, rule = i, "DENY rule with an entry that cannot be read: kept without it");
+                        Some(clauses)
+                    }
+                }
             })
             .collect();
         Ok(Authorization {
