@@ -69,7 +69,7 @@ pub fn xds_address(data: &[u8]) {
         Err(_) => {}
     }
     // Removing it by its resource name leaves nothing behind.
-    state.remove(NAME);
+    state.remove_address(NAME);
     assert_eq!(state.snapshot_for_dump(), empty, "remove left state behind");
 }
 
@@ -92,7 +92,7 @@ pub fn xds_authorization(data: &[u8]) {
     for conn in connections() {
         let _ = evaluate(&policies, &conn);
     }
-    state.remove(NAME);
+    state.remove_authorization(NAME);
 }
 
 fn connections() -> Vec<Connection> {

@@ -39,6 +39,9 @@ use crate::proxy::{self, HboneConnector, ProxyInputs};
 use crate::state::ProxyState;
 use crate::workers::Workers;
 
+#[cfg(test)]
+mod xds_bad_input;
+
 /// The addresses the listeners actually bound (ports may be 0 in the config, as in tests).
 #[derive(Clone, Debug)]
 pub struct Addresses {
@@ -655,7 +658,11 @@ impl XdsHandler for StateHandler {
                         rejected.push(Rejection { name, reason });
                     }
                 }
-                XdsUpdate::Remove { name } => self.0.remove(&name),
+                XdsUpdate::Remove { name } => match type_url {
+                    ambit_proto::type_url::ADDRESS => self.0.remove_address(&name),
+                    ambit_proto::type_url::AUTHORIZATION => self.0.remove_authorization(&name),
+                    other => warn!(type_url = other, "ignoring resource of an unknown type"),
+                },
             }
         }
         rejected

@@ -157,9 +157,19 @@ impl ProxyState {
         Ok(())
     }
 
-    /// Removes the resource `name`: a workload uid first, then a `namespace/hostname` service, then a policy.
-    pub fn remove(&self, name: &str) {
-        let authz_changed = self.write().remove_named(name);
+    /// Removes the `Address` resource `name`: the workload or service it named, else a workload uid, else a
+    /// `namespace/hostname` service.
+    pub fn remove_address(&self, name: &str) {
+        self.remove(store::Kind::Address, name);
+    }
+
+    /// Removes the `Authorization` resource `name` (the policy it named, else the policy keyed `name`).
+    pub fn remove_authorization(&self, name: &str) {
+        self.remove(store::Kind::Authorization, name);
+    }
+
+    fn remove(&self, kind: store::Kind, name: &str) {
+        let authz_changed = self.write().remove_named(kind, name);
         if authz_changed {
             self.bump_policies();
         }

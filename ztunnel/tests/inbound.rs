@@ -184,7 +184,7 @@ async fn hbone_stream_is_closed_when_a_workload_update_denies_it() {
     s.zt.state.insert_workload(original.as_ref().clone());
     let mut second = hbone_stream(&s, target).await;
     round_trip(&mut second, b"allowed again").await;
-    s.zt.state.remove(SERVER_UID);
+    s.zt.state.remove_address(SERVER_UID);
     s.zt.state.insert_workload(selected);
     assert_closed(&mut second).await;
     s.zt.drain().await;

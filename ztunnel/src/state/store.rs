@@ -19,6 +19,23 @@ pub(super) enum Named {
     Policy(String),
 }
 
+/// The xDS type a resource name belongs to: each type's names are its own (a Service's `namespace/hostname` and
+/// an Authorization's `namespace/name` can be the same string).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    Address,
+    Authorization,
+}
+
+impl Named {
+    fn kind(&self) -> Kind {
+        match self {
+            Named::Workload(_) | Named::Service(_) => Kind::Address,
+            Named::Policy(_) => Kind::Authorization,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Store {
     pub(super) workloads: HashMap<String, Arc<Workload>>,
@@ -31,8 +48,8 @@ pub(super) struct Store {
     /// Endpoints of services not known yet: service key → workload uid → endpoint.
     staged: HashMap<String, BTreeMap<String, Endpoint>>,
     pub(super) policies: HashMap<String, Arc<Authorization>>,
-    /// xDS resource name → what it named, so a removal by name finds it.
-    names: HashMap<String, Named>,
+    /// xDS (type, resource name) → what it named, so a removal by name finds it.
+    names: HashMap<(Kind, String), Named>,
     /// What the local config file added, replaced as a whole on reload.
     local: Vec<Named>,
 }
@@ -200,7 +217,10 @@ impl Store {
     /// Records that resource `name` now refers to `named`; if it referred to something else before, that goes.
     /// Returns whether that removed a workload or a policy (authorization may have changed).
     pub(super) fn bind_name(&mut self, name: &str, named: Named) -> bool {
-        match self.names.insert(name.to_owned(), named.clone()) {
+        match self
+            .names
+            .insert((named.kind(), name.to_owned()), named.clone())
+        {
             Some(previous) if previous != named => {
                 self.remove(&previous) && !matches!(previous, Named::Service(_))
             }
@@ -216,19 +236,22 @@ impl Store {
         }
     }
 
-    /// Removes resource `name`; returns whether a workload or a policy went away (authorization may have
-    /// changed: a workload removed and added back must be re-checked like any other update).
-    pub(super) fn remove_named(&mut self, name: &str) -> bool {
-        if let Some(named) = self.names.remove(name) {
+    /// Removes resource `name` of type `kind`; returns whether a workload or a policy went away (authorization
+    /// may have changed: a workload removed and added back must be re-checked like any other update).
+    pub(super) fn remove_named(&mut self, kind: Kind, name: &str) -> bool {
+        if let Some(named) = self.names.remove(&(kind, name.to_owned())) {
             return self.remove(&named) && !matches!(named, Named::Service(_));
         }
-        if self.remove_workload(name) {
-            return true;
+        match kind {
+            Kind::Address => {
+                if self.remove_workload(name) {
+                    return true;
+                }
+                self.remove_service(name);
+                false
+            }
+            Kind::Authorization => self.policies.remove(name).is_some(),
         }
-        if self.remove_service(name) {
-            return false;
-        }
-        self.policies.remove(name).is_some()
     }
 
     pub(super) fn replace_local(&mut self, local: LocalConfig) {

@@ -334,13 +334,13 @@ fn workload_indexes_follow_updates_and_removal() {
     // b takes a's IP while a still lists it; removing a must not unindex b.
     st.insert_address("b", addr_w(pb_workload("b", &["10.0.0.1", "10.0.0.2"])))
         .unwrap();
-    st.remove("a");
+    st.remove_address("a");
     assert_eq!(st.workload_by_ip("", ip("10.0.0.2")).unwrap().uid, "b");
     assert!(st.workload_by_uid("a").is_none());
     assert!(st.find_workload("ns", "a", "").is_none());
     assert_eq!(st.find_workload("ns", "b", "default").unwrap().uid, "b");
     assert!(st.find_workload("ns", "b", "other-sa").is_none());
-    st.remove("b");
+    st.remove_address("b");
     assert!(st.workload_by_ip("", ip("10.0.0.1")).is_none());
 }
 
@@ -379,7 +379,7 @@ fn service_vip_change_and_removal() {
     );
     assert!(st.service_by_vip("", ip("10.96.0.2"), "ns").is_some());
     assert!(st.service_by_hostname("svc", "ns").is_some());
-    st.remove("ns/svc");
+    st.remove_address("ns/svc");
     assert!(st.service_by_vip("", ip("10.96.0.2"), "ns").is_none());
     assert!(st.service_by_hostname("svc", "ns").is_none());
 }
@@ -497,7 +497,7 @@ fn endpoints_staged_until_service_arrives() {
             .contains_key("w1")
     );
     // Removing the service stages the endpoints again; re-adding reattaches them.
-    st.remove("ns/svc");
+    st.remove_address("ns/svc");
     assert!(st.snapshot_for_dump()["stagedServices"]["ns/svc"]["w1"].is_object());
     st.insert_address(
         "ns/svc",
@@ -511,7 +511,7 @@ fn endpoints_staged_until_service_arrives() {
             .contains_key("w1")
     );
     // Removing the workload detaches it.
-    st.remove("w1");
+    st.remove_address("w1");
     assert!(st.service_by_key("ns/svc").unwrap().endpoints.is_empty());
     assert_eq!(st.services_for_workload(&workload("x", &[])).len(), 0);
 }
@@ -545,15 +545,15 @@ fn removal_by_resource_name() {
         addr_s(pb_service("ns", "svc", "10.96.0.1", &[(80, 80)])),
     )
     .unwrap();
-    st.remove("res-1");
+    st.remove_address("res-1");
     assert!(st.workload_by_uid("uid-1").is_none());
-    st.remove("ns/svc");
+    st.remove_address("ns/svc");
     assert!(st.service_by_key("ns/svc").is_none());
     // A uid works even if the resource was never seen by that name.
     st.insert_workload(workload("direct", &["10.0.0.5"]));
-    st.remove("direct");
+    st.remove_address("direct");
     assert!(st.workload_by_ip("", ip("10.0.0.5")).is_none());
-    st.remove("never-existed");
+    st.remove_address("never-existed");
 }
 
 #[test]
@@ -601,12 +601,12 @@ fn policy_changes_are_signalled() {
     st.insert_address("w", addr_w(selected)).unwrap();
     assert!(!rx.has_changed().unwrap(), "the same list again");
     // Removing a workload bumps (it may come back with another list, as a new workload).
-    st.remove("w");
+    st.remove_address("w");
     assert!(rx.has_changed().unwrap(), "a workload removed");
     rx.mark_unchanged();
-    st.remove("w");
+    st.remove_address("w");
     assert!(!rx.has_changed().unwrap(), "nothing left to remove");
-    st.remove("ns/p");
+    st.remove_authorization("ns/p");
     assert!(rx.has_changed().unwrap());
     assert!(st.policy("ns/p").is_none());
     let bad = sec::Authorization {

@@ -237,7 +237,7 @@ fn lb_routing_preferences() {
         vec!["zone"]
     );
     // Failover: with the best gone, the next best takes over.
-    st.remove("zone");
+    st.remove_address("zone");
     assert_eq!(
         spread(&st, 80, &client(), 50).keys().collect::<Vec<_>>(),
         vec!["region"]
