@@ -9,6 +9,7 @@ pub mod headers;
 pub mod inbound;
 pub mod outbound;
 pub mod passthrough;
+pub mod proxy_protocol;
 pub mod socket;
 pub mod socks5;
 

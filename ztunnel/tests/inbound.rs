@@ -28,8 +28,13 @@ use tokio::net::TcpSocket;
 const SERVER_UID: &str = "cluster1//v1/Pod/default/server";
 
 fn world(net: u8, tunnel_port: Option<u16>) -> String {
+    // With an application tunnel, the server is also the endpoint of a service (an IPv6 VIP listed first).
     let tunnel = tunnel_port
-        .map(|p| format!("  applicationTunnel: {{protocol: PROXY, port: {p}}}\n"))
+        .map(|p| {
+            format!(
+                "  applicationTunnel: {{protocol: PROXY, port: {p}}}\n  services: {{default/app.default.svc.cluster.local: {{80: 8080}}}}\nservices:\n- {{name: app, namespace: default, hostname: app.default.svc.cluster.local, vips: [\"/fd00:96::{net}\", /10.96.{net}.10], ports: {{80: 8080}}}}\n"
+            )
+        })
         .unwrap_or_default();
     format!(
         r#"
@@ -133,6 +138,17 @@ async fn hbone_stream(s: &Server, target: SocketAddr) -> hbone::H2Stream {
 }
 
 async fn try_hbone_stream(s: &Server, target: SocketAddr) -> Result<hbone::H2Stream, HboneError> {
+    try_hbone_stream_to(s, &target.to_string()).await
+}
+
+/// An HBONE stream to an authority given as text (a hostname and port, say).
+async fn hbone_stream_to(s: &Server, authority: &str) -> hbone::H2Stream {
+    try_hbone_stream_to(s, authority)
+        .await
+        .expect("allowed stream")
+}
+
+async fn try_hbone_stream_to(s: &Server, authority: &str) -> Result<hbone::H2Stream, HboneError> {
     let client_id = Identity::new("cluster.local", "default", "client");
     let (client, _) = support::hbone_client(s.ca_dir.path(), &client_id);
     let key = PoolKey {
@@ -141,7 +157,7 @@ async fn try_hbone_stream(s: &Server, target: SocketAddr) -> Result<hbone::H2Str
         dst: SocketAddr::new(s.ip, 15008),
         src_ip: "127.0.0.1".parse().unwrap(),
     };
-    let req = support::connect_request(&target.to_string());
+    let req = support::connect_request(authority);
     let (stream, resp) = client.connect(key, req).await?;
     assert_eq!(resp.status, http::StatusCode::OK);
     Ok(stream)
@@ -254,13 +270,99 @@ fn original_dst_is_the_address_dialled_before_redirection() {
 
 // ----- application tunnels -----
 
+/// A PROXY v2 header as the application reads it (decoded here from the spec, independently of ztunnel's writer).
+#[derive(Debug, PartialEq)]
+struct ProxyHeader {
+    src: SocketAddr,
+    dst: SocketAddr,
+    identity: Option<String>,
+    hostname: Option<String>,
+}
+
+async fn read_proxy_header(s: &mut tokio::net::TcpStream) -> Result<ProxyHeader, String> {
+    let mut fixed = [0u8; 16];
+    s.read_exact(&mut fixed).await.map_err(|e| e.to_string())?;
+    if fixed[..12] != *b"\r\n\r\n\0\r\nQUIT\n" || fixed[12] != 0x21 {
+        return Err(format!("not a PROXY v2 PROXY header: {fixed:02x?}"));
+    }
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes([fixed[14], fixed[15]]))];
+    s.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    let (src, dst, mut rest) = match fixed[13] {
+        0x11 => {
+            let ip = |o: usize| IpAddr::from(<[u8; 4]>::try_from(&body[o..o + 4]).unwrap());
+            let port = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
+            (
+                SocketAddr::new(ip(0), port(8)),
+                SocketAddr::new(ip(4), port(10)),
+                &body[12..],
+            )
+        }
+        0x21 => {
+            let ip = |o: usize| IpAddr::from(<[u8; 16]>::try_from(&body[o..o + 16]).unwrap());
+            let port = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
+            (
+                SocketAddr::new(ip(0), port(32)),
+                SocketAddr::new(ip(16), port(34)),
+                &body[36..],
+            )
+        }
+        other => return Err(format!("family/transport {other:#x}")),
+    };
+    let (mut identity, mut hostname) = (None, None);
+    while rest.len() >= 3 {
+        let len = usize::from(u16::from_be_bytes([rest[1], rest[2]]));
+        let value = String::from_utf8(rest[3..3 + len].to_vec()).map_err(|e| e.to_string())?;
+        match rest[0] {
+            0xD0 => identity = Some(value),
+            0xD1 => hostname = Some(value),
+            _ => {}
+        }
+        rest = &rest[3 + len..];
+    }
+    Ok(ProxyHeader {
+        src,
+        dst,
+        identity,
+        hostname,
+    })
+}
+
+/// An application behind a PROXY tunnel: reads the header, hands it to the test, then echoes.
+async fn proxy_app(
+    addr: SocketAddr,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Result<ProxyHeader, String>>,
+) {
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let header = read_proxy_header(&mut s).await;
+                let ok = header.is_ok();
+                let _ = tx.send(header);
+                if ok {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
 /// A workload with a PROXY-protocol application tunnel is reached on loopback at the tunnel port by default
 /// (upstream's `LOCALHOST_APP_TUNNEL=true`), and at its pod address with the setting off. The application here
-/// listens on loopback only, so only the first can reach it.
+/// listens on loopback only, so only the first can reach it. What it reads first is a PROXY v2 header: the HBONE
+/// peer as source, the authority (or, for a hostname, the service's IPv4 VIP with the port asked for) as
+/// destination, the client's SPIFFE identity and, for a hostname, the hostname.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_protocol_app_tunnel_is_dialled_on_loopback() {
+async fn proxy_protocol_app_tunnel_is_dialled_on_loopback_with_a_proxy_v2_header() {
     for (net, localhost) in [(84, true), (85, false)] {
-        let app = echo("127.0.0.1:0".parse().unwrap()).await;
+        let (app, mut headers) = proxy_app("127.0.0.1:0".parse().unwrap()).await;
         let s = server_with(net, |cfg| {
             cfg.localhost_app_tunnel = localhost;
             cfg.local_xds = Some(LocalXds::Inline(world(net, Some(app.port()))));
@@ -270,11 +372,34 @@ async fn proxy_protocol_app_tunnel_is_dialled_on_loopback() {
         let target = SocketAddr::new(s.ip, app.port());
         let live = s.zt.connections.clone().unwrap();
         if localhost {
+            let identity = Some("spiffe://cluster.local/ns/default/sa/client".to_owned());
             let mut stream = hbone_stream(&s, target).await;
             round_trip(&mut stream, b"through the tunnel").await;
             let d = live.dump();
             assert_eq!(d.inbound.len(), 1, "{d:?}");
             assert_eq!(d.inbound[0].actual_dst, app, "dialled on loopback");
+            let header = headers.recv().await.unwrap().unwrap();
+            let want = ProxyHeader {
+                src: d.inbound[0].src,
+                dst: target,
+                identity: identity.clone(),
+                hostname: None,
+            };
+            assert_eq!(header, want);
+            drop(stream);
+            // By hostname: the service's IPv4 VIP (listed after an IPv6 one), the port asked for, the hostname.
+            let host = "app.default.svc.cluster.local";
+            let mut stream = hbone_stream_to(&s, &format!("{host}:80")).await;
+            round_trip(&mut stream, b"by hostname").await;
+            let header = headers.recv().await.unwrap().unwrap();
+            assert_eq!(header.src.ip(), want.src.ip(), "{header:?}");
+            let want = ProxyHeader {
+                src: header.src,
+                dst: format!("10.96.{net}.10:80").parse().unwrap(),
+                identity,
+                hostname: Some(host.to_owned()),
+            };
+            assert_eq!(header, want);
         } else {
             let r = try_hbone_stream(&s, target).await;
             assert!(

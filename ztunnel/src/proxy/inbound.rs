@@ -11,10 +11,12 @@ use ambit_core::drain::DrainWatcher;
 use ambit_core::hbone::{self, Authority, Responder};
 use ambit_core::tls::TlsAcceptor;
 use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info, warn};
 
 use super::connections::Protocol;
+use super::proxy_protocol;
 use super::{
     ProxyError, ProxyInputs, headers, is_illegal_target_port, recheck_policy, socket,
     spoofed_source,
@@ -209,6 +211,19 @@ async fn stream(
             );
         }
     };
+    if let Some(header) =
+        proxy_protocol_header(&pi, &dst_workload, &authority, peer, target, &peer_id)
+        && let Err(e) = upstream.write_all(&header).await
+    {
+        guard.fail("CONNECT");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            responder,
+            peer,
+            &authority_str,
+            &format!("writing the PROXY protocol header: {e}"),
+        );
+    }
     let mut response_headers = HeaderMap::new();
     if pi.cfg.enable_response_baggage
         && let Ok(v) = HeaderValue::from_str(&headers::baggage(&dst_workload))
@@ -322,6 +337,44 @@ fn localhost_app_tunnel(
         SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
     };
     Some(SocketAddr::new(loopback, target.port()))
+}
+
+/// Spec 1.10: the PROXY v2 header for a workload whose application tunnel speaks it. The destination is the
+/// authority's address; for a hostname authority, a VIP of the service (this network's first, IPv4 first) with the
+/// requested port, and the hostname goes in its own TLV.
+fn proxy_protocol_header(
+    pi: &ProxyInputs,
+    dst: &Workload,
+    authority: &Authority,
+    peer: SocketAddr,
+    target: SocketAddr,
+    peer_id: &Option<Identity>,
+) -> Option<Vec<u8>> {
+    if dst.application_tunnel.as_ref()?.protocol != AppTunnelProtocol::Proxy {
+        return None;
+    }
+    let (destination, hostname) = match authority {
+        Authority::Addr(addr) => (*addr, None),
+        Authority::Host(host, port) => {
+            let vip = pi
+                .state
+                .service_by_hostname(host, &dst.namespace)
+                .and_then(|svc| {
+                    let mut vips: Vec<_> = svc.vips.clone();
+                    vips.sort_by_key(|v| (v.network != dst.network, !v.address.is_ipv4()));
+                    vips.first().map(|v| v.address)
+                });
+            let ip = vip.unwrap_or(target.ip());
+            (SocketAddr::new(ip, *port), Some(host.as_str()))
+        }
+    };
+    let identity = peer_id.as_ref().map(ToString::to_string);
+    Some(proxy_protocol::v2_header(
+        peer,
+        destination,
+        identity.as_deref(),
+        hostname,
+    ))
 }
 
 /// True when `ip` belongs to a workload or service whose waypoint is this workload (the sandwich case). Every
