@@ -299,6 +299,7 @@ pub async fn start_on(
         state: state.clone(),
         certs: certs.clone(),
         pods: pod_proxies,
+        dedicated: cfg.proxy_workload_info.clone().zip(connections.clone()),
     });
     {
         let drain = drain.clone();
@@ -676,6 +677,8 @@ struct Dump {
     certs: Arc<CertManager>,
     /// Shared mode: the pods handed over by the node agent.
     pods: Option<Arc<PodProxies>>,
+    /// Dedicated mode: the one workload served and its live connections.
+    dedicated: Option<(crate::config::WorkloadInfo, Arc<ConnectionRegistry>)>,
 }
 
 impl ConfigDump for Dump {
@@ -704,6 +707,19 @@ impl ConfigDump for Dump {
             );
             if let Some(pods) = &self.pods {
                 obj.insert("workloadState".into(), pods.dump());
+            }
+            // Dedicated mode, in the shape of shared mode's entries (keyed `namespace/name`: no uid is known).
+            if let Some((w, connections)) = &self.dedicated {
+                obj.insert(
+                    "workloadState".into(),
+                    serde_json::json!({
+                        format!("{}/{}", w.namespace, w.name): {
+                            "info": {"name": w.name, "namespace": w.namespace, "serviceAccount": w.service_account},
+                            "state": "Up",
+                            "connections": serde_json::to_value(connections.dump()).unwrap_or_default(),
+                        }
+                    }),
+                );
             }
             if let Some(LocalXds::Path(p)) = &self.cfg.local_xds {
                 let static_config = localconfig::load(p)

@@ -15,7 +15,7 @@ use ambit_core::hbone::{HboneError, PoolKey};
 use ambit_core::tls::{TlsBackend, TlsConnector};
 use ambit_ztunnel::app::{self, Running};
 use ambit_ztunnel::config::{Config, LocalXds, ProxyMode};
-use support::{connect_request, hbone_client, http_get, wait_ready};
+use support::{config_dump, connect_request, hbone_client, http_get, wait_ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -511,12 +511,6 @@ async fn shared_mode_reports_a_pod_whose_proxy_cannot_start_as_pending() {
     let m = metrics(zt.addresses.stats).await;
     assert!(m.contains("workload_manager_pending_proxy_count 0"), "{m}");
     zt.drain().await;
-}
-
-async fn config_dump(addr: SocketAddr) -> serde_json::Value {
-    let out = http_get(addr, "/config_dump").await;
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 /// Polls `f` until it holds (the connection tasks end a moment after the sockets close).

@@ -117,6 +117,13 @@ pub async fn socks5_handshake(s: &mut TcpStream, dst: SocketAddr) -> std::io::Re
 }
 
 /// The whole HTTP/1.1 response (head and body) to `GET path`.
+/// The admin `/config_dump` at `addr`, as JSON.
+pub async fn config_dump(addr: SocketAddr) -> serde_json::Value {
+    let out = http_get(addr, "/config_dump").await;
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
