@@ -3,7 +3,7 @@
 //! the same rounds. Needs root, `iperf3` and `wrk`; run it through `scripts/bench.sh` (release build).
 //!
 //! ```text
-//! ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] [--parallel N] [--idle-connections N] [--new-connections] [--out DIR]
+//! ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] [--parallel N] [--idle-connections N] [--churn N] [--new-connections] [--out DIR]
 //!             [--modes direct,ztunnel,relay] [--ztunnel PATH] [--compare PATH] [--http PATH]
 //!             [--ztunnel-env KEY=VALUE]...
 //! ```
@@ -28,6 +28,7 @@ use ambit_e2e::topology::{
 use ambit_e2e::{Mode, TestDir, TwoPods, TwoPodsOptions, is_root};
 use anyhow::{Context, Result, bail, ensure};
 
+mod l4_churn;
 mod l4_idle;
 mod l4_report;
 use l4_report::*;
@@ -45,6 +46,8 @@ struct Args {
     parallel: u32,
     /// `--idle-connections N`: memory per idle connection with N open through each ztunnel pair; 0: not measured.
     idle: u32,
+    /// `--churn N`: N connections opened and closed as fast as possible, then a leak check; 0: not run.
+    churn: u32,
     out: PathBuf,
     modes: Vec<Mode>,
     ztunnel: Option<PathBuf>,
@@ -55,7 +58,7 @@ struct Args {
 }
 
 const USAGE: &str = "ambit-bench [--duration SECS] [--rounds N] [--connections N] [--count-secs SECS] \
-[--parallel N] [--idle-connections N] [--new-connections] [--out DIR] [--modes direct,ztunnel,relay] [--ztunnel PATH] [--compare PATH] [--http PATH] \
+[--parallel N] [--idle-connections N] [--churn N] [--new-connections] [--out DIR] [--modes direct,ztunnel,relay] [--ztunnel PATH] [--compare PATH] [--http PATH] \
 [--ztunnel-env KEY=VALUE]...";
 
 /// What the bench gives both binaries besides `TwoPods`' own dedicated-mode settings (which include
@@ -87,6 +90,7 @@ fn parse_args() -> Result<Args> {
         count_secs: 5,
         parallel: 0,
         idle: 0,
+        churn: 0,
         out: PathBuf::from("target/bench"),
         modes: vec![Mode::Direct, Mode::Ztunnel],
         ztunnel: None,
@@ -106,6 +110,7 @@ fn parse_args() -> Result<Args> {
             "--count-secs" => args.count_secs = value()?.parse().context("--count-secs")?,
             "--parallel" => args.parallel = value()?.parse().context("--parallel")?,
             "--idle-connections" => args.idle = value()?.parse().context("--idle-connections")?,
+            "--churn" => args.churn = value()?.parse().context("--churn")?,
             "--out" => args.out = PathBuf::from(value()?),
             "--ztunnel" => args.ztunnel = Some(PathBuf::from(value()?)),
             "--compare" => args.compare = Some(PathBuf::from(value()?)),
@@ -341,6 +346,15 @@ fn measure(
     } else {
         None
     };
+    let churn = if args.churn > 0 {
+        eprintln!(
+            "== round {round}, {name}: {} connections opened and closed",
+            args.churn
+        );
+        Some(l4_churn::run(dir, &pods, &ztunnels, args.churn).with_context(|| tag.clone())?)
+    } else {
+        None
+    };
     // Each pod set's ztunnel logs are overwritten by the next one's; keep them per mode and round.
     for pod in [pods.a(), pods.b()] {
         let log = pod.ztunnel_log();
@@ -362,6 +376,7 @@ fn measure(
         ztunnels_fds_rest,
         ztunnels_fds_after,
         ztunnels_kib_per_idle_connection,
+        churn,
     })
 }
 
@@ -502,6 +517,7 @@ mod tests {
             count_secs: 0,
             parallel: 0,
             idle: 0,
+            churn: 0,
             out: PathBuf::new(),
             modes,
             ztunnel: Some(PathBuf::from("/ambit/ztunnel")),

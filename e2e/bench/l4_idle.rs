@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use ambit_e2e::TestDir;
 use ambit_e2e::TwoPods;
+use ambit_e2e::process::Process;
 use ambit_e2e::tools::rss_sum;
 use ambit_e2e::topology::{B_IP, wait_listening};
 use anyhow::{Context, Result, bail};
 
 /// The holding application's port in pod b.
-const HOLD_PORT: u16 = 7077;
+pub const HOLD_PORT: u16 = 7077;
 
 /// Accepts and keeps every connection; echoes what arrives; lets go of a connection only when its peer closes.
 const HOLDER: &str = r#"
@@ -69,16 +70,23 @@ print("ready", flush=True)
 sys.stdin.read()
 "#;
 
-/// KiB of both ztunnels' RSS per idle connection, with `n` connections open through `pods`.
-pub fn kib_per_connection(dir: &TestDir, pods: &TwoPods, ztunnels: &[u32], n: u32) -> Result<f64> {
+/// The holder, listening in pod b on [`HOLD_PORT`]; stopped when dropped.
+pub fn start_holder(dir: &TestDir, pods: &TwoPods) -> Result<Process> {
     let port = HOLD_PORT.to_string();
-    let _holder = pods.b().ns().spawn(
+    let holder = pods.b().ns().spawn(
         dir.path(),
         "idle-holder",
         &["python3", "-c", HOLDER, &port],
         &[],
     )?;
     wait_listening(pods.b().ns(), HOLD_PORT, Duration::from_secs(10))?;
+    Ok(holder)
+}
+
+/// KiB of both ztunnels' RSS per idle connection, with `n` connections open through `pods`.
+pub fn kib_per_connection(dir: &TestDir, pods: &TwoPods, ztunnels: &[u32], n: u32) -> Result<f64> {
+    let port = HOLD_PORT.to_string();
+    let _holder = start_holder(dir, pods)?;
     let before = rss_sum(ztunnels).context("ztunnels' VmRSS")?;
     let started = Instant::now();
     let mut opener = pods

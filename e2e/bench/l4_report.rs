@@ -47,6 +47,8 @@ pub struct ModeResult {
     pub ztunnels_fds_after: Option<u64>,
     /// `--idle-connections N`: both ztunnels' RSS growth with N idle connections open through them, per connection.
     pub ztunnels_kib_per_idle_connection: Option<f64>,
+    /// `--churn N`: connections opened and closed through the pair, and what was left after them.
+    pub churn: Option<super::l4_churn::ChurnResult>,
 }
 
 /// One mode against direct: per round, or the medians of the rounds (`round` 0).
@@ -203,6 +205,38 @@ const FIGURES: &[Figure] = &[
         unit: "KiB",
         higher_is_better: false,
         read: |m| m.ztunnels_kib_per_idle_connection,
+    },
+    Figure {
+        name: "connections opened and closed (churn)",
+        unit: "/s",
+        higher_is_better: true,
+        read: |m| m.churn.as_ref().map(|c| c.per_sec),
+    },
+    Figure {
+        name: "churn: connections failed",
+        unit: "count",
+        higher_is_better: false,
+        read: |m| m.churn.as_ref().map(|c| f64::from(c.failed)),
+    },
+    Figure {
+        name: "churn: fds left above baseline (both)",
+        unit: "count",
+        higher_is_better: false,
+        read: |m| {
+            m.churn
+                .as_ref()
+                .and_then(|c| c.fds_leaked.map(|n| n as f64))
+        },
+    },
+    Figure {
+        name: "churn: tasks left above baseline (both)",
+        unit: "count",
+        higher_is_better: false,
+        read: |m| {
+            m.churn
+                .as_ref()
+                .and_then(|c| c.tasks_leaked.map(|t| t as f64))
+        },
     },
 ];
 
@@ -481,7 +515,60 @@ pub fn markdown(r: &Report) -> String {
             ratio.mode, ratio.throughput, ratio.requests_per_sec
         );
     }
+    churn_section(&mut s, r);
     s
+}
+
+/// `--churn N`: per round and mode, the rate and what the ztunnels held afterwards above their baseline.
+fn churn_section(s: &mut String, r: &Report) {
+    let rows: Vec<(&ModeResult, &super::l4_churn::ChurnResult)> = r
+        .results
+        .iter()
+        .filter_map(|m| m.churn.as_ref().map(|c| (m, c)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "
+## Connections opened and closed (`--churn`)
+
+| round | mode | connections | failed | per s | fds left | tasks left | listed in config_dump |\n|---|---|---:|---:|---:|---:|---:|---:|"
+    );
+    let n = |v: Option<i64>| v.map_or_else(String::new, |v| format!("{v:+}"));
+    for (m, c) in &rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {} |",
+            m.round,
+            m.mode,
+            c.connections,
+            c.failed,
+            c.per_sec,
+            n(c.fds_leaked),
+            n(c.tasks_leaked),
+            c.connections_listed
+                .map_or_else(String::new, |v| v.to_string()),
+        );
+    }
+    let ratios: Vec<f64> = rows
+        .iter()
+        .filter(|(m, _)| m.mode == AMBIT)
+        .filter_map(|(m, c)| {
+            let direct = rows
+                .iter()
+                .find(|(d, _)| d.mode == "direct" && d.round == m.round)?;
+            ratio(c.per_sec, direct.1.per_sec)
+        })
+        .collect();
+    if !ratios.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nztunnel/direct connections per second (median of rounds): **{:.2}×**.",
+            median(ratios)
+        );
+    }
 }
 
 #[cfg(test)]
@@ -506,6 +593,7 @@ mod tests {
             ztunnels_fds_rest: None,
             ztunnels_fds_after: None,
             ztunnels_kib_per_idle_connection: None,
+            churn: None,
         }
     }
 
@@ -626,6 +714,39 @@ mod tests {
                     requests_per_sec: 0.2
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn markdown_has_a_churn_table_and_the_ratio_to_direct_only_when_churn_ran() {
+        let churn = |per_sec: f64, fds: Option<i64>| {
+            Some(super::super::l4_churn::ChurnResult {
+                connections: 50_000,
+                failed: 0,
+                per_sec,
+                fds_leaked: fds,
+                tasks_leaked: fds,
+                connections_listed: fds.map(|_| 0),
+            })
+        };
+        let plain = markdown(&report(vec![result("direct", 1, 10.0, 1000.0, 1.0)], None));
+        assert!(!plain.contains("--churn"), "{plain}");
+        let mut d = result("direct", 1, 10.0, 1000.0, 1.0);
+        d.churn = churn(8000.0, None);
+        let mut z = result(AMBIT, 1, 4.0, 300.0, 1.0);
+        z.churn = churn(3000.0, Some(0));
+        let md = markdown(&report(vec![d, z], None));
+        assert!(
+            md.contains("| 1 | direct | 50000 | 0 | 8000 |  |  |  |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1 | ztunnel | 50000 | 0 | 3000 | +0 | +0 | 0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("connections per second (median of rounds): **0.38×**"),
+            "{md}"
         );
     }
 
