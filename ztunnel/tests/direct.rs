@@ -696,3 +696,92 @@ async fn resets_mid_stream_leave_nothing_behind() {
     let mut c = socks_connect(socks, target).await.unwrap();
     support::round_trip(&mut c, b"after the resets").await;
 }
+
+/// The HBONE connection itself reset under load (`ss -K` aborts the client ztunnel's socket, the server's gets an
+/// RST): the streams on it end (none hangs), a loop of new connections running meanwhile loses at most the one in
+/// flight, the pool dials a fresh connection, and both ztunnels let go of everything. Root only (`ss -K` needs
+/// `CAP_NET_ADMIN`); says so loudly otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_hbone_connection_costs_only_its_streams() {
+    if !support::is_root() {
+        eprintln!("SKIPPED a_reset_hbone_connection_costs_only_its_streams: needs root for ss -K");
+        return;
+    }
+    let p = pair(26, "").await;
+    wait_ready(&p.client).await;
+    wait_ready(&p.server).await;
+    let socks = p.client.addresses.socks5.unwrap();
+    let target = echo(p.server_ip).await;
+    let mut held = Vec::new();
+    for i in 0..8u8 {
+        let mut c = socks_connect(socks, target).await.unwrap();
+        support::round_trip(&mut c, &[i; 32]).await;
+        held.push(c);
+    }
+    // New connections, one after another, until told to stop: (succeeded, failed).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let attempt = async {
+                    let mut c = socks_connect(socks, target).await?;
+                    c.write_all(b"ping").await?;
+                    let mut b = [0u8; 4];
+                    c.read_exact(&mut b).await?;
+                    std::io::Result::Ok(())
+                };
+                match tokio::time::timeout(support::WAIT, attempt).await {
+                    Ok(Ok(())) => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hbone = format!("{}", p.server_ip);
+    let killed = std::process::Command::new("ss")
+        .args(["-K", "-t", "dst", &hbone, "dport", "=", "15008"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&killed.stdout);
+    assert!(
+        listed.contains(&format!("{hbone}:15008")),
+        "ss -K reset no HBONE connection: {listed} {}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    // Every stream on the reset connection ends.
+    for (i, c) in held.iter_mut().enumerate() {
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(support::WAIT, c.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("held connection {i} still open after its HBONE connection was reset")
+            });
+        assert!(matches!(r, Ok(0) | Err(_)), "held connection {i}: {r:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = looping.await.unwrap();
+    eprintln!("new connections around the reset: {ok} succeeded, {failed} failed");
+    assert!(
+        failed <= 1,
+        "{failed} new connections failed around one HBONE reset ({ok} succeeded)"
+    );
+    assert!(ok >= 10, "the loop made only {ok} connections");
+    drop(held);
+    let client = p.client.connections.clone().unwrap();
+    let server = p.server.connections.clone().unwrap();
+    eventually("the client ztunnel let go of every connection", || {
+        client.is_empty()
+    })
+    .await;
+    eventually("the server ztunnel let go of every stream", || {
+        server.is_empty()
+    })
+    .await;
+    let mut c = socks_connect(socks, target).await.unwrap();
+    support::round_trip(&mut c, b"after the reset").await;
+}
