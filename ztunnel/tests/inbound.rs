@@ -643,3 +643,110 @@ async fn config_dump_lists_the_live_connections_in_dedicated_mode() {
     assert_eq!(left, Some(0), "the closed stream is still listed");
     s.zt.drain().await;
 }
+
+// ----- bad CONNECTs at a running ztunnel -----
+
+/// The server as the endpoint of `app` (port 80 only).
+fn world_with_service(net: u8) -> String {
+    format!(
+        r#"
+workloads:
+- uid: {SERVER_UID}
+  name: server
+  namespace: default
+  serviceAccount: server
+  trustDomain: cluster.local
+  clusterId: cluster1
+  workloadIps: [127.0.{net}.3]
+  protocol: HBONE
+  services: {{default/app.default.svc.cluster.local: {{80: 8080}}}}
+services:
+- {{name: app, namespace: default, hostname: app.default.svc.cluster.local, vips: [/10.96.{net}.10], ports: {{80: 8080}}}}
+"#
+    )
+}
+
+/// What a running ztunnel answers to CONNECTs it cannot serve, and to bytes that are not TLS on 15008, with a good
+/// stream served after each: a hostname it does not know and a port the service lacks (503), a header list over
+/// the server's limit (431), a plaintext HTTP request (the connection is closed at once, not held until the
+/// handshake timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_connects_are_answered_and_the_next_stream_is_served() {
+    let net = 94;
+    let s = server_with(net, |cfg| {
+        cfg.local_xds = Some(LocalXds::Inline(world_with_service(net)));
+    })
+    .await;
+    let target = echo(SocketAddr::new(s.ip, 0)).await;
+    let good = |what: &'static str| {
+        let s = &s;
+        async move {
+            let mut ok = hbone_stream(s, target).await;
+            round_trip(&mut ok, what.as_bytes()).await;
+        }
+    };
+    good("before").await;
+    for (authority, what) in [
+        ("nope.default.svc.cluster.local:80", "an unknown hostname"),
+        (
+            "app.default.svc.cluster.local:81",
+            "a port the service lacks",
+        ),
+    ] {
+        match try_hbone_stream_to(&s, authority).await {
+            Err(HboneError::Status(st)) => {
+                assert_eq!(st, http::StatusCode::SERVICE_UNAVAILABLE, "{what}")
+            }
+            other => panic!("{what}: expected 503, got {:?}", other.map(|_| ())),
+        }
+        good(what).await;
+    }
+
+    // 80 KiB of headers: over the server's 64 KiB limit (the client's own limit does not apply to what it sends).
+    let client_id = Identity::new("cluster.local", "default", "client");
+    let (client, _) = support::hbone_client(s.ca_dir.path(), &client_id);
+    let key = PoolKey {
+        src_identity: client_id,
+        dst_identities: vec![Identity::new("cluster.local", "default", "server")],
+        dst: SocketAddr::new(s.ip, 15008),
+        src_ip: "127.0.0.1".parse().unwrap(),
+    };
+    let mut req = support::connect_request(&target.to_string());
+    for i in 0..20 {
+        req.headers_mut().insert(
+            http::HeaderName::try_from(format!("x-big-{i}")).unwrap(),
+            http::HeaderValue::from_str(&"v".repeat(4096)).unwrap(),
+        );
+    }
+    let r = tokio::time::timeout(support::WAIT, client.connect(key, req))
+        .await
+        .expect("an oversized CONNECT is answered, not left hanging");
+    assert!(
+        matches!(r, Err(HboneError::Status(st)) if st == http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        "an 80 KiB header list: {:?}",
+        r.map(|_| ())
+    );
+    good("after oversized headers").await;
+
+    // Plaintext HTTP on the HBONE port: closed at once (well before the 10 s handshake timeout).
+    let mut plain = tokio::net::TcpStream::connect(SocketAddr::new(s.ip, 15008))
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), plain.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            // A TLS alert may come first; then the close.
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("a plaintext request on 15008 is still open after 5 s"),
+        }
+    }
+    eprintln!("plaintext on 15008 closed after {:?}", started.elapsed());
+    good("after plaintext").await;
+    s.zt.drain().await;
+}
