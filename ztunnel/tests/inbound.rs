@@ -750,3 +750,52 @@ async fn bad_connects_are_answered_and_the_next_stream_is_served() {
     good("after plaintext").await;
     s.zt.drain().await;
 }
+
+/// On the wire, a running ztunnel's SOCKS5 port answers a failed request with the RFC 1928 reply code and closes;
+/// a greeting it refuses gets `05 ff` and nothing more; a good client is served after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks5_failures_get_their_reply_code_on_the_wire() {
+    let s = server_with(95, |c| c.socks5_enabled = true).await;
+    let socks = s.zt.addresses.socks5.expect("socks5 listener");
+    let answer = |bytes: &'static [u8]| async move {
+        let mut c = tokio::net::TcpStream::connect(socks).await.unwrap();
+        c.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(WAIT, c.read_to_end(&mut out))
+            .await
+            .expect("closed after the answer")
+            .unwrap();
+        out
+    };
+    let method_ok = [5u8, 0];
+    let reply = |code: u8| {
+        let mut v = method_ok.to_vec();
+        v.extend_from_slice(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]);
+        v
+    };
+    assert_eq!(
+        answer(&[5, 1, 2]).await,
+        [5, 0xff],
+        "username/password only"
+    );
+    assert_eq!(
+        answer(&[5, 1, 0, 5, 2, 0, 1, 10, 0, 0, 1, 0, 80]).await,
+        reply(7),
+        "BIND"
+    );
+    assert_eq!(
+        answer(&[5, 1, 0, 5, 1, 0, 9, 0, 0]).await,
+        reply(8),
+        "address type 9"
+    );
+    assert_eq!(
+        answer(&[5, 1, 0, 5, 1, 0, 3, 0, 0, 80]).await,
+        reply(4),
+        "an empty name"
+    );
+    let outside = echo("127.0.95.9:0".parse().unwrap()).await;
+    let mut c = tokio::net::TcpStream::connect(socks).await.unwrap();
+    support::socks5_handshake(&mut c, outside).await.unwrap();
+    round_trip(&mut c, b"served").await;
+    s.zt.drain().await;
+}

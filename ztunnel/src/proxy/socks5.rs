@@ -15,6 +15,8 @@ use super::{ProxyInputs, outbound};
 pub enum Socks5Error {
     #[error("not SOCKS version 5 (got {0})")]
     Version(u8),
+    #[error("request is not SOCKS version 5 (got {0})")]
+    RequestVersion(u8),
     #[error("the client offers no 'no authentication' method")]
     NoAcceptableMethod,
     #[error("only CONNECT is supported (got command {0})")]
@@ -30,6 +32,7 @@ pub enum Socks5Error {
 // Reply codes (RFC 1928 section 6).
 const REP_SUCCESS: u8 = 0;
 const REP_GENERAL_FAILURE: u8 = 1;
+const REP_HOST_UNREACHABLE: u8 = 4;
 const REP_COMMAND_NOT_SUPPORTED: u8 = 7;
 const REP_ADDRESS_NOT_SUPPORTED: u8 = 8;
 
@@ -51,14 +54,44 @@ pub async fn handle(
     match handshake {
         Ok(dst) => outbound::handle(pi, stream, peer, dst, drain).await,
         Err(e) => {
-            let rep = match e {
-                Socks5Error::Command(_) => REP_COMMAND_NOT_SUPPORTED,
-                Socks5Error::AddressType(_) => REP_ADDRESS_NOT_SUPPORTED,
-                _ => REP_GENERAL_FAILURE,
-            };
-            let _ = reply(&mut stream, rep).await;
             warn!(src.addr = %peer, error = %e, "socks5 handshake failed");
+            if let Some(rep) = reply_code(&e) {
+                let _ = reply(&mut stream, rep).await;
+            }
+            linger(stream).await;
         }
+    }
+}
+
+/// Closes after an answer without losing it: a close with unread input sends an RST, and an RST can discard the
+/// answer before the client reads it. So: FIN first, then read and drop what the client still sends, until it
+/// closes too, [`LINGER`] passes or [`LINGER_BYTES`] have come.
+async fn linger(mut stream: TcpStream) {
+    const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+    const LINGER_BYTES: usize = 64 * 1024;
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut seen = 0;
+        while seen < LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The reply a failed handshake gets (RFC 1928 section 6), if any: none to a greeting that is not SOCKS5 or offers
+/// no method we accept (the method answer `05 ff` was the answer), one to a failed request.
+fn reply_code(e: &Socks5Error) -> Option<u8> {
+    match e {
+        Socks5Error::Version(_) | Socks5Error::NoAcceptableMethod => None,
+        Socks5Error::Command(_) => Some(REP_COMMAND_NOT_SUPPORTED),
+        Socks5Error::AddressType(_) => Some(REP_ADDRESS_NOT_SUPPORTED),
+        Socks5Error::Resolve(_) => Some(REP_HOST_UNREACHABLE),
+        Socks5Error::RequestVersion(_) | Socks5Error::Io(_) => Some(REP_GENERAL_FAILURE),
     }
 }
 
@@ -85,7 +118,7 @@ pub async fn handshake(stream: &mut TcpStream) -> Result<SocketAddr, Socks5Error
     let mut head = [0u8; 4];
     stream.read_exact(&mut head).await?;
     if head[0] != 5 {
-        return Err(Socks5Error::Version(head[0]));
+        return Err(Socks5Error::RequestVersion(head[0]));
     }
     if head[1] != 1 {
         return Err(Socks5Error::Command(head[1]));
@@ -179,5 +212,39 @@ mod tests {
             server.await.unwrap(),
             Err(Socks5Error::Command(2))
         ));
+    }
+
+    /// The handshake's error for bytes a client sends (after the greeting `05 01 00` unless they start with it).
+    async fn error_for(bytes: &[u8]) -> Socks5Error {
+        let (mut c, mut s) = pair().await;
+        let server = tokio::spawn(async move { handshake(&mut s).await });
+        c.write_all(bytes).await.unwrap();
+        c.shutdown().await.unwrap();
+        server.await.unwrap().unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn malformed_handshakes_get_their_own_errors_and_replies() {
+        let cases: [(&[u8], &str, Option<u8>); 8] = [
+            (&[4, 1, 0], "Version(4)", None),
+            (&[5, 0], "NoAcceptableMethod", None),
+            (&[5, 1, 0, 4, 1, 0, 1], "RequestVersion(4)", Some(1)),
+            (
+                &[5, 1, 0, 5, 3, 0, 1, 10, 0, 0, 1, 0, 80],
+                "Command(3)",
+                Some(7),
+            ),
+            (&[5, 1, 0, 5, 1, 0, 9, 1, 2], "AddressType(9)", Some(8)),
+            // An empty name: the system resolver refuses it without asking anyone.
+            (&[5, 1, 0, 5, 1, 0, 3, 0, 0, 80], "Resolve", Some(4)),
+            // EOF in the middle of the request: in the address, and before the port.
+            (&[5, 1, 0, 5, 1, 0, 1, 10, 0], "Io", Some(1)),
+            (&[5, 1, 0, 5, 1, 0, 1, 10, 0, 0, 1], "Io", Some(1)),
+        ];
+        for (bytes, want, rep) in cases {
+            let e = error_for(bytes).await;
+            assert!(format!("{e:?}").starts_with(want), "{bytes:?}: {e:?}");
+            assert_eq!(reply_code(&e), rep, "{bytes:?}: {e:?}");
+        }
     }
 }
