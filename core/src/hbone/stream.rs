@@ -92,13 +92,22 @@ impl Upload {
                 if self.buf.capacity() - self.buf.len() < MIN_SPARE {
                     self.buf.reserve(self.read_size);
                 }
-                let n = {
+                let read = {
                     let spare = self.buf.spare_capacity_mut();
                     let limit = spare.len().min(self.read_size);
                     let mut rb = ReadBuf::uninit(&mut spare[..limit]);
-                    ready!(Pin::new(&mut *src).poll_read(cx, &mut rb))?;
-                    rb.filled().len()
+                    match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                        Poll::Ready(r) => Some(r.map(|()| rb.filled().len())),
+                        Poll::Pending => None,
+                    }
                 };
+                let Some(read) = read else {
+                    // Nothing to read: hold no buffer while waiting (everything read so far was split off), so an
+                    // idle connection costs no read buffer and one that moved bulk data keeps no 1 MiB after it.
+                    self.buf = BytesMut::new();
+                    return Poll::Pending;
+                };
+                let n = read?;
                 if n == 0 {
                     send.send_data(Bytes::new(), true)?;
                     self.done = true;
@@ -108,6 +117,9 @@ impl Upload {
                 advance_filled(&mut self.buf, len + n);
                 if n == self.read_size && self.read_size < MAX_READ {
                     self.read_size *= 2;
+                } else if n < self.read_size / 4 && self.read_size > MIN_READ {
+                    // Traffic that turned chatty after a burst: the next reservation shrinks back toward MIN_READ.
+                    self.read_size /= 2;
                 }
                 self.chunk = self.buf.split().freeze();
             }
