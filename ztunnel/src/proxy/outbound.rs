@@ -252,7 +252,8 @@ async fn proxy(
             // Boxed: the CONNECT future (pool checkout, and on a miss the TCP, TLS and HTTP/2 handshakes) is large
             // and lives only until the stream is open; inline, it would size this connection's task for its whole
             // life (measured: `ambit-bench --idle-connections`, docs/PERFORMANCE.md).
-            let (stream, _resp) = match Box::pin(pi.hbone.connect(key, request)).await {
+            // The response (the destination's `baggage`) is not kept for the connection's life.
+            let (stream, _) = match Box::pin(pi.hbone.connect(key, request)).await {
                 Ok(ok) => ok,
                 Err(e) => {
                     let e = ProxyError::Hbone(e);
@@ -304,7 +305,9 @@ async fn proxy(
                 false,
             );
             let mut guard = pi.metrics.open(labels);
-            let result = plain(pi, downstream, target, &mut drain).await;
+            // Boxed, as is the passthrough's: the plain-TCP state is the largest of this future's branches, and
+            // inline it would size every HBONE connection's task too.
+            let result = Box::pin(plain(pi, downstream, target, &mut drain)).await;
             let (sent, recv) = *result.as_ref().unwrap_or(&(0, 0));
             guard.record_bytes(sent, recv);
             if let Err(e) = &result {
@@ -323,9 +326,9 @@ async fn proxy(
             );
             result.map(|_| ())
         }
-        Route::Passthrough { dst: target } => {
-            plain(pi, downstream, target, &mut drain).await.map(|_| ())
-        }
+        Route::Passthrough { dst: target } => Box::pin(plain(pi, downstream, target, &mut drain))
+            .await
+            .map(|_| ()),
     }
 }
 

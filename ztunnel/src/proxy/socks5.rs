@@ -58,7 +58,8 @@ pub async fn handle(
             if let Some(rep) = reply_code(&e) {
                 let _ = reply(&mut stream, rep).await;
             }
-            linger(stream).await;
+            // Boxed: an error path only, which would otherwise size every SOCKS5 connection's task.
+            Box::pin(linger(stream)).await;
         }
     }
 }
