@@ -1,11 +1,14 @@
 //! Istio's TCP metrics, with Istio's names and labels, so existing dashboards work unchanged.
 //!
-//! A label set is built once per connection ([`TrafficLabels`]); the byte counters are added once, when the
-//! connection ends, so nothing on the copy path touches a metric.
+//! A label set is built once per connection ([`TrafficLabels`]) and interned: the connections between the same
+//! workloads share one copy (it is ~1 KiB with its strings, held for a connection's whole life). The byte counters
+//! are added once, when the connection ends, so nothing on the copy path touches a metric.
 
 pub mod runtime;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -154,6 +157,33 @@ pub struct Metrics {
     received_bytes: Family<TrafficLabels, Counter>,
     sent_bytes: Family<TrafficLabels, Counter>,
     sockets_open: Family<ReporterLabel, Gauge>,
+    /// The label sets of live connections, one copy each.
+    interned: Mutex<Interned>,
+}
+
+/// Interned label sets; ones no connection holds any more are swept when the set has doubled since the last sweep.
+#[derive(Default)]
+struct Interned {
+    set: HashSet<Arc<TrafficLabels>>,
+    sweep_at: usize,
+}
+
+/// The set never sweeps below this many entries.
+const MIN_SWEEP: usize = 1024;
+
+impl Interned {
+    fn get(&mut self, labels: TrafficLabels) -> Arc<TrafficLabels> {
+        if let Some(shared) = self.set.get(&labels) {
+            return shared.clone();
+        }
+        if self.set.len() >= self.sweep_at.max(MIN_SWEEP) {
+            self.set.retain(|l| Arc::strong_count(l) > 1);
+            self.sweep_at = self.set.len() * 2;
+        }
+        let shared = Arc::new(labels);
+        self.set.insert(shared.clone());
+        shared
+    }
 }
 
 impl Metrics {
@@ -195,6 +225,11 @@ impl Metrics {
     /// Counts a connection as opened; the returned guard reports it closed.
     pub fn open(&self, labels: TrafficLabels) -> ConnectionGuard<'_> {
         self.opened.get_or_create(&labels).inc();
+        let labels = self
+            .interned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(labels);
         self.sockets_open
             .get_or_create(&ReporterLabel {
                 reporter: labels.reporter,
@@ -219,7 +254,7 @@ impl Metrics {
 /// Reports the end of one connection when dropped.
 pub struct ConnectionGuard<'a> {
     metrics: &'a Metrics,
-    labels: TrafficLabels,
+    labels: Arc<TrafficLabels>,
     from_client: AtomicU64,
     to_client: AtomicU64,
     flag: Option<&'static str>,
@@ -240,12 +275,18 @@ impl ConnectionGuard<'_> {
 
 impl Drop for ConnectionGuard<'_> {
     fn drop(&mut self) {
-        let mut labels = self.labels.clone();
-        if let Some(flag) = self.flag {
-            labels.response_flags = flag.into();
-            self.metrics.failed.get_or_create(&labels).inc();
-        }
-        self.metrics.closed.get_or_create(&labels).inc();
+        let flagged;
+        let labels = match self.flag {
+            Some(flag) => {
+                let mut l = TrafficLabels::clone(&self.labels);
+                l.response_flags = flag.into();
+                self.metrics.failed.get_or_create(&l).inc();
+                flagged = l;
+                &flagged
+            }
+            None => &*self.labels,
+        };
+        self.metrics.closed.get_or_create(labels).inc();
         // Istio's convention: "received" is what the reporting proxy got from the client side for destination
         // reports, and the direction is flipped for source reports.
         let (received, sent) = match labels.reporter {
@@ -260,9 +301,9 @@ impl Drop for ConnectionGuard<'_> {
         };
         self.metrics
             .received_bytes
-            .get_or_create(&labels)
+            .get_or_create(labels)
             .inc_by(received);
-        self.metrics.sent_bytes.get_or_create(&labels).inc_by(sent);
+        self.metrics.sent_bytes.get_or_create(labels).inc_by(sent);
         self.metrics
             .sockets_open
             .get_or_create(&ReporterLabel {
@@ -306,5 +347,66 @@ impl WorkloadManagerMetrics {
             m.stopped.clone(),
         );
         m
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn labels(workload: &str) -> TrafficLabels {
+        TrafficLabels::new(
+            Reporter::source,
+            Peer {
+                workload: None,
+                principal: Some(workload.to_owned()),
+            },
+            Peer {
+                workload: None,
+                principal: None,
+            },
+            None,
+            true,
+        )
+    }
+
+    #[test]
+    fn live_connections_share_one_label_set_and_released_ones_are_swept() {
+        let mut interned = Interned::default();
+        let a = interned.get(labels("a"));
+        let a2 = interned.get(labels("a"));
+        assert!(Arc::ptr_eq(&a, &a2), "equal label sets are one copy");
+        let b = interned.get(labels("b"));
+        assert!(!Arc::ptr_eq(&a, &b));
+        drop(b);
+        // Fill past the sweep point with sets no connection holds: 1,026 sets went in, the sweep at 1,024 kept
+        // `a`'s, and only the few added after it are left besides.
+        for i in 0..MIN_SWEEP {
+            drop(interned.get(labels(&format!("gone-{i}"))));
+        }
+        assert!(
+            interned.set.len() < 8,
+            "{} entries after the sweep",
+            interned.set.len()
+        );
+        assert!(interned.set.contains(&labels("a")));
+        assert!(Arc::ptr_eq(&interned.get(labels("a")), &a));
+    }
+
+    #[test]
+    fn a_failed_connection_is_counted_under_its_flag_and_the_shared_set_stays_unflagged() {
+        let metrics = Metrics::default();
+        let mut failing = metrics.open(labels("a"));
+        let ok = metrics.open(labels("a"));
+        failing.fail("CONNECT");
+        drop(failing);
+        drop(ok);
+        let mut flagged = labels("a");
+        flagged.response_flags = "CONNECT".into();
+        assert_eq!(metrics.failed.get_or_create(&flagged).get(), 1);
+        assert_eq!(metrics.closed.get_or_create(&flagged).get(), 1);
+        assert_eq!(metrics.closed.get_or_create(&labels("a")).get(), 1);
+        assert_eq!(metrics.opened.get_or_create(&labels("a")).get(), 2);
     }
 }
