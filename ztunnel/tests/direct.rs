@@ -662,8 +662,6 @@ async fn resets_mid_stream_leave_nothing_behind() {
     let p = pair(66, "").await;
     wait_ready(&p.client).await;
     wait_ready(&p.server).await;
-    let client = p.client.connections.clone().unwrap();
-    let server = p.server.connections.clone().unwrap();
     let socks = p.client.addresses.socks5.unwrap();
     let target = echo(p.server_ip).await;
     let resetting = resetting_app(p.server_ip).await;
@@ -685,6 +683,13 @@ async fn resets_mid_stream_leave_nothing_behind() {
             .expect("the client's connection is closed after the server application reset");
         assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     }
+    let_go_and_serving(&p, socks, target).await;
+}
+
+/// Both ztunnels let go of every connection (their registries empty out), and the next one is served.
+async fn let_go_and_serving(p: &Pair, socks: SocketAddr, target: SocketAddr) {
+    let client = p.client.connections.clone().unwrap();
+    let server = p.server.connections.clone().unwrap();
     eventually("the client ztunnel let go of every connection", || {
         client.is_empty()
     })
@@ -694,7 +699,7 @@ async fn resets_mid_stream_leave_nothing_behind() {
     })
     .await;
     let mut c = socks_connect(socks, target).await.unwrap();
-    support::round_trip(&mut c, b"after the resets").await;
+    support::round_trip(&mut c, b"served after").await;
 }
 
 /// The HBONE connection itself reset under load (`ss -K` aborts the client ztunnel's socket, the server's gets an
@@ -772,16 +777,5 @@ async fn a_reset_hbone_connection_costs_only_its_streams() {
     );
     assert!(ok >= 10, "the loop made only {ok} connections");
     drop(held);
-    let client = p.client.connections.clone().unwrap();
-    let server = p.server.connections.clone().unwrap();
-    eventually("the client ztunnel let go of every connection", || {
-        client.is_empty()
-    })
-    .await;
-    eventually("the server ztunnel let go of every stream", || {
-        server.is_empty()
-    })
-    .await;
-    let mut c = socks_connect(socks, target).await.unwrap();
-    support::round_trip(&mut c, b"after the reset").await;
+    let_go_and_serving(&p, socks, target).await;
 }

@@ -148,15 +148,19 @@ async fn hbone_stream_to(s: &Server, authority: &str) -> hbone::H2Stream {
         .expect("allowed stream")
 }
 
-async fn try_hbone_stream_to(s: &Server, authority: &str) -> Result<hbone::H2Stream, HboneError> {
-    let client_id = Identity::new("cluster.local", "default", "client");
-    let (client, _) = support::hbone_client(s.ca_dir.path(), &client_id);
-    let key = PoolKey {
-        src_identity: client_id,
+/// The pool key of a `default/client` stream to the server's HBONE port.
+fn pool_key(s: &Server) -> PoolKey {
+    PoolKey {
+        src_identity: Identity::new("cluster.local", "default", "client"),
         dst_identities: vec![Identity::new("cluster.local", "default", "server")],
         dst: SocketAddr::new(s.ip, 15008),
         src_ip: "127.0.0.1".parse().unwrap(),
-    };
+    }
+}
+
+async fn try_hbone_stream_to(s: &Server, authority: &str) -> Result<hbone::H2Stream, HboneError> {
+    let key = pool_key(s);
+    let (client, _) = support::hbone_client(s.ca_dir.path(), &key.src_identity);
     let req = support::connect_request(authority);
     let (stream, resp) = client.connect(key, req).await?;
     assert_eq!(resp.status, http::StatusCode::OK);
@@ -539,14 +543,8 @@ async fn connect_with(
         std::sync::Arc::new(hbone::H2Config::default()),
         support::DirectConnector { cert, src: None },
     );
-    let key = PoolKey {
-        src_identity: Identity::new("cluster.local", "default", "client"),
-        dst_identities: vec![Identity::new("cluster.local", "default", "server")],
-        dst: SocketAddr::new(s.ip, 15008),
-        src_ip: "127.0.0.1".parse().unwrap(),
-    };
     let req = support::connect_request(&target.to_string());
-    let (stream, resp) = tokio::time::timeout(WAIT, client.connect(key, req))
+    let (stream, resp) = tokio::time::timeout(WAIT, client.connect(pool_key(s), req))
         .await
         .expect("a refused client is answered, not left hanging")?;
     assert_eq!(resp.status, http::StatusCode::OK);
@@ -703,14 +701,8 @@ async fn bad_connects_are_answered_and_the_next_stream_is_served() {
     }
 
     // 80 KiB of headers: over the server's 64 KiB limit (the client's own limit does not apply to what it sends).
-    let client_id = Identity::new("cluster.local", "default", "client");
-    let (client, _) = support::hbone_client(s.ca_dir.path(), &client_id);
-    let key = PoolKey {
-        src_identity: client_id,
-        dst_identities: vec![Identity::new("cluster.local", "default", "server")],
-        dst: SocketAddr::new(s.ip, 15008),
-        src_ip: "127.0.0.1".parse().unwrap(),
-    };
+    let key = pool_key(&s);
+    let (client, _) = support::hbone_client(s.ca_dir.path(), &key.src_identity);
     let mut req = support::connect_request(&target.to_string());
     for i in 0..20 {
         req.headers_mut().insert(
