@@ -86,7 +86,16 @@ impl Ca {
         identity: &str,
         impersonate: bool,
     ) -> Result<Vec<String>, tonic::Code> {
-        let mut req = tonic::Request::new(support::cert_request(identity, impersonate));
+        self.send(token, support::cert_request(identity, impersonate))
+            .await
+    }
+
+    async fn send(
+        &mut self,
+        token: Option<&str>,
+        request: IstioCertificateRequest,
+    ) -> Result<Vec<String>, tonic::Code> {
+        let mut req = tonic::Request::new(request);
         if let Some(t) = token {
             req.metadata_mut()
                 .insert("authorization", format!("Bearer {t}").parse().unwrap());
@@ -199,4 +208,54 @@ async fn missing_expired_and_forged_tokens_are_refused() {
         ca.ask(Some(&forged), S1, true).await,
         Err(tonic::Code::Unauthenticated)
     );
+}
+
+/// Malformed requests from an authenticated caller: a CSR that is not PEM, PEM that is not a CSR, a CSR whose SAN is
+/// not a SPIFFE id, an impersonated identity that does not parse or is not a string. Each is `InvalidArgument`
+/// (never a signature), and the same caller's good request is served after them.
+#[tokio::test]
+async fn malformed_requests_are_invalid_arguments() {
+    let mut ca = start().await;
+    let n1 = ca.token(Subject::Node("n1".into()));
+    let with_csr = |csr: String| IstioCertificateRequest {
+        csr,
+        validity_duration: 3600,
+        metadata: Some(support::impersonating(S1)),
+    };
+    let cases = [
+        ("not PEM", with_csr("garbage".into())),
+        (
+            "PEM that is not a CSR",
+            with_csr(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+                    .into(),
+            ),
+        ),
+        (
+            "a SAN that is not a SPIFFE id",
+            with_csr(support::csr("https://cluster.local/ns/a/sa/s1")),
+        ),
+        ("an impersonated identity that does not parse", {
+            let mut r = support::cert_request(S1, true);
+            r.metadata = Some(support::impersonating("not-an-identity"));
+            r
+        }),
+        ("an impersonated identity that is not a string", {
+            let mut r = support::cert_request(S1, true);
+            if let Some(m) = r.metadata.as_mut() {
+                for v in m.fields.values_mut() {
+                    v.kind = Some(prost_types::value::Kind::NumberValue(7.0));
+                }
+            }
+            r
+        }),
+    ];
+    for (what, req) in cases {
+        assert_eq!(
+            ca.send(Some(&n1), req).await,
+            Err(tonic::Code::InvalidArgument),
+            "{what}"
+        );
+    }
+    assert!(ca.ask(Some(&n1), S1, true).await.is_ok());
 }
