@@ -259,3 +259,17 @@ async fn malformed_requests_are_invalid_arguments() {
     }
     assert!(ca.ask(Some(&n1), S1, true).await.is_ok());
 }
+
+/// A validity of zero, a negative one or one past the CA's limit is signed for the CA's maximum (24 h), as Istio
+/// does; a shorter one is kept.
+#[tokio::test]
+async fn validity_out_of_range_is_the_maximum() {
+    let mut ca = start().await;
+    let n1 = ca.token(Subject::Node("n1".into()));
+    for (asked, signed) in [(0, 86_400), (-5, 86_400), (10 * 86_400, 86_400), (600, 600)] {
+        let mut req = support::cert_request(S1, true);
+        req.validity_duration = asked;
+        let chain = ca.send(Some(&n1), req).await.unwrap();
+        assert_eq!(chain[0], format!("leaf {S1} {signed}\n"), "asked {asked}");
+    }
+}
