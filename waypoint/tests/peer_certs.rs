@@ -1,7 +1,8 @@
 //! In-process: the waypoint's HBONE port refuses source ztunnels whose certificate is expired, not yet valid, from
-//! another trust domain or from a CA it does not trust, and keeps serving good ones after each. (How each refusal
+//! another trust domain or from a CA it does not trust, and bytes that are not HBONE, and keeps serving good ones
+//! after each. (How each refusal
 //! reads, per TLS backend, is pinned by `ambit-core`'s `tls_peer_certs`; this shows the waypoint's listener uses
-//! that check.) Addresses are 127.0.93.x.
+//! that check.) Addresses are 127.0.93.x and 127.0.96.x.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,16 +20,16 @@ use tokio::net::TcpStream;
 const NET: u8 = 93;
 const REVIEWS: &str = "reviews.demo.svc.cluster.local:9080";
 
-fn config() -> String {
+fn config(net: u8) -> String {
     format!(
         r#"
 services:
-- {{name: reviews, namespace: demo, hostname: reviews.demo.svc.cluster.local, vips: [10.96.93.20],
+- {{name: reviews, namespace: demo, hostname: reviews.demo.svc.cluster.local, vips: [10.96.{net}.20],
    ports: [{{port: 9080, targetPort: 18081, protocol: http1}}],
    waypoint: {{namespace: demo, hostname: waypoint.demo.svc.cluster.local}}}}
 workloads:
-- {{uid: client, name: client-0, namespace: demo, serviceAccount: client, ips: [127.0.{NET}.2], workloadName: client}}
-- {{uid: v1, name: backend-0, namespace: demo, ips: [127.0.{NET}.21], tunnel: NONE,
+- {{uid: client, name: client-0, namespace: demo, serviceAccount: client, ips: [127.0.{net}.2], workloadName: client}}
+- {{uid: v1, name: backend-0, namespace: demo, ips: [127.0.{net}.21], tunnel: NONE,
    services: {{demo/reviews.demo.svc.cluster.local: {{9080: 18081}}}}}}
 "#
     )
@@ -95,7 +96,7 @@ async fn bad_source_certificates_are_refused_and_good_ones_still_served() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let file = dir.path().join("waypoint.yaml");
-    std::fs::write(&file, config()).unwrap();
+    std::fs::write(&file, config(NET)).unwrap();
     let (_waypoint, source) = support::start_waypoint(
         &ca_dir,
         &file,
@@ -148,4 +149,83 @@ async fn bad_source_certificates_are_refused_and_good_ones_still_served() {
             .unwrap_or_else(|e| panic!("a good source after one {what} was refused: {e}"));
         assert_eq!(line, "HTTP/1.1 200 OK", "after one {what}");
     }
+}
+
+/// Bytes that are not HBONE at the waypoint's port: a plaintext HTTP request instead of TLS (closed at once, not
+/// held to the handshake timeout), and a CONNECT whose header list is over the server's 64 KiB limit (431). A good
+/// source is served after each.
+#[tokio::test]
+async fn plaintext_and_oversized_connects_are_refused_and_good_ones_still_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let file = dir.path().join("waypoint.yaml");
+    // A range of its own: the tests of this file run side by side, each with its own backend.
+    let net = NET + 3;
+    std::fs::write(&file, config(net)).unwrap();
+    let (_waypoint, source) = support::start_waypoint(
+        &ca_dir,
+        &file,
+        format!("127.0.{net}.2:40000").parse().unwrap(),
+        &[],
+    )
+    .await;
+    support::http_backend(format!("127.0.{net}.21:18081").parse().unwrap(), "backend").await;
+    let ca = LocalCa::load_or_create(&ca_dir, "cluster.local").unwrap();
+    let good = Arc::new(
+        ca.issue_workload_valid_between(&source.me, at(-3600), at(3600))
+            .unwrap(),
+    );
+    assert_eq!(get(&source, good.clone()).await.unwrap(), "HTTP/1.1 200 OK");
+
+    let mut plain = TcpStream::connect(source.waypoint_addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("a plaintext request on the HBONE port is still open after 5 s"),
+        }
+    }
+    assert_eq!(
+        get(&source, good.clone()).await.unwrap(),
+        "HTTP/1.1 200 OK",
+        "after plaintext"
+    );
+
+    let client = HboneClient::new(Arc::new(H2Config::default()), Fixed(good.clone()));
+    let key = PoolKey {
+        src_identity: source.me.clone(),
+        dst_identities: vec![source.waypoint.clone()],
+        dst: source.waypoint_addr,
+        src_ip: source.client_addr.ip(),
+    };
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(REVIEWS)
+        .body(())
+        .unwrap();
+    for i in 0..20 {
+        req.headers_mut().insert(
+            http::HeaderName::try_from(format!("x-big-{i}")).unwrap(),
+            http::HeaderValue::from_str(&"v".repeat(4096)).unwrap(),
+        );
+    }
+    let r = tokio::time::timeout(Duration::from_secs(5), client.connect(key, req))
+        .await
+        .expect("an oversized CONNECT is answered");
+    assert!(
+        matches!(r, Err(HboneError::Status(st)) if st == http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        "an 80 KiB header list: {:?}",
+        r.map(|_| ())
+    );
+    assert_eq!(
+        get(&source, good).await.unwrap(),
+        "HTTP/1.1 200 OK",
+        "after oversized headers"
+    );
 }
