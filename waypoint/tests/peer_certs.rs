@@ -1,8 +1,7 @@
 //! In-process: the waypoint's HBONE port refuses source ztunnels whose certificate is expired, not yet valid, from
 //! another trust domain or from a CA it does not trust, and bytes that are not HBONE, and keeps serving good ones
-//! after each. (How each refusal
-//! reads, per TLS backend, is pinned by `ambit-core`'s `tls_peer_certs`; this shows the waypoint's listener uses
-//! that check.) Addresses are 127.0.93.x and 127.0.96.x.
+//! after each. (How each refusal reads, per TLS backend, is pinned by `ambit-core`'s `tls_peer_certs`; this shows
+//! the waypoint's listener uses that check.) Addresses are 127.0.93.x and 127.0.96.x.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
