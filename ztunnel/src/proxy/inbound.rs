@@ -381,9 +381,10 @@ fn proxy_protocol_header(
                 .state
                 .service_by_hostname(host, &dst.namespace)
                 .and_then(|svc| {
-                    let mut vips: Vec<_> = svc.vips.clone();
-                    vips.sort_by_key(|v| (v.network != dst.network, !v.address.is_ipv4()));
-                    vips.first().map(|v| v.address)
+                    svc.vips
+                        .iter()
+                        .min_by_key(|v| (v.network != dst.network, !v.address.is_ipv4()))
+                        .map(|v| v.address)
                 });
             let ip = vip.unwrap_or(target.ip());
             (SocketAddr::new(ip, *port), Some(host.as_str()))
