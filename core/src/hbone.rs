@@ -27,7 +27,12 @@ pub struct H2Config {
     pub server_max_concurrent_streams: u32,
     pub server_send_buffer: usize,
     pub pool_max_streams_per_conn: u32,
+    /// How long the pool keeps a key's one spare connection (its most recently used idle one, when none of the
+    /// key's connections is busy) before releasing it (`POOL_UNUSED_RELEASE_TIMEOUT` in ztunnel).
     pub pool_idle_timeout: Duration,
+    /// How long any other idle connection stays: the connections a burst opened beyond what the key needs once it
+    /// is over are closed this soon after going idle, not kept for `pool_idle_timeout`. At most `pool_idle_timeout`.
+    pub pool_surplus_idle_timeout: Duration,
     pub pool_capacity: usize,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
@@ -49,6 +54,7 @@ impl Default for H2Config {
             server_send_buffer: 400 * 1024,
             pool_max_streams_per_conn: 100,
             pool_idle_timeout: Duration::from_secs(300),
+            pool_surplus_idle_timeout: Duration::from_secs(5),
             pool_capacity: 500,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(20),

@@ -43,11 +43,22 @@ enum Mode {
 
 /// An HBONE server on loopback; returns its address and the drain trigger.
 async fn server(cfg: H2Config, mode: Mode) -> (SocketAddr, drain::DrainTrigger) {
+    let (addr, trigger, _) = counting_server(cfg, mode).await;
+    (addr, trigger)
+}
+
+/// [`server`], also counting the HBONE connections it has open.
+async fn counting_server(
+    cfg: H2Config,
+    mode: Mode,
+) -> (SocketAddr, drain::DrainTrigger, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (trigger, watcher) = drain::new();
     let cfg = Arc::new(cfg);
     let mode = Arc::new(mode);
+    let live = Arc::new(AtomicUsize::new(0));
+    let open = live.clone();
     tokio::spawn(async move {
         loop {
             let mut w = watcher.clone();
@@ -56,42 +67,43 @@ async fn server(cfg: H2Config, mode: Mode) -> (SocketAddr, drain::DrainTrigger) 
                 _ = w.signaled() => return,
             };
             let mode = mode.clone();
-            tokio::spawn(hbone::serve(
-                s,
-                cfg.clone(),
-                watcher.clone(),
-                move |_parts, responder| {
-                    let mode = mode.clone();
-                    async move {
-                        match &*mode {
-                            Mode::Reject(status) => responder.reject(*status),
-                            Mode::Echo => {
-                                let mut s = responder.accept(http::HeaderMap::new()).unwrap();
-                                let (mut r, mut w) = tokio::io::split(&mut s);
-                                let _ = tokio::io::copy(&mut r, &mut w).await;
-                                let _ = w.shutdown().await;
-                            }
-                            Mode::CountThenReply => {
-                                let mut s = responder.accept(http::HeaderMap::new()).unwrap();
-                                let mut n = 0u64;
-                                let mut buf = vec![0u8; 64 * 1024];
-                                loop {
-                                    let r = s.read(&mut buf).await.unwrap();
-                                    if r == 0 {
-                                        break;
-                                    }
-                                    n += r as u64;
+            let open = open.clone();
+            open.fetch_add(1, Ordering::SeqCst);
+            let conn = hbone::serve(s, cfg.clone(), watcher.clone(), move |_parts, responder| {
+                let mode = mode.clone();
+                async move {
+                    match &*mode {
+                        Mode::Reject(status) => responder.reject(*status),
+                        Mode::Echo => {
+                            let mut s = responder.accept(http::HeaderMap::new()).unwrap();
+                            let (mut r, mut w) = tokio::io::split(&mut s);
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                            let _ = w.shutdown().await;
+                        }
+                        Mode::CountThenReply => {
+                            let mut s = responder.accept(http::HeaderMap::new()).unwrap();
+                            let mut n = 0u64;
+                            let mut buf = vec![0u8; 64 * 1024];
+                            loop {
+                                let r = s.read(&mut buf).await.unwrap();
+                                if r == 0 {
+                                    break;
                                 }
-                                s.write_all(format!("{n}").as_bytes()).await.unwrap();
-                                s.shutdown().await.unwrap();
+                                n += r as u64;
                             }
+                            s.write_all(format!("{n}").as_bytes()).await.unwrap();
+                            s.shutdown().await.unwrap();
                         }
                     }
-                },
-            ));
+                }
+            });
+            tokio::spawn(async move {
+                let _ = conn.await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
         }
     });
-    (addr, trigger)
+    (addr, trigger, live)
 }
 
 fn key(dst: SocketAddr, sa: &str) -> PoolKey {
@@ -294,6 +306,73 @@ async fn stream_cap_opens_another_connection() {
     }
     assert_eq!(tcp.dials.load(Ordering::SeqCst), 3);
     assert_eq!(client.connections(), 3);
+}
+
+/// Polls `cond` until it holds or 10 s pass; returns whether it held.
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+#[tokio::test]
+async fn a_bursts_idle_connections_are_released_without_another_dial() {
+    let (addr, _t, live) = counting_server(H2Config::default(), Mode::Echo).await;
+    let tcp = Tcp::default();
+    let cfg = H2Config {
+        pool_max_streams_per_conn: 2,
+        pool_surplus_idle_timeout: Duration::from_millis(100),
+        pool_idle_timeout: Duration::from_secs(4),
+        ..H2Config::default()
+    };
+    let client = HboneClient::new(Arc::new(cfg), tcp.clone());
+    // A burst of six streams takes three connections.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(
+            client
+                .connect(key(addr, "a"), connect_req("10.0.0.1:80"))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(tcp.dials.load(Ordering::SeqCst), 3);
+    assert!(eventually(|| live.load(Ordering::SeqCst) == 3).await);
+    // While one stream is open its connection is busy: every idle one is surplus, so two go and the busy one stays.
+    let busy = held.pop().unwrap();
+    held.clear();
+    assert!(
+        eventually(|| live.load(Ordering::SeqCst) == 1).await,
+        "the burst's idle connections were closed: {} left open at the server",
+        live.load(Ordering::SeqCst)
+    );
+    assert_eq!(client.connections(), 1);
+    // The burst over, the key keeps its one spare for `pool_idle_timeout`, and it serves the next stream.
+    drop(busy);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        client.connections(),
+        1,
+        "the spare outlives the surplus timeout"
+    );
+    assert_eq!(live.load(Ordering::SeqCst), 1);
+    let again = client
+        .connect(key(addr, "a"), connect_req("10.0.0.1:80"))
+        .await
+        .unwrap();
+    assert_eq!(tcp.dials.load(Ordering::SeqCst), 3, "the spare was reused");
+    drop(again);
+    // Then the spare goes too, with no dial to sweep the pool: the transport is closed at the server.
+    assert!(
+        eventually(|| live.load(Ordering::SeqCst) == 0).await,
+        "the spare was released after pool_idle_timeout"
+    );
+    assert_eq!(client.connections(), 0);
 }
 
 #[tokio::test]

@@ -2,13 +2,16 @@
 //!
 //! Connections are keyed by [`PoolKey`]. A checkout takes any live connection of the key with a free stream slot;
 //! otherwise one task per key establishes a new connection while the others wait for it and then share it.
-//! Idle connections are released after `pool_idle_timeout`, and the pool never holds more than `pool_capacity`.
+//! A key's one spare idle connection is released after `pool_idle_timeout`, any other idle connection (what a burst
+//! opened beyond the key's need) after `pool_surplus_idle_timeout`, and the pool never holds more than
+//! `pool_capacity`. A reaper task applies the timeouts while the pool holds connections (and ends when it holds
+//! none), so an idle pool lets go of its connections without waiting for the next dial.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -76,6 +79,8 @@ struct Inner<C> {
     connector: C,
     conns: Mutex<HashMap<PoolKey, Vec<Arc<Conn>>>>,
     establishing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Whether a reaper task runs; set and cleared under the `conns` lock.
+    reaping: AtomicBool,
 }
 
 /// A cheap, clonable handle to a pool of HBONE connections.
@@ -99,6 +104,7 @@ impl<C: Connect> HboneClient<C> {
                 connector,
                 conns: Mutex::new(HashMap::new()),
                 establishing: Mutex::new(HashMap::new()),
+                reaping: AtomicBool::new(false),
             }),
         }
     }
@@ -256,12 +262,11 @@ impl<C: Connect> HboneClient<C> {
             last_used: Mutex::new(Instant::now()),
         });
         if let Ok(mut conns) = self.inner.conns.lock() {
-            sweep(
-                &mut conns,
-                cfg.pool_idle_timeout,
-                cfg.pool_capacity.saturating_sub(1),
-            );
+            sweep(&mut conns, cfg, cfg.pool_capacity.saturating_sub(1));
             conns.entry(key.clone()).or_default().push(conn.clone());
+            if !self.inner.reaping.swap(true, Ordering::AcqRel) {
+                tokio::spawn(reap(Arc::downgrade(&self.inner)));
+            }
         }
         Ok(conn)
     }
@@ -295,11 +300,58 @@ fn rebuild(parts: &http::request::Parts) -> http::Request<()> {
     req
 }
 
-/// Drops closed and long-idle connections, then the least recently used idle ones beyond `capacity`.
-fn sweep(conns: &mut HashMap<PoolKey, Vec<Arc<Conn>>>, idle_timeout: Duration, capacity: usize) {
+/// Applies the idle timeouts while the pool holds connections; ends when it holds none (the next dial starts
+/// another) or when the pool itself is gone.
+async fn reap<C: Connect>(pool: Weak<Inner<C>>) {
+    loop {
+        let Some(tick) = pool.upgrade().map(|p| reap_interval(&p.cfg)) else {
+            return;
+        };
+        tokio::time::sleep(tick).await;
+        let Some(p) = pool.upgrade() else {
+            return;
+        };
+        let Ok(mut conns) = p.conns.lock() else {
+            return;
+        };
+        sweep(&mut conns, &p.cfg, p.cfg.pool_capacity);
+        if conns.is_empty() {
+            p.reaping.store(false, Ordering::Release);
+            return;
+        }
+    }
+}
+
+/// Half the shorter idle timeout: a connection outlives its timeout by at most this much.
+fn reap_interval(cfg: &H2Config) -> Duration {
+    (cfg.pool_surplus_idle_timeout.min(cfg.pool_idle_timeout) / 2).max(Duration::from_millis(10))
+}
+
+/// Drops closed connections and idle ones past their time — a key's spare (its most recently used idle connection,
+/// when none of its connections is busy) after `pool_idle_timeout`, every other idle one after
+/// `pool_surplus_idle_timeout` — then the least recently used idle ones beyond `capacity`.
+fn sweep(conns: &mut HashMap<PoolKey, Vec<Arc<Conn>>>, cfg: &H2Config, capacity: usize) {
+    let long = cfg.pool_idle_timeout;
+    let short = cfg.pool_surplus_idle_timeout.min(long);
     for list in conns.values_mut() {
-        list.retain(|c| {
-            !c.is_closed() && c.idle_since().is_none_or(|t| t.elapsed() < idle_timeout)
+        list.retain(|c| !c.is_closed());
+        let idle: Vec<Option<Instant>> = list.iter().map(|c| c.idle_since()).collect();
+        let spare = if idle.iter().any(Option::is_none) {
+            None
+        } else {
+            idle.iter()
+                .enumerate()
+                .max_by_key(|(_, t)| **t)
+                .map(|(i, _)| i)
+        };
+        let mut i = 0;
+        list.retain(|_| {
+            let keep = match idle[i] {
+                None => true,
+                Some(t) => t.elapsed() < if spare == Some(i) { long } else { short },
+            };
+            i += 1;
+            keep
         });
     }
     conns.retain(|_, l| !l.is_empty());
