@@ -337,12 +337,9 @@ fn measure(
     if let (Some(a), Some(b)) = (ztunnels_fds_rest, ztunnels_fds_after) {
         eprintln!("   ztunnels' open fds: {a} at rest, {b} after the load");
     }
-    let ztunnels_kib_per_idle_connection = if args.idle > 0 && !ztunnels.is_empty() {
+    let idle = if args.idle > 0 && !ztunnels.is_empty() {
         eprintln!("== round {round}, {name}: {} idle connections", args.idle);
-        Some(
-            l4_idle::kib_per_connection(dir, &pods, &ztunnels, args.idle)
-                .with_context(|| tag.clone())?,
-        )
+        Some(l4_idle::run(dir, &pods, &ztunnels, args.idle).with_context(|| tag.clone())?)
     } else {
         None
     };
@@ -375,7 +372,8 @@ fn measure(
         ztunnels_rss_after_kib,
         ztunnels_fds_rest,
         ztunnels_fds_after,
-        ztunnels_kib_per_idle_connection,
+        ztunnels_kib_per_idle_connection: idle.as_ref().map(|i| i.kib_per_connection),
+        ztunnels_idle_fds_left: idle.and_then(|i| i.fds_left),
         churn,
     })
 }

@@ -2,7 +2,9 @@
 //! it accepts (echoing the first bytes); one in pod a opens N connections to it through the pair, sends a byte on
 //! each and waits for it back (so every connection exists end to end: downstream socket and HBONE stream at
 //! ztunnel a, inbound stream and upstream socket at ztunnel b), then holds them. Both ztunnels' `VmRSS` before and
-//! with the N connections open, the difference divided by N, is the figure (both ztunnels together, KiB).
+//! with the N connections open, the difference divided by N, is the figure (both ztunnels together, KiB). Then
+//! the connections close, and both ztunnels' open fds [`RELEASE_WAIT`] later, above what they held before, tell
+//! what the HBONE pool keeps of the burst (the ~100 connections 10,000 streams needed).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
@@ -11,9 +13,12 @@ use std::time::{Duration, Instant};
 use ambit_e2e::TestDir;
 use ambit_e2e::TwoPods;
 use ambit_e2e::process::Process;
-use ambit_e2e::tools::rss_sum;
+use ambit_e2e::tools::{fd_sum, rss_sum};
 use ambit_e2e::topology::{B_IP, wait_listening};
 use anyhow::{Context, Result, bail};
+
+/// How long after the idle connections closed their fds are counted.
+pub const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// The holding application's port in pod b.
 pub const HOLD_PORT: u16 = 7077;
@@ -83,11 +88,21 @@ pub fn start_holder(dir: &TestDir, pods: &TwoPods) -> Result<Process> {
     Ok(holder)
 }
 
-/// KiB of both ztunnels' RSS per idle connection, with `n` connections open through `pods`.
-pub fn kib_per_connection(dir: &TestDir, pods: &TwoPods, ztunnels: &[u32], n: u32) -> Result<f64> {
+/// What `--idle-connections N` measured.
+pub struct Idle {
+    /// Both ztunnels' RSS growth per connection.
+    pub kib_per_connection: f64,
+    /// Both ztunnels' open fds [`RELEASE_WAIT`] after the connections closed, above what they held before.
+    pub fds_left: Option<i64>,
+}
+
+/// KiB of both ztunnels' RSS per idle connection, with `n` connections open through `pods`; then what they keep
+/// once those close.
+pub fn run(dir: &TestDir, pods: &TwoPods, ztunnels: &[u32], n: u32) -> Result<Idle> {
     let port = HOLD_PORT.to_string();
     let _holder = start_holder(dir, pods)?;
     let before = rss_sum(ztunnels).context("ztunnels' VmRSS")?;
+    let fds_before = fd_sum(ztunnels);
     let started = Instant::now();
     let mut opener = pods
         .a()
@@ -115,5 +130,21 @@ pub fn kib_per_connection(dir: &TestDir, pods: &TwoPods, ztunnels: &[u32], n: u3
     let _ = opener.wait();
     let kib = with.saturating_sub(before) as f64 / f64::from(n);
     eprintln!("   {kib:.2} KiB per idle connection (both ztunnels: {before} → {with} KiB)");
-    Ok(kib)
+    let fds_open = fd_sum(ztunnels);
+    std::thread::sleep(RELEASE_WAIT);
+    let fds_after = fd_sum(ztunnels);
+    let fds_left = match (fds_before, fds_after) {
+        (Some(b), Some(a)) => Some(a as i64 - b as i64),
+        _ => None,
+    };
+    if let (Some(b), Some(o), Some(a)) = (fds_before, fds_open, fds_after) {
+        eprintln!(
+            "   ztunnels' open fds: {b} before, {o} with the connections, {a} {}s after they closed",
+            RELEASE_WAIT.as_secs()
+        );
+    }
+    Ok(Idle {
+        kib_per_connection: kib,
+        fds_left,
+    })
 }
