@@ -28,6 +28,9 @@ use gate::{Gate, SharedPriority};
 pub const MAX_CONCURRENT_CSRS: usize = 8;
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(150);
+/// The longest wait between attempts (±20 %) while nothing valid is held: the identity's connections are refused
+/// until a certificate comes, so the CA's return must not wait out a long backoff.
+const BACKOFF_CAP_UNSERVED: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CertError {
@@ -329,17 +332,22 @@ impl Worker {
                             // Retry no later than the old certificate's expiry.
                             wait = wait.min(until(old.not_after()));
                         }
-                        Some(old) if !expiry_reported => {
-                            expiry_reported = true;
-                            tracing::error!(
-                                identity = %self.id,
-                                cert.serial = %old.serial_hex(),
-                                error = %err,
-                                "workload certificate expired and the CA has not renewed it: connections of this \
-                                 identity are refused until it does"
-                            );
+                        _ => {
+                            let jitter: f64 = rand::random_range(0.8..=1.2);
+                            wait = wait.min(BACKOFF_CAP_UNSERVED.mul_f64(jitter));
+                            if let Some(old) = &old
+                                && !expiry_reported
+                            {
+                                expiry_reported = true;
+                                tracing::error!(
+                                    identity = %self.id,
+                                    cert.serial = %old.serial_hex(),
+                                    error = %err,
+                                    "workload certificate expired and the CA has not renewed it: connections of \
+                                     this identity are refused until it does"
+                                );
+                            }
                         }
-                        _ => {}
                     }
                     tracing::warn!(identity = %self.id, error = %err, retry.in_ms = wait.as_millis() as u64, "certificate request failed");
                     self.state.send_modify(|p| {
@@ -394,7 +402,7 @@ fn until(at: SystemTime) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-/// Exponential backoff: 1 s, ×2, ±20 % jitter, capped at 150 s.
+/// Exponential backoff: 1 s, ×2, ±20 % jitter, capped at 150 s (at 15 s while nothing valid is held).
 #[derive(Debug)]
 struct Backoff {
     next: Duration,

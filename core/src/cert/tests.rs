@@ -189,6 +189,41 @@ async fn backs_off_and_keeps_serving_old_cert() {
     assert!(!Arc::ptr_eq(&renewed, &first));
 }
 
+/// With nothing valid held (here: no certificate ever came) the identity's traffic is refused, so the retries
+/// keep coming at most ~15 s apart however long the CA stays down, not every 150 s: a CA that returns after a long
+/// outage is asked again within seconds.
+#[tokio::test(start_paused = true)]
+async fn retries_stay_frequent_while_nothing_valid_is_held() {
+    let signer = FakeSigner::new(true);
+    signer.fail_next.store(usize::MAX, Ordering::SeqCst);
+    let mgr = CertManager::new(signer.clone(), Duration::from_secs(200));
+    assert!(mgr.fetch(&id("a"), Priority::RealTime).await.is_err());
+    let mut last_call = tokio::time::Instant::now();
+    let mut calls = signer.calls();
+    let mut longest = Duration::ZERO;
+    // Ten minutes of outage, in one-second steps.
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        settle().await;
+        if signer.calls() > calls {
+            calls = signer.calls();
+            longest = longest.max(last_call.elapsed());
+            last_call = tokio::time::Instant::now();
+        }
+    }
+    longest = longest.max(last_call.elapsed());
+    assert!(
+        longest <= Duration::from_secs(19),
+        "{longest:?} between attempts while unserved"
+    );
+    assert!(calls >= 35, "{calls} attempts in ten minutes");
+    // The CA back: the next attempt succeeds.
+    signer.fail_next.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(19)).await;
+    settle().await;
+    assert!(mgr.fetch(&id("a"), Priority::RealTime).await.is_ok());
+}
+
 #[tokio::test(start_paused = true)]
 async fn first_failure_is_reported_to_callers() {
     let signer = FakeSigner::new(true);
