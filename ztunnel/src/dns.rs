@@ -3,7 +3,8 @@
 //!
 //! Names are tried as Kubernetes would expand them for the client's namespace, exactly, then as wildcards; a name
 //! that matched only once a search domain was stripped is answered with a CNAME to the stripped name. Bad packets
-//! get FORMERR (or nothing, without even a header); other opcodes NOTIMP; an unknown client SERVFAIL.
+//! and queries without exactly one question get FORMERR (or nothing, without even a header); other opcodes
+//! NOTIMP; an unknown client SERVFAIL. Over TCP, a frame must arrive, and an answer be taken, within `TCP_IDLE`.
 
 pub mod metrics;
 pub mod names;
@@ -27,7 +28,7 @@ use metrics::{DnsLabels, DnsMetrics};
 
 const TTL: u32 = 30;
 const MAX_UDP: usize = 4096;
-/// How long a TCP client may stay silent between queries.
+/// How long a TCP client may take to send a whole query (or stay silent between queries), and to take an answer.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// The UDP payload every client accepts (RFC 1035), and the least we assume with EDNS.
 const MIN_UDP_PAYLOAD: usize = 512;
@@ -145,8 +146,17 @@ impl DnsProxy {
             let Ok(n) = u16::try_from(resp.len()) else {
                 return Ok(());
             };
-            s.write_all(&n.to_be_bytes()).await?;
-            s.write_all(&resp).await?;
+            // One write (prefix and message together, no small segment for Nagle to hold back), bounded like the
+            // reads: a client that stops reading would otherwise block it forever once the socket buffers are full.
+            let mut framed = Vec::with_capacity(resp.len() + 2);
+            framed.extend_from_slice(&n.to_be_bytes());
+            framed.extend_from_slice(&resp);
+            if tokio::time::timeout(TCP_IDLE, s.write_all(&framed))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
         }
     }
 
@@ -162,6 +172,14 @@ impl DnsProxy {
             Ok(m) => m,
             Err(_) => {
                 let id = u16::from_be_bytes([*packet.first()?, *packet.get(1)?]);
+                // A whole header with QR clear and an opcode we do not implement: NOTIMP, whatever the body is
+                // (RFC 8906 section 3.1.4: only the header of another opcode need look like a QUERY's).
+                if packet.len() >= 12 && packet[2] & 0x80 == 0 {
+                    let op = OpCode::from_u8((packet[2] >> 3) & 0x0f);
+                    if op != OpCode::Query {
+                        return error(id, op, ResponseCode::NotImp);
+                    }
+                }
                 return error(id, OpCode::Query, ResponseCode::FormErr);
             }
         };
@@ -172,9 +190,13 @@ impl DnsProxy {
         if req.metadata.op_code != OpCode::Query {
             return error(id, req.metadata.op_code, ResponseCode::NotImp);
         }
-        let Some(q) = req.queries.first().cloned() else {
+        // Exactly one question. None is a format error; so are several (RFC 9619: a QUERY with QDCOUNT > 1 is
+        // malformed): the header's AA and RCODE could not say which question they are about, so we neither answer
+        // the first one locally nor forward the packet (whose other questions the upstream would see).
+        let [q] = req.queries.as_slice() else {
             return error(id, OpCode::Query, ResponseCode::FormErr);
         };
+        let q = q.clone();
         let limit = if tcp {
             usize::from(u16::MAX)
         } else {

@@ -385,3 +385,174 @@ async fn metrics_count_requests_and_upstream_exchanges() {
         Some("2")
     );
 }
+
+/// Reads what the server sends until it closes the connection (at most 5 s).
+async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    got
+}
+
+#[tokio::test]
+async fn tcp_frames_cut_short_close_only_their_connection() {
+    let r = start(vec![]).await;
+    // A length prefix announcing more than follows, then the client finishes sending: closed, no answer.
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(&[0, 40]).await.unwrap();
+    s.write_all(&query(20, "server.", RecordType::A, None)[..10])
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    assert!(until_closed(&mut s).await.is_empty());
+    // Half a length prefix, then the end.
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(&[0]).await.unwrap();
+    s.shutdown().await.unwrap();
+    assert!(until_closed(&mut s).await.is_empty());
+    // An empty frame has not even a header: no answer, and the connection is closed.
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(&[0, 0]).await.unwrap();
+    assert!(until_closed(&mut s).await.is_empty());
+
+    // A well-framed query cut short (20 of its bytes, framed as 20): FORMERR with its id, and the connection
+    // serves the next query.
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    tcp_write(&mut s, &query(21, "server.", RecordType::A, None)[..20]).await;
+    let m = Message::from_vec(&tcp_read(&mut s).await).unwrap();
+    assert_eq!(
+        (m.metadata.id, m.metadata.response_code),
+        (21, ResponseCode::FormErr)
+    );
+    tcp_write(&mut s, &query(22, "server.", RecordType::A, None)).await;
+    let m = Message::from_vec(&tcp_read(&mut s).await).unwrap();
+    assert_eq!(m.metadata.id, 22);
+    assert_eq!(ips(&m), BTreeSet::from(["10.96.0.11".to_owned()]));
+
+    // New connections and UDP are served.
+    let m = tcp(r.addr, "server.", RecordType::A).await;
+    assert_eq!(ips(&m), BTreeSet::from(["10.96.0.11".to_owned()]));
+    let m = udp(r.addr, "server.", RecordType::A, None).await;
+    assert_eq!(ips(&m), BTreeSet::from(["10.96.0.11".to_owned()]));
+    assert!(!r.task.is_finished());
+}
+
+/// How a broken upstream answers.
+#[derive(Clone, Copy, Debug)]
+enum Broken {
+    /// The query's id, then a header claiming one question and junk (does not parse).
+    Garbage,
+    /// A well-formed answer with another id.
+    WrongId,
+    /// One byte (not even an id).
+    OneByte,
+    /// Over UDP a truncated answer (TC, so the proxy asks again over TCP); over TCP a length prefix 100 bytes
+    /// longer than the answer that follows, then the connection is closed.
+    ShortFrame,
+}
+
+/// A fake upstream on UDP and TCP at one address that answers every query as `how` says.
+async fn broken_upstream(how: Broken) -> SocketAddr {
+    fn reply(how: Broken, req: &[u8], tcp: bool) -> Vec<u8> {
+        let req = Message::from_vec(req).unwrap();
+        let id = req.metadata.id;
+        let good = |id| {
+            let mut resp = Message::response(id, OpCode::Query);
+            resp.metadata.truncation = !tcp && matches!(how, Broken::ShortFrame);
+            resp.add_query(req.queries[0].clone());
+            resp.add_answer(Record::from_rdata(
+                req.queries[0].name().clone(),
+                60,
+                RData::A(A(Ipv4Addr::new(192, 0, 2, 66))),
+            ));
+            resp.to_vec().unwrap()
+        };
+        match how {
+            Broken::Garbage => {
+                let mut b = id.to_be_bytes().to_vec();
+                b.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff]);
+                b
+            }
+            Broken::WrongId => good(id.wrapping_add(1)),
+            Broken::OneByte => vec![id.to_be_bytes()[0]],
+            Broken::ShortFrame => good(id),
+        }
+    }
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let udp = UdpSocket::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let (n, peer) = udp.recv_from(&mut buf).await.unwrap();
+            udp.send_to(&reply(how, &buf[..n], false), peer)
+                .await
+                .unwrap();
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = tcp.accept().await.unwrap();
+            let req = tcp_read(&mut s).await;
+            let resp = reply(how, &req, true);
+            if let Broken::ShortFrame = how {
+                let claimed = u16::try_from(resp.len() + 100).unwrap();
+                s.write_all(&claimed.to_be_bytes()).await.unwrap();
+                s.write_all(&resp).await.unwrap();
+            } else {
+                tcp_write(&mut s, &resp).await;
+            }
+            // Dropped: closed.
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn malformed_upstream_answers_give_servfail_and_the_next_one_is_tried() {
+    let (good, _) = upstream().await;
+    for how in [
+        Broken::Garbage,
+        Broken::WrongId,
+        Broken::OneByte,
+        Broken::ShortFrame,
+    ] {
+        let bad = broken_upstream(how).await;
+        let r = start(vec![bad]).await;
+        // UDP (a stray id or a one-byte datagram is ignored, so those end with the forward timeout) and TCP.
+        let m = udp(r.addr, "www.example.org.", RecordType::A, None).await;
+        assert_eq!(
+            (m.metadata.id, m.metadata.response_code),
+            (7, ResponseCode::ServFail),
+            "{how:?} over UDP"
+        );
+        assert!(m.answers.is_empty(), "{how:?}");
+        let m = tcp(r.addr, "www.example.org.", RecordType::A).await;
+        assert_eq!(
+            (m.metadata.id, m.metadata.response_code),
+            (8, ResponseCode::ServFail),
+            "{how:?} over TCP"
+        );
+        // Local names are still answered.
+        let m = udp(r.addr, "server.", RecordType::A, None).await;
+        assert_eq!(ips(&m), BTreeSet::from(["10.96.0.11".to_owned()]));
+        assert!(!r.task.is_finished(), "{how:?}");
+
+        // With a working upstream after it, that one answers.
+        let r = start(vec![bad, good]).await;
+        let m = udp(r.addr, "www.example.org.", RecordType::A, None).await;
+        assert_eq!(
+            ips(&m),
+            BTreeSet::from(["192.0.2.1".to_owned()]),
+            "{how:?} over UDP"
+        );
+        let m = tcp(r.addr, "www.example.org.", RecordType::A).await;
+        assert_eq!(
+            ips(&m),
+            BTreeSet::from(["192.0.2.1".to_owned()]),
+            "{how:?} over TCP"
+        );
+    }
+}
