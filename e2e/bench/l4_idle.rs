@@ -124,13 +124,13 @@ pub fn run(dir: &TestDir, pods: &TwoPods, ztunnels: &[u32], n: u32) -> Result<Id
     // Let the ztunnels' allocators settle before reading.
     std::thread::sleep(Duration::from_secs(1));
     let with = rss_sum(ztunnels).context("ztunnels' VmRSS")?;
+    let fds_open = fd_sum(ztunnels);
     if let Some(mut stdin) = opener.stdin.take() {
         let _ = stdin.flush();
     }
     let _ = opener.wait();
     let kib = with.saturating_sub(before) as f64 / f64::from(n);
     eprintln!("   {kib:.2} KiB per idle connection (both ztunnels: {before} → {with} KiB)");
-    let fds_open = fd_sum(ztunnels);
     std::thread::sleep(RELEASE_WAIT);
     let fds_after = fd_sum(ztunnels);
     let fds_left = match (fds_before, fds_after) {
