@@ -398,6 +398,30 @@ async fn malformed_requests_get_status_errors_and_the_server_lives_on() {
             .unwrap_err();
         assert_eq!(api_code(&err), want, "{method} {path} {body}");
     }
+    // A body over the 8 MiB limit: 413, and nothing was created.
+    let mut big = r#"{"metadata": {"name": "big", "annotations": {"k": ""#.to_owned();
+    big.push_str(&"x".repeat(8 * 1024 * 1024));
+    big.push_str(r#""}}}"#);
+    let err = client
+        .request_text(send(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            "application/json",
+            &big,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err), 413, "{err}");
+    let err = client
+        .request_text(send(
+            "GET",
+            "/api/v1/namespaces/default/pods/big",
+            "application/json",
+            "",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err), 404, "the oversized object was not stored");
     // Unauthenticated: 401.
     let anon = reqwest_like_get(&server, "/api/v1/pods").await;
     assert_eq!(anon, 401);

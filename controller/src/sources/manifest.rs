@@ -390,6 +390,36 @@ mod tests {
     }
 
     #[test]
+    fn empty_documents_are_skipped_and_non_mappings_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = vec![dir.path().to_path_buf()];
+        // Documents 0 and 2 are empty (a leading and a doubled `---`), 3 a scalar, 4 a list; 1 and 5 are pods.
+        write(
+            &dir.path().join("mixed.yaml"),
+            "---\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: n}\n---\n---\n\
+            just a string\n---\n[1, 2]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: n}\n---\n",
+        );
+        let mut st = ManifestState::default();
+        let ev = st.rescan(&dirs);
+        assert_eq!(applied(&ev), vec![pod("a"), pod("b")]);
+        let errors = st.errors();
+        let msgs = errors
+            .values()
+            .next()
+            .expect("the non-mappings are reported");
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(msgs[0].starts_with("document 3"), "{msgs:?}");
+        assert!(msgs[1].starts_with("document 4"), "{msgs:?}");
+        // A file of nothing but separators is an empty file: no objects, no errors.
+        write(&dir.path().join("mixed.yaml"), "---\n---\n");
+        assert_eq!(
+            st.rescan(&dirs),
+            vec![Event::Delete(pod("a")), Event::Delete(pod("b"))]
+        );
+        assert!(st.errors().is_empty(), "{:?}", st.errors());
+    }
+
+    #[test]
     fn several_directories_merge() {
         let d1 = tempfile::tempdir().unwrap();
         let d2 = tempfile::tempdir().unwrap();
