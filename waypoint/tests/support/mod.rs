@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub mod faulty;
+pub mod tls_peers;
 
 pub fn certs(ca_dir: &Path) -> Arc<CertManager> {
     let ca = LocalCa::load_or_create(ca_dir, "cluster.local").unwrap();
