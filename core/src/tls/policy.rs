@@ -10,8 +10,9 @@ use super::{TlsBackend, TlsError};
 /// `COMPLIANCE_POLICY`: which key exchange groups the handshakes may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CompliancePolicy {
-    /// The backend's usual groups (rustls: X25519MLKEM768, X25519, P-256, P-384; boring: FIPS 202205's P-256 and
-    /// P-384).
+    /// The backend's usual groups (rustls: X25519, P-256, P-384, then X25519MLKEM768 — rustls's order without its
+    /// `prefer-post-quantum` feature, as upstream ztunnel builds it, so two default peers agree on X25519; boring:
+    /// FIPS 202205's P-256 and P-384).
     #[default]
     Default,
     /// Post-quantum key exchange only: X25519MLKEM768. A peer that offers no such share cannot connect.

@@ -21,7 +21,7 @@ use super::{ALPN_H2, ClientTlsStream, PeerCheckError, ServerTlsStream, TlsError,
 use crate::identity::Identity;
 
 /// aws-lc-rs restricted to the workload policy: TLS 1.3 AES-256-GCM and AES-128-GCM only, the provider's default
-/// key exchange groups (X25519MLKEM768 first).
+/// key exchange groups (X25519 first, X25519MLKEM768 last: see [`CompliancePolicy::Default`]).
 static PROVIDER: LazyLock<Arc<CryptoProvider>> = LazyLock::new(|| Arc::new(workload_provider()));
 
 /// [`PROVIDER`] with key exchange limited to X25519MLKEM768 (`COMPLIANCE_POLICY=pqc`).
