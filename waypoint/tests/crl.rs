@@ -280,20 +280,14 @@ async fn a_rewritten_crl_refuses_new_connections_of_the_revoked_source() {
         "revocation picked up after {took:?}; the doomed source's new connection: {refused:?}"
     );
     // Refused in TLS by the server's verdict on the certificate, not by anything else: a hand-built client that
-    // writes nothing reads the waypoint's alert (rustls sends `CertificateUnknown` for ambit's revocation check,
-    // whose error is its own; `CertificateRevoked` would say the same).
+    // writes nothing reads the waypoint's alert, `certificate_revoked`.
     let v = tls_peers::verdict(
         addr,
         doomed.client_config(tls_peers::pq_and_classical(), TLS13),
     )
     .await;
     assert!(
-        matches!(
-            v,
-            Verdict::Alert(
-                AlertDescription::CertificateUnknown | AlertDescription::CertificateRevoked
-            )
-        ),
+        matches!(v, Verdict::Alert(AlertDescription::CertificateRevoked)),
         "the revoked source's handshake: {v:?}"
     );
     let v = tls_peers::verdict(

@@ -207,7 +207,10 @@ async fn revocation(s: &Server, crl: &Path, target: SocketAddr) {
     )
     .await;
     assert!(
-        matches!(e, rustls::Error::AlertReceived(_)),
+        matches!(
+            e,
+            rustls::Error::AlertReceived(AlertDescription::CertificateRevoked)
+        ),
         "revoked, bare TLS: {e:?}"
     );
     eprintln!("revoked client, bare TLS: {e:?}");

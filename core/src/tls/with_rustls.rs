@@ -280,7 +280,11 @@ fn check_revocation(
         None,
     ) {
         Ok(_) => Ok(()),
-        Err(webpki::Error::CertRevoked) => Err(reject(PeerCheckError::Revoked)),
+        // rustls's own variant, so the peer is told `certificate_revoked` (RFC 8446 6.2), not `certificate_unknown`;
+        // `handshake_error` maps it back to `PeerCheckError::Revoked`.
+        Err(webpki::Error::CertRevoked) => {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+        }
         Err(e) => Err(reject(PeerCheckError::Untrusted(e.to_string()))),
     }
 }
