@@ -9,6 +9,8 @@
 
 mod support;
 
+use support::REVIEWS;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,22 +35,6 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 const NET: u8 = 89;
-const REVIEWS: &str = "reviews.demo.svc.cluster.local:9080";
-
-fn config() -> String {
-    format!(
-        r#"
-services:
-- {{name: reviews, namespace: demo, hostname: reviews.demo.svc.cluster.local, vips: [10.96.{NET}.20],
-   ports: [{{port: 9080, targetPort: 18081, protocol: http1}}],
-   waypoint: {{namespace: demo, hostname: waypoint.demo.svc.cluster.local}}}}
-workloads:
-- {{uid: client, name: client-0, namespace: demo, serviceAccount: client, ips: [127.0.{NET}.2], workloadName: client}}
-- {{uid: v1, name: backend-0, namespace: demo, ips: [127.0.{NET}.21], tunnel: NONE,
-   services: {{demo/reviews.demo.svc.cluster.local: {{9080: 18081}}}}}}
-"#
-    )
-}
 
 fn waypoint_id() -> Identity {
     Identity::new("cluster.local", "demo", "waypoint")
@@ -196,7 +182,7 @@ async fn serves_while_valid_fails_closed_once_expired_and_recovers_when_the_ca_i
     let ca_dir = dir.path().join("ca");
     let root_file = dir.path().join("ca-root.pem");
     let config_file = dir.path().join("waypoint.yaml");
-    std::fs::write(&config_file, config()).unwrap();
+    std::fs::write(&config_file, support::reviews_world(NET)).unwrap();
     let ca = start_ca(&ca_dir, &root_file).await;
     support::http_backend(format!("127.0.{NET}.21:18081").parse().unwrap(), "backend").await;
 

@@ -10,6 +10,8 @@
 
 mod support;
 
+use support::REVIEWS;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,6 @@ use std::time::Duration;
 
 use ambit_core::ca::LocalCa;
 use ambit_core::hbone::{Connect, H2Config, HboneClient, HboneError, PoolKey};
-use ambit_core::tls::{ClientTlsStream, TlsBackend, TlsConnector, WorkloadCert};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -27,50 +28,14 @@ use rcgen::{
 use rustls::{AlertDescription, NamedGroup, ProtocolVersion};
 use support::tls_peers::{self, ClientCert, RawConnector, TLS12, TLS13, Verdict};
 use time::OffsetDateTime;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 const NET: u8 = 88;
-const REVIEWS: &str = "reviews.demo.svc.cluster.local:9080";
 const OK: &str = "HTTP/1.1 200 OK";
-
-fn config() -> String {
-    format!(
-        r#"
-services:
-- {{name: reviews, namespace: demo, hostname: reviews.demo.svc.cluster.local, vips: [10.96.{NET}.20],
-   ports: [{{port: 9080, targetPort: 18081, protocol: http1}}],
-   waypoint: {{namespace: demo, hostname: waypoint.demo.svc.cluster.local}}}}
-workloads:
-- {{uid: client, name: client-0, namespace: demo, serviceAccount: client, ips: [127.0.{NET}.2], workloadName: client}}
-- {{uid: v1, name: backend-0, namespace: demo, ips: [127.0.{NET}.21], tunnel: NONE,
-   services: {{demo/reviews.demo.svc.cluster.local: {{9080: 18081}}}}}}
-"#
-    )
-}
-
-/// Dials with one fixed certificate through ambit's own connector (under the process policy).
-struct Fixed(Arc<WorkloadCert>);
-
-#[async_trait::async_trait]
-impl Connect for Fixed {
-    type Io = ClientTlsStream<TcpStream>;
-
-    async fn connect(&self, key: &PoolKey) -> Result<Self::Io, HboneError> {
-        let tcp = TcpStream::connect(key.dst)
-            .await
-            .map_err(|e| HboneError::Transport(e.to_string()))?;
-        TlsConnector::new(self.0.clone(), TlsBackend::Rustls)
-            .unwrap()
-            .connect(tcp, &key.dst_identities)
-            .await
-            .map_err(|e| HboneError::Tls(e.to_string()))
-    }
-}
 
 /// `GET /` to reviews over a new HBONE connection of its own holding `cert`: the first line of the answer.
 async fn get(source: &support::Source, cert: &ClientCert) -> Result<String, HboneError> {
-    tls_peers::first_line_on_new_connection(Fixed(cert.workload()), source, REVIEWS).await
+    tls_peers::first_line_on_new_connection(support::Fixed(cert.workload()), source, REVIEWS).await
 }
 
 /// The issuer of the waypoint's local CA (the CA key and certificate from its directory), to sign CRLs with.
@@ -200,7 +165,7 @@ async fn a_rewritten_crl_refuses_new_connections_of_the_revoked_source() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let file = dir.path().join("waypoint.yaml");
-    std::fs::write(&file, config()).unwrap();
+    std::fs::write(&file, support::reviews_world(NET)).unwrap();
     // Nothing revoked at start: an empty file.
     let crl = dir.path().join("crl.pem");
     std::fs::write(&crl, "").unwrap();
@@ -268,7 +233,10 @@ async fn a_rewritten_crl_refuses_new_connections_of_the_revoked_source() {
     );
 
     // An HBONE connection of the doomed source, with a keep-alive HTTP/1.1 stream on it, open across the rewrite.
-    let held = HboneClient::new(Arc::new(H2Config::default()), Fixed(doomed.workload()));
+    let held = HboneClient::new(
+        Arc::new(H2Config::default()),
+        support::Fixed(doomed.workload()),
+    );
     let mut held_stream = open_http1(&held, &source).await;
     assert_eq!(request(&mut held_stream).await, Ok(200));
 
@@ -342,7 +310,7 @@ async fn a_missing_or_unparsable_crl_file_is_a_start_error() {
     .unwrap();
     let missing = dir.path().join("absent.pem");
     let file = dir.path().join("waypoint.yaml");
-    std::fs::write(&file, config()).unwrap();
+    std::fs::write(&file, support::reviews_world(NET)).unwrap();
     for (path, what) in [
         (&missing, "reading CRL file"),
         (&broken, "parsing CRL file"),

@@ -7,51 +7,18 @@
 
 mod support;
 
+use support::REVIEWS;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ambit_core::Identity;
 use ambit_core::ca::LocalCa;
-use ambit_core::hbone::{Connect, H2Config, HboneClient, HboneError, PoolKey};
-use ambit_core::tls::{ClientTlsStream, TlsBackend, TlsConnector, WorkloadCert};
+use ambit_core::hbone::{H2Config, HboneClient, HboneError, PoolKey};
+use ambit_core::tls::WorkloadCert;
 use tokio::net::TcpStream;
 
 const NET: u8 = 93;
-const REVIEWS: &str = "reviews.demo.svc.cluster.local:9080";
-
-fn config(net: u8) -> String {
-    format!(
-        r#"
-services:
-- {{name: reviews, namespace: demo, hostname: reviews.demo.svc.cluster.local, vips: [10.96.{net}.20],
-   ports: [{{port: 9080, targetPort: 18081, protocol: http1}}],
-   waypoint: {{namespace: demo, hostname: waypoint.demo.svc.cluster.local}}}}
-workloads:
-- {{uid: client, name: client-0, namespace: demo, serviceAccount: client, ips: [127.0.{net}.2], workloadName: client}}
-- {{uid: v1, name: backend-0, namespace: demo, ips: [127.0.{net}.21], tunnel: NONE,
-   services: {{demo/reviews.demo.svc.cluster.local: {{9080: 18081}}}}}}
-"#
-    )
-}
-
-/// Dials with one fixed certificate, whatever it is.
-struct Fixed(Arc<WorkloadCert>);
-
-#[async_trait::async_trait]
-impl Connect for Fixed {
-    type Io = ClientTlsStream<TcpStream>;
-
-    async fn connect(&self, key: &PoolKey) -> Result<Self::Io, HboneError> {
-        let tcp = TcpStream::connect(key.dst)
-            .await
-            .map_err(|e| HboneError::Transport(e.to_string()))?;
-        TlsConnector::new(self.0.clone(), TlsBackend::Rustls)
-            .unwrap()
-            .connect(tcp, &key.dst_identities)
-            .await
-            .map_err(|e| HboneError::Tls(e.to_string()))
-    }
-}
 
 fn at(secs: i64) -> SystemTime {
     let d = Duration::from_secs(secs.unsigned_abs());
@@ -65,7 +32,7 @@ fn at(secs: i64) -> SystemTime {
 /// The first line of a GET to reviews through the waypoint by a client holding `cert`.
 async fn get(source: &support::Source, cert: Arc<WorkloadCert>) -> Result<String, HboneError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let client = HboneClient::new(Arc::new(H2Config::default()), Fixed(cert));
+    let client = HboneClient::new(Arc::new(H2Config::default()), support::Fixed(cert));
     let key = PoolKey {
         src_identity: source.me.clone(),
         dst_identities: vec![source.waypoint.clone()],
@@ -95,7 +62,7 @@ async fn bad_source_certificates_are_refused_and_good_ones_still_served() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let file = dir.path().join("waypoint.yaml");
-    std::fs::write(&file, config(NET)).unwrap();
+    std::fs::write(&file, support::reviews_world(NET)).unwrap();
     let (_waypoint, source) = support::start_waypoint(
         &ca_dir,
         &file,
@@ -161,7 +128,7 @@ async fn plaintext_and_oversized_connects_are_refused_and_good_ones_still_served
     let file = dir.path().join("waypoint.yaml");
     // A range of its own: the tests of this file run side by side, each with its own backend.
     let net = NET + 3;
-    std::fs::write(&file, config(net)).unwrap();
+    std::fs::write(&file, support::reviews_world(net)).unwrap();
     let (_waypoint, source) = support::start_waypoint(
         &ca_dir,
         &file,
@@ -196,7 +163,7 @@ async fn plaintext_and_oversized_connects_are_refused_and_good_ones_still_served
         "after plaintext"
     );
 
-    let client = HboneClient::new(Arc::new(H2Config::default()), Fixed(good.clone()));
+    let client = HboneClient::new(Arc::new(H2Config::default()), support::Fixed(good.clone()));
     let key = PoolKey {
         src_identity: source.me.clone(),
         dst_identities: vec![source.waypoint.clone()],

@@ -9,6 +9,8 @@
 
 mod support;
 
+use support::REVIEWS;
+
 use std::sync::{Arc, Mutex};
 
 use ambit_core::ca::LocalCa;
@@ -16,30 +18,14 @@ use rustls::{AlertDescription, NamedGroup, ProtocolVersion};
 use support::tls_peers::{self, ClientCert, RawConnector, TLS12, TLS13, Verdict};
 
 const NET: u8 = 90;
-const REVIEWS: &str = "reviews.demo.svc.cluster.local:9080";
 const OK: &str = "HTTP/1.1 200 OK";
-
-fn config() -> String {
-    format!(
-        r#"
-services:
-- {{name: reviews, namespace: demo, hostname: reviews.demo.svc.cluster.local, vips: [10.96.{NET}.20],
-   ports: [{{port: 9080, targetPort: 18081, protocol: http1}}],
-   waypoint: {{namespace: demo, hostname: waypoint.demo.svc.cluster.local}}}}
-workloads:
-- {{uid: client, name: client-0, namespace: demo, serviceAccount: client, ips: [127.0.{NET}.2], workloadName: client}}
-- {{uid: v1, name: backend-0, namespace: demo, ips: [127.0.{NET}.21], tunnel: NONE,
-   services: {{demo/reviews.demo.svc.cluster.local: {{9080: 18081}}}}}}
-"#
-    )
-}
 
 #[tokio::test]
 async fn a_pqc_waypoint_serves_only_post_quantum_tls13_sources() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let file = dir.path().join("waypoint.yaml");
-    std::fs::write(&file, config()).unwrap();
+    std::fs::write(&file, support::reviews_world(NET)).unwrap();
     let (waypoint, source) = support::start_waypoint(
         &ca_dir,
         &file,

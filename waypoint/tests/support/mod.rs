@@ -55,6 +55,45 @@ impl Connect for ClientConnector {
     }
 }
 
+/// The `reviews` service of the L4-policy tests: a VIP `10.96.<net>.20:9080` bound to the waypoint, the client
+/// workload `demo/client` at `127.0.<net>.2` and one plain-TCP backend at `127.0.<net>.21:18081`.
+pub const REVIEWS: &str = "reviews.demo.svc.cluster.local:9080";
+
+/// The waypoint's local config for [`REVIEWS`] on loopback net `net`.
+pub fn reviews_world(net: u8) -> String {
+    format!(
+        r#"
+services:
+- {{name: reviews, namespace: demo, hostname: reviews.demo.svc.cluster.local, vips: [10.96.{net}.20],
+   ports: [{{port: 9080, targetPort: 18081, protocol: http1}}],
+   waypoint: {{namespace: demo, hostname: waypoint.demo.svc.cluster.local}}}}
+workloads:
+- {{uid: client, name: client-0, namespace: demo, serviceAccount: client, ips: [127.0.{net}.2], workloadName: client}}
+- {{uid: v1, name: backend-0, namespace: demo, ips: [127.0.{net}.21], tunnel: NONE,
+   services: {{demo/reviews.demo.svc.cluster.local: {{9080: 18081}}}}}}
+"#
+    )
+}
+
+/// Dials with one fixed certificate, whatever it is, through ambit's own connector (under the process policy).
+pub struct Fixed(pub Arc<ambit_core::tls::WorkloadCert>);
+
+#[async_trait::async_trait]
+impl Connect for Fixed {
+    type Io = ClientTlsStream<TcpStream>;
+
+    async fn connect(&self, key: &PoolKey) -> Result<Self::Io, HboneError> {
+        let tcp = TcpStream::connect(key.dst)
+            .await
+            .map_err(|e| HboneError::Transport(e.to_string()))?;
+        TlsConnector::new(self.0.clone(), TlsBackend::Rustls)
+            .unwrap()
+            .connect(tcp, &key.dst_identities)
+            .await
+            .map_err(|e| HboneError::Tls(e.to_string()))
+    }
+}
+
 /// A ready waypoint `demo/waypoint` with its certificate from the local CA in `ca` and its config from the YAML
 /// file `config` (watched), listening on loopback ports of its choosing; `extra` adds to its environment. With it,
 /// a [`Source`] that reaches it as the `demo/client` workload at `client_addr`.
