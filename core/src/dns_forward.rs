@@ -22,10 +22,14 @@ pub enum ForwardError {
     Io(SocketAddr, #[source] io::Error),
     #[error("upstream {0} sent an unparsable answer")]
     Malformed(SocketAddr),
+    #[error("upstream {0} answered a question that was not asked")]
+    Mismatched(SocketAddr),
 }
 
 /// The upstream's answer to `packet` (query id `id`), over TCP when `tcp`, else UDP with a TCP retry when the
-/// answer is truncated.
+/// answer is truncated. An answer is taken only when it is a response with the query's id and echoes its
+/// question section (names compared case-insensitively, as RFC 4343 has it); anything else is an error, so a
+/// confused or spoofing upstream cannot hand a client records for a name it did not ask about.
 pub async fn exchange(
     up: SocketAddr,
     packet: &[u8],
@@ -46,7 +50,19 @@ pub async fn exchange(
     if msg.metadata.id != id {
         return Err(ForwardError::Malformed(up));
     }
+    if !answers(&msg, packet) {
+        return Err(ForwardError::Mismatched(up));
+    }
     Ok(msg)
+}
+
+/// Whether `msg` is a response to the query in `packet`: QR set, the same questions (name, type, class).
+fn answers(msg: &Message, packet: &[u8]) -> bool {
+    use hickory_proto::op::MessageType;
+    let Ok(query) = Message::from_vec(packet) else {
+        return false;
+    };
+    msg.metadata.message_type == MessageType::Response && msg.queries == query.queries
 }
 
 async fn bounded(
@@ -115,7 +131,82 @@ pub fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
+    use hickory_proto::op::{MessageType, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
     use super::*;
+
+    fn query(name: &str) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = 7;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        m.to_vec().unwrap()
+    }
+
+    /// An upstream that answers every datagram with `reply(query)`.
+    async fn upstream(reply: fn(Message) -> Message) -> SocketAddr {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = s.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 512];
+            while let Ok((n, from)) = s.recv_from(&mut buf).await {
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let _ = s.send_to(&reply(q).to_vec().unwrap(), from).await;
+            }
+        });
+        addr
+    }
+
+    async fn ask(reply: fn(Message) -> Message, name: &str) -> Result<Message, ForwardError> {
+        let up = upstream(reply).await;
+        exchange(up, &query(name), 7, false, Duration::from_secs(2)).await
+    }
+
+    fn as_response(mut m: Message) -> Message {
+        m.metadata.message_type = MessageType::Response;
+        m
+    }
+
+    #[tokio::test]
+    async fn only_an_answer_to_the_question_asked_is_taken() {
+        assert!(ask(as_response, "svc.example.").await.is_ok());
+        // Names compare case-insensitively (a resolver may echo 0x20-randomised case differently).
+        let upper = |m: Message| {
+            let mut m = as_response(m);
+            m.queries[0].name = Name::from_ascii("SVC.Example.").unwrap();
+            m
+        };
+        assert!(ask(upper, "svc.example.").await.is_ok());
+
+        let other_name = |m: Message| {
+            let mut m = as_response(m);
+            m.queries[0].name = Name::from_ascii("evil.example.").unwrap();
+            m
+        };
+        let other_type = |m: Message| {
+            let mut m = as_response(m);
+            m.queries[0].query_type = RecordType::AAAA;
+            m
+        };
+        let no_question = |m: Message| {
+            let mut m = as_response(m);
+            m.queries.clear();
+            m
+        };
+        // QR clear: the query itself reflected back is not an answer.
+        let reflected = |m: Message| m;
+        for (what, reply) in [
+            ("another name", other_name as fn(Message) -> Message),
+            ("another type", other_type),
+            ("no question", no_question),
+            ("QR clear", reflected),
+        ] {
+            match ask(reply, "svc.example.").await {
+                Err(ForwardError::Mismatched(_)) => {}
+                other => panic!("{what}: want Mismatched, got {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn nameservers_of_a_resolv_conf() {

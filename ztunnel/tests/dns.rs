@@ -451,6 +451,8 @@ enum Broken {
     /// Over UDP a truncated answer (TC, so the proxy asks again over TCP); over TCP a length prefix 100 bytes
     /// longer than the answer that follows, then the connection is closed.
     ShortFrame,
+    /// A well-formed answer with the query's id for another name (`evil.example.org.`, 192.0.2.66).
+    OtherQuestion,
 }
 
 /// A fake upstream on UDP and TCP at one address that answers every query as `how` says.
@@ -461,9 +463,13 @@ async fn broken_upstream(how: Broken) -> SocketAddr {
         let good = |id| {
             let mut resp = Message::response(id, OpCode::Query);
             resp.metadata.truncation = !tcp && matches!(how, Broken::ShortFrame);
-            resp.add_query(req.queries[0].clone());
+            let mut q = req.queries[0].clone();
+            if let Broken::OtherQuestion = how {
+                q.name = Name::from_ascii("evil.example.org.").unwrap();
+            }
+            resp.add_query(q.clone());
             resp.add_answer(Record::from_rdata(
-                req.queries[0].name().clone(),
+                q.name().clone(),
                 60,
                 RData::A(A(Ipv4Addr::new(192, 0, 2, 66))),
             ));
@@ -477,7 +483,7 @@ async fn broken_upstream(how: Broken) -> SocketAddr {
             }
             Broken::WrongId => good(id.wrapping_add(1)),
             Broken::OneByte => vec![id.to_be_bytes()[0]],
-            Broken::ShortFrame => good(id),
+            Broken::ShortFrame | Broken::OtherQuestion => good(id),
         }
     }
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -518,6 +524,7 @@ async fn malformed_upstream_answers_give_servfail_and_the_next_one_is_tried() {
         Broken::WrongId,
         Broken::OneByte,
         Broken::ShortFrame,
+        Broken::OtherQuestion,
     ] {
         let bad = broken_upstream(how).await;
         let r = start(vec![bad]).await;
