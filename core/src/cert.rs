@@ -325,16 +325,19 @@ impl Worker {
                     wait
                 }
                 Err(err) => {
-                    let mut wait = backoff.next();
                     let old = self.state.borrow().cert.clone();
+                    let serving = old.as_ref().is_some_and(|c| !c.is_expired());
+                    let mut wait = backoff.next(if serving {
+                        BACKOFF_CAP
+                    } else {
+                        BACKOFF_CAP_UNSERVED
+                    });
                     match &old {
-                        Some(old) if !old.is_expired() => {
+                        Some(old) if serving => {
                             // Retry no later than the old certificate's expiry.
                             wait = wait.min(until(old.not_after()));
                         }
                         _ => {
-                            let jitter: f64 = rand::random_range(0.8..=1.2);
-                            wait = wait.min(BACKOFF_CAP_UNSERVED.mul_f64(jitter));
                             if let Some(old) = &old
                                 && !expiry_reported
                             {
@@ -402,7 +405,8 @@ fn until(at: SystemTime) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-/// Exponential backoff: 1 s, ×2, ±20 % jitter, capped at 150 s (at 15 s while nothing valid is held).
+/// Exponential backoff: 1 s, ×2, capped at the caller's cap (150 s, or 15 s while nothing valid is held), each
+/// wait ±20 % jitter.
 #[derive(Debug)]
 struct Backoff {
     next: Duration,
@@ -419,11 +423,11 @@ impl Backoff {
         self.next = BACKOFF_FIRST;
     }
 
-    fn next(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (base * 2).min(BACKOFF_CAP);
+    fn next(&mut self, cap: Duration) -> Duration {
+        let base = self.next.min(cap);
+        self.next = (self.next * 2).min(BACKOFF_CAP);
         let jitter: f64 = rand::random_range(0.8..=1.2);
-        base.mul_f64(jitter).min(BACKOFF_CAP)
+        base.mul_f64(jitter)
     }
 }
 

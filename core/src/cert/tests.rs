@@ -376,3 +376,25 @@ async fn an_expired_certificate_fails_closed_and_is_counted() {
         "b never got one: {text}"
     );
 }
+
+#[test]
+fn backoff_doubles_up_to_the_callers_cap_with_jitter() {
+    let mut b = super::Backoff::new();
+    let within = |d: Duration, base: u64| {
+        let s = d.as_secs_f64();
+        s >= base as f64 * 0.8 - 1e-9 && s <= base as f64 * 1.2 + 1e-9
+    };
+    for base in [1, 2, 4, 8, 16, 32, 64, 128, 150, 150] {
+        let d = b.next(super::BACKOFF_CAP);
+        assert!(within(d, base), "{d:?} for {base} s");
+    }
+    // While nothing valid is held the cap is 15 s, whatever the doubling had reached; once served again, 150.
+    for _ in 0..5 {
+        let d = b.next(super::BACKOFF_CAP_UNSERVED);
+        assert!(within(d, 15), "{d:?}");
+    }
+    assert!(within(b.next(super::BACKOFF_CAP), 150));
+    b.reset();
+    assert!(within(b.next(super::BACKOFF_CAP_UNSERVED), 1));
+    assert!(within(b.next(super::BACKOFF_CAP_UNSERVED), 2));
+}
