@@ -335,18 +335,24 @@ fn sweep(conns: &mut HashMap<PoolKey, Vec<Arc<Conn>>>, cfg: &H2Config, capacity:
     let short = cfg.pool_surplus_idle_timeout.min(long);
     for list in conns.values_mut() {
         list.retain(|c| !c.is_closed());
-        let idle: Vec<Option<Instant>> = list.iter().map(|c| c.idle_since()).collect();
-        let spare = if idle.iter().any(Option::is_none) {
-            None
-        } else {
-            idle.iter()
-                .enumerate()
-                .max_by_key(|(_, t)| **t)
-                .map(|(i, _)| i)
-        };
+        // The spare: the most recently used idle connection, when none of the key's is busy. (A connection that
+        // turns busy or idle between this pass and the next is kept: busy ones always are, and one just idle
+        // has not been idle long.)
+        let mut spare: Option<(usize, Instant)> = None;
+        for (i, c) in list.iter().enumerate() {
+            match c.idle_since() {
+                None => {
+                    spare = None;
+                    break;
+                }
+                Some(t) if spare.is_none_or(|(_, s)| t >= s) => spare = Some((i, t)),
+                Some(_) => {}
+            }
+        }
+        let spare = spare.map(|(i, _)| i);
         let mut i = 0;
-        list.retain(|_| {
-            let keep = match idle[i] {
+        list.retain(|c| {
+            let keep = match c.idle_since() {
                 None => true,
                 Some(t) => t.elapsed() < if spare == Some(i) { long } else { short },
             };
