@@ -16,6 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::proxy::headers::Baggage;
 use crate::state::{Service, Workload};
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -78,6 +79,9 @@ pub struct Peer<'a> {
     pub workload: Option<&'a Workload>,
     /// The SPIFFE identity proven by mTLS (or, for the source side of an outbound connection, our own).
     pub principal: Option<String>,
+    /// What the peer's `baggage` said about it: its labels when `workload` is not known (a peer from another
+    /// network or cluster), as upstream derives them. Never used for policy.
+    pub baggage: Option<&'a Baggage>,
 }
 
 impl TrafficLabels {
@@ -94,26 +98,36 @@ impl TrafficLabels {
                 .map(or_unknown)
                 .unwrap_or_else(|| UNKNOWN.into())
         };
-        let src_canonical = w(&src, |w| w.canonical_name.as_str());
+        // The source's labels: from its workload, else from its baggage.
+        let s =
+            |f: fn(&Workload) -> &str, b: fn(&Baggage) -> &str| match (src.workload, src.baggage) {
+                (Some(wl), _) => or_unknown(f(wl)),
+                (None, Some(bag)) => or_unknown(b(bag)),
+                (None, None) => UNKNOWN.into(),
+            };
+        let src_canonical = s(|w| w.canonical_name.as_str(), |b| b.service_name.as_str());
         let dst_canonical = w(&dst, |w| w.canonical_name.as_str());
-        let src_rev = w(&src, |w| w.canonical_revision.as_str());
+        let src_rev = s(|w| w.canonical_revision.as_str(), |b| b.revision.as_str());
         let dst_rev = w(&dst, |w| w.canonical_revision.as_str());
         TrafficLabels {
             reporter,
-            source_workload: w(&src, |w| {
-                if w.workload_name.is_empty() {
-                    &w.name
-                } else {
-                    &w.workload_name
-                }
-            }),
+            source_workload: s(
+                |w| {
+                    if w.workload_name.is_empty() {
+                        &w.name
+                    } else {
+                        &w.workload_name
+                    }
+                },
+                |b| b.workload_name.as_str(),
+            ),
             source_canonical_service: src_canonical.clone(),
             source_canonical_revision: src_rev.clone(),
-            source_workload_namespace: w(&src, |w| w.namespace.as_str()),
+            source_workload_namespace: s(|w| w.namespace.as_str(), |b| b.namespace.as_str()),
             source_principal: src.principal.clone().unwrap_or_else(|| UNKNOWN.into()),
             source_app: src_canonical,
             source_version: src_rev,
-            source_cluster: w(&src, |w| w.cluster_id.as_str()),
+            source_cluster: s(|w| w.cluster_id.as_str(), |b| b.cluster.as_str()),
             destination_service: dst_service
                 .map(|s| or_unknown(&s.hostname))
                 .unwrap_or_else(|| UNKNOWN.into()),
@@ -140,8 +154,8 @@ impl TrafficLabels {
             request_protocol: "tcp".into(),
             response_flags: "-".into(),
             connection_security_policy: if mutual_tls { "mutual_tls" } else { UNKNOWN }.into(),
-            source_region: w(&src, |w| w.locality.region.as_str()),
-            source_zone: w(&src, |w| w.locality.zone.as_str()),
+            source_region: s(|w| w.locality.region.as_str(), |b| b.region.as_str()),
+            source_zone: s(|w| w.locality.zone.as_str(), |b| b.zone.as_str()),
             destination_region: w(&dst, |w| w.locality.region.as_str()),
             destination_zone: w(&dst, |w| w.locality.zone.as_str()),
         }
@@ -361,10 +375,12 @@ mod tests {
             Peer {
                 workload: None,
                 principal: Some(workload.to_owned()),
+                baggage: None,
             },
             Peer {
                 workload: None,
                 principal: None,
+                baggage: None,
             },
             None,
             true,

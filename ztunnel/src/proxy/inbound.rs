@@ -105,11 +105,14 @@ struct Connect {
     authority: String,
     /// `forwarded: host=` (the service hostname the client addressed), when present and not empty.
     for_host: Option<String>,
+    /// The `baggage` header, read only when the peer's workload is not known from xDS (its telemetry labels).
+    baggage: Option<HeaderValue>,
 }
 
 impl Connect {
-    fn of(parts: http::request::Parts) -> Connect {
+    fn of(mut parts: http::request::Parts) -> Connect {
         Connect {
+            baggage: parts.headers.remove("baggage"),
             authority: parts
                 .uri
                 .authority()
@@ -133,6 +136,7 @@ async fn stream(
     let Connect {
         authority: authority_str,
         for_host,
+        baggage,
     } = request;
     let for_host = for_host.as_deref();
     let authority = match hbone::parse_authority(&authority_str) {
@@ -170,15 +174,22 @@ async fn stream(
     };
     let service = for_host.and_then(|h| pi.state.service_by_hostname(h, &dst_workload.namespace));
     let src_workload = pi.state.workload_by_ip(&dst_workload.network, peer.ip());
+    // A peer xDS does not know (another cluster's, or a network gateway's) is described by its baggage.
+    let src_baggage = match (&src_workload, &baggage) {
+        (None, Some(v)) => v.to_str().ok().map(headers::parse_baggage),
+        _ => None,
+    };
     let labels = TrafficLabels::new(
         Reporter::destination,
         Peer {
             workload: src_workload.as_deref(),
             principal: peer_id.as_ref().map(|i| i.to_string()),
+            baggage: src_baggage.as_ref(),
         },
         Peer {
             workload: Some(&dst_workload),
             principal: Some(dst_workload.identity().to_string()),
+            baggage: None,
         },
         service.as_deref(),
         true,

@@ -216,10 +216,12 @@ async fn proxy(
                 Peer {
                     workload: Some(&source),
                     principal: src_principal,
+                    baggage: None,
                 },
                 Peer {
                     workload: (!via_waypoint).then_some(&*workload),
                     principal: (!via_waypoint).then(|| workload.identity().to_string()),
+                    baggage: None,
                 },
                 service.as_deref(),
                 true,
@@ -296,10 +298,12 @@ async fn proxy(
                 Peer {
                     workload: Some(&source),
                     principal: src_principal,
+                    baggage: None,
                 },
                 Peer {
                     workload: Some(&workload),
                     principal: None,
+                    baggage: None,
                 },
                 service.as_deref(),
                 false,

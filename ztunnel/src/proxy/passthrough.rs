@@ -53,10 +53,12 @@ async fn proxy(
         Peer {
             workload: src_workload.as_deref(),
             principal: None,
+            baggage: None,
         },
         Peer {
             workload: Some(&dst_workload),
             principal: Some(dst_workload.identity().to_string()),
+            baggage: None,
         },
         None,
         false,
