@@ -1,10 +1,12 @@
 //! `CRL_PATH` in a running waypoint: its HBONE port serves a source whose certificate the CRL does not list; once
 //! the file is rewritten to revoke that certificate, the waypoint's own watcher picks it up and new connections of
 //! that source are refused in TLS while another source of the same CA is still served, and a rewrite that lifts the
-//! revocation lets it in again. Also, with the default compliance policy: a TLS 1.2-only source is refused and a
-//! classical-only one (the control for `pqc.rs`) is served; a missing or unparsable CRL file is a start error. The
-//! process's TLS policy is installed once, so this binary has one waypoint, with `CRL_PATH` set. Addresses are
-//! 127.0.88.x.
+//! revocation lets it in again. The same CRL holds on the waypoint's outbound side: a destination ztunnel whose
+//! certificate it revokes is refused at the waypoint's own handshake (503, nothing reaches it) while another of the
+//! same CA is served, and it is served once the revocation is lifted. Also, with the default compliance policy: a
+//! TLS 1.2-only source is refused and a classical-only one (the control for `pqc.rs`) is served; a missing or
+//! unparsable CRL file is a start error. The process's TLS policy is installed once, so this binary has one
+//! waypoint, with `CRL_PATH` set. Addresses are 127.0.88.x, and 127.0.97.x for the destination ztunnels.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,7 +19,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ambit_core::Identity;
 use ambit_core::ca::LocalCa;
+use ambit_core::cert::Priority;
 use ambit_core::hbone::{Connect, H2Config, HboneClient, HboneError, PoolKey};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -32,6 +36,44 @@ use tokio::time::Instant;
 
 const NET: u8 = 88;
 const OK: &str = "HTTP/1.1 200 OK";
+/// The destination ztunnels' net, and the services behind them.
+const DEST_NET: u8 = 97;
+const RATINGS: &str = "ratings.demo.svc.cluster.local:9080";
+const DETAILS: &str = "details.demo.svc.cluster.local:9080";
+
+/// [`support::reviews_world`] with `ratings` and `details`, each one HBONE workload (`127.0.97.31`, `.32`) of its
+/// own service account.
+fn world() -> String {
+    let mut services = String::new();
+    let mut workloads = String::new();
+    for (name, host) in [("ratings", 31), ("details", 32)] {
+        services.push_str(&format!(
+            "- {{name: {name}, namespace: demo, hostname: {name}.demo.svc.cluster.local,\n   \
+             ports: [{{port: 9080, targetPort: 9080, protocol: http1}}]}}\n"
+        ));
+        workloads.push_str(&format!(
+            "- {{uid: {name}, name: {name}-0, namespace: demo, serviceAccount: {name}, ips: [127.0.{DEST_NET}.{host}],\n   \
+             tunnel: HBONE, services: {{demo/{name}.demo.svc.cluster.local: {{9080: 9080}}}}}}\n"
+        ));
+    }
+    let world =
+        support::reviews_world(NET).replace("workloads:\n", &format!("{services}workloads:\n"));
+    format!("{world}{workloads}")
+}
+
+/// A certificate's serial number, big-endian bytes (as a CRL names it).
+fn serial_of(cert: &ambit_core::tls::WorkloadCert) -> Vec<u8> {
+    let hex = cert.serial_hex();
+    let hex = if hex.len() % 2 == 1 {
+        format!("0{hex}")
+    } else {
+        hex
+    };
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
 
 /// `GET /` to reviews over a new HBONE connection of its own holding `cert`: the first line of the answer.
 async fn get(source: &support::Source, cert: &ClientCert) -> Result<String, HboneError> {
@@ -165,7 +207,7 @@ async fn a_rewritten_crl_refuses_new_connections_of_the_revoked_source() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let file = dir.path().join("waypoint.yaml");
-    std::fs::write(&file, support::reviews_world(NET)).unwrap();
+    std::fs::write(&file, world()).unwrap();
     // Nothing revoked at start: an empty file.
     let crl = dir.path().join("crl.pem");
     std::fs::write(&crl, "").unwrap();
@@ -184,6 +226,31 @@ async fn a_rewritten_crl_refuses_new_connections_of_the_revoked_source() {
     let doomed = ClientCert::issue(&ca, &source.me);
     let good = ClientCert::issue(&ca, &source.me);
     assert_ne!(doomed.serial(), good.serial());
+    // Two destination ztunnels of that CA, for `ratings` (to be revoked) and `details`. The waypoint reaches
+    // neither before the revocation, so each first handshake with them happens under the rewritten CRL (a
+    // connection made before would be pooled and reused).
+    let dest_certs = support::certs(&ca_dir);
+    let ratings_id = Identity::new("cluster.local", "demo", "ratings");
+    let details_id = Identity::new("cluster.local", "demo", "details");
+    // The certificate the ratings ztunnel will present (the manager hands out the one it holds).
+    let revoked_dest = dest_certs
+        .fetch(&ratings_id, Priority::RealTime)
+        .await
+        .unwrap();
+    let ratings_seen = support::fake_ztunnel(
+        &format!("127.0.{DEST_NET}.31"),
+        &ratings_id,
+        dest_certs.clone(),
+        "ratings",
+    )
+    .await;
+    let details_seen = support::fake_ztunnel(
+        &format!("127.0.{DEST_NET}.32"),
+        &details_id,
+        dest_certs.clone(),
+        "details",
+    )
+    .await;
     assert_eq!(
         get(&source, &doomed).await.unwrap(),
         OK,
@@ -240,9 +307,12 @@ async fn a_rewritten_crl_refuses_new_connections_of_the_revoked_source() {
     let mut held_stream = open_http1(&held, &source).await;
     assert_eq!(request(&mut held_stream).await, Ok(200));
 
-    // Revoke the doomed certificate: the waypoint's watcher (every 5 s) picks it up.
+    // Revoke the doomed certificate and the ratings ztunnel's: the waypoint's watcher (every 5 s) picks it up.
     let issuer = ca_issuer(&ca_dir);
-    write_atomically(&crl, &crl_pem(&issuer, 1, &[doomed.serial()]));
+    write_atomically(
+        &crl,
+        &crl_pem(&issuer, 1, &[doomed.serial(), serial_of(&revoked_dest)]),
+    );
     let (refused, took) = until(&source, &doomed, &good, false).await;
     eprintln!(
         "revocation picked up after {took:?}; the doomed source's new connection: {refused:?}"
@@ -279,14 +349,60 @@ async fn a_rewritten_crl_refuses_new_connections_of_the_revoked_source() {
     // The waypoint's own source-side connector (which shares the process policy) still reaches it.
     assert_eq!(source.get(REVIEWS, "/", &[]).await.0, 200);
 
-    // What becomes of the connection set up before the revocation: only recorded, not asserted (the CRL is
-    // consulted at the handshake only, and nothing says what an established connection should do).
-    let on_stream = request(&mut held_stream).await;
-    let on_connection = tls_peers::first_line(&held, &source, REVIEWS).await;
-    eprintln!(
-        "after the revocation, the doomed source's connection set up before it: another request on its open \
-         stream: {on_stream:?}; a new CONNECT on it: {on_connection:?}; pooled connections: {}",
-        held.connections()
+    // The outbound side: the waypoint's own handshake with a destination ztunnel checks the same CRL. The one of
+    // `details` (not revoked) is served on a new connection; the one of `ratings` is refused in TLS, so the request
+    // gets 503 and no CONNECT reaches it.
+    let (code, _, body) = source.get(DETAILS, "/", &[]).await;
+    assert_eq!(
+        (code, body.trim()),
+        (200, "details"),
+        "details under the CRL"
+    );
+    let waypoint_id = source.waypoint.to_string();
+    assert_eq!(
+        *details_seen.lock().unwrap(),
+        [("127.0.97.32:9080".to_owned(), Some(waypoint_id.clone()))],
+        "the details ztunnel saw the waypoint's CONNECT"
+    );
+    let (code, _, body) = source.get(RATINGS, "/", &[]).await;
+    assert_eq!(code, 503, "ratings, whose ztunnel is revoked: {body}");
+    assert!(body.contains("upstream connect error"), "{body}");
+    // Counted as a connect failure (`UF`), not as no endpoint (`UH`) or a reset on the way (`UC`).
+    let metrics = support::get_text(waypoint.addresses.stats, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("destination_service=\"ratings.demo.svc.cluster.local\"")
+                && l.contains("response_code=\"503\"")
+                && l.contains("response_flags=\"UF")),
+        "{metrics}"
+    );
+    assert!(
+        ratings_seen.lock().unwrap().is_empty(),
+        "nothing got past the handshake with the revoked ztunnel: {:?}",
+        ratings_seen.lock().unwrap()
+    );
+
+    // Revocation is checked at the handshake only (a CRL change closes no connection, as in ztunnel): the
+    // connection the doomed source set up before the rewrite stays open, its open stream keeps serving, and a
+    // new CONNECT on that same pooled connection is served — no new handshake, so no new check.
+    assert_eq!(
+        request(&mut held_stream).await,
+        Ok(200),
+        "the open stream of the connection set up before the revocation"
+    );
+    assert_eq!(
+        tls_peers::first_line(&held, &source, REVIEWS)
+            .await
+            .unwrap(),
+        OK,
+        "a new CONNECT on the connection set up before the revocation"
+    );
+    assert_eq!(
+        held.connections(),
+        1,
+        "the new CONNECT went over the connection set up before the revocation"
     );
 
     // Lifting the revocation lets the source in again, on new connections.
@@ -294,6 +410,17 @@ async fn a_rewritten_crl_refuses_new_connections_of_the_revoked_source() {
     let (served, took) = until(&source, &doomed, &good, true).await;
     eprintln!("un-revocation picked up after {took:?}: {served:?}");
     assert_eq!(get(&source, &good).await.unwrap(), OK);
+    // ... and the waypoint reaches the ratings ztunnel again: it was the CRL that refused it.
+    let (code, _, body) = source.get(RATINGS, "/", &[]).await;
+    assert_eq!(
+        (code, body.trim()),
+        (200, "ratings"),
+        "ratings after the revocation is lifted"
+    );
+    assert_eq!(
+        *ratings_seen.lock().unwrap(),
+        [("127.0.97.31:9080".to_owned(), Some(waypoint_id))]
+    );
 }
 
 /// A `CRL_PATH` that does not exist, or that holds no parsable CRL, stops the waypoint at start, naming the
