@@ -427,6 +427,76 @@ mod tests {
         }
     }
 
+    /// A violation ends the connection, not the pods: nothing is stopped or retained when it drops; the client
+    /// reconnects, and the new connection's snapshot is what reconciles (a pod it does not list is drained then).
+    #[tokio::test]
+    async fn a_violation_keeps_the_pods_and_the_next_snapshot_reconciles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ztunnel.sock");
+        let listener = ambit_core::zds::ZdsListener::bind(&path).unwrap();
+        let rec = Arc::new(Recorder::default());
+        let (trigger, watcher) = ambit_core::drain::new();
+        let client = tokio::spawn(run(path, rec.clone(), None, watcher));
+        let snapshot = || req(Payload::SnapshotSent(SnapshotSent {}));
+        let calls = || rec.calls.lock().unwrap().clone();
+
+        let first = listener.accept().await.unwrap();
+        let _ = first.recv_msg::<ZdsHello>().await.unwrap();
+        assert_eq!(ask(&first, add("a"), true).await, "");
+        assert_eq!(ask(&first, add("b"), true).await, "");
+        assert_eq!(ask(&first, snapshot(), false).await, "");
+        let e = ask(
+            &first,
+            req(Payload::Keep(KeepWorkload { uid: "a".into() })),
+            false,
+        )
+        .await;
+        assert!(e.contains("after the snapshot"), "{e}");
+        // The client hung up ...
+        assert!(matches!(first.recv().await, Err(ZdsError::Closed)));
+        // ... and stopped nothing.
+        assert_eq!(
+            calls(),
+            [
+                "start a ns/pod-a",
+                "start b ns/pod-b",
+                "retain [\"a\", \"b\"]"
+            ]
+        );
+
+        // A protocol violation of another kind (bytes that do not decode): the same.
+        let second = listener.accept().await.unwrap();
+        let _ = second.recv_msg::<ZdsHello>().await.unwrap();
+        second.send(&[0xff, 0xff, 0xff], None).await.unwrap();
+        assert!(matches!(second.recv().await, Err(ZdsError::Closed)));
+        assert_eq!(calls().len(), 3, "{:?}", calls());
+
+        // Reconnected: the node agent's new snapshot lists a only; b is drained now, by the snapshot.
+        let third = listener.accept().await.unwrap();
+        let _ = third.recv_msg::<ZdsHello>().await.unwrap();
+        assert_eq!(
+            ask(
+                &third,
+                req(Payload::Keep(KeepWorkload { uid: "a".into() })),
+                false
+            )
+            .await,
+            ""
+        );
+        assert_eq!(ask(&third, snapshot(), false).await, "");
+        assert_eq!(
+            calls(),
+            [
+                "start a ns/pod-a",
+                "start b ns/pod-b",
+                "retain [\"a\", \"b\"]",
+                "retain [\"a\"]"
+            ]
+        );
+        trigger.drain(Duration::from_secs(1)).await;
+        client.await.unwrap();
+    }
+
     #[tokio::test]
     async fn undecodable_bytes_end_the_connection() {
         let (agent, _rec, task) = start().await;
