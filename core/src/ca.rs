@@ -83,23 +83,45 @@ impl LocalCa {
     /// that loses the race loads the winner's.
     pub fn load_or_create(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
         let files = store::load_or_create(dir, || generate_root_files(trust_domain))?;
-        Self::from_files(trust_domain, &files)
+        // A file's problem is reported with the directory it is in.
+        Self::from_files(trust_domain, &files).map_err(|e| match e {
+            CaError::Material(reason) => CaError::Storage {
+                path: dir.display().to_string(),
+                reason,
+            },
+            e => e,
+        })
     }
 
     pub(crate) fn from_files(trust_domain: &str, files: &CaFiles) -> Result<Self, CaError> {
         let key = KeyPair::from_pem(&files.ca_key)
             .map_err(|e| CaError::Material(format!("ca-key.pem: {e}")))?;
+        let ca_der = one_cert(&files.ca_cert, "ca-cert.pem")?;
+        let ca_public_key = x509_parser::parse_x509_certificate(&ca_der)
+            .map(|(_, c)| c.public_key().subject_public_key.data.to_vec())
+            .map_err(|e| CaError::Material(format!("ca-cert.pem: not a certificate: {e}")))?;
+        if ca_public_key != key.public_key_raw() {
+            return Err(CaError::Material(
+                "ca-key.pem does not match ca-cert.pem (it is not the key of the signing certificate)"
+                    .into(),
+            ));
+        }
         let issuer = Issuer::from_ca_cert_pem(&files.ca_cert, key)
             .map_err(|e| CaError::Material(format!("ca-cert.pem: {e}")))?;
         let root_der = one_cert(&files.root_cert, "root-cert.pem")?;
         let root_pem = tls::der_to_pem(&root_der);
         // cert-chain.pem: signing cert, intermediates, root. Keep everything that is not the root, in order.
-        let mut intermediates: Vec<String> = tls::parse_pem_certs(&files.cert_chain)?
+        let chain = certs(&files.cert_chain, "cert-chain.pem")?;
+        if chain.is_empty() {
+            return Err(CaError::Material(
+                "cert-chain.pem holds no certificate".into(),
+            ));
+        }
+        let mut intermediates: Vec<String> = chain
             .iter()
             .filter(|c| c.as_ref() != root_der.as_ref())
             .map(|c| tls::der_to_pem(c))
             .collect();
-        let ca_der = one_cert(&files.ca_cert, "ca-cert.pem")?;
         if ca_der.as_ref() != root_der.as_ref()
             && intermediates.first().map(String::as_str) != Some(&tls::der_to_pem(&ca_der))
         {
@@ -310,11 +332,26 @@ fn generate_root_files(trust_domain: &str) -> Result<CaFiles, CaError> {
     })
 }
 
+/// The first certificate of the file `what`.
 fn one_cert(pem: &str, what: &str) -> Result<rustls_pki_types::CertificateDer<'static>, CaError> {
-    tls::parse_pem_certs(pem)?
+    certs(pem, what)?
         .into_iter()
         .next()
         .ok_or_else(|| CaError::Material(format!("{what} holds no certificate")))
+}
+
+/// Every certificate of the file `what`, each checked to be one (PEM whose body decodes is not yet a certificate).
+fn certs(pem: &str, what: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, CaError> {
+    let certs = tls::parse_pem_certs(pem).map_err(|e| CaError::Material(format!("{what}: {e}")))?;
+    for (i, der) in certs.iter().enumerate() {
+        x509_parser::parse_x509_certificate(der).map_err(|e| {
+            CaError::Material(format!(
+                "{what}: certificate {} is not a certificate: {e}",
+                i + 1
+            ))
+        })?;
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]

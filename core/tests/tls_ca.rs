@@ -230,3 +230,183 @@ fn intermediate(root_dir: &std::path::Path) -> (String, String) {
     let cert = params.signed_by(&key, &issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
+
+// ----- a plug-in CA directory with broken files -----
+
+const CA_FILES: [&str; 4] = [
+    "root-cert.pem",
+    "ca-cert.pem",
+    "ca-key.pem",
+    "cert-chain.pem",
+];
+
+/// A plug-in CA directory (root → intermediate, the intermediate signing) in a directory of its own, and the
+/// files' text by name.
+fn plugged_in_dir() -> (tempfile::TempDir, Vec<(&'static str, String)>) {
+    let root_dir = tempfile::tempdir().unwrap();
+    let root = LocalCa::load_or_create(root_dir.path(), "cluster.local").unwrap();
+    let (inter_cert, inter_key) = intermediate(root_dir.path());
+    let files = vec![
+        ("root-cert.pem", root.root_pem()),
+        ("ca-cert.pem", inter_cert.clone()),
+        ("ca-key.pem", inter_key),
+        ("cert-chain.pem", format!("{inter_cert}{}", root.root_pem())),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in &files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    // It loads as it is.
+    LocalCa::load_or_create(dir.path(), "cluster.local").unwrap();
+    (dir, files)
+}
+
+/// The directory's entries, with each file's bytes (a symlink or directory as what it is).
+fn snapshot(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let path = e.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let what = if meta.file_type().is_symlink() {
+                format!(
+                    "symlink to {}",
+                    std::fs::read_link(&path).unwrap().display()
+                )
+            } else if meta.is_dir() {
+                "directory".to_owned()
+            } else {
+                std::fs::read_to_string(&path).unwrap()
+            };
+            (e.file_name().to_string_lossy().into_owned(), what)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `LocalCa::load_or_create` on `dir` fails (no panic) with a message naming `file` and the directory, and leaves
+/// the directory as it was: no new root generated in place of a broken one.
+fn assert_refused(dir: &std::path::Path, file: &str, case: &str, wanted: &str) -> String {
+    let before = snapshot(dir);
+    let result = std::panic::catch_unwind(|| LocalCa::load_or_create(dir, "cluster.local"));
+    let err = match result {
+        Err(_) => panic!("{file}, {case}: load_or_create panicked"),
+        Ok(Ok(ca)) => panic!("{file}, {case}: loaded, root {}", ca.root_pem()),
+        Ok(Err(e)) => e.to_string(),
+    };
+    assert!(
+        err.contains(file),
+        "{file}, {case}: does not name it: {err}"
+    );
+    assert!(
+        err.contains(&dir.display().to_string()),
+        "{file}, {case}: does not name the directory: {err}"
+    );
+    assert!(
+        err.contains(wanted),
+        "{file}, {case}: no {wanted:?} in: {err}"
+    );
+    assert!(!err.contains('\n'), "{file}, {case}: not one line: {err}");
+    assert_eq!(
+        snapshot(dir),
+        before,
+        "{file}, {case}: the directory changed"
+    );
+    err
+}
+
+/// Half of a PEM: its BEGIN line and the first half of its body, no END line.
+fn truncated(pem: &str) -> String {
+    pem[..pem.len() / 2].to_owned()
+}
+
+/// A PEM whose base64 body still decodes but to other bytes: characters in the middle of the body replaced.
+fn corrupt(pem: &str) -> String {
+    let mut lines: Vec<String> = pem.lines().map(str::to_owned).collect();
+    let mid = lines.len() / 2;
+    let line = &lines[mid];
+    lines[mid] = "A".repeat(line.len());
+    lines.join("\n") + "\n"
+}
+
+#[test]
+fn unreadable_ca_files_are_start_errors_naming_the_file() {
+    // Root is not stopped by permission bits, so "unreadable" is made as a directory where the file should be,
+    // or a symlink to nothing.
+    for file in CA_FILES {
+        let (dir, _) = plugged_in_dir();
+        let path = dir.path().join(file);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert_refused(dir.path(), file, "a directory", "Is a directory");
+
+        std::fs::remove_dir(&path).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("nowhere.pem"), &path).unwrap();
+        assert_refused(dir.path(), file, "a dangling symlink", "nowhere.pem");
+    }
+}
+
+#[test]
+fn truncated_or_corrupt_ca_files_are_start_errors_naming_the_file() {
+    for file in CA_FILES {
+        let (dir, files) = plugged_in_dir();
+        let good = files.iter().find(|(n, _)| *n == file).unwrap().1.clone();
+        let path = dir.path().join(file);
+        let key = file == "ca-key.pem";
+        // What the message says past the file's name: a key file's PEM or key error, a certificate file's.
+        let says = |cert: &'static str| if key { "ca-key.pem: " } else { cert };
+        // The right kind of PEM in the wrong file: a certificate where the key should be, and the other way.
+        let swapped = if key {
+            files[1].1.clone()
+        } else {
+            files[2].1.clone()
+        };
+        for (case, text, wanted) in [
+            ("empty", String::new(), says("holds no certificate")),
+            (
+                "not PEM",
+                "this is not a PEM file\n".to_owned(),
+                says("holds no certificate"),
+            ),
+            (
+                "truncated",
+                truncated(&good),
+                says("missing section end marker"),
+            ),
+            // The body decodes to bytes that are no certificate (or key): found by parsing, not by the PEM.
+            ("corrupt base64 body", corrupt(&good), says("")),
+            (
+                "the wrong kind of PEM",
+                swapped,
+                says("holds no certificate"),
+            ),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            assert_refused(dir.path(), file, case, wanted);
+        }
+    }
+}
+
+#[test]
+fn a_key_that_does_not_match_the_signing_cert_is_refused() {
+    let (dir, _) = plugged_in_dir();
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    std::fs::write(dir.path().join("ca-key.pem"), other.serialize_pem()).unwrap();
+    assert_refused(
+        dir.path(),
+        "ca-key.pem",
+        "another key",
+        "does not match ca-cert.pem",
+    );
+    // A key of another algorithm: the same.
+    let ed25519 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    std::fs::write(dir.path().join("ca-key.pem"), ed25519.serialize_pem()).unwrap();
+    assert_refused(
+        dir.path(),
+        "ca-key.pem",
+        "a key of another algorithm",
+        "does not match ca-cert.pem",
+    );
+}

@@ -46,8 +46,22 @@ pub(super) fn load_or_create(
     }
 }
 
+/// Whether `dir` holds a CA: a `root-cert.pem` of any kind (a directory or a dangling symlink there is a broken CA,
+/// reported when it is read, not an absent one).
 fn has_ca(dir: &Path) -> bool {
-    dir.join(ROOT_CERT).is_file()
+    std::fs::symlink_metadata(dir.join(ROOT_CERT)).is_ok()
+}
+
+/// `dir`'s file `name`; an error names it (and, for a symlink, where it points).
+fn read(dir: &Path, name: &str) -> Result<String, CaError> {
+    let path = dir.join(name);
+    std::fs::read_to_string(&path).map_err(|e| match std::fs::read_link(&path) {
+        Ok(target) => storage(
+            dir,
+            format!("{name}: a symlink to {}: {e}", target.display()),
+        ),
+        Err(_) => storage(dir, format!("{name}: {e}")),
+    })
 }
 
 fn is_empty(dir: &Path) -> Result<bool, CaError> {
@@ -56,17 +70,14 @@ fn is_empty(dir: &Path) -> Result<bool, CaError> {
 }
 
 fn load(dir: &Path) -> Result<CaFiles, CaError> {
-    let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name)).map_err(|e| storage(dir, format!("{name}: {e}")))
-    };
-    let root_cert = read(ROOT_CERT)?;
-    let ca_cert = read(CA_CERT)?;
-    let ca_key = read(CA_KEY)?;
-    // Optional in the plug-in layout: without it the signing cert is the only link above the leaf.
-    let cert_chain = match std::fs::read_to_string(dir.join(CERT_CHAIN)) {
-        Ok(text) => text,
+    let root_cert = read(dir, ROOT_CERT)?;
+    let ca_cert = read(dir, CA_CERT)?;
+    let ca_key = read(dir, CA_KEY)?;
+    // Optional in the plug-in layout: without it the signing cert is the only link above the leaf. Absent means
+    // no entry at all: a dangling symlink is a broken file.
+    let cert_chain = match std::fs::symlink_metadata(dir.join(CERT_CHAIN)) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => ca_cert.clone(),
-        Err(e) => return Err(storage(dir, format!("{CERT_CHAIN}: {e}"))),
+        _ => read(dir, CERT_CHAIN)?,
     };
     Ok(CaFiles {
         root_cert,
