@@ -7,7 +7,7 @@
 //! redirection rules see ztunnel's mark.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use ambit_core::drain::{self, DrainTrigger, DrainWatcher};
@@ -96,6 +96,16 @@ impl PodProxies {
 
     async fn start_proxy(&self, uid: &str, pod: PodIdentity, netns: OwnedFd) -> Result<(), String> {
         let stat = fstat(netns.as_fd()).map_err(|e| format!("netns: {e}"))?;
+        // What the descriptor is, as /proc names it (`net:[<inode>]` for a network namespace); without /proc, the
+        // first socket's setns finds out.
+        if let Ok(what) = std::fs::read_link(format!("/proc/self/fd/{}", netns.as_raw_fd())) {
+            let what = what.to_string_lossy();
+            if !what.starts_with("net:[") {
+                return Err(format!(
+                    "the descriptor passed is not a network namespace (it is {what})"
+                ));
+            }
+        }
         let netns_id = (stat.st_dev, stat.st_ino);
         let replaced = {
             let mut pods = self.lock();

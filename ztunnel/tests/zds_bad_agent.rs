@@ -252,10 +252,14 @@ fn a_descriptor_that_is_not_a_network_namespace_is_refused_for_that_pod_alone() 
             for (i, (what, fd)) in bad.iter().enumerate() {
                 let uid = format!("bad-{i}");
                 let e = ask(&conn, &add(&uid), Some(fd.as_fd())).await;
-                // Refused (today as "failure to start proxy: bind 127.0.0.1:15001: Invalid argument (os error
-                // 22)", the first socket's setns failing; it does not say the descriptor is not a network
-                // namespace), Pending, and retried like any proxy that failed to start.
-                assert!(e.starts_with("failure to start proxy: "), "{what}: {e}");
+                // Refused, saying what the descriptor is (before, "bind 127.0.0.1:15001: Invalid argument": the
+                // first socket's setns failing), Pending, and retried like any proxy that failed to start.
+                assert!(
+                    e.starts_with(
+                        "failure to start proxy: the descriptor passed is not a network namespace (it is "
+                    ),
+                    "{what}: {e}"
+                );
                 expected.push((uid, "Pending".to_owned()));
             }
             // The connection goes on: another pod starts, the snapshot is taken.
