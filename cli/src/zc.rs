@@ -205,9 +205,10 @@ pub enum ZcError {
     Read { path: String, why: std::io::Error },
     #[error("{origin} is not a ztunnel config_dump: {why}")]
     Malformed { origin: String, why: String },
-    #[error("{ztunnel} answered {status} to GET /config_dump: {body}")]
+    #[error("{ztunnel} answered {status} to GET /config_dump at {addr}: {body}")]
     AdminStatus {
         ztunnel: String,
+        addr: std::net::SocketAddr,
         status: u16,
         body: String,
     },
@@ -426,12 +427,13 @@ pub fn fetch_dump(mesh: &dyn Mesh, z: &source::Ztunnel) -> Result<Dump, ZcError>
     if r.status != 200 {
         return Err(ZcError::AdminStatus {
             ztunnel: z.id(),
+            addr: r.addr,
             status: r.status,
             body: r.first_line(),
         });
     }
     Dump::parse(&r.body).map_err(|e| ZcError::Malformed {
-        origin: format!("{}'s /config_dump", z.id()),
+        origin: format!("{}'s /config_dump at {}", z.id(), r.addr),
         why: e.0,
     })
 }

@@ -13,7 +13,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, ObjectList, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::{Client, Config};
 use serde::de::DeserializeOwned;
 
@@ -332,26 +332,47 @@ async fn client(args: &PrecheckArgs) -> Result<(Client, String), PrecheckError> 
     let bad = |what: String| PrecheckError::Kubeconfig(what);
     let mut config = match (&args.kubeconfig, &args.context) {
         (Some(path), _) => {
-            let kc = Kubeconfig::read_from(path).map_err(|e| {
-                bad(format!(
-                    "cannot read the kubeconfig {} ({e}): pass the kubeconfig of the cluster to check with --kubeconfig",
+            let kc = Kubeconfig::read_from(path).map_err(|e| match e {
+                KubeconfigError::ReadConfig(io, _) => bad(format!(
+                    "cannot read the kubeconfig {} ({io}): pass the kubeconfig of the cluster to check with --kubeconfig",
                     path.display()
-                ))
+                )),
+                e => bad(format!(
+                    "kubeconfig {}: {}",
+                    path.display(),
+                    kubeconfig_problem(&e)
+                )),
             })?;
             Config::from_custom_kubeconfig(kc, &options)
                 .await
-                .map_err(|e| bad(format!("kubeconfig {}: {e}", path.display())))?
+                .map_err(|e| {
+                    bad(format!(
+                        "kubeconfig {}: {}",
+                        path.display(),
+                        kubeconfig_problem(&e)
+                    ))
+                })?
         }
-        (None, Some(_)) => Config::from_kubeconfig(&options).await.map_err(|e| {
-            bad(format!(
-                "kubeconfig (KUBECONFIG or ~/.kube/config): {e}: check --context, or pass --kubeconfig"
-            ))
-        })?,
-        (None, None) => Config::infer().await.map_err(|e| {
-            bad(format!(
-                "no cluster to check ({e}): pass --kubeconfig, or set KUBECONFIG; to check this host for the local mesh instead, run `ambit precheck --local`"
-            ))
-        })?,
+        (None, context) => match Config::from_kubeconfig(&options).await {
+            Ok(config) => config,
+            // No kubeconfig file at all: kubectl's next place, the pod's service account.
+            Err(e) if context.is_none() && no_kubeconfig_file(&e) => {
+                Config::incluster().map_err(|in_cluster| {
+                    bad(format!(
+                        "no cluster to check (no kubeconfig at {}: {}; and not in a cluster: {in_cluster}): pass --kubeconfig, or set KUBECONFIG; to check this host for the local mesh instead, run `ambit precheck --local`",
+                        default_kubeconfig(),
+                        e
+                    ))
+                })?
+            }
+            Err(e) => {
+                return Err(bad(format!(
+                    "kubeconfig {}: {}",
+                    default_kubeconfig(),
+                    kubeconfig_problem(&e)
+                )));
+            }
+        },
     };
     let timeout = Duration::from_secs(args.timeout.max(1));
     config.connect_timeout = Some(timeout);
@@ -360,6 +381,49 @@ async fn client(args: &PrecheckArgs) -> Result<(Client, String), PrecheckError> 
     let client = Client::try_from(config)
         .map_err(|e| bad(format!("cannot build a client for {url}: {e}")))?;
     Ok((client, url))
+}
+
+/// A kubeconfig's problem on one line (the YAML parser's message shows the offending lines below its first), and
+/// what to do about it.
+fn kubeconfig_problem(e: &KubeconfigError) -> String {
+    match e {
+        KubeconfigError::CurrentContextNotSet => {
+            "it sets no current-context: pass --context <name>, or set one with `kubectl config use-context <name>`"
+                .to_owned()
+        }
+        KubeconfigError::LoadContext(name) => {
+            format!("it has no context {name:?}: check --context or its current-context")
+        }
+        KubeconfigError::LoadClusterOfContext(name) => {
+            format!("its context names cluster {name:?}, which it does not define")
+        }
+        e => {
+            let text = e.to_string();
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            format!(
+                "{}: fix it, or pass another with --kubeconfig",
+                lines.next().unwrap_or_default()
+            )
+        }
+    }
+}
+
+/// The kubeconfig kubectl would read when `--kubeconfig` is not given, to name it in messages (kube-rs reads
+/// `KUBECONFIG` itself, as kubectl does: a list of files, merged).
+fn default_kubeconfig() -> String {
+    match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        Some(v) => format!("{} (KUBECONFIG)", v.to_string_lossy()),
+        None => "~/.kube/config".to_owned(),
+    }
+}
+
+/// There is no kubeconfig file (not: there is one, and it is wrong).
+fn no_kubeconfig_file(e: &KubeconfigError) -> bool {
+    match e {
+        KubeconfigError::FindPath => true,
+        KubeconfigError::ReadConfig(io, _) => io.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
 }
 
 /// `e` with its sources, one line.

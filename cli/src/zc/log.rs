@@ -118,10 +118,11 @@ pub fn run(
                 ));
             }
             Ok(r) => failed.push(format!(
-                "{}: the ztunnel answered {} to POST {}: {}",
+                "{}: the ztunnel answered {} to POST {} at {}: {}",
                 z.id(),
                 r.status,
                 req.path(),
+                r.addr,
                 r.first_line()
             )),
             Err(e) => failed.push(e.to_string()),

@@ -44,17 +44,23 @@ pub struct PodRef {
 pub struct AdminResponse {
     pub status: u16,
     pub body: Vec<u8>,
+    /// Where it came from (the admin address, as the ztunnel's node sees it), for messages.
+    pub addr: SocketAddr,
 }
 
 impl AdminResponse {
-    /// The body's first line, for messages.
+    /// The body's first line (at most 200 characters), for messages.
     pub fn first_line(&self) -> String {
-        String::from_utf8_lossy(&self.body)
+        let line = String::from_utf8_lossy(&self.body)
             .lines()
             .map(str::trim)
             .find(|l| !l.is_empty())
             .unwrap_or("(empty body)")
-            .to_owned()
+            .to_owned();
+        match line.char_indices().nth(200) {
+            Some((end, _)) => format!("{}…", &line[..end]),
+            None => line,
+        }
     }
 }
 
@@ -83,6 +89,15 @@ pub enum SourceError {
         ztunnel: String,
         node: String,
         addr: SocketAddr,
+    },
+    #[error(
+        "ztunnel {ztunnel} on node {node} accepted the connection at {addr} but {why}: is --proxy-admin-port the ztunnel's admin port?"
+    )]
+    NotAdmin {
+        ztunnel: String,
+        node: String,
+        addr: SocketAddr,
+        why: Box<local::http::NoAnswer>,
     },
     #[error("no node {node:?} in {mesh} (its nodes: {known})")]
     UnknownNode {
@@ -391,14 +406,23 @@ impl Mesh for LocalMesh {
         }
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.admin_port));
         let (status, body) =
-            local::http::request_in(&node.netns, addr, method, path).ok_or_else(|| {
-                SourceError::Unreachable {
-                    ztunnel: z.id(),
-                    node: node.name.clone(),
-                    addr,
+            local::http::answer_in(&node.netns, addr, method, path).map_err(|why| {
+                if why.connected() {
+                    SourceError::NotAdmin {
+                        ztunnel: z.id(),
+                        node: node.name.clone(),
+                        addr,
+                        why: Box::new(why),
+                    }
+                } else {
+                    SourceError::Unreachable {
+                        ztunnel: z.id(),
+                        node: node.name.clone(),
+                        addr,
+                    }
                 }
             })?;
-        Ok(AdminResponse { status, body })
+        Ok(AdminResponse { status, body, addr })
     }
 }
 
