@@ -372,12 +372,17 @@ impl XdsClient {
         let bad: HashSet<&str> = rejected.iter().map(|r| r.name.as_str()).collect();
         let versions = self.versions.entry(url.clone()).or_default();
         for (name, version) in changes {
+            if bad.contains(name.as_str()) {
+                // Rejected: the handler keeps what it held of it, and so does the record. A reconnect declares the
+                // version still in force (so the server can send a newer one, or a removal if it went while the
+                // stream was down); a rejected new name was never recorded, so a reconnect asks for it again.
+                continue;
+            }
             match version {
-                Some(v) if !bad.contains(name.as_str()) => {
+                Some(v) => {
                     versions.insert(name, v);
                 }
-                // Removed, or rejected: not recorded, so a reconnect asks for it again.
-                _ => {
+                None => {
                     versions.remove(&name);
                 }
             }

@@ -151,7 +151,8 @@ impl Server {
     }
 }
 
-/// What the handler saw, as `(type, "+name@version" | "-name")`; rejects every name starting with `bad`.
+/// What the handler saw, as `(type, "+name@version" | "-name")`; rejects every name starting with `bad`, and every
+/// version (keeping the one it held, as the real handlers do).
 #[derive(Default)]
 struct Recorder {
     seen: Mutex<Vec<(String, String)>>,
@@ -163,7 +164,9 @@ impl XdsHandler for Recorder {
         let mut seen = self.seen.lock().unwrap();
         for u in updates {
             match u {
-                XdsUpdate::Upsert { name, .. } if name.starts_with("bad") => {
+                XdsUpdate::Upsert { name, version, .. }
+                    if name.starts_with("bad") || version.starts_with("bad") =>
+                {
                     rejected.push(Rejection {
                         name,
                         reason: "does not decode".into(),
@@ -365,8 +368,17 @@ async fn subscribes_acks_nacks_and_resumes_with_accepted_versions() {
         ]
     );
 
-    // A clean end of the stream: the client reconnects, listing only what it accepted (not the rejected ones,
-    // not the removed one), with the latest version.
+    // A bad new version of a resource held: NACKed, and the handler keeps v2.
+    conn.send(ADDRESS, "n7", vec![resource("good", "bad-v3")], &[]);
+    assert_eq!(
+        conn.next().await.error_detail.unwrap().message,
+        "good: does not decode"
+    );
+    assert!(client.recorder.take().is_empty());
+
+    // A clean end of the stream: the client reconnects, listing what it holds (not the rejected new names, not the
+    // removed one) at the version in force — `good` at v2, not forgotten for its rejected update: were it left out,
+    // a server that deleted it meanwhile would have no name to send a removal for, and the handler would keep it.
     drop(conn);
     let mut conn = server.accept().await;
     let init = conn.initial(2).await;
@@ -383,7 +395,7 @@ async fn subscribes_acks_nacks_and_resumes_with_accepted_versions() {
         "{text}"
     );
     assert!(
-        text.contains(&format!(r#"istio_xds_message_total{{url="{ADDRESS}"}} 4"#)),
+        text.contains(&format!(r#"istio_xds_message_total{{url="{ADDRESS}"}} 5"#)),
         "{text}"
     );
     assert!(text.contains(&format!(
