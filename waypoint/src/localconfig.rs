@@ -1,7 +1,9 @@
 //! A waypoint's whole configuration from one YAML file (`LOCAL_XDS_PATH`), for running a waypoint by hand or in
 //! tests: the services and workloads WDS would send, and route rules in the `ambit.waypoint.Route` schema (field
-//! names in camelCase, enums by name). The file is re-read when it changes; a file that does not parse, or a
-//! resource that does not convert, keeps the previous configuration and logs why.
+//! names in camelCase, enums by name). The file is re-read when it changes; a file that does not parse, has a field
+//! no schema knows (a misspelt key would otherwise drop what it meant to set), or a resource that does not convert,
+//! keeps the previous configuration and logs why. A reload replaces what the file gave before and leaves resources
+//! from xDS alone.
 //!
 //! ```yaml
 //! services:
@@ -19,7 +21,10 @@
 //!    subsets: [{name: v1, labels: {version: v1}, workloads: {uids: [reviews-v1]}}]}
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +46,9 @@ pub enum LocalConfigError {
     Read(PathBuf, std::io::Error),
     #[error("parse {0}: {1}")]
     Parse(PathBuf, serde_yaml::Error),
+    /// A key of the `ambit.waypoint` sections no field of the schema has, by its place (`routes[0].backend`).
+    #[error("parse {0}: unknown field `{1}`")]
+    UnknownField(PathBuf, String),
     #[error("{0}: route {1}: {2}")]
     Route(PathBuf, String, crate::route::ConvertError),
     #[error("{0}: policy {1}: {2}")]
@@ -154,6 +162,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<(String, Resource)>, LocalCo
     } else {
         serde_yaml::from_str(text).map_err(|e| LocalConfigError::Parse(path.into(), e))?
     };
+    if let Some(field) = unknown_field(text, &file) {
+        return Err(LocalConfigError::UnknownField(path.into(), field));
+    }
     let mut out = Vec::new();
     for s in file.services {
         out.push((
@@ -252,6 +263,75 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<(String, Resource)>, LocalCo
     Ok(out)
 }
 
+/// The first key of the file's `ambit.waypoint` sections that their schema lacks. Those types' serde derive is
+/// generated (`proto/build.rs`) without `deny_unknown_fields`, so each item is serialized back (every field,
+/// defaults included) and compared with what the file wrote; keys of maps (`labels`) are data and survive the round
+/// trip.
+fn unknown_field(text: &str, file: &File) -> Option<String> {
+    let serde_yaml::Value::Mapping(doc) = serde_yaml::from_str(text).ok()? else {
+        return None;
+    };
+    unknown_in_section(&doc, "routes", &file.routes)
+        .or_else(|| unknown_in_section(&doc, "backendPolicies", &file.backend_policies))
+        .or_else(|| unknown_in_section(&doc, "rateLimits", &file.rate_limits))
+        .or_else(|| {
+            unknown_in_section(
+                &doc,
+                "requestAuthentications",
+                &file.request_authentications,
+            )
+        })
+        .or_else(|| unknown_in_section(&doc, "authorizationPolicies", &file.authorization_policies))
+}
+
+/// The first unknown key of the items of section `key`.
+fn unknown_in_section<T: serde::Serialize>(
+    doc: &serde_yaml::Mapping,
+    key: &str,
+    items: &[T],
+) -> Option<String> {
+    let serde_yaml::Value::Sequence(written) = doc.get(key)? else {
+        return None;
+    };
+    written
+        .iter()
+        .zip(items)
+        .enumerate()
+        .find_map(|(i, (written, item))| {
+            first_unknown(
+                written,
+                &serde_yaml::to_value(item).ok()?,
+                &format!("{key}[{i}]"),
+            )
+        })
+}
+
+/// The first key of `written` (at `at`) that `known`, its round trip, lacks.
+fn first_unknown(
+    written: &serde_yaml::Value,
+    known: &serde_yaml::Value,
+    at: &str,
+) -> Option<String> {
+    use serde_yaml::Value;
+    match (written, known) {
+        (Value::Mapping(w), Value::Mapping(k)) => w.iter().find_map(|(key, value)| {
+            // A key that is not a string names no field.
+            let name = key.as_str()?;
+            let at = format!("{at}.{name}");
+            match k.get(name) {
+                Some(known) => first_unknown(value, known, &at),
+                None => Some(at),
+            }
+        }),
+        (Value::Sequence(w), Value::Sequence(k)) => w
+            .iter()
+            .zip(k)
+            .enumerate()
+            .find_map(|(i, (w, k))| first_unknown(w, k, &format!("{at}[{i}]"))),
+        _ => None,
+    }
+}
+
 pub fn load(path: &Path) -> Result<Vec<(String, Resource)>, LocalConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| LocalConfigError::Read(path.into(), e))?;
     parse(path, &text)
@@ -259,9 +339,14 @@ pub fn load(path: &Path) -> Result<Vec<(String, Resource)>, LocalConfigError> {
 
 const POLL: Duration = Duration::from_millis(250);
 
-/// Re-reads `path` when its contents change and replaces the store's contents; a bad file changes nothing.
+/// Re-reads `path` when its contents change and replaces what it gave the store before (resources from xDS stay);
+/// a bad file, or a missing one, changes nothing.
 pub async fn watch(path: PathBuf, store: Store, mut drain: DrainWatcher) {
     let mut last = std::fs::read(&path).ok();
+    // The names the file gave (the caller applied it at start).
+    let mut mine: HashSet<String> = load(&path)
+        .map(|r| r.into_iter().map(|(name, _)| name).collect())
+        .unwrap_or_default();
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -277,7 +362,10 @@ pub async fn watch(path: PathBuf, store: Store, mut drain: DrainWatcher) {
         match load(&path) {
             Ok(resources) => {
                 info!(path = %path.display(), resources = resources.len(), "local config reloaded");
-                store.replace_all(resources);
+                let now: HashSet<String> = resources.iter().map(|(name, _)| name.clone()).collect();
+                let gone = mine.difference(&now).cloned().collect();
+                store.update(resources, gone);
+                mine = now;
             }
             Err(e) => warn!(error = %e, "local config not applied; keeping the previous one"),
         }
