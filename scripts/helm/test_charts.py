@@ -1,5 +1,5 @@
-"""Chart tests: render (real Helm engine), lint, Kubernetes schema validation, golden diff, and a cross-check
-that env vars / flags the charts set are read by the binaries."""
+"""Chart tests: render (real Helm engine), lint, Kubernetes schema validation, golden diff, values.schema.json refusals,
+and a cross-check that env vars / flags the charts set are read by the binaries."""
 import os, re, sys, pathlib, yaml
 import helm_python as helm
 import kubernetes_validate
@@ -148,12 +148,87 @@ try:
 except kubernetes_validate.ValidationError:
     pass
 
-# Negative: a bad failure mode is a clear render error.
-try:
-    render("cni", {"failureMode": "maybe"})
-    fail("cni: failureMode=maybe rendered")
-except helm.HelmError as e:
-    assert "failureMode must be open or closed" in str(e), e
+# Values schemas: every chart ships a draft-07 values.schema.json, and the keys the three component charts share are
+# described the same way in each.
+D7 = "http://json-schema.org/draft-07/schema#"
+SCHEMAS = {c: helm.Chart.load(str(ROOT / "helm" / c)).schema for c in CHARTS + ["ambient"]}
+for chart, schema in SCHEMAS.items():
+    if not schema or schema.get("$schema") != D7:
+        fail(f"{chart}: helm/{chart}/values.schema.json missing or not draft-07")
+SHARED = ["hub", "tag", "image", "imagePullPolicy", "revision", "logLevel", "logAsJson", "env", "podLabels",
+          "podAnnotations", "global", "resources", "terminationGracePeriodSeconds", "tolerations"]
+for k in SHARED:
+    if len({repr(SCHEMAS[c]["properties"].get(k)) for c in ("controller", "cni", "ztunnel") if SCHEMAS[c]}) > 1:
+        fail(f"schema for {k} differs between controller, cni and ztunnel")
+
+# Negative: wrong types and out-of-range values are refused, and the error names the field. helm_python renders with
+# Helm's own engine, which validates values.schema.json before rendering (as helm install/upgrade/template/lint do),
+# so these check what `helm` itself enforces; no separate JSON Schema validator is involved. Values are given as to
+# `helm template ambit helm/<chart> -f` (not reshaped as the umbrella's), and the expected text is Helm's
+# "<chart>:\n- at '<field>': <reason>" with the line break folded. (cni's template still fails on a bad failureMode
+# by itself, for installs run with --skip-schema-validation.)
+BAD = [
+    ("base", {"gatewayAPI": {"enabled": "true"}}, "base: at '/gatewayAPI/enabled': got string, want boolean"),
+    ("base", {"gatewayAPI": True}, "base: at '/gatewayAPI': got boolean, want object"),
+    ("base", {"base": ["VirtualService"]}, "base: at '/base': got array, want object"),
+    ("base", {"base": {"excludedCRDs": "VirtualService"}}, "base: at '/base/excludedCRDs': got string, want array"),
+    ("base", {"base": {"excludedCRDs": [1]}}, "base: at '/base/excludedCRDs/0': got number, want string"),
+    ("controller", {"replicaCount": "3"}, "controller: at '/replicaCount': got string, want integer"),
+    ("controller", {"replicaCount": -1}, "controller: at '/replicaCount': minimum: got -1, want 0"),
+    ("controller", {"replicaCount": 1.5}, "controller: at '/replicaCount': got number, want integer"),
+    ("controller", {"pluginCA": {"enabled": "true"}}, "controller: at '/pluginCA/enabled': got string, want boolean"),
+    ("controller", {"logAsJson": 1}, "controller: at '/logAsJson': got number, want boolean"),
+    ("controller", {"resources": ["500m"]}, "controller: at '/resources': got array, want object"),
+    ("controller", {"tolerations": "NoSchedule"}, "controller: at '/tolerations': got string, want array"),
+    ("controller", {"imagePullPolicy": "Sometimes"},
+     "controller: at '/imagePullPolicy': value must be one of 'Always', 'IfNotPresent', 'Never'"),
+    ("controller", {"revision": "Canary_1"}, "controller: at '/revision': 'Canary_1' does not match pattern"),
+    ("controller", {"terminationGracePeriodSeconds": "30s"},
+     "controller: at '/terminationGracePeriodSeconds': got string, want integer"),
+    ("cni", {"failureMode": "maybe"}, "cni: at '/failureMode': value must be one of 'open', 'closed'"),
+    ("cni", {"chained": "false"}, "cni: at '/chained': got string, want boolean"),  # a string would be truthy
+    ("cni", {"excludeNamespaces": "kube-system"}, "cni: at '/excludeNamespaces': got string, want array"),
+    ("cni", {"ambient": {"dnsCapture": "no"}}, "cni: at '/ambient/dnsCapture': got string, want boolean"),
+    ("cni", {"podAnnotations": {"prometheus.io/scrape": True}},
+     "cni: at '/podAnnotations/prometheus.io~1scrape': got boolean, want string"),
+    ("cni", {"updateStrategy": {"type": "Rolling"}},
+     "cni: at '/updateStrategy/type': value must be one of 'RollingUpdate', 'OnDelete'"),
+    ("cni", {"env": {"X": {"a": 1}}}, "cni: at '/env/X': got object, want boolean or number or string"),
+    ("cni", {"terminationGracePeriodSeconds": -5}, "cni: at '/terminationGracePeriodSeconds': minimum: got -5, want 0"),
+    ("ztunnel", {"caAddress": 15012}, "ztunnel: at '/caAddress': got number, want string"),
+    ("ztunnel", {"logAsJson": "yes"}, "ztunnel: at '/logAsJson': got string, want boolean"),
+    ("ztunnel", {"multiCluster": "east"}, "ztunnel: at '/multiCluster': got string, want object"),
+    ("ztunnel", {"podLabels": ["team=mesh"]}, "ztunnel: at '/podLabels': got array, want object"),
+    ("ztunnel", {"tag": 1.2}, "ztunnel: at '/tag': got number, want integer or string"),  # YAML 1.20 is 1.2
+    ("ztunnel", {"istioNamespace": ""}, "ztunnel: at '/istioNamespace': minLength: got 0, want 1"),
+    ("ztunnel", {"resources": {"requests": {"cpu": [1]}}},
+     "ztunnel: at '/resources/requests/cpu': got array, want number or string"),
+    ("ztunnel", {"updateStrategy": {"rollingUpdate": {"maxUnavailable": 0.5}}},
+     "ztunnel: at '/updateStrategy/rollingUpdate/maxUnavailable': got number, want integer or string"),
+    # The umbrella: Helm checks each subchart's section (and the global it receives) against that subchart's schema.
+    ("ambient", {"controller": {"replicaCount": "2"}}, "controller: at '/replicaCount': got string, want integer"),
+    ("ambient", {"cni": {"failureMode": "maybe"}}, "cni: at '/failureMode': value must be one of 'open', 'closed'"),
+    ("ambient", {"ztunnel": {"logAsJson": "yes"}}, "ztunnel: at '/logAsJson': got string, want boolean"),
+    ("ambient", {"ztunnel": {"podLabels": {"team": 5}}}, "ztunnel: at '/podLabels/team': got number, want string"),
+    ("ambient", {"base": {"gatewayAPI": {"enabled": "yes"}}},
+     "base: at '/gatewayAPI/enabled': got string, want boolean"),
+    ("ambient", {"global": {"platform": 1}}, "ztunnel: at '/global/platform': got number, want string"),
+]
+refused = {}
+for chart, vals, want in BAD:
+    try:
+        c = helm.Chart.load(str(ROOT / "helm" / chart))
+        c.render(vals, name="ambit", namespace="istio-system", is_install=True)
+        fail(f"{chart}: {vals} rendered")
+    except helm.HelmError as e:
+        if want not in str(e).replace(":\n- at ", ": at "):
+            fail(f"{chart}: {vals}: error does not say {want!r}: {e}")
+        else:
+            refused[chart] = refused.get(chart, 0) + 1
+for chart in CHARTS + ["ambient"]:
+    if refused.get(chart, 0) < 5:
+        fail(f"{chart}: fewer than 5 bad values refused")
+print("ok: bad values refused: " + ", ".join(f"{c} {n}" for c, n in refused.items()))
 
 # Negative: the plugin only chains (the node agent refuses CHAINED_CNI_PLUGIN=false too).
 try:
