@@ -307,6 +307,50 @@ mod tests {
         f.set_modified(t).unwrap();
     }
 
+    /// A kind the controller does not read is skipped with one INFO line naming it, where it is and its API
+    /// version; the objects around it are read.
+    #[test]
+    fn an_unsupported_kind_is_skipped_with_an_info_line_naming_it() {
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .finish();
+        let (objects, errors) = tracing::subscriber::with_default(subscriber, || {
+            parse_file(Path::new("/m/pods.yaml"), PODS, &BTreeMap::new())
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(objects.keys().cloned().collect::<Vec<_>>(), [pod("a"), pod("b")]);
+        let log = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 1, "{log}");
+        for part in [
+            " INFO ",
+            "ignoring unsupported kind",
+            "file=/m/pods.yaml",
+            "doc.index=2",
+            "api_version=\"apps/v1\"",
+            "kind=\"Deployment\"",
+        ] {
+            assert!(lines[0].contains(part), "no {part:?} in {log}");
+        }
+    }
+
+    /// A `Write` into a shared buffer, for the log of one test.
+    struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogSink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn multi_document_files_become_events_and_removals_deletes() {
         let dir = tempfile::tempdir().unwrap();
