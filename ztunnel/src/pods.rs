@@ -96,16 +96,7 @@ impl PodProxies {
 
     async fn start_proxy(&self, uid: &str, pod: PodIdentity, netns: OwnedFd) -> Result<(), String> {
         let stat = fstat(netns.as_fd()).map_err(|e| format!("netns: {e}"))?;
-        // What the descriptor is, as /proc names it (`net:[<inode>]` for a network namespace); without /proc, the
-        // first socket's setns finds out.
-        if let Ok(what) = std::fs::read_link(format!("/proc/self/fd/{}", netns.as_raw_fd())) {
-            let what = what.to_string_lossy();
-            if !what.starts_with("net:[") {
-                return Err(format!(
-                    "the descriptor passed is not a network namespace (it is {what})"
-                ));
-            }
-        }
+        check_network_namespace(&netns)?;
         let netns_id = (stat.st_dev, stat.st_ino);
         let replaced = {
             let mut pods = self.lock();
@@ -261,5 +252,31 @@ impl PodProxies {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningPod>> {
         // A panic while holding this lock cannot leave the map half-updated (single inserts/removes).
         self.pods.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Refuses a descriptor that is not a namespace (nsfs), or is a namespace of another type, saying what it is. The
+/// type is known only where /proc names it (`uts:[…]`); a bind-mounted namespace file shows its path, and a wrong
+/// type there is found by the first socket's setns.
+fn check_network_namespace(fd: &OwnedFd) -> Result<(), String> {
+    let what = || {
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into())
+    };
+    let not_netns = |what: String| {
+        Err(format!(
+            "the descriptor passed is not a network namespace (it is {what})"
+        ))
+    };
+    match nix::sys::statfs::fstatfs(fd.as_fd()) {
+        Ok(fs) if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC => return not_netns(what()),
+        Ok(_) => {}
+        Err(e) => return Err(format!("netns: {e}")),
+    }
+    let what = what();
+    match what.split_once(":[") {
+        Some((kind, _)) if kind != "net" && !kind.contains('/') => not_netns(what),
+        _ => Ok(()),
     }
 }
