@@ -113,7 +113,7 @@ impl<C: Connect> HboneClient<C> {
     ///
     /// A stream the peer did not process — its connection ended or is going away before the stream left (a GOAWAY
     /// arrived, as when the peer drains for a restart), a GOAWAY excluded it, or it was refused — is opened again on
-    /// another connection, up to [`ATTEMPTS`] times in all: a peer's graceful drain costs no new connection.
+    /// another connection, up to `ATTEMPTS` (3) times in all: a peer's graceful drain costs no new connection.
     /// Nothing of the tunnel's payload has been sent at that point (bytes follow the 200), so a second attempt
     /// cannot duplicate data.
     pub async fn connect(
