@@ -79,6 +79,9 @@ cargo build --workspace --all-targets
 section "lint (cargo clippy --workspace --all-targets -- -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+section "docs (cargo doc --workspace --no-deps, warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
 section "unit and integration tests (cargo test --workspace, e2e excluded)"
 cargo test --workspace --exclude ambit-e2e
 

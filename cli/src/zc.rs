@@ -148,6 +148,8 @@ pub enum ZcCommand {
             # Back to the ztunnel's default\n  \
             ambit zc log --node node-1 -r"
     )]
+    // `--level`'s help is istioctl's text as it is, `<logger>` and all: not rustdoc markup.
+    #[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
     Log {
         #[command(flatten)]
         common: Common,

@@ -87,7 +87,7 @@ impl LocalMesh {
     }
 
     /// The pids of this mesh's running `binary` processes (`ztunnel`, `ambit-node-agent`, `ambit-controller`):
-    /// argv[0] names the binary and the mesh's state directory is in its arguments or environment.
+    /// `argv[0]` names the binary and the mesh's state directory is in its arguments or environment.
     pub fn pids(&self, binary: &str) -> Result<Vec<i32>> {
         let needle = self.state_dir.to_string_lossy().into_owned();
         let suffix = format!("/{binary}");

@@ -132,7 +132,7 @@ pub(crate) fn records(mut data: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// The inverse of [`records`], for seeds.
+/// The inverse of `records`, for seeds.
 pub fn encode_records(parts: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
     for p in parts {

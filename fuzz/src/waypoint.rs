@@ -128,8 +128,8 @@ pub fn mesh_resources() -> Vec<(String, Resource)> {
     }
 }
 
-/// Input: records (see [`crate::records`]); the first byte of each picks the type (`% 8`: 0–6 one of
-/// [`TYPE_URLS`], 7 removes the resource whose index is the next byte), the rest is the encoded resource. Each
+/// Input: records (see `records`); the first byte of each picks the type (`% 8`: 0–6 one of
+/// `TYPE_URLS`, 7 removes the resource whose index is the next byte), the rest is the encoded resource. Each
 /// record is applied as one xDS response on top of the fuzz mesh.
 pub fn waypoint_xds(data: &[u8]) {
     let me = self_info();

@@ -44,7 +44,7 @@ impl WorkloadProxyManager for Recorder {
     }
 }
 
-/// Input: records (`[len u16][bytes]`, see [`crate::records`]) whose first byte says whether a descriptor goes
+/// Input: records (`[len u16][bytes]`, see `records`) whose first byte says whether a descriptor goes
 /// with the packet (odd: yes) and whose rest is the packet (normally an encoded `WorkloadRequest`).
 pub fn zds_session(data: &[u8]) {
     let packets: Vec<(bool, Vec<u8>)> = records(data)

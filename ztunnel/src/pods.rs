@@ -2,7 +2,7 @@
 //! namespace, its own HBONE pool and the pod's own identity (spec 4.3).
 //!
 //! The node agent hands pods over with ZDS (`crate::inpod`); this module starts and drains their proxies. A pod's
-//! proxy is a [`ProxyInputs`] whose socket factory creates every socket (listeners, connections to peers and to the
+//! proxy is a `ProxyInputs` whose socket factory creates every socket (listeners, connections to peers and to the
 //! local application) inside the pod's namespace, so traffic leaves with the pod's address and the in-pod
 //! redirection rules see ztunnel's mark.
 

@@ -6,7 +6,7 @@
 //!   kube-proxy plays) in its `nat` table. The controller runs here. `br_netfilter` is on in this namespace, so
 //!   replies between pods on the bridge go through conntrack and VIP translation works in both directions.
 //! - `ambit-l-node-<k>`: one per virtual node, on the bridge at 10.244.0.<10+k>; its ztunnel and node agent run there.
-//! - `ambit-l-pod-<ns>.<name>`: one per pod, on the bridge at 10.244.<1..>.<n>, default route via the gateway.
+//! - `ambit-l-pod-<ns>.<name>`: one per pod, on the bridge at `10.244.<1..>.<n>`, default route via the gateway.
 //!
 //! Nothing is created in the host's own namespace, so `down` only has to delete namespaces named `ambit-l-*`.
 

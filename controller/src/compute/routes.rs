@@ -17,10 +17,10 @@
 //! SHOULD NOT infer anything from them, so it ignores them there. One Route may carry both kinds of parent, and
 //! only the waypoint knows which one brought a rule to a port, so the decision is the waypoint's. An invalid
 //! hostname (what the CRD refuses: upper case, an IP address, a misplaced `*`) makes every parent
-//! `Accepted=False UnsupportedValue` and no rule is sent ([`hostnames`]).
+//! `Accepted=False UnsupportedValue` and no rule is sent (`hostnames`).
 //!
 //! Policies: `timeouts` (invalid durations, which the CRD refuses, count as unset), HTTPRoute `retry`
-//! ([`retry`]) and fault injection through Ambit's `FaultInjection` extension filter ([`super::fault_injection`]:
+//! (`retry`) and fault injection through Ambit's `FaultInjection` extension filter ([`super::fault_injection`]:
 //! an unresolvable one makes the rule answer 500, as Gateway API asks of custom filters). Other filter types the
 //! waypoint does not implement (CORS, other ExtensionRefs) are skipped.
 //!

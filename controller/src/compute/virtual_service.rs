@@ -2,7 +2,7 @@
 //! `<ns>/virtualservice/<name>/<i>` (kind HTTP), each `tcp[i]` rule one named `<ns>/virtualservice/<name>/tcp-<i>`
 //! (kind TCP), with `origin: VIRTUAL_SERVICE` so the waypoint orders them as Istio does (first match wins within
 //! the VirtualService, oldest VirtualService first) rather than by Gateway API precedence. Field conversion is in
-//! [`convert`]; this module decides where a VirtualService applies and writes its status.
+//! `convert`; this module decides where a VirtualService applies and writes its status.
 //!
 //! **Where it applies.** A VirtualService whose `gateways` do not include `mesh` (empty means `mesh`) is for
 //! ingress gateways, not waypoints: no routes, `Reconciled=False NotForMesh`. Each host resolves to Services

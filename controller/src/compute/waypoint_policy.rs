@@ -2,7 +2,7 @@
 //! ([`authz`]), RequestAuthentication → `ambit.waypoint.RequestAuthentication` ([`request_authn`]) and Ambit's
 //! `RateLimitPolicy` → `ambit.waypoint.RateLimitPolicy` ([`rate_limit`]), one resource `<ns>/<name>` per object,
 //! each with its targets resolved ([`targets`]), the `WaypointAccepted` condition in its status, and which
-//! waypoint gets which ([`scopes`]).
+//! waypoint gets which (`scopes`).
 //!
 //! **Which tier enforces what** (spec §2.3, istiod's `convertAuthorizationPolicy`): an AuthorizationPolicy with
 //! `targetRef(s)` is the waypoint's; ztunnel never sees it ([`super::authz`] skips it) and it gets no

@@ -1,4 +1,4 @@
-//! The Kubernetes source: one kube-rs [`watcher`] per [`Kind`], read as `DynamicObject`s at the version Istio and
+//! The Kubernetes source: one kube-rs [`watcher()`] per [`Kind`], read as `DynamicObject`s at the version Istio and
 //! Gateway API users apply today and converted by the manifest source's parser ([`tracker`]).
 //!
 //! `InitDone` is sent once every kind has completed its first listing. A kind whose CRD is not installed (404 on
