@@ -1,34 +1,64 @@
 //! `CRL_PATH` in a running ztunnel, at its HBONE port 15008: a missing or unparsable file is a start error and an
 //! empty one is accepted; a client certificate from the mesh CA is served until the file is rewritten to revoke
 //! it, after which the CRL watcher inside the ztunnel makes every new connection of that client fail in TLS while
-//! another client is still served; a rewrite that lifts the revocation lets it back in. The same ztunnel (no
-//! compliance policy) refuses TLS 1.2-only clients and serves classical-only key exchange (the control for
-//! `pqc.rs`).
+//! another client is still served; a rewrite that lifts the revocation lets it back in. The same CRL holds on the
+//! ztunnel's outbound side: an application connection (SOCKS5) to a peer workload whose ztunnel presents a revoked
+//! certificate is closed after the ztunnel's own handshake refuses it (`certificate_revoked` at the peer, nothing
+//! reaches the peer's application, `istio_tcp_connections_failed` with `TLS_FAILURE`), while a peer of the same CA
+//! and identity whose certificate is not revoked is served, and the first is served once the revocation is lifted.
+//! The same ztunnel (no compliance policy) refuses TLS 1.2-only clients and serves classical-only key exchange (the
+//! control for `pqc.rs`).
 //!
 //! The TLS policy is process-wide and installed once, so this binary starts exactly one ztunnel with a CRL
-//! (127.0.121.3); the start errors (127.0.123.3) fail before anything is installed or bound.
+//! (127.0.121.3; its stand-in peers listen on 127.0.121.4 and .5, port 15008); the start errors (127.0.123.3) fail
+//! before anything is installed or bound.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 mod tls_clients;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_core::hbone::{H2Config, HboneClient, HboneError};
+use ambit_core::hbone::{self, H2Config, HboneClient, HboneError};
+use ambit_core::tls::WorkloadCert;
+use ambit_ztunnel::config::LocalXds;
 use rcgen::{
     CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevokedCertParams, SerialNumber,
 };
-use rustls::AlertDescription;
-use support::{echo, round_trip};
+use rustls::{AlertDescription, ServerConfig};
+use support::{WAIT, echo, round_trip};
 use time::OffsetDateTime;
 use tls_clients::{MeshCert, Server, TLS12, TLS13, groups};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 /// Longer than several CRL polls (every 5 s) on a loaded machine.
 const RELOAD_WAIT: Duration = Duration::from_secs(60);
+
+/// The stand-in peers' workloads, both HBONE and of the service account `default/peer`: the certificate of the
+/// first is revoked and then let in again, the second is never revoked.
+const PEER_A: &str = "127.0.121.4";
+const PEER_B: &str = "127.0.121.5";
+
+/// The ztunnel's own pod `default/server` (127.0.121.3) and the two peer workloads `peer-a` and `peer-b`.
+fn world() -> String {
+    let workload = |name: &str, sa: &str, ip: &str| {
+        format!(
+            "\n- {{uid: cluster1//v1/Pod/default/{name}, name: {name}, namespace: default, serviceAccount: {sa},\n   \
+             trustDomain: cluster.local, clusterId: cluster1, workloadIps: [{ip}], protocol: HBONE}}"
+        )
+    };
+    format!(
+        "workloads:{}{}{}\n",
+        workload("server", "server", "127.0.121.3"),
+        workload("peer-a", "peer", PEER_A),
+        workload("peer-b", "peer", PEER_B),
+    )
+}
 
 /// The mesh CA of the ztunnel's CA directory (it signs with its root: `ca-cert.pem` is `root-cert.pem`).
 fn mesh_ca(ca_dir: &Path) -> Issuer<'static, KeyPair> {
@@ -124,10 +154,15 @@ async fn a_running_ztunnel_enforces_and_reloads_its_crl_and_refuses_tls12_at_150
     let crl = crl_dir.path().join("crl.pem");
     // An empty file: nothing revoked, and accepted at start.
     std::fs::write(&crl, "").unwrap();
-    let s = tls_clients::server(121, |cfg| cfg.crl_path = Some(crl.clone())).await;
+    let s = tls_clients::server(121, |cfg| {
+        cfg.crl_path = Some(crl.clone());
+        cfg.local_xds = Some(LocalXds::Inline(world()));
+    })
+    .await;
     let target = echo(SocketAddr::new(s.ip, 0)).await;
     protocol_and_groups(&s, target).await;
     revocation(&s, &crl, target).await;
+    outbound_revocation(&s, &crl, target).await;
     s.zt.drain().await;
 }
 
@@ -182,23 +217,8 @@ async fn revocation(s: &Server, crl: &Path, target: SocketAddr) {
     round_trip(&mut before, b"before").await;
 
     write_atomically(crl, &crl_pem(&ca, 1, &[revoked.serial()]));
-    let started = tokio::time::Instant::now();
-    loop {
-        let r = tls_clients::connect_with(s, revoked.cert.clone(), target).await;
-        if refused(&r) {
-            eprintln!(
-                "revoked client refused {:?} after the rewrite: {}",
-                started.elapsed(),
-                r.err().unwrap()
-            );
-            break;
-        }
-        assert!(
-            started.elapsed() < RELOAD_WAIT,
-            "a new connection of the revoked client is still served {RELOAD_WAIT:?} after the rewrite"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let took = until_crl_says(s, &revoked.cert, target, false).await;
+    eprintln!("revoked client refused {took:?} after the rewrite");
     // Refused in TLS: the client finished first (TLS 1.3), the server's alert ends the connection.
     let e = tls_clients::refused_in_tls(
         s,
@@ -250,18 +270,224 @@ async fn revocation(s: &Server, crl: &Path, target: SocketAddr) {
 
     // Lifting the revocation lets the client in again.
     write_atomically(crl, &crl_pem(&ca, 2, &[]));
+    until_crl_says(s, &revoked.cert, target, true).await;
+}
+
+/// Polls with a new HBONE connection of `cert` to the server's 15008 (a fresh pool each time) until the CRL in
+/// force serves it (`served`: echoing through it) or refuses it in TLS; how long that took. The watcher reads the
+/// file every 5 s and announces nothing, so its verdict on a handshake is the event to wait for.
+async fn until_crl_says(
+    s: &Server,
+    cert: &Arc<WorkloadCert>,
+    target: SocketAddr,
+    served: bool,
+) -> Duration {
     let started = tokio::time::Instant::now();
     loop {
-        match tls_clients::connect_with(s, revoked.cert.clone(), target).await {
-            Ok(mut st) => {
-                round_trip(&mut st, b"served again").await;
-                break;
+        let r = tls_clients::connect_with(s, cert.clone(), target).await;
+        if refused(&r) != served {
+            if let Ok(mut st) = r {
+                round_trip(&mut st, b"served").await;
             }
-            Err(e) => assert!(
-                started.elapsed() < RELOAD_WAIT,
-                "still refused {RELOAD_WAIT:?} after the revocation was lifted: {e}"
-            ),
+            return started.elapsed();
         }
+        assert!(
+            started.elapsed() < RELOAD_WAIT,
+            "{RELOAD_WAIT:?} after the rewrite a new connection is still {}: {:?}",
+            if served { "refused" } else { "served" },
+            r.err()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+// ----- the outbound side -----
+
+/// What a stand-in peer saw of one connection from the ztunnel.
+#[derive(Debug, PartialEq)]
+enum PeerSaw {
+    /// The TLS handshake: done, or the error the peer's side of it ended with.
+    Handshake(Result<(), rustls::Error>),
+    /// A CONNECT past the handshake, by its authority; its stream is then echoed (the peer's application).
+    Connect(String),
+}
+
+/// A stand-in for the ztunnel of the workload at `ip`: TLS 1.3 on `ip:15008` presenting `cert` (it asks for no
+/// client certificate: what is under test is the ztunnel's verdict on this one), then HBONE whose streams are
+/// echoed. Reports each handshake and each CONNECT.
+async fn fake_peer(ip: &str, cert: &MeshCert) -> mpsc::UnboundedReceiver<PeerSaw> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(TLS13)
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let ip: IpAddr = ip.parse().unwrap();
+    let listener = tokio::net::TcpListener::bind((ip, 15008)).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        let e = e
+                            .get_ref()
+                            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                            .cloned()
+                            .unwrap_or_else(|| rustls::Error::General(e.to_string()));
+                        let _ = tx.send(PeerSaw::Handshake(Err(e)));
+                        return;
+                    }
+                };
+                let _ = tx.send(PeerSaw::Handshake(Ok(())));
+                let (_trigger, drain) = ambit_core::drain::new();
+                let cfg = Arc::new(H2Config::default());
+                let _ = hbone::serve(tls, cfg, drain, move |parts, responder| {
+                    let tx = tx.clone();
+                    async move {
+                        let authority = parts.uri.authority().map(|a| a.to_string());
+                        let _ = tx.send(PeerSaw::Connect(authority.unwrap_or_default()));
+                        let Ok(mut stream) = responder.accept(http::HeaderMap::new()) else {
+                            return;
+                        };
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = stream.read(&mut buf).await {
+                            if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                })
+                .await;
+            });
+        }
+    });
+    rx
+}
+
+/// The next thing `peer` saw, within [`WAIT`].
+async fn next(peer: &mut mpsc::UnboundedReceiver<PeerSaw>, what: &str) -> PeerSaw {
+    tokio::time::timeout(WAIT, peer.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the peer saw nothing within {WAIT:?}"))
+        .unwrap()
+}
+
+/// An application connection through the ztunnel's SOCKS5 listener to `ip:8080`. The SOCKS5 reply is a success
+/// whatever comes next (asserted by `socks5_handshake`): the ztunnel answers before it dials the peer.
+async fn app_to(s: &Server, ip: &str) -> tokio::net::TcpStream {
+    let socks = s.zt.addresses.socks5.expect("socks5 listener");
+    let mut app = tokio::net::TcpStream::connect(socks).await.unwrap();
+    let dst = SocketAddr::new(ip.parse().unwrap(), 8080);
+    support::socks5_handshake(&mut app, dst).await.unwrap();
+    app
+}
+
+/// The sum of the ztunnel's source-side `family` series whose labels include every one of `labels`.
+async fn source_count(s: &Server, family: &str, labels: &[&str]) -> u64 {
+    let metrics = support::http_get(s.zt.addresses.stats, "/metrics").await;
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{reporter=\"source\"")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// The ztunnel as a client: its handshake with a peer checks the peer's certificate against the same CRL. Peer A's
+/// certificate is revoked: each application connection to it is closed (FIN, no data) after the ztunnel refused
+/// the handshake — the peer reads `certificate_revoked` and no CONNECT — and counted as failed with `TLS_FAILURE`.
+/// Peer B, of the same CA and identity, is served meanwhile; once the revocation is lifted peer A is served too.
+async fn outbound_revocation(s: &Server, crl: &Path, target: SocketAddr) {
+    let ca = mesh_ca(s.ca_dir.path());
+    let a_cert = MeshCert::issue(s.ca_dir.path(), "peer");
+    let b_cert = MeshCert::issue(s.ca_dir.path(), "peer");
+    assert_ne!(a_cert.serial(), b_cert.serial());
+    let mut a = fake_peer(PEER_A, &a_cert).await;
+    let mut b = fake_peer(PEER_B, &b_cert).await;
+    let a_failed = [
+        "destination_workload=\"peer-a\"",
+        "response_flags=\"TLS_FAILURE\"",
+    ];
+
+    // Revoked before the ztunnel ever dials either peer. Its HBONE pool keeps the connections it makes and reuses
+    // them with no new handshake (the CRL is checked at the handshake only: see `revocation`), so a connection to
+    // peer A made before the rewrite would carry traffic after it; here every handshake with A and B is under the
+    // new CRL. The ztunnel has one CRL store for both directions: once it refuses A's certificate from a client at
+    // its own 15008 (which dials no peer), the rewrite is in force for its outbound handshakes too.
+    write_atomically(crl, &crl_pem(&ca, 3, &[a_cert.serial()]));
+    let took = until_crl_says(s, &a_cert.cert, target, false).await;
+    eprintln!("peer A's certificate refused at 15008 {took:?} after the rewrite");
+    for i in 1..=2 {
+        let what = format!("connection {i} to the revoked peer");
+        let mut app = app_to(s, PEER_A).await;
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(WAIT, app.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: still open after {WAIT:?}"));
+        assert_eq!(
+            read.expect("closed, not reset"),
+            0,
+            "{what}: data came back"
+        );
+        assert_eq!(
+            next(&mut a, &what).await,
+            PeerSaw::Handshake(Err(rustls::Error::AlertReceived(
+                AlertDescription::CertificateRevoked
+            ))),
+            "{what}"
+        );
+        // Counted before the application connection closed.
+        assert_eq!(
+            source_count(s, "istio_tcp_connections_failed_total", &a_failed).await,
+            i,
+            "{what}"
+        );
+    }
+    let mut app = app_to(s, PEER_B).await;
+    round_trip(&mut app, b"peer B, not revoked").await;
+    assert_eq!(next(&mut b, "peer B").await, PeerSaw::Handshake(Ok(())));
+    assert_eq!(
+        next(&mut b, "peer B").await,
+        PeerSaw::Connect(format!("{PEER_B}:8080"))
+    );
+    drop(app);
+    assert!(
+        a.try_recv().is_err(),
+        "nothing more reached the revoked peer: {:?}",
+        a.try_recv()
+    );
+
+    // Lifted. The ztunnel holds no connection to peer A (none of its handshakes with A succeeded), so the next
+    // application connection makes a new one, under the CRL in force.
+    write_atomically(crl, &crl_pem(&ca, 4, &[]));
+    until_crl_says(s, &a_cert.cert, target, true).await;
+    let mut app = app_to(s, PEER_A).await;
+    round_trip(&mut app, b"peer A, revocation lifted").await;
+    assert_eq!(next(&mut a, "peer A").await, PeerSaw::Handshake(Ok(())));
+    assert_eq!(
+        next(&mut a, "peer A").await,
+        PeerSaw::Connect(format!("{PEER_A}:8080"))
+    );
+    drop(app);
+    assert_eq!(
+        source_count(s, "istio_tcp_connections_failed_total", &a_failed).await,
+        2,
+        "no failure after the revocation was lifted"
+    );
+    assert_eq!(
+        source_count(
+            s,
+            "istio_tcp_connections_failed_total",
+            &["destination_workload=\"peer-b\""]
+        )
+        .await,
+        0,
+        "the peer that was never revoked"
+    );
 }
