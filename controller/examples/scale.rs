@@ -119,25 +119,46 @@ async fn client(channel: Channel, full: mpsc::Sender<()>, change: mpsc::Sender<(
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let mut pods = 10_000;
-    let mut services = 1_000;
-    let mut clients = vec![1usize, 100, 1000];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        match (pair[0].as_str(), pair.get(1)) {
-            ("--pods", Some(v)) => pods = v.parse().expect("--pods"),
-            ("--services", Some(v)) => services = v.parse().expect("--services"),
-            ("--clients", Some(v)) => {
-                clients = v
-                    .split(',')
-                    .map(|c| c.parse().expect("--clients"))
-                    .collect()
-            }
-            _ => panic!("usage: scale [--pods N] [--services M] [--clients K1,K2,...]"),
+const USAGE: &str = "usage: scale [--pods N] [--services M] [--clients K1,K2,...]   (defaults: 10000, 1000, 1,100,1000)";
+
+/// The benchmark's arguments, `None` for `--help`.
+fn parse_args(
+    args: impl Iterator<Item = String>,
+) -> Result<Option<(usize, usize, Vec<usize>)>, String> {
+    let (mut pods, mut services, mut clients) = (10_000, 1_000, vec![1usize, 100, 1000]);
+    let mut args = args.peekable();
+    while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            return Ok(None);
+        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = |v: &str| {
+            v.parse::<usize>()
+                .map_err(|_| format!("{flag} {v:?}: not a whole number"))
+        };
+        match flag.as_str() {
+            "--pods" => pods = number(&value)?,
+            "--services" => services = number(&value)?,
+            "--clients" => clients = value.split(',').map(number).collect::<Result<_, _>>()?,
+            _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
+    Ok(Some((pods, services, clients)))
+}
+
+#[tokio::main]
+async fn main() {
+    let (pods, services, clients) = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("scale: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     println!(
         "# controller scale: {pods} pods, {services} services, 10 policies (RSS at start {:.0} MiB)",

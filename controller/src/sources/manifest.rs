@@ -322,7 +322,10 @@ mod tests {
             parse_file(Path::new("/m/pods.yaml"), PODS, &BTreeMap::new())
         });
         assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(objects.keys().cloned().collect::<Vec<_>>(), [pod("a"), pod("b")]);
+        assert_eq!(
+            objects.keys().cloned().collect::<Vec<_>>(),
+            [pod("a"), pod("b")]
+        );
         let log = String::from_utf8(out.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = log.lines().collect();
         assert_eq!(lines.len(), 1, "{log}");
