@@ -257,6 +257,7 @@ pub enum Document {
 /// Converts one parsed YAML document into a typed object. Namespaced objects without a namespace land in
 /// `default`, as with `kubectl apply`.
 pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentError> {
+    let value = without_tags(value);
     if value.is_null() {
         return Ok(Document::Empty);
     }
@@ -371,14 +372,25 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Document, DocumentErro
 /// The key a document would have, read leniently from the untyped YAML (used to keep the last good state of an
 /// object whose new version does not parse).
 pub fn document_key(value: &serde_yaml::Value) -> Option<ObjectKey> {
+    // Through YAML tags, as [`parse_document`] reads the document.
+    fn get<'a>(v: &'a serde_yaml::Value, key: &str) -> Option<&'a serde_yaml::Value> {
+        let serde_yaml::Value::Mapping(m) = untagged(v) else {
+            return None;
+        };
+        // The last one: keys that differ only by their tags are one key once the tags go, and the later wins.
+        m.iter()
+            .filter(|(k, _)| untagged(k).as_str() == Some(key))
+            .last()
+            .map(|(_, v)| untagged(v))
+    }
     let kind = Kind::from_type_meta(
-        value.get("apiVersion")?.as_str()?,
-        value.get("kind")?.as_str()?,
+        get(value, "apiVersion")?.as_str()?,
+        get(value, "kind")?.as_str()?,
     )?;
-    let meta = value.get("metadata")?;
-    let name = meta.get("name")?.as_str()?.to_owned();
+    let meta = get(value, "metadata")?;
+    let name = get(meta, "name")?.as_str()?.to_owned();
     let namespace = if kind.namespaced() {
-        meta.get("namespace")
+        get(meta, "namespace")
             .and_then(|n| n.as_str())
             .filter(|n| !n.is_empty())
             .unwrap_or("default")
@@ -393,10 +405,58 @@ pub fn document_key(value: &serde_yaml::Value) -> Option<ObjectKey> {
     })
 }
 
+/// `v` without the YAML tag(s) on it.
+fn untagged(v: &serde_yaml::Value) -> &serde_yaml::Value {
+    match v {
+        serde_yaml::Value::Tagged(t) => untagged(&t.value),
+        v => v,
+    }
+}
+
+/// `v` with every YAML tag dropped: a tag means nothing in a Kubernetes manifest (kubectl's YAML-to-JSON step
+/// drops them too), and a tagged map or string would otherwise read as another type here and there.
+fn without_tags(v: serde_yaml::Value) -> serde_yaml::Value {
+    use serde_yaml::Value;
+    match v {
+        Value::Tagged(t) => without_tags(t.value),
+        Value::Sequence(s) => Value::Sequence(s.into_iter().map(without_tags).collect()),
+        Value::Mapping(m) => Value::Mapping(
+            m.into_iter()
+                .map(|(k, v)| (without_tags(k), without_tags(v)))
+                .collect(),
+        ),
+        v => v,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// Found by the `controller_manifest` fuzzer: `metadata` behind a YAML tag parsed (the typed read sees
+    /// through it) while [`document_key`] found no key, so a broken later version of such a document would not
+    /// have kept the last good one. Tags on any part now read as if absent, on both paths.
+    #[test]
+    fn yaml_tags_are_read_through_on_both_paths() {
+        for text in [
+            "apiVersion: ambit.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata:\n ! name: d\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: !meta {name: !n d, namespace: !ns default}\n",
+            "!doc {apiVersion: !a v1, kind: !k Pod, metadata: {name: d}}\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: {!x name: other, name: d}\n",
+        ] {
+            let value: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+            let key = document_key(&value);
+            let Ok(Document::Object(o)) = parse_document(value) else {
+                panic!("does not parse: {text}")
+            };
+            assert_eq!(key, Some(o.key()), "{text}");
+            assert_eq!(
+                (o.key().namespace.as_str(), o.key().name.as_str()),
+                ("default", "d")
+            );
+        }
+    }
 
     fn doc(s: &str) -> Result<Document, DocumentError> {
         parse_document(serde_yaml::from_str(s).unwrap())
