@@ -19,54 +19,18 @@ use ambit_proto::type_url::{
 };
 use ambit_proto::waypoint as wp;
 use ambit_proto::workload as wl;
-use ambit_proto::xds::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use ambit_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use ambit_waypoint::app;
 use ambit_waypoint::config::Config;
 use prost::Message;
 use support::{ClientConnector, Source};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
 const WAIT: Duration = Duration::from_secs(10);
 const V1: &str = "127.0.76.21";
 const V2: &str = "127.0.76.22";
 const REVIEWS: &str = "reviews.demo.svc.cluster.local";
-
-type Stream = (
-    mpsc::UnboundedReceiver<DeltaDiscoveryRequest>,
-    mpsc::UnboundedSender<Result<DeltaDiscoveryResponse, Status>>,
-);
-
-#[derive(Clone)]
-struct Ads(mpsc::UnboundedSender<Stream>);
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Ads {
-    type DeltaAggregatedResourcesStream =
-        UnboundedReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (req_tx, req_rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(r)) = inbound.message().await {
-                if req_tx.send(r).is_err() {
-                    break;
-                }
-            }
-        });
-        let (resp_tx, resp_rx) = mpsc::unbounded_channel();
-        let _ = self.0.send((req_rx, resp_tx));
-        Ok(Response::new(UnboundedReceiverStream::new(resp_rx)))
-    }
-}
 
 fn any<M: Message>(type_url: &str, name: &str, m: &M) -> Resource {
     Resource {
@@ -206,20 +170,7 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let ca = LocalCa::load_or_create(&ca_dir, "cluster.local").unwrap();
-    let (chain, key) = ca
-        .issue_server_cert(&["localhost".to_owned()], &[], Duration::from_secs(3600))
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (conns_tx, mut conns) = mpsc::unbounded_channel();
-    let router = tonic::transport::Server::builder()
-        .tls_config(
-            tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(chain.concat(), key)),
-        )
-        .unwrap()
-        .add_service(AggregatedDiscoveryServiceServer::new(Ads(conns_tx)));
-    tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+    let (port, mut conns) = support::ads::serve(&ca).await;
 
     support::http_backend(format!("{V1}:18080").parse().unwrap(), "v1").await;
     support::http_backend(format!("{V2}:18080").parse().unwrap(), "v2").await;
