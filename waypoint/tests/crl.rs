@@ -41,26 +41,6 @@ const DEST_NET: u8 = 97;
 const RATINGS: &str = "ratings.demo.svc.cluster.local:9080";
 const DETAILS: &str = "details.demo.svc.cluster.local:9080";
 
-/// [`support::reviews_world`] with `ratings` and `details`, each one HBONE workload (`127.0.97.31`, `.32`) of its
-/// own service account.
-fn world() -> String {
-    let mut services = String::new();
-    let mut workloads = String::new();
-    for (name, host) in [("ratings", 31), ("details", 32)] {
-        services.push_str(&format!(
-            "- {{name: {name}, namespace: demo, hostname: {name}.demo.svc.cluster.local,\n   \
-             ports: [{{port: 9080, targetPort: 9080, protocol: http1}}]}}\n"
-        ));
-        workloads.push_str(&format!(
-            "- {{uid: {name}, name: {name}-0, namespace: demo, serviceAccount: {name}, ips: [127.0.{DEST_NET}.{host}],\n   \
-             tunnel: HBONE, services: {{demo/{name}.demo.svc.cluster.local: {{9080: 9080}}}}}}\n"
-        ));
-    }
-    let world =
-        support::reviews_world(NET).replace("workloads:\n", &format!("{services}workloads:\n"));
-    format!("{world}{workloads}")
-}
-
 /// A certificate's serial number, big-endian bytes (as a CRL names it).
 fn serial_of(cert: &ambit_core::tls::WorkloadCert) -> Vec<u8> {
     let hex = cert.serial_hex();
@@ -207,7 +187,11 @@ async fn a_rewritten_crl_refuses_new_connections_of_the_revoked_source() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let file = dir.path().join("waypoint.yaml");
-    std::fs::write(&file, world()).unwrap();
+    std::fs::write(
+        &file,
+        support::reviews_world_with_destinations(NET, DEST_NET),
+    )
+    .unwrap();
     // Nothing revoked at start: an empty file.
     let crl = dir.path().join("crl.pem");
     std::fs::write(&crl, "").unwrap();

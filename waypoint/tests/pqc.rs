@@ -37,32 +37,16 @@ const RATINGS: &str = "ratings.demo.svc.cluster.local:9080";
 const DETAILS: &str = "details.demo.svc.cluster.local:9080";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// [`support::reviews_world`] with `ratings` and `details`, each one HBONE workload (`127.0.102.31`, `.32`) of its
-/// own service account.
-fn world() -> String {
-    let mut services = String::new();
-    let mut workloads = String::new();
-    for (name, host) in [("ratings", 31), ("details", 32)] {
-        services.push_str(&format!(
-            "- {{name: {name}, namespace: demo, hostname: {name}.demo.svc.cluster.local,\n   \
-             ports: [{{port: 9080, targetPort: 9080, protocol: http1}}]}}\n"
-        ));
-        workloads.push_str(&format!(
-            "- {{uid: {name}, name: {name}-0, namespace: demo, serviceAccount: {name}, ips: [127.0.{DEST_NET}.{host}],\n   \
-             tunnel: HBONE, services: {{demo/{name}.demo.svc.cluster.local: {{9080: 9080}}}}}}\n"
-        ));
-    }
-    let world =
-        support::reviews_world(NET).replace("workloads:\n", &format!("{services}workloads:\n"));
-    format!("{world}{workloads}")
-}
-
 #[tokio::test]
 async fn a_pqc_waypoint_serves_only_post_quantum_tls13_sources() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let file = dir.path().join("waypoint.yaml");
-    std::fs::write(&file, world()).unwrap();
+    std::fs::write(
+        &file,
+        support::reviews_world_with_destinations(NET, DEST_NET),
+    )
+    .unwrap();
     let (waypoint, source) = support::start_waypoint(
         &ca_dir,
         &file,

@@ -60,6 +60,25 @@ impl Connect for ClientConnector {
 /// workload `demo/client` at `127.0.<net>.2` and one plain-TCP backend at `127.0.<net>.21:18081`.
 pub const REVIEWS: &str = "reviews.demo.svc.cluster.local:9080";
 
+/// [`reviews_world`] on `net` with `ratings` and `details`, each one HBONE workload (`127.0.<dest_net>.31`, `.32`)
+/// of its own service account: destinations behind ztunnels of their own ([`fake_ztunnel`]).
+pub fn reviews_world_with_destinations(net: u8, dest_net: u8) -> String {
+    let mut services = String::new();
+    let mut workloads = String::new();
+    for (name, host) in [("ratings", 31), ("details", 32)] {
+        services.push_str(&format!(
+            "- {{name: {name}, namespace: demo, hostname: {name}.demo.svc.cluster.local,\n   \
+             ports: [{{port: 9080, targetPort: 9080, protocol: http1}}]}}\n"
+        ));
+        workloads.push_str(&format!(
+            "- {{uid: {name}, name: {name}-0, namespace: demo, serviceAccount: {name}, ips: [127.0.{dest_net}.{host}],\n   \
+             tunnel: HBONE, services: {{demo/{name}.demo.svc.cluster.local: {{9080: 9080}}}}}}\n"
+        ));
+    }
+    let world = reviews_world(net).replace("workloads:\n", &format!("{services}workloads:\n"));
+    format!("{world}{workloads}")
+}
+
 /// The waypoint's local config for [`REVIEWS`] on loopback net `net`.
 pub fn reviews_world(net: u8) -> String {
     format!(
