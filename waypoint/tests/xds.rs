@@ -20,8 +20,6 @@ use ambit_proto::type_url::{
 use ambit_proto::waypoint as wp;
 use ambit_proto::workload as wl;
 use ambit_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use ambit_waypoint::app;
-use ambit_waypoint::config::Config;
 use prost::Message;
 use support::{ClientConnector, Source};
 use tokio::sync::mpsc;
@@ -175,26 +173,7 @@ async fn routes_follow_xds_and_bad_resources_are_nacked() {
     support::http_backend(format!("{V1}:18080").parse().unwrap(), "v1").await;
     support::http_backend(format!("{V2}:18080").parse().unwrap(), "v2").await;
 
-    let env: HashMap<String, String> = [
-        ("LOCAL_CA_DIR", ca_dir.to_str().unwrap().to_owned()),
-        ("XDS_ADDRESS", format!("localhost:{port}")),
-        ("XDS_ROOT_CA", ca.root_pem()),
-        ("POD_NAMESPACE", "demo".into()),
-        ("GATEWAY_NAME", "waypoint".into()),
-        ("INSTANCE_IP", "127.0.0.1".into()),
-        ("WAYPOINT_HBONE_ADDR", "127.0.0.1:0".into()),
-        ("WAYPOINT_ADMIN_ADDR", "127.0.0.1:0".into()),
-        ("WAYPOINT_STATS_ADDR", "127.0.0.1:0".into()),
-        ("WAYPOINT_READINESS_ADDR", "127.0.0.1:0".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let cfg = Config::from_env(&env).unwrap();
-    let waypoint_id = cfg.identity();
-    let running = app::start(cfg, ambit_core::logging::LogHandle::noop())
-        .await
-        .unwrap();
+    let (running, waypoint_id) = support::ads::waypoint(&ca_dir, &ca, port).await;
 
     let (mut rx, tx) = tokio::time::timeout(WAIT, conns.recv())
         .await

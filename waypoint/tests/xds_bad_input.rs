@@ -23,8 +23,7 @@ use ambit_proto::type_url::{
 use ambit_proto::waypoint as wp;
 use ambit_proto::workload as wl;
 use ambit_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use ambit_waypoint::app::{self, Running};
-use ambit_waypoint::config::Config;
+use ambit_waypoint::app::Running;
 use prost::Message;
 use support::{ClientConnector, Source};
 use tokio::sync::mpsc;
@@ -136,26 +135,7 @@ impl World {
         let (port, mut conns) = support::ads::serve(&ca).await;
         support::http_backend(format!("127.0.{net}.21:18080").parse().unwrap(), "v1").await;
 
-        let env: HashMap<String, String> = [
-            ("LOCAL_CA_DIR", ca_dir.to_str().unwrap().to_owned()),
-            ("XDS_ADDRESS", format!("localhost:{port}")),
-            ("XDS_ROOT_CA", ca.root_pem()),
-            ("POD_NAMESPACE", "demo".into()),
-            ("GATEWAY_NAME", "waypoint".into()),
-            ("INSTANCE_IP", "127.0.0.1".into()),
-            ("WAYPOINT_HBONE_ADDR", "127.0.0.1:0".into()),
-            ("WAYPOINT_ADMIN_ADDR", "127.0.0.1:0".into()),
-            ("WAYPOINT_STATS_ADDR", "127.0.0.1:0".into()),
-            ("WAYPOINT_READINESS_ADDR", "127.0.0.1:0".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let cfg = Config::from_env(&env).unwrap();
-        let waypoint_id = cfg.identity();
-        let running = app::start(cfg, ambit_core::logging::LogHandle::noop())
-            .await
-            .unwrap();
+        let (running, waypoint_id) = support::ads::waypoint(&ca_dir, &ca, port).await;
         let (mut rx, tx) = tokio::time::timeout(WAIT, conns.recv())
             .await
             .expect("no xDS stream")

@@ -64,3 +64,33 @@ pub async fn serve(ca: &LocalCa) -> (u16, mpsc::UnboundedReceiver<Stream>) {
     tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
     (port, conns)
 }
+
+/// A waypoint (`demo/waypoint`, listeners on ephemeral loopback ports) whose certificates come from `ca_dir` and
+/// whose whole configuration comes from the control plane at `localhost:<port>`; and its identity.
+pub async fn waypoint(
+    ca_dir: &std::path::Path,
+    ca: &LocalCa,
+    port: u16,
+) -> (ambit_waypoint::app::Running, ambit_core::Identity) {
+    let env: std::collections::HashMap<String, String> = [
+        ("LOCAL_CA_DIR", ca_dir.to_str().unwrap().to_owned()),
+        ("XDS_ADDRESS", format!("localhost:{port}")),
+        ("XDS_ROOT_CA", ca.root_pem()),
+        ("POD_NAMESPACE", "demo".into()),
+        ("GATEWAY_NAME", "waypoint".into()),
+        ("INSTANCE_IP", "127.0.0.1".into()),
+        ("WAYPOINT_HBONE_ADDR", "127.0.0.1:0".into()),
+        ("WAYPOINT_ADMIN_ADDR", "127.0.0.1:0".into()),
+        ("WAYPOINT_STATS_ADDR", "127.0.0.1:0".into()),
+        ("WAYPOINT_READINESS_ADDR", "127.0.0.1:0".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let cfg = ambit_waypoint::config::Config::from_env(&env).unwrap();
+    let id = cfg.identity();
+    let running = ambit_waypoint::app::start(cfg, ambit_core::logging::LogHandle::noop())
+        .await
+        .unwrap();
+    (running, id)
+}
