@@ -9,6 +9,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::netns::Netns;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -287,35 +290,6 @@ fn cannot_run() -> Option<String> {
     None
 }
 
-/// A network namespace of the test's, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("ambit-bad-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        for args in [
-            vec!["netns", "add", &name],
-            vec!["-n", &name, "link", "set", "lo", "up"],
-        ] {
-            assert!(
-                Command::new("ip").args(&args).status().unwrap().success(),
-                "ip {args:?}"
-            );
-        }
-        Netns(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// What the fake ztunnel does with each request.
 #[derive(Clone)]
 enum Answer {
@@ -338,7 +312,7 @@ fn http(status: &str, body: &str) -> Answer {
 /// A server on 127.0.0.1 inside `netns` answering every connection with `answer`; its port. It runs until the
 /// test process ends.
 fn fake_ztunnel(netns: &Netns, answer: Answer) -> u16 {
-    let ns = std::fs::File::open(format!("/var/run/netns/{}", netns.0)).unwrap();
+    let ns = std::fs::File::open(netns.path()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -396,7 +370,7 @@ fn zc_against_an_admin_port_that_is_not_a_ztunnels() {
     if let Some(why) = cannot_run() {
         return skip_or_fail(&why);
     }
-    let netns = Netns::new("notadmin");
+    let netns = Netns::new(format!("ambit-bad-notadmin-{}", std::process::id()));
     let dir = tempfile::tempdir().unwrap();
     mesh(dir.path(), &netns);
     let who =
@@ -446,7 +420,7 @@ fn zc_against_an_admin_port_that_answers_an_http_error_or_no_dump() {
     if let Some(why) = cannot_run() {
         return skip_or_fail(&why);
     }
-    let netns = Netns::new("errors");
+    let netns = Netns::new(format!("ambit-bad-errors-{}", std::process::id()));
     let dir = tempfile::tempdir().unwrap();
     mesh(dir.path(), &netns);
     let z = "ztunnel-node-1.istio-system";
@@ -525,7 +499,7 @@ fn a_long_error_body_is_cut_in_the_message() {
     if let Some(why) = cannot_run() {
         return skip_or_fail(&why);
     }
-    let netns = Netns::new("long");
+    let netns = Netns::new(format!("ambit-bad-long-{}", std::process::id()));
     let dir = tempfile::tempdir().unwrap();
     mesh(dir.path(), &netns);
     let body = "x".repeat(100_000);
