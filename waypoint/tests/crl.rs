@@ -368,9 +368,10 @@ async fn a_rewritten_crl_refuses_new_connections_of_the_revoked_source() {
         ratings_seen.lock().unwrap()
     );
 
-    // Revocation is checked at the handshake only (a CRL change closes no connection, as in ztunnel): the
-    // connection the doomed source set up before the rewrite stays open, its open stream keeps serving, and a
-    // new CONNECT on that same pooled connection is served — no new handshake, so no new check.
+    // Revocation is checked at the handshake only (a CRL change closes no connection, as in Ambit's ztunnel; upstream
+    // ztunnel now closes it, a documented gap): the connection the doomed source set up before the rewrite stays
+    // open, its open stream keeps serving, and a new CONNECT on that same pooled connection is served — no new
+    // handshake, so no new check.
     assert_eq!(
         request(&mut held_stream).await,
         Ok(200),
