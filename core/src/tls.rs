@@ -7,6 +7,7 @@
 
 mod crl;
 mod policy;
+mod revocation;
 mod stream;
 #[cfg(feature = "tls-boring")]
 mod with_boring;
@@ -22,6 +23,7 @@ use crate::identity::Identity;
 
 pub use crl::{CrlError, CrlStore, DEFAULT_CRL_POLL};
 pub use policy::{CompliancePolicy, TlsPolicy};
+pub use revocation::{RevocationWatch, Revoked, until_revoked};
 pub use stream::{ClientTlsStream, ServerTlsStream};
 pub use workload::{CertSummary, WorkloadCert};
 
@@ -170,7 +172,7 @@ pub struct TlsAcceptor {
 
 #[derive(Clone)]
 enum AcceptorInner {
-    Rustls(tokio_rustls::TlsAcceptor),
+    Rustls(tokio_rustls::TlsAcceptor, Arc<with_rustls::Configs>),
     #[cfg(feature = "tls-boring")]
     Boring(Arc<with_boring::Contexts>),
 }
@@ -190,9 +192,13 @@ impl TlsAcceptor {
     ) -> Result<Self, TlsError> {
         policy.check_backend(backend)?;
         let inner = match backend {
-            TlsBackend::Rustls => AcceptorInner::Rustls(tokio_rustls::TlsAcceptor::from(
-                with_rustls::configs(&cert, policy)?.server.clone(),
-            )),
+            TlsBackend::Rustls => {
+                let configs = with_rustls::configs(&cert, policy)?;
+                AcceptorInner::Rustls(
+                    tokio_rustls::TlsAcceptor::from(configs.server.clone()),
+                    configs,
+                )
+            }
             #[cfg(feature = "tls-boring")]
             TlsBackend::Boring => AcceptorInner::Boring(with_boring::contexts(&cert, policy)?),
         };
@@ -206,7 +212,9 @@ impl TlsAcceptor {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         match &self.inner {
-            AcceptorInner::Rustls(acceptor) => with_rustls::accept(acceptor, io).await,
+            AcceptorInner::Rustls(acceptor, configs) => {
+                with_rustls::accept(acceptor, configs, io).await
+            }
             #[cfg(feature = "tls-boring")]
             AcceptorInner::Boring(ctx) => with_boring::accept(ctx, io).await,
         }

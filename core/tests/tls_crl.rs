@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ambit_core::Identity;
 use ambit_core::tls::{
-    ClientTlsStream, CrlError, CrlStore, PeerCheckError, ServerTlsStream, TlsAcceptor, TlsBackend,
-    TlsConnector, TlsError, TlsPolicy, WorkloadCert,
+    ClientTlsStream, CrlError, CrlStore, PeerCheckError, Revoked, ServerTlsStream, TlsAcceptor,
+    TlsBackend, TlsConnector, TlsError, TlsPolicy, WorkloadCert, until_revoked,
 };
 use rcgen::{
     CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevokedCertParams, SerialNumber,
@@ -303,4 +303,100 @@ async fn boring_with_crl_is_refused_up_front() {
         TlsConnector::with_policy(cert, TlsBackend::Boring, &policy),
         Err(TlsError::Unsupported(_))
     ));
+}
+
+/// A connection set up before a CRL update that revokes its peer: the watch taken from each side of it fires once
+/// that update is in force (for the side whose peer it revokes only), and [`until_revoked`] drops what it runs.
+/// Updates that revoke someone else, or fail to parse, leave it waiting.
+#[tokio::test]
+async fn a_live_connection_learns_its_peer_was_revoked() {
+    let ca = test_ca(false);
+    let server = ca.issue("server");
+    let client = ca.issue("client");
+    let bystander = ca.issue("bystander");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crl.pem");
+    std::fs::write(&path, "").unwrap();
+    let (policy, store) = crl_policy(&path);
+
+    let (s, c) = handshake(
+        server.clone(),
+        &policy,
+        client.clone(),
+        &policy,
+        id("server"),
+    )
+    .await;
+    let (mut s, mut c) = (s.unwrap(), c.unwrap());
+    let mut on_server = s
+        .take_revocation()
+        .expect("a watch under a CRL (server side)");
+    let mut on_client = c
+        .take_revocation()
+        .expect("a watch under a CRL (client side)");
+    assert!(s.take_revocation().is_none(), "taken once");
+    let quiet = Duration::from_millis(200);
+
+    // Someone else revoked, then a broken rewrite: neither side's peer.
+    write_atomically(&path, &crl_pem(ca.leaf_issuer(), 1, &[serial(&bystander)]));
+    assert!(store.reload().unwrap());
+    write_atomically(
+        &path,
+        "-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n",
+    );
+    assert!(store.reload().is_err());
+    assert!(
+        tokio::time::timeout(quiet, on_server.revoked())
+            .await
+            .is_err()
+    );
+    assert!(
+        tokio::time::timeout(quiet, on_client.revoked())
+            .await
+            .is_err()
+    );
+    assert!(!on_server.is_revoked() && !on_client.is_revoked());
+
+    // The client revoked: the server's watch (on the client) fires, the client's (on the server) does not.
+    write_atomically(
+        &path,
+        &crl_pem(ca.leaf_issuer(), 2, &[serial(&bystander), serial(&client)]),
+    );
+    assert!(store.reload().unwrap());
+    tokio::time::timeout(Duration::from_secs(5), on_server.revoked())
+        .await
+        .expect("the server side learns its client was revoked");
+    assert!(on_server.is_revoked());
+    assert!(
+        tokio::time::timeout(quiet, on_client.revoked())
+            .await
+            .is_err()
+    );
+
+    // until_revoked: a connection future that would run forever is dropped once the peer is revoked.
+    write_atomically(&path, &crl_pem(ca.leaf_issuer(), 3, &[serial(&server)]));
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let guard = SetOnDrop(dropped.clone());
+    let forever = async move {
+        let _guard = guard;
+        std::future::pending::<()>().await
+    };
+    let run = tokio::spawn(until_revoked(forever, Some(on_client)));
+    tokio::task::yield_now().await;
+    assert!(store.reload().unwrap());
+    let out = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("until_revoked returns once the server is revoked")
+        .unwrap();
+    assert_eq!(out, Err(Revoked));
+    assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+
+    // Without a watch (no CRL in force), just the future.
+    assert_eq!(until_revoked(async { 7 }, None).await, Ok(7));
 }

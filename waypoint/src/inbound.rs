@@ -75,12 +75,14 @@ async fn connection(
     let me = proxy.cfg.identity();
     let cert = proxy.certs.fetch(&me, Priority::RealTime).await?;
     let acceptor = TlsAcceptor::new(cert, tls_backend)?;
-    let tls = tokio::time::timeout(h2.handshake_timeout, acceptor.accept(tcp))
+    let mut tls = tokio::time::timeout(h2.handshake_timeout, acceptor.accept(tcp))
         .await
         .map_err(|_| anyhow::anyhow!("TLS handshake timed out"))??;
     let peer_id = tls.peer_identity();
+    // Under a CRL the connection lives only as long as the source is not revoked.
+    let revocation = tls.take_revocation();
     let stream_drain = drain.clone();
-    hbone::serve(tls, h2, drain, move |parts, responder| {
+    let handler = move |parts: http::request::Parts, responder: Responder| {
         let proxy = proxy.clone();
         let peer_id = peer_id.clone();
         let drain = stream_drain.clone();
@@ -95,8 +97,18 @@ async fn connection(
             }
             stream(proxy, parts, responder, peer_id, drain).await
         }
-    })
-    .await?;
+    };
+    match revocation {
+        None => hbone::serve(tls, h2, drain, handler).await?,
+        // Boxed: only connections under a CRL pay for the watch in their task.
+        Some(watch) => {
+            Box::pin(ambit_core::tls::until_revoked(
+                hbone::serve(tls, h2, drain, handler),
+                Some(watch),
+            ))
+            .await??
+        }
+    }
     Ok(())
 }
 

@@ -132,6 +132,10 @@ impl Connect for Connector {
             .await
             .map_err(|e| HboneError::Tls(e.to_string()))
     }
+
+    fn take_revocation(&self, io: &mut Self::Io) -> Option<Box<ambit_core::tls::RevocationWatch>> {
+        io.take_revocation()
+    }
 }
 
 /// A byte stream to one endpoint.

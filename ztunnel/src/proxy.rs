@@ -203,6 +203,10 @@ impl Connect for HboneConnector {
             .await
             .map_err(|e| HboneError::Tls(e.to_string()))
     }
+
+    fn take_revocation(&self, io: &mut Self::Io) -> Option<Box<ambit_core::tls::RevocationWatch>> {
+        io.take_revocation()
+    }
 }
 
 /// What one kind of listener does with a connection, on every worker: worker `i` runs it with `inputs[i]` (its

@@ -202,7 +202,7 @@ async fn revocation(s: &Server, crl: &Path, target: SocketAddr) {
     let other = MeshCert::issue(s.ca_dir.path(), "client");
     assert_ne!(revoked.serial(), other.serial());
 
-    // Served while the CRL is empty; this connection (and its pool) stays open across the revocation.
+    // Served while the CRL is empty; this connection (and its pool) is open when the revocation comes.
     let before_pool = HboneClient::new(
         Arc::new(H2Config::default()),
         support::DirectConnector {
@@ -248,26 +248,34 @@ async fn revocation(s: &Server, crl: &Path, target: SocketAddr) {
         .expect("a client that is not revoked is served");
     round_trip(&mut ok, b"not revoked").await;
 
-    // Ambit checks revocation at the handshake only (a CRL change closes no connection): the HBONE connection the
-    // revoked client opened before the rewrite stays open, its stream still carries data, and a new CONNECT on
-    // that same pooled connection is served — no new handshake, so no new check. Upstream ztunnel now closes such
-    // a connection on the CRL update (`CERT_REVOKED`); this pins Ambit's behaviour until it does the same (a
-    // documented gap, docs/RELIABILITY.md).
-    round_trip(&mut before, b"after the revocation").await;
-    let (mut new_stream, _) = tokio::time::timeout(
+    // The HBONE connection the revoked client opened before the rewrite: the ztunnel closes it once the CRL that
+    // revokes its client is in force (as upstream, `CERT_REVOKED`). Its stream ends, and a new CONNECT through
+    // that pool needs a new connection, which the CRL refuses.
+    let ended = tokio::time::timeout(support::WAIT, async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = before.write_all(b"after the revocation").await;
+        let mut buf = [0u8; 64];
+        while let Ok(n) = before.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the revoked client's connection opened before the rewrite is still open"
+    );
+    let again = tokio::time::timeout(
         support::WAIT,
         before_pool.connect(s.pool_key(), support::connect_request(&target.to_string())),
     )
     .await
-    .expect("a new CONNECT on the open connection is answered")
-    .expect("a new CONNECT on the connection opened before the revocation is served");
-    round_trip(&mut new_stream, b"new stream, old connection").await;
-    assert_eq!(
-        before_pool.connections(),
-        1,
-        "the new stream went over the connection opened before the revocation"
+    .expect("a new CONNECT of the revoked client is answered");
+    assert!(
+        again.is_err(),
+        "a new CONNECT of the revoked client was served after the revocation"
     );
-    drop(new_stream);
     drop(before);
 
     // Lifting the revocation lets the client in again.
@@ -417,10 +425,8 @@ async fn outbound_revocation(s: &Server, crl: &Path, target: SocketAddr) {
         "response_flags=\"TLS_FAILURE\"",
     ];
 
-    // Revoked before the ztunnel ever dials either peer. Its HBONE pool keeps the connections it makes and reuses
-    // them with no new handshake (the CRL is checked at the handshake only: see `revocation`), so a connection to
-    // peer A made before the rewrite would carry traffic after it; here every handshake with A and B is under the
-    // new CRL. The ztunnel has one CRL store for both directions: once it refuses A's certificate from a client at
+    // Revoked before the ztunnel ever dials either peer, so every handshake with A and B is under the new CRL (a
+    // connection held across a revocation is the last step). The ztunnel has one CRL store for both directions: once it refuses A's certificate from a client at
     // its own 15008 (which dials no peer), the rewrite is in force for its outbound handshakes too.
     write_atomically(crl, &crl_pem(&ca, 3, &[a_cert.serial()]));
     let took = until_crl_says(s, &a_cert.cert, target, false).await;
@@ -491,5 +497,48 @@ async fn outbound_revocation(s: &Server, crl: &Path, target: SocketAddr) {
         .await,
         0,
         "the peer that was never revoked"
+    );
+
+    // Revoked while the ztunnel holds a connection to it: the pooled HBONE connection is closed once the CRL is
+    // in force (as upstream), so the application connection riding on it ends, and the next one is refused.
+    let mut held = app_to(s, PEER_A).await;
+    round_trip(&mut held, b"peer A, held across the revocation").await;
+    // Over the pooled connection of the step before (or a new one).
+    let mut seen = next(&mut a, "peer A").await;
+    if seen == PeerSaw::Handshake(Ok(())) {
+        seen = next(&mut a, "peer A").await;
+    }
+    assert_eq!(seen, PeerSaw::Connect(format!("{PEER_A}:8080")));
+    write_atomically(crl, &crl_pem(&ca, 5, &[a_cert.serial()]));
+    until_crl_says(s, &a_cert.cert, target, false).await;
+    let ended = tokio::time::timeout(WAIT, async {
+        let _ = held.write_all(b"after").await;
+        let mut buf = [0u8; 64];
+        while let Ok(n) = held.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the application connection over the revoked peer's HBONE connection is still open"
+    );
+    let mut app = app_to(s, PEER_A).await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, app.read(&mut buf))
+        .await
+        .expect("a new connection to the revoked peer is still open");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "data came back from the revoked peer: {read:?}"
+    );
+    assert_eq!(
+        next(&mut a, "peer A revoked again").await,
+        PeerSaw::Handshake(Err(rustls::Error::AlertReceived(
+            AlertDescription::CertificateRevoked
+        ))),
+        "a new handshake, not the old connection"
     );
 }

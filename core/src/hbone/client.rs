@@ -40,6 +40,12 @@ pub struct PoolKey {
 pub trait Connect: Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     async fn connect(&self, key: &PoolKey) -> Result<Self::Io, HboneError>;
+
+    /// The watch on the peer of a connection just made, when a CRL is in force: the pool closes the connection
+    /// once a CRL update revokes it. Transports without one (plain TCP in tests) keep the default.
+    fn take_revocation(&self, _io: &mut Self::Io) -> Option<Box<crate::tls::RevocationWatch>> {
+        None
+    }
 }
 
 struct Conn {
@@ -230,7 +236,8 @@ impl<C: Connect> HboneClient<C> {
 
     async fn dial(&self, key: &PoolKey) -> Result<Arc<Conn>, HboneError> {
         let cfg = &self.inner.cfg;
-        let io = self.inner.connector.connect(key).await?;
+        let mut io = self.inner.connector.connect(key).await?;
+        let revocation = self.inner.connector.take_revocation(&mut io);
         let (send, mut connection) = h2::client::Builder::new()
             .enable_push(false)
             .initial_window_size(cfg.stream_window)
@@ -248,9 +255,14 @@ impl<C: Connect> HboneClient<C> {
             let closed = closed.clone();
             let dst = key.dst;
             tokio::spawn(async move {
-                tokio::select! {
-                    r = &mut connection => if let Err(e) = r { debug!(dst = %dst, error = %e, "hbone connection ended") },
-                    _ = dead => debug!(dst = %dst, "hbone connection failed its keepalive"),
+                let driven = async {
+                    tokio::select! {
+                        r = &mut connection => if let Err(e) = r { debug!(dst = %dst, error = %e, "hbone connection ended") },
+                        _ = dead => debug!(dst = %dst, "hbone connection failed its keepalive"),
+                    }
+                };
+                if let Err(e) = crate::tls::until_revoked(driven, revocation).await {
+                    tracing::warn!(dst = %dst, error = %e, "hbone connection closed");
                 }
                 closed.store(true, Ordering::Release);
             });

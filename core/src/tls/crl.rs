@@ -36,6 +36,9 @@ pub struct CrlStore {
     current: ArcSwap<CrlSet>,
     /// The file contents the current set was parsed from (or that last failed), to notice changes.
     last_seen: Mutex<Vec<u8>>,
+    /// Bumped each time a new set comes into force, for connections that re-check their peer
+    /// ([`super::RevocationWatch`]).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for CrlStore {
@@ -57,6 +60,7 @@ impl CrlStore {
             path,
             current: ArcSwap::from_pointee(set),
             last_seen: Mutex::new(bytes),
+            changes: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -89,6 +93,7 @@ impl CrlStore {
         *last = bytes;
         drop(last);
         self.current.store(Arc::new(parsed?));
+        self.changes.send_modify(|generation| *generation += 1);
         Ok(true)
     }
 
@@ -117,6 +122,11 @@ impl CrlStore {
                 }
             }
         })
+    }
+
+    /// Wakes each time a new set comes into force.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub(crate) fn snapshot(&self) -> Arc<CrlSet> {

@@ -45,6 +45,8 @@ macro_rules! tls_stream {
             pub(super) alpn: Option<Vec<u8>>,
             /// The key exchange group agreed on.
             pub(super) group: Option<String>,
+            /// The peer, to re-check on CRL updates (a CRL is in force: rustls only).
+            pub(super) revocation: Option<Box<super::RevocationWatch>>,
         }
 
         impl<IO> $name<IO> {
@@ -61,6 +63,12 @@ macro_rules! tls_stream {
             /// The key exchange group agreed on, as IANA names it (`X25519MLKEM768`, `X25519`, `P-256`...).
             pub fn key_exchange_group(&self) -> Option<&str> {
                 self.group.as_deref()
+            }
+
+            /// The watch on this connection's peer when a CRL is in force: whoever serves the connection selects
+            /// on [`super::RevocationWatch::revoked`] and tears the connection down when it fires.
+            pub fn take_revocation(&mut self) -> Option<Box<super::RevocationWatch>> {
+                self.revocation.take()
             }
         }
 

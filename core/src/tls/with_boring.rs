@@ -199,6 +199,8 @@ where
         peer,
         alpn,
         group,
+        // CRLs are refused with this backend (`TlsPolicy::check_backend`).
+        revocation: None,
     })
 }
 
@@ -228,5 +230,7 @@ where
         peer,
         alpn,
         group,
+        // CRLs are refused with this backend (`TlsPolicy::check_backend`).
+        revocation: None,
     })
 }

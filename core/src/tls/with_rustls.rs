@@ -137,6 +137,7 @@ fn algs() -> WebPkiSupportedAlgorithms {
 
 pub(super) async fn accept<IO>(
     acceptor: &tokio_rustls::TlsAcceptor,
+    configs: &Configs,
     io: IO,
 ) -> Result<ServerTlsStream<IO>, TlsError>
 where
@@ -150,12 +151,28 @@ where
         .and_then(|leaf| first_identity(leaf));
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let group = group_name(conn.negotiated_key_exchange_group());
+    let revocation = revocation(
+        configs,
+        conn.peer_certificates(),
+        webpki::KeyUsage::client_auth(),
+    );
     Ok(ServerTlsStream {
         inner: Inner::Rustls(stream),
         peer,
         alpn,
         group,
+        revocation,
     })
+}
+
+/// The watch on a connection's peer chain when a CRL is in force.
+fn revocation(
+    configs: &Configs,
+    chain: Option<&[CertificateDer<'_>]>,
+    usage: webpki::KeyUsage,
+) -> Option<Box<super::RevocationWatch>> {
+    let crl = configs.crl.clone()?;
+    super::RevocationWatch::new(crl, chain?, configs.roots.clone(), usage)
 }
 
 pub(super) async fn connect<IO>(
@@ -189,11 +206,17 @@ where
         .and_then(|leaf| first_identity(leaf));
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let group = group_name(conn.negotiated_key_exchange_group());
+    let revocation = revocation(
+        configs,
+        conn.peer_certificates(),
+        webpki::KeyUsage::server_auth(),
+    );
     Ok(ClientTlsStream {
         inner: Inner::Rustls(stream),
         peer,
         alpn,
         group,
+        revocation,
     })
 }
 
@@ -248,7 +271,7 @@ fn reject(check: PeerCheckError) -> rustls::Error {
 
 /// Checks the chain against the CRLs in force (the leaf and every intermediate), after the ordinary chain check
 /// passed. Like upstream: a certificate no CRL speaks for is accepted, and stale CRLs still count.
-fn check_revocation(
+pub(super) fn check_revocation(
     crl: Option<&CrlStore>,
     roots: &RootCertStore,
     end_entity: &CertificateDer<'_>,

@@ -57,16 +57,18 @@ async fn serve(
         .map_err(|e| ProxyError::Certificate(id.clone(), e.to_string()))?;
     let acceptor =
         TlsAcceptor::new(cert, pi.tls_backend).map_err(|e| ProxyError::Tls(e.to_string()))?;
-    let tls = tokio::time::timeout(pi.h2.handshake_timeout, acceptor.accept(tcp))
+    let mut tls = tokio::time::timeout(pi.h2.handshake_timeout, acceptor.accept(tcp))
         .await
         .map_err(|_| ProxyError::Tls("handshake timed out".into()))?
         .map_err(|e| ProxyError::Tls(e.to_string()))?;
     let peer_id = tls.peer_identity();
+    // Under a CRL the connection lives only as long as the peer is not revoked (as upstream: `CERT_REVOKED`).
+    let revocation = tls.take_revocation();
     debug!(src.identity = ?peer_id.as_ref().map(|i| i.to_string()), "mTLS established");
     let h2 = pi.h2.clone();
     let stream_drain = drain.clone();
     let cert_id = Arc::new(id);
-    hbone::serve(tls, h2, drain, move |parts, responder| {
+    let handler = move |parts, responder| {
         // Only what the stream uses is kept: the request itself (its headers: ~1 KiB) goes before the stream's
         // task starts, rather than living as long as the connection.
         let request = Connect::of(parts);
@@ -88,8 +90,17 @@ async fn serve(
             }
             stream(pi, request, responder, peer, peer_id, local, drain).await
         }
-    })
-    .await
+    };
+    match revocation {
+        None => hbone::serve(tls, h2, drain, handler).await,
+        // Boxed: only connections under a CRL pay for the watch in their task.
+        Some(watch) => Box::pin(ambit_core::tls::until_revoked(
+            hbone::serve(tls, h2, drain, handler),
+            Some(watch),
+        ))
+        .await
+        .map_err(|e| ProxyError::Tls(format!("CERT_REVOKED: {e}")))?,
+    }
     .map_err(ProxyError::Hbone)
 }
 
